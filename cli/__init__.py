@@ -1,0 +1,1 @@
+"""Command-line front end of exitsearch (installed as ``exitsearch_cli``)."""

@@ -1,0 +1,91 @@
+"""``exitsearch backbone ...``: train or fine-tune a backbone, list the known ones."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from exitsearch_cli._console import RichProgress, console, handle_errors, invocation
+from exitsearch_cli._options import (
+    CheckpointOpt,
+    DataDirOpt,
+    DataOpt,
+    LimitOpt,
+    ModelOpt,
+    OverrideOpt,
+    PretrainedOpt,
+    SplitSeedOpt,
+    ValSizeOpt,
+    backbone_spec,
+    data_spec,
+)
+from rich.table import Table
+
+from exitsearch.backbone import DEFAULT_PRESET, PRESETS, create_backbone, list_backbones
+from exitsearch.backbone.train import BackboneTrainConfig, train_backbone
+from exitsearch.data import load_splits
+
+app = typer.Typer(help="Train, fine-tune and list backbones.", no_args_is_help=True)
+
+
+@app.command("train")
+@handle_errors
+def train(
+    out: Annotated[str, typer.Option("--out", help="Folder for checkpoints and the final model.")],
+    model: ModelOpt = DEFAULT_PRESET,
+    override: OverrideOpt = None,
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Ignore a preset's shipped weights.")
+    ] = False,
+    data: DataOpt = "fashion-mnist",
+    data_dir: DataDirOpt = None,
+    val_size: ValSizeOpt = None,
+    split_seed: SplitSeedOpt = 0,
+    limit: LimitOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, augmentation.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Random crop and flip.")] = True,
+) -> None:
+    """Train or fine-tune a backbone; checkpoints each epoch and resumes when rerun."""
+    import torch
+
+    torch.manual_seed(seed)
+    spec = backbone_spec(model, override, checkpoint, pretrained)
+    if from_scratch and spec.model in PRESETS:
+        spec = PRESETS[spec.model].spec
+    bb = create_backbone(spec)
+    splits = load_splits(
+        data_spec(data, data_dir, val_size, split_seed, limit), bb.img_size[0], bb.in_chans
+    )
+    cfg = BackboneTrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        augment=augment,
+    )
+    with RichProgress() as progress:
+        meta = train_backbone(bb, splits, cfg, out, progress=progress, command=invocation())
+    console.print(
+        f"validation accuracy {meta['val_acc']:.4f}, test accuracy {meta['test_acc']:.4f}; "
+        f"weights in {out}/model.safetensors"
+    )
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    pattern: Annotated[str, typer.Argument(help="Filter, e.g. 'vit_*' or '*small*'.")] = "*",
+) -> None:
+    """List shipped presets and the timm ViT-family models exitsearch can use."""
+    table = Table("name", "kind", "description")
+    for name in list_backbones(pattern):
+        preset = PRESETS.get(name)
+        table.add_row(name, "preset" if preset else "timm", preset.description if preset else "")
+    console.print(table)

@@ -1,0 +1,121 @@
+"""``exitsearch profile``: what every block of a backbone costs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from exitsearch_cli._console import console, err_console, handle_errors
+from exitsearch_cli._options import CheckpointOpt, OverrideOpt, PretrainedOpt, backbone_spec
+from rich.table import Table
+
+from exitsearch._io import atomic_write_json
+from exitsearch.backbone import DEFAULT_PRESET, create_backbone
+from exitsearch.errors import ConfigError
+from exitsearch.profile import UNIT, measure_latency, profile_backbone
+from exitsearch.units import format_flops
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--batch-size takes comma-separated positive integers, got {text!r}"
+        ) from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"--batch-size takes comma-separated positive integers, got {text!r}")
+    return sizes
+
+
+@handle_errors
+def profile(
+    model: Annotated[
+        str, typer.Argument(help="timm ViT-family model name or a shipped preset.")
+    ] = DEFAULT_PRESET,
+    override: OverrideOpt = None,
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Also measure latency per block.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")] = "cpu",
+    batch_size: Annotated[
+        str, typer.Option("--batch-size", help="Batch sizes for --latency, e.g. 1,64.")
+    ] = "1",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per part (median is kept).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up calls per part.")] = 3,
+    save: Annotated[
+        str | None, typer.Option(help="Write the JSON profile (with latency) to this file.")
+    ] = None,
+) -> None:
+    """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
+    sizes = parse_batch_sizes(batch_size) if latency else []
+    bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
+    prof = profile_backbone(bb)
+    tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]
+    doc = prof.to_json()
+    if tables:
+        doc["latency"] = [t.to_json() for t in tables]
+    if save:
+        atomic_write_json(save, doc)
+    if prof.uncounted_ops:
+        ops = ", ".join(f"{op} x{n}" for op, n in prof.uncounted_ops.items())
+        err_console.print(
+            f"[yellow]warning:[/] not counted (no FLOP handle; elementwise by convention): {ops}",
+            highlight=False,
+        )
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    scale, prefix = (1e9, "G") if prof.total_flops >= 1e9 else (1e6, "M")
+
+    def f(v: int) -> str:
+        return f"{v / scale:.4f}"
+
+    name = model if model == prof.model else f"{model} ({prof.model})"
+    table = Table(title=f"{name}: {format_flops(prof.total_flops)} per sample ({UNIT})")
+    for col in (
+        "part",
+        f"{prefix}FLOPs",
+        "cumulative",
+        "share",
+        "params",
+        *(f"ms b={t.batch_size}" for t in tables),
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "stem",
+        f(prof.stem_flops),
+        f(prof.stem_flops),
+        f"{prof.stem_flops / prof.total_flops:.1%}",
+        "",
+        *(f"{t.stem_ms:.3f}" for t in tables),
+    )
+    for i, b in enumerate(prof.blocks):
+        table.add_row(
+            f"block {b.index}",
+            f(b.flops),
+            f(b.cumulative_flops),
+            f"{b.share:.1%}",
+            f"{b.params:,}",
+            *(f"{t.block_ms[i]:.3f}" for t in tables),
+        )
+    table.add_row(
+        "norm+head",
+        f(prof.head_flops),
+        f(prof.total_flops),
+        "100.0%",
+        "",
+        *(f"{t.head_ms:.3f}" for t in tables),
+    )
+    console.print(table)
+    for t in tables:
+        console.print(
+            f"batch {t.batch_size} on {t.device_name}: parts sum to {t.parts_ms:.3f} ms, "
+            f"full forward {t.full_ms:.3f} ms (median of {t.repeats}, {t.threads} threads)"
+        )

@@ -1,0 +1,152 @@
+"""Atomic file writes and content hashes.
+
+Every result file is written to a temporary name in its final folder and renamed into place, so
+a reader (or a rerun after a crash) never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from exitsearch.errors import CacheError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_sha256",
+    "load_safetensors",
+    "read_json",
+    "save_safetensors",
+    "sha256_of",
+]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file; a missing or unparsable file raises :class:`CacheError` naming it."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CacheError(f"{p}: file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{p}: not valid JSON ({exc})") from None
+
+
+def save_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise CacheError(f"{p}: file is missing")
+    try:
+        return load_file(str(p))
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSError
+        raise CacheError(f"{p}: not a readable safetensors file ({exc})") from None
+
+
+def sha256_of(*parts: Any) -> str:
+    """A stable hash of JSON-able values, bytes and arrays (used as cache keys)."""
+    h = hashlib.sha256()
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
+
+
+def _feed(h: Any, part: Any) -> None:
+    if isinstance(part, bytes | bytearray | memoryview):
+        h.update(b"b")
+        h.update(bytes(part))
+    elif isinstance(part, np.ndarray):
+        h.update(f"a{part.dtype.str}{part.shape}".encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+    elif isinstance(part, torch.Tensor):
+        t = part.detach().cpu().contiguous()
+        h.update(f"t{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(b"j")
+        h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def call_atomically(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+    """Run ``writer(tmp_path)`` and move the result onto ``path`` only if it returns."""
+    with atomic_path(path) as tmp:
+        writer(tmp)

@@ -1,0 +1,159 @@
+"""A timm Vision Transformer seen as a stack of blocks that exits can be attached to."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from exitsearch.backbone.spec import BackboneSpec
+from exitsearch.data.transforms import InputTransform
+
+__all__ = ["Backbone"]
+
+
+class Backbone(nn.Module):
+    """Wraps a timm ``VisionTransformer`` and exposes what early exits need.
+
+    Block locations are 1-based as in the papers: the hidden state "after block m" is
+    ``run_blocks(embed(x), 0, m)``. Hidden states always hold every token, prefix tokens (class,
+    distillation, registers) first, in timm's ``NLC`` layout.
+
+    Example:
+        >>> from exitsearch.backbone import create_backbone
+        >>> bb = create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4)
+        >>> states = bb.hidden_states(torch.zeros(2, 3, 32, 32))
+        >>> len(states), tuple(states[0].shape)
+        (4, (2, 17, 192))
+    """
+
+    def __init__(self, model: VisionTransformer, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.blocks[0].attn.num_heads)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def has_class_token(self) -> bool:
+        return bool(self.model.has_class_token)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        gh, gw = self.model.patch_embed.grid_size
+        return int(gh), int(gw)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.num_classes)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        size = self.model.patch_embed.img_size
+        return int(size[0]), int(size[1])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.model.patch_embed.proj.in_channels)
+
+    def input_transform(self) -> InputTransform:
+        """How uint8 images become this backbone's input (size, channels, mean/std)."""
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        mean = tuple(cfg.get("mean", (0.5, 0.5, 0.5)))
+        std = tuple(cfg.get("std", (0.5, 0.5, 0.5)))
+        if len(mean) < self.in_chans:  # e.g. a 4-channel override of a 3-channel config
+            mean = mean + (mean[-1],) * (self.in_chans - len(mean))
+            std = std + (std[-1],) * (self.in_chans - len(std))
+        return InputTransform(self.img_size, self.in_chans, mean, std)
+
+    # ------------------------------------------------------------------- forward
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, prefix tokens and position embedding: the input of block 1."""
+        m = self.model
+        x = m.patch_embed(x)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        return m.norm_pre(x)
+
+    def run_blocks(self, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks ``[start, stop)`` (0-based, half-open) on ``tokens``.
+
+        ``run_blocks(t, 0, m)`` turns the embedding into the hidden state after block m;
+        ``run_blocks(h_m, m, n)`` continues from there to the state after block n.
+        """
+        if not 0 <= start <= stop <= self.depth:
+            raise IndexError(
+                f"`0 <= start <= stop <= {self.depth}` must hold, got ({start=}, {stop=})"
+            )
+        for blk in self.model.blocks[start:stop]:
+            tokens = blk(tokens)
+        return tokens
+
+    def hidden_states(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """The hidden states after blocks ``1..upto`` (default: all), from one forward pass."""
+        upto = self.depth if upto is None else upto
+        tokens = self.embed(x)
+        out = []
+        for blk in self.model.blocks[:upto]:
+            tokens = blk(tokens)
+            out.append(tokens)
+        return out
+
+    def final_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The backbone's own exit: final norm, pooling and classifier on the last hidden state."""
+        return self.model.forward_head(self.model.norm(tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_head(self.run_blocks(self.embed(x), 0, self.depth))
+
+    # ------------------------------------------------------------------ identity
+    def weights_checksum(self) -> str:
+        """SHA-256 over every parameter and buffer, by name: identifies the weights exactly."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "model": self.spec.model,
+            "depth": self.depth,
+            "embed_dim": self.embed_dim,
+            "num_heads": self.num_heads,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "grid_size": list(self.grid_size),
+            "img_size": list(self.img_size),
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
+            "class_token": self.has_class_token,
+            "global_pool": self.model.global_pool,
+        }

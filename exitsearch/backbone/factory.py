@@ -1,0 +1,126 @@
+"""Turning a name (timm model or exitsearch preset) into a :class:`Backbone`."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import replace
+from typing import Any
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.backbone.checkpoint import load_weights
+from exitsearch.backbone.presets import PRESETS
+from exitsearch.backbone.spec import BackboneSpec
+from exitsearch.errors import BackboneError
+
+__all__ = ["create_backbone", "list_backbones", "resolve_spec"]
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Preset names and timm model names of the ViT family that match ``pattern``."""
+    names = [p for p in PRESETS if pattern == "*" or pattern.strip("*") in p]
+    return names + [n for n in timm.list_models(pattern) if _is_vit_name(n)]
+
+
+def _is_vit_name(name: str) -> bool:
+    return name.startswith(("vit_", "deit_", "deit3_"))
+
+
+def resolve_spec(spec: BackboneSpec) -> BackboneSpec:
+    """Expand a preset name into its timm model, overrides and shipped checkpoint."""
+    preset = PRESETS.get(spec.model)
+    if preset is None:
+        return spec
+    base = preset.resolved()
+    return replace(
+        base,
+        overrides={**base.overrides, **spec.overrides},
+        checkpoint=spec.checkpoint or base.checkpoint,
+        pretrained=spec.pretrained,
+    )
+
+
+def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
+    """Build the backbone that ``spec`` names, with its weights loaded.
+
+    Args:
+        spec: a :class:`BackboneSpec`, or a model name (timm name or exitsearch preset).
+        **overrides: constructor overrides when ``spec`` is a name.
+
+    Raises:
+        BackboneError: unknown name (with close matches), an override timm cannot build, a
+            model outside the plain ViT family, or pretrained weights that cannot be fetched.
+        CheckpointError: the checkpoint is unreadable or does not fit.
+    """
+    if isinstance(spec, str):
+        spec = BackboneSpec(model=spec, overrides=dict(overrides))
+    requested = spec.model
+    spec = resolve_spec(spec)
+    name = spec.model
+    if not timm.is_model(name):
+        known = list(PRESETS) + timm.list_models()
+        close = difflib.get_close_matches(requested, known, n=3, cutoff=0.6)
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else "; `exitsearch backbone list` shows the known ones"
+        )
+        raise BackboneError(f"unknown model {requested!r}{hint}")
+    _check_overrides(spec.overrides)
+    try:
+        model = timm.create_model(name, pretrained=spec.pretrained, **spec.overrides)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        if spec.pretrained and _looks_like_download_failure(exc):
+            raise BackboneError(_download_message(name, exc)) from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"cannot build {name} with overrides {spec.overrides}: {detail}"
+        ) from None
+    except OSError as exc:  # hub downloads fail with OSError subclasses when offline
+        raise BackboneError(_download_message(name, exc)) from None
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(
+            f"{name} is a {type(model).__name__}, not a plain Vision Transformer: exits need one "
+            "token sequence per block (ViT and DeiT families); hierarchical models such as Swin "
+            "are not supported"
+        )
+    if spec.checkpoint:
+        load_weights(model, spec.checkpoint)
+    return Backbone(model.eval(), spec)
+
+
+def _check_overrides(ov: dict[str, Any]) -> None:
+    for key in (
+        "img_size",
+        "patch_size",
+        "in_chans",
+        "num_classes",
+        "embed_dim",
+        "depth",
+        "num_heads",
+    ):
+        if key in ov and ov[key] < (0 if key == "num_classes" else 1):
+            raise BackboneError(f"override {key}={ov[key]} is impossible: it must be positive")
+    if "img_size" in ov and "patch_size" in ov and ov["img_size"] % ov["patch_size"]:
+        raise BackboneError(
+            f"img_size={ov['img_size']} is not a multiple of patch_size={ov['patch_size']}"
+        )
+    if "embed_dim" in ov and "num_heads" in ov and ov["embed_dim"] % ov["num_heads"]:
+        raise BackboneError(
+            f"embed_dim={ov['embed_dim']} is not divisible by num_heads={ov['num_heads']}"
+        )
+
+
+def _looks_like_download_failure(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in ("connection", "offline", "hub", "download", "resolve", "url"))
+
+
+def _download_message(name: str, exc: BaseException) -> str:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot load pretrained weights for {name} (no network or no local copy?): {detail}; "
+        "use --checkpoint PATH for local weights"
+    )

@@ -1,0 +1,51 @@
+"""Named backbones that ship with exitsearch (architecture plus trained weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from exitsearch.backbone.spec import BackboneSpec
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "preset_dir"]
+
+DEFAULT_PRESET = "fmnist-vit12"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    spec: BackboneSpec
+    data: str
+    description: str
+
+    def resolved(self) -> BackboneSpec:
+        """The spec with the shipped checkpoint attached, if it is installed."""
+        ckpt = preset_dir(self.name) / "model.safetensors"
+        return replace(self.spec, checkpoint=str(ckpt)) if ckpt.is_file() else self.spec
+
+
+def preset_dir(name: str) -> Path:
+    return Path(str(resources.files("exitsearch.assets"))) / name
+
+
+PRESETS: dict[str, Preset] = {
+    DEFAULT_PRESET: Preset(
+        name=DEFAULT_PRESET,
+        spec=BackboneSpec(
+            model="vit_tiny_patch16_224",
+            overrides={
+                "img_size": 28,
+                "patch_size": 4,
+                "in_chans": 1,
+                "num_classes": 10,
+                "embed_dim": 96,
+                "num_heads": 3,
+                "depth": 12,
+            },
+        ),
+        data="fashion-mnist",
+        description="12-block ViT (width 96, 7x7 patches of 4 px) trained on Fashion-MNIST",
+    ),
+}

@@ -1,0 +1,212 @@
+"""Training or fine-tuning a backbone, with a checkpoint each epoch and exact resume.
+
+Each epoch's shuffling and augmentation draw from a generator seeded with ``(seed, epoch)``, so
+a run resumed from an epoch checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from exitsearch._io import atomic_write_json, load_safetensors, read_json, save_safetensors
+from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.splits import DataSplits
+from exitsearch.data.transforms import augment, iterate_batches
+from exitsearch.errors import ConfigError, TrainingDivergedError
+from exitsearch.progress import NullProgress, Progress
+
+__all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
+
+STATE_FILE = "train_state.json"
+CKPT_FILE = "last.safetensors"
+MODEL_FILE = "model.safetensors"
+META_FILE = "backbone.json"
+
+
+@dataclass(frozen=True)
+class BackboneTrainConfig:
+    """Hyperparameters of backbone training (AdamW, linear warm-up then cosine decay)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"`epochs >= 1` must hold, but got epochs={self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"`lr > 0` must hold, but got lr={self.lr}")
+
+
+@torch.no_grad()
+def evaluate_accuracy(backbone: Backbone, data: Any, batch_size: int = 512) -> float:
+    """Top-1 accuracy of the backbone's own exit on an :class:`ArrayDataset`."""
+    backbone.eval()
+    transform = backbone.input_transform()
+    correct = 0
+    for _, x, y in iterate_batches(data, batch_size):
+        correct += int((backbone(transform(x)).argmax(-1) == y).sum())
+    return correct / max(len(data), 1)
+
+
+def train_backbone(
+    backbone: Backbone,
+    splits: DataSplits,
+    config: BackboneTrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train ``backbone`` on ``splits.train``; resume from ``out_dir`` if a checkpoint is there.
+
+    Writes ``last.safetensors`` + ``train_state.json`` after each epoch and, at the end,
+    ``model.safetensors`` (weights only) and ``backbone.json`` (spec, figures, command).
+
+    Returns:
+        The final metadata (validation and test accuracy per epoch and at the end).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite; the last epoch's checkpoint stays.
+        ConfigError: ``out_dir`` holds a checkpoint from a different configuration.
+    """
+    progress = progress or NullProgress()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if splits.num_classes != backbone.num_classes:
+        raise ConfigError(
+            f"the data has {splits.num_classes} classes but the backbone predicts "
+            f"{backbone.num_classes}; pass the override num_classes={splits.num_classes}"
+        )
+    model = backbone.model
+    transform = backbone.input_transform()
+    steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (
+            no_decay
+            if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token"))
+            else decay
+        ).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return config.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    identity = {
+        "spec": backbone.spec.to_dict(),
+        "config": asdict(config),
+        "data": splits.fingerprint(),
+    }
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        saved = read_json(state_path)
+        if saved.get("identity") != identity:
+            raise ConfigError(
+                f"{out} holds a checkpoint of another training (model, data or settings differ); "
+                "choose another --out folder or delete it"
+            )
+        tensors = load_safetensors(out / CKPT_FILE)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
+        start_epoch = int(saved["epoch"])
+        history = list(saved["history"])
+        progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        task = f"epoch {epoch + 1}/{config.epochs}"
+        progress.start(task, steps_per_epoch)
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        for b, (_, x, y) in enumerate(
+            iterate_batches(splits.train, config.batch_size, shuffle=True, generator=gen)
+        ):
+            step = epoch * steps_per_epoch + b
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            if config.augment:
+                x = augment(x, gen)
+            logits = model(transform(x))
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                progress.finish(task)
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {b + 1}; the checkpoint "
+                    f"of epoch {epoch} in {out} is kept (try a lower --lr)"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            progress.advance(task, 1, loss=loss_sum / seen)
+        progress.finish(task)
+        val_acc = evaluate_accuracy(backbone, splits.val, config.eval_batch_size)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / seen,
+                "val_acc": val_acc,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        progress.log(
+            f"epoch {epoch + 1}: loss {loss_sum / seen:.4f}, validation accuracy {val_acc:.4f}"
+        )
+        tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
+        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        save_safetensors(out / CKPT_FILE, tensors)
+        atomic_write_json(
+            state_path,
+            {"identity": identity, "epoch": epoch + 1, "history": history, "optimizer": opt_meta},
+        )
+
+    model.eval()
+    test_acc = evaluate_accuracy(backbone, splits.test, config.eval_batch_size)
+    save_safetensors(out / MODEL_FILE, model.state_dict())
+    meta = {
+        "spec": {**backbone.spec.to_dict(), "checkpoint": None},
+        "describe": backbone.describe(),
+        "config": asdict(config),
+        "data": splits.spec.to_dict(),
+        "data_fingerprint": splits.fingerprint(),
+        "val_acc": history[-1]["val_acc"] if history else None,
+        "test_acc": test_acc,
+        "history": history,
+        "weights_sha256": backbone.weights_checksum(),
+        "command": command,
+    }
+    atomic_write_json(out / META_FILE, meta)
+    return meta

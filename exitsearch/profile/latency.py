@@ -1,0 +1,125 @@
+"""Measured latency per block: a lookup table for budgets in milliseconds.
+
+Each part (stem, every block, final norm + head) is timed on its own real input shape after a
+warm-up, and the median of the repeats is kept. The sum of the parts is checked against a timed
+full forward, and both are stored, so the table says how much of the end-to-end time the parts
+explain.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.errors import ConfigError
+
+__all__ = ["LatencyTable", "measure_latency", "resolve_device", "time_call"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda`` (``cuda:N``); a CUDA request without a GPU is a clear error."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but no CUDA GPU is available here")
+        return torch.device(device)
+    raise ConfigError(f"unknown device {device!r}; expected cpu or cuda")
+
+
+def time_call(
+    fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10
+) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Median milliseconds per batch of ``batch_size`` for each part of the backbone."""
+
+    model: str
+    device: str
+    device_name: str
+    batch_size: int
+    stem_ms: float
+    block_ms: list[float]
+    head_ms: float
+    full_ms: float
+    threads: int
+    repeats: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parts_ms(self) -> float:
+        return self.stem_ms + sum(self.block_ms) + self.head_ms
+
+    def cumulative_ms(self, location: int) -> float:
+        """Milliseconds of the stem and blocks ``1..location`` per batch."""
+        return self.stem_ms + sum(self.block_ms[:location])
+
+    def per_sample(self) -> LatencyTable:
+        b = self.batch_size
+        return LatencyTable(
+            self.model, self.device, self.device_name, 1,
+            self.stem_ms / b, [x / b for x in self.block_ms], self.head_ms / b, self.full_ms / b,
+            self.threads, self.repeats, {k: v / b for k, v in self.extra.items()},
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "parts_ms": self.parts_ms}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatencyTable:
+        d = {k: v for k, v in d.items() if k != "parts_ms"}
+        return cls(**d)
+
+
+def measure_latency(
+    backbone: Backbone,
+    device: str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> LatencyTable:
+    """Time the stem, each block and the head of ``backbone`` at ``batch_size`` on ``device``."""
+    if batch_size < 1:
+        raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
+    dev = resolve_device(device)
+    bb = backbone.to(dev).eval()
+    x = torch.randn(batch_size, bb.in_chans, *bb.img_size, device=dev)
+    with torch.inference_mode():
+        tokens = [bb.embed(x)]
+        for i in range(bb.depth):
+            tokens.append(bb.run_blocks(tokens[-1], i, i + 1))
+
+    def med(fn: Callable[[], Any]) -> float:
+        return statistics.median(time_call(fn, dev, warmup, repeats))
+
+    stem = med(lambda: bb.embed(x))
+    blocks = [med(lambda i=i: bb.model.blocks[i](tokens[i])) for i in range(bb.depth)]
+    head = med(lambda: bb.final_head(tokens[-1]))
+    full = med(lambda: bb(x))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return LatencyTable(
+        model=bb.spec.model, device=device, device_name=name, batch_size=batch_size,
+        stem_ms=stem, block_ms=blocks, head_ms=head, full_ms=full,
+        threads=torch.get_num_threads(), repeats=repeats,
+    )  # fmt: skip
