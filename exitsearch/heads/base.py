@@ -1,0 +1,195 @@
+"""What every exit head is: a module from the hidden state after block m to class logits."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from exitsearch.errors import ConfigError
+
+__all__ = [
+    "ExitHead",
+    "HeadContext",
+    "HeadSpec",
+    "UncertaintyPredictor",
+    "split_tokens",
+    "tokens_to_grid",
+]
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What a head needs to know about the backbone it is attached to.
+
+    Attributes:
+        embed_dim: width D of the hidden states.
+        num_prefix_tokens: class/distillation/register tokens in front of the patch tokens.
+        grid_size: (rows, cols) of the patch grid; rows * cols patch tokens follow the prefix.
+        num_classes: number of logits a head returns.
+        num_heads: attention heads of the backbone's blocks (a default for attention heads).
+        has_class_token: whether token 0 is a class token; without one, heads pool instead.
+        depth: number of blocks L of the backbone (for mappings over locations).
+    """
+
+    embed_dim: int
+    num_prefix_tokens: int
+    grid_size: tuple[int, int]
+    num_classes: int
+    num_heads: int = 1
+    has_class_token: bool = True
+    depth: int = 12
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+    @classmethod
+    def from_backbone(cls, backbone: Any) -> HeadContext:
+        return cls(
+            embed_dim=backbone.embed_dim,
+            num_prefix_tokens=backbone.num_prefix_tokens,
+            grid_size=backbone.grid_size,
+            num_classes=backbone.num_classes,
+            num_heads=backbone.num_heads,
+            has_class_token=backbone.has_class_token,
+            depth=backbone.depth,
+        )
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One candidate exit: a head type with its parameters at a location.
+
+    Attributes:
+        type: registered head name (``linear``, ``lph``, ...).
+        location: 1-based block index; the head reads the hidden state after this block.
+        params: type-specific parameters, e.g. ``{"k": 3}`` for ``lph``, ``{"s": 2}`` for ``gah``.
+        uncertainty: attach MEViT's uncertainty predictor (paper 004, eq. 3).
+    """
+
+    type: str
+    location: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    uncertainty: bool = False
+
+    def __post_init__(self) -> None:
+        if self.location < 1:
+            raise ConfigError(f"`location >= 1` must hold, but got location={self.location}")
+        object.__setattr__(self, "params", dict(sorted(dict(self.params).items())))
+
+    @property
+    def key(self) -> str:
+        """Canonical id, e.g. ``lph[k=3]@4`` or ``linear@6+u``."""
+        p = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return (
+            f"{self.type}{f'[{p}]' if p else ''}@{self.location}{'+u' if self.uncertainty else ''}"
+        )
+
+    @property
+    def variant(self) -> str:
+        """The head without its location, e.g. ``lph[k=3]``."""
+        p = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.type}{f'[{p}]' if p else ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "location": self.location, "params": dict(self.params),
+                "uncertainty": self.uncertainty}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HeadSpec:
+        return cls(
+            d["type"],
+            int(d["location"]),
+            dict(d.get("params", {})),
+            bool(d.get("uncertainty", False)),
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HeadSpec) and self.key == other.key
+
+
+def split_tokens(
+    hidden: torch.Tensor, ctx: HeadContext
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(class_token, patches)``: class token (B, D) or None, patch tokens (B, N, D).
+
+    With more than one prefix token (DeiT's distillation token, registers) only token 0 is the
+    class token; the others are dropped here.
+    """
+    cls_tok = hidden[:, 0] if ctx.has_class_token else None
+    return cls_tok, hidden[:, ctx.num_prefix_tokens :]
+
+
+def tokens_to_grid(patches: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
+    """Patch tokens (B, N, D) back on their 2-D grid as (B, D, rows, cols)."""
+    b, n, d = patches.shape
+    rows, cols = ctx.grid_size
+    if n != rows * cols:
+        raise ValueError(f"expected {rows}x{cols}={rows * cols} patch tokens, got {n}")
+    return patches.transpose(1, 2).reshape(b, d, rows, cols)
+
+
+class UncertaintyPredictor(nn.Module):
+    """MEViT's uncertainty score (paper 004, eq. 3): ``u = sigmoid(w^T f(h) + b)``.
+
+    It reads the head's logits and is trained with eq. 2 (MSE) against eq. 4's target
+    ``tanh(|softmax(f(h)) - onehot(y)|_1)``; a low ``u`` means the head is likely right.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(num_classes, 1)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.proj(logits)).squeeze(-1)
+
+    @staticmethod
+    def target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: the head's own error, ``tanh`` of the L1 distance of its softmax to the label."""
+        p = logits.detach().float().softmax(-1)
+        onehot = torch.nn.functional.one_hot(labels, p.shape[-1]).to(p.dtype)
+        return torch.tanh((p - onehot).abs().sum(-1))
+
+
+class ExitHead(nn.Module, abc.ABC):
+    """Base class of exit heads.
+
+    Subclasses implement :meth:`features` (the head's representation, used by distillation
+    losses) and :meth:`classify` (features to logits). ``forward(hidden)`` takes the full hidden
+    state after block m, shape (B, prefix + patches, D), and returns logits (B, num_classes).
+    The factory attaches ``self.uncertainty`` when the spec asks for it.
+    """
+
+    def __init__(self, ctx: HeadContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.uncertainty: UncertaintyPredictor | None = None
+
+    @abc.abstractmethod
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head's representation of ``hidden`` before its classifier."""
+
+    @abc.abstractmethod
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) from :meth:`features`."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(hidden))
+
+
+def mlp_hidden(ctx: HeadContext) -> int:
+    """Width of the hidden layers of the three-layer MLP classifier (paper 000)."""
+    return max(ctx.num_classes, int(math.ceil(ctx.embed_dim / 2)))
