@@ -1,16 +1,36 @@
 """Exit heads: one registry, one factory, one module per head family."""
 
-from exitsearch.heads import linear  # noqa: F401  (registers the head types)
+# Importing the head modules registers their types.
+from exitsearch.heads import cnn, gah, linear, lph, mixer, mlp, resmlp, vit  # noqa: F401
 from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec, UncertaintyPredictor
+from exitsearch.heads.common import MLPClassifier, NormLinearClassifier
+from exitsearch.heads.mappings import (
+    KernelMapping,
+    LocationMapping,
+    WindowMapping,
+    candidate_values,
+    lgvit_heads,
+)
+from exitsearch.heads.profile import HeadCost, head_cost, profile_heads
 from exitsearch.heads.registry import create_head, get_head_class, list_heads, register_head
 
 __all__ = [
     "ExitHead",
     "HeadContext",
+    "HeadCost",
     "HeadSpec",
+    "KernelMapping",
+    "LocationMapping",
+    "MLPClassifier",
+    "NormLinearClassifier",
     "UncertaintyPredictor",
+    "WindowMapping",
+    "candidate_values",
     "create_head",
     "get_head_class",
+    "head_cost",
+    "lgvit_heads",
     "list_heads",
+    "profile_heads",
     "register_head",
 ]

@@ -192,4 +192,4 @@ class ExitHead(nn.Module, abc.ABC):
 
 def mlp_hidden(ctx: HeadContext) -> int:
     """Width of the hidden layers of the three-layer MLP classifier (paper 000)."""
-    return max(ctx.num_classes, int(math.ceil(ctx.embed_dim / 2)))
+    return max(ctx.num_classes, math.ceil(ctx.embed_dim / 2))

@@ -1,0 +1,77 @@
+"""``lph``: LGViT's local perception head (paper 001, §3.3, eqs. 1-2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exitsearch.heads.base import ExitHead, HeadContext, split_tokens, tokens_to_grid
+from exitsearch.heads.common import NormLinearClassifier, check, check_int
+from exitsearch.heads.registry import register_head
+
+__all__ = ["LocalPerceptionHead", "conv_bn_gelu"]
+
+
+def conv_bn_gelu(
+    in_channels: int, out_channels: int, kernel_size: int = 1, groups: int = 1
+) -> nn.Sequential:
+    """Convolution (no bias: BatchNorm follows), BatchNorm, GELU; "same" padding."""
+    return nn.Sequential(
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+        nn.GELU(),
+    )
+
+
+@register_head("lph")
+class LocalPerceptionHead(ExitHead):
+    """LPH (paper 001, eq. 2): ``Pool(Conv1x1(PDConv(Conv1x1(X_en), m))) + X_CLS``.
+
+    The patch tokens go back on their grid; a 1x1 convolution expands D to ``expansion * D``;
+    the position-wise depth-wise convolution (PDConv, eq. 1) is a ``k x k`` depth-wise
+    convolution, or the identity when ``k = 0``; a 1x1 convolution projects back to D. Every
+    convolution is followed by BatchNorm and GELU ("GELU and BN are employed after each
+    convolution"). Global average pooling, plus the class token (skipped when the backbone has
+    none), gives the features; the classifier is LayerNorm and one linear layer.
+
+    ``k`` is fixed per head; :class:`~exitsearch.heads.mappings.KernelMapping` gives the ``k``
+    of LGViT's ``f(m)`` for a location. Cost on N patches: ``2·e·ND² + e·NDk²`` for the
+    convolutions (eq. 7 with ``e = 1``), plus BatchNorm.
+
+    Args:
+        ctx: the backbone the head is attached to.
+        k: PDConv kernel size: 0 (bypass) or a positive odd integer.
+        expansion: ``e``, the width of the expanded features over D.
+
+    Raises:
+        ConfigError: ``k`` is neither 0 nor a positive odd integer, or ``expansion < 1``.
+    """
+
+    def __init__(self, ctx: HeadContext, k: int = 3, expansion: int = 2) -> None:
+        super().__init__(ctx)
+        check_int("k", k)
+        check(k == 0 or (k > 0 and k % 2 == 1), "k == 0 or k is a positive odd integer", k=k)
+        check_int("expansion", expansion)
+        check(expansion >= 1, "expansion >= 1", expansion=expansion)
+        d, hidden = ctx.embed_dim, expansion * ctx.embed_dim
+        self.k = k
+        self.expand = conv_bn_gelu(d, hidden)
+        self.pdconv = conv_bn_gelu(hidden, hidden, k, groups=hidden) if k > 0 else nn.Identity()
+        self.project = conv_bn_gelu(hidden, d)
+        self.classifier = NormLinearClassifier(d, ctx.num_classes)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        cls_tok, patches = split_tokens(hidden, self.ctx)
+        grid = tokens_to_grid(patches, self.ctx)
+        pooled = self.project(self.pdconv(self.expand(grid))).mean((2, 3))
+        return pooled if cls_tok is None else pooled + cls_tok
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)

@@ -1,0 +1,85 @@
+"""What an exit head costs: FLOPs (fvcore, 1 multiply-accumulate = 1 FLOP) and parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec, UncertaintyPredictor
+from exitsearch.heads.registry import create_head
+from exitsearch.profile.flops import count_flops
+
+__all__ = ["HeadCost", "head_cost", "profile_heads"]
+
+
+@dataclass(frozen=True)
+class HeadCost:
+    """Cost of one head on one sample.
+
+    Attributes:
+        flops: FLOPs of the head's forward on one hidden state, uncertainty predictor included
+            when the spec has one (unit: :data:`exitsearch.profile.flops.UNIT`).
+        params: learnable parameters (BatchNorm's running statistics are buffers, not counted).
+        uncounted_ops: ops fvcore does not count (op name -> occurrences): elementwise
+            additions, activations, softmax, means, max pooling.
+    """
+
+    flops: int
+    params: int
+    uncounted_ops: dict[str, int] = field(default_factory=dict)
+
+
+class _WithUncertainty(nn.Module):
+    """The head and its uncertainty predictor in one forward, as inference runs them."""
+
+    def __init__(self, head: ExitHead, predictor: UncertaintyPredictor) -> None:
+        super().__init__()
+        self.head = head
+        self.predictor = predictor  # the same module as head.uncertainty: counted once
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(hidden)
+        return logits, self.predictor(logits)
+
+
+def head_cost(spec: HeadSpec, ctx: HeadContext) -> HeadCost:
+    """FLOPs and parameters of the head ``spec`` describes, on one (1, tokens, D) hidden state.
+
+    The location does not enter: every location sees a hidden state of the same shape.
+
+    Raises:
+        ConfigError: unknown head type or parameters it does not take.
+
+    Example:
+        >>> ctx = HeadContext(embed_dim=8, num_prefix_tokens=1, grid_size=(2, 2), num_classes=3)
+        >>> cost = head_cost(HeadSpec("linear", 1), ctx)
+        >>> cost.flops, cost.params  # LayerNorm 5 * 8, linear 8 * 3; 2 * 8 + 8 * 3 + 3
+        (64, 43)
+    """
+    head = create_head(spec, ctx)
+    module: nn.Module = (
+        head if head.uncertainty is None else _WithUncertainty(head, head.uncertainty)
+    )
+    hidden = torch.zeros(1, ctx.num_tokens, ctx.embed_dim)
+    count = count_flops(module, hidden)
+    params = sum(p.numel() for p in module.parameters())
+    return HeadCost(count.total, params, dict(count.uncounted_ops))
+
+
+def profile_heads(specs: Iterable[HeadSpec], ctx: HeadContext) -> dict[str, HeadCost]:
+    """:func:`head_cost` of every spec, keyed by ``spec.key``.
+
+    A head's cost does not depend on its location, so each distinct (type, params,
+    uncertainty) is built and counted once and shared by all its locations.
+    """
+    by_variant: dict[tuple[str, bool], HeadCost] = {}
+    out: dict[str, HeadCost] = {}
+    for spec in specs:
+        variant = (spec.variant, spec.uncertainty)
+        if variant not in by_variant:
+            by_variant[variant] = head_cost(spec, ctx)
+        out[spec.key] = by_variant[variant]
+    return out

@@ -1,0 +1,153 @@
+"""Exit criteria: when a sample leaves at an exit.
+
+Every criterion turns cached head outputs into a *readiness* score per exit and sample, and a
+user-facing threshold into a score bound: a sample leaves at the first exit whose readiness is
+``>= bound``. The same criterion objects decide exits in the exported runtime, so cached
+evaluation and run-time behaviour agree.
+
+* ``confidence``: max-softmax probability >= t (LGViT eq. 16; papers 000, 002).
+* ``entropy``: normalised entropy H(p)/log C <= t (BranchyNet; PAUMER's criterion per sample).
+* ``patience``: the prediction is unchanged over the last t exits (PABEE); integer t.
+* ``uncertainty``: MEViT's predicted uncertainty u <= t (paper 004, eq. 3).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from exitsearch.errors import ConfigError
+
+__all__ = ["ExitCriterion", "create_criterion", "list_criteria", "register_criterion"]
+
+_REGISTRY: dict[str, type[ExitCriterion]] = {}
+
+
+def register_criterion(name: str) -> Callable[[type[ExitCriterion]], type[ExitCriterion]]:
+    def wrap(cls: type[ExitCriterion]) -> type[ExitCriterion]:
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_criteria() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_criterion(name: str) -> ExitCriterion:
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown exit criterion {name!r}; known: {', '.join(list_criteria())}"
+        ) from None
+
+
+class ExitCriterion(abc.ABC):
+    """Base class. ``integer`` criteria take whole-number thresholds."""
+
+    name: str = ""
+    integer: bool = False
+    needs_uncertainty: bool = False
+
+    @abc.abstractmethod
+    def readiness(
+        self, confidence: np.ndarray, entropy: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray
+    ) -> np.ndarray:
+        """Readiness (E, n) of each of the E exits (rows, in exit order) for n samples."""
+
+    @abc.abstractmethod
+    def bound(self, threshold: float) -> float:
+        """The readiness a sample needs to leave, for a user threshold."""
+
+    @abc.abstractmethod
+    def threshold(self, bound: float) -> float:
+        """Inverse of :meth:`bound`."""
+
+    def fires(self, readiness: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+        bounds = np.asarray([self.bound(t) for t in thresholds], dtype=np.float64)[:, None]
+        return readiness >= bounds
+
+    def runtime_readiness(
+        self, conf: torch.Tensor, ent: torch.Tensor, pred: torch.Tensor, unc: torch.Tensor | None,
+        history: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Readiness at one exit in the runtime; ``history`` holds earlier exits' predictions
+        (samples x exits so far) for criteria that need them."""
+        r = self.readiness(
+            conf.numpy()[None], ent.numpy()[None], pred.numpy()[None],
+            (unc.numpy() if unc is not None else np.full(conf.shape, np.nan, np.float32))[None],
+        )  # fmt: skip
+        return torch.from_numpy(r[0])
+
+
+@register_criterion("confidence")
+class Confidence(ExitCriterion):
+    def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
+        return confidence
+
+    def bound(self, threshold: float) -> float:
+        return float(threshold)
+
+    def threshold(self, bound: float) -> float:
+        return float(bound)
+
+
+@register_criterion("entropy")
+class Entropy(ExitCriterion):
+    def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
+        return -entropy
+
+    def bound(self, threshold: float) -> float:
+        return -float(threshold)
+
+    def threshold(self, bound: float) -> float:
+        return -float(bound)
+
+
+@register_criterion("uncertainty")
+class Uncertainty(ExitCriterion):
+    needs_uncertainty = True
+
+    def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
+        if np.isnan(uncertainty).any():
+            raise ConfigError(
+                "the uncertainty criterion needs heads trained with an uncertainty predictor"
+            )
+        return -uncertainty
+
+    def bound(self, threshold: float) -> float:
+        return -float(threshold)
+
+    def threshold(self, bound: float) -> float:
+        return -float(bound)
+
+
+@register_criterion("patience")
+class Patience(ExitCriterion):
+    """Readiness at exit k = how many exits directly before k predicted the same label as k."""
+
+    integer = True
+
+    def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
+        out = np.zeros(pred.shape, dtype=np.float32)
+        for k in range(1, pred.shape[0]):
+            out[k] = np.where(pred[k] == pred[k - 1], out[k - 1] + 1, 0)
+        return out
+
+    def bound(self, threshold: float) -> float:
+        return float(round(threshold))
+
+    def threshold(self, bound: float) -> float:
+        return float(round(bound))
+
+    def runtime_readiness(self, conf, ent, pred, unc, history):  # type: ignore[no-untyped-def]
+        if history is None or history.shape[1] == 0:
+            return torch.zeros(pred.shape, dtype=torch.float32)
+        full = torch.cat([history, pred[:, None]], dim=1).T.numpy()
+        return torch.from_numpy(self.readiness(None, None, full, None)[-1])

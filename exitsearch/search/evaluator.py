@@ -1,0 +1,165 @@
+"""Scoring exit configurations from cached predictions, without running the model.
+
+For a configuration with E early exits, the readiness of every sample at every exit is gathered
+from the cache (E x n), compared with the thresholds, and each sample leaves at its first firing
+exit (the final exit always fires). Accuracy, cost statistics and the exit histogram follow by
+indexing. A configuration costs tens of microseconds for 10,000 samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from exitsearch.search.config import ExitConfig
+from exitsearch.search.costs import CostModel
+from exitsearch.search.criteria import ExitCriterion, create_criterion
+from exitsearch.training.predict import Predictions, SplitPredictions
+
+__all__ = ["Evaluation", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of one configuration on one split. Costs are per sample, in FLOPs (and ms)."""
+
+    accuracy: float
+    mean_flops: float
+    p95_flops: float
+    max_flops: float
+    speedup: float
+    exit_counts: tuple[int, ...]
+    mean_ms: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"exit_counts": list(self.exit_counts)}
+
+
+class Evaluator:
+    """Evaluates configurations on one split of a :class:`Predictions` cache.
+
+    Example:
+        >>> ev = Evaluator(predictions, "val", costs)  # doctest: +SKIP
+        >>> ev.evaluate(config).accuracy  # doctest: +SKIP
+        0.9123
+    """
+
+    def __init__(self, predictions: Predictions, split: str, costs: CostModel) -> None:
+        self.predictions = predictions
+        self.split = split
+        self.costs = costs
+        sp: SplitPredictions = predictions.splits[split]
+        self.sp = sp
+        self.n = sp.num_samples
+        self.correct = sp.correct
+        self._rows = {s.key: i for i, s in enumerate(predictions.heads)}
+        self._final = len(predictions.heads)
+        self._cols = np.arange(self.n)
+        self._readiness: dict[str, np.ndarray] = {}
+        self._criteria: dict[str, ExitCriterion] = {}
+
+    # ---------------------------------------------------------------- internals
+    def rows(self, config: ExitConfig) -> np.ndarray:
+        try:
+            return np.asarray([self._rows[s.key] for s in config.exits], dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"head {exc.args[0]} has no cached predictions") from None
+
+    def _criterion(self, name: str) -> ExitCriterion:
+        crit = self._criteria.get(name)
+        if crit is None:
+            crit = self._criteria[name] = create_criterion(name)
+        return crit
+
+    def _full_readiness(self, crit: ExitCriterion) -> np.ndarray:
+        full = self._readiness.get(crit.name)
+        if full is None:
+            sp = self.sp
+            full = crit.readiness(sp.confidence, sp.entropy, sp.pred, sp.uncertainty)
+            self._readiness[crit.name] = full
+        return full
+
+    def readiness(self, config: ExitConfig, criterion: ExitCriterion | None = None) -> np.ndarray:
+        """Readiness (E, n) of the configuration's early exits."""
+        crit = criterion or self._criterion(config.criterion)
+        rows = self.rows(config)
+        if crit.name == "patience":
+            return crit.readiness(None, None, self.sp.pred[rows], None)  # type: ignore[arg-type]
+        return self._full_readiness(crit)[rows]
+
+    def outcome_rows(self, config: ExitConfig) -> np.ndarray:
+        """Rows of the cache for each exit of the configuration, the final exit last."""
+        rows = self.rows(config)
+        return rows if config.cut else np.append(rows, self._final)
+
+    def exit_index(self, config: ExitConfig) -> np.ndarray:
+        """Index (0..E, E = final) of the exit each sample leaves at.
+
+        Written as one masked assignment per exit, latest first, because a reduction along the
+        exit axis of an (E, n) array is several times slower.
+        """
+        crit = self._criterion(config.criterion)
+        rows = self.rows(config)
+        terminal = len(rows) - 1 if config.cut else len(rows)
+        idx = np.full(self.n, terminal, dtype=np.int64)
+        if crit.name == "patience":
+            r = self.readiness(config, crit)
+            ready = [r[k] for k in range(len(rows))]
+        else:
+            full = self._full_readiness(crit)
+            ready = [full[row] for row in rows]
+        for k in range(terminal - 1, -1, -1):
+            idx[ready[k] >= crit.bound(config.thresholds[k])] = k
+        return idx
+
+    # ------------------------------------------------------------------- public
+    def evaluate(self, config: ExitConfig) -> Evaluation:
+        idx = self.exit_index(config)
+        rows = self.outcome_rows(config)
+        correct = self.correct[rows[idx], self._cols]
+        flops = self.costs.exit_flops(config)
+        per_sample = flops[idx]
+        counts = np.bincount(idx, minlength=len(rows))
+        mean = float(per_sample.mean())
+        ms = self.costs.exit_ms(config)
+        ms_stats: dict[str, float | None] = {"mean_ms": None, "p95_ms": None, "max_ms": None}
+        if ms is not None:
+            per_ms = ms[idx]
+            ms_stats = {"mean_ms": float(per_ms.mean()), "p95_ms": float(np.percentile(per_ms, 95)),
+                        "max_ms": float(per_ms.max())}  # fmt: skip
+        return Evaluation(
+            accuracy=float(correct.mean()),
+            mean_flops=mean,
+            p95_flops=float(np.percentile(per_sample, 95)),
+            max_flops=float(per_sample.max()),
+            speedup=self.costs.backbone_flops / mean,
+            exit_counts=tuple(int(c) for c in counts),
+            **ms_stats,
+        )
+
+    def quick(self, config: ExitConfig) -> tuple[float, float, float]:
+        """``(accuracy, mean FLOPs, max FLOPs)`` only: the search's inner loop."""
+        idx = self.exit_index(config)
+        rows = self.outcome_rows(config)
+        flops = self.costs.exit_flops(config)
+        counts = np.empty(len(rows), dtype=np.int64)
+        right = 0
+        for k, row in enumerate(rows):
+            at_k = idx == k
+            counts[k] = np.count_nonzero(at_k)
+            right += np.count_nonzero(at_k & self.correct[row])
+        return right / self.n, float(counts @ flops) / self.n, float(flops[counts > 0].max())
+
+    def backbone(self) -> Evaluation:
+        """The backbone alone: every sample through every block to the final exit."""
+        acc = float(self.correct[self._final].mean())
+        total = float(self.costs.backbone_flops)
+        ms = None
+        if self.costs.latency is not None:
+            lat = self.costs.latency.per_sample()
+            ms = lat.stem_ms + sum(lat.block_ms) + lat.head_ms
+        return Evaluation(acc, total, total, total, 1.0, (self.n,), ms, ms, ms)

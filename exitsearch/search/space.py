@@ -1,0 +1,499 @@
+"""Search spaces: which exits may be trained and searched, read from YAML.
+
+A search space names the candidate exit locations, the head types (with their LGViT kernel and
+window candidates), how exits are placed (``free``, ``uniform``, ``lgvit``), the exit criteria and
+threshold ranges. Numeric ranges use Optuna's short form (``low``, ``high``, ``step``, ``log``) and
+discrete sets ``choices``. A malformed file raises :class:`SearchSpaceError` naming the file, the
+key and what is allowed.
+
+Example (``search_spaces/lgvit.yaml``)::
+
+    name: lgvit
+    placement: lgvit
+    heads:
+      lph: {half: shallow, k: [0, 3, 5, 7]}
+      gah: {half: deep, s: [1, 2, 3]}
+    criteria: [confidence]
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exitsearch.errors import SearchSpaceError
+from exitsearch.heads import HeadSpec, list_heads
+
+__all__ = [
+    "CRITERIA",
+    "FloatRange",
+    "HeadOptions",
+    "IntRange",
+    "Placement",
+    "SearchSpace",
+    "builtin_spaces",
+    "load_search_space",
+]
+
+CRITERIA = ("confidence", "entropy", "patience", "uncertainty")
+THRESHOLD_MODES = ("shared", "per_exit")
+HALVES = ("all", "shallow", "deep")
+MAPPED_PARAM = {"lph": "k", "gah": "s"}
+
+
+class Placement(str, enum.Enum):
+    """How a configuration's exits are placed.
+
+    ``free``: any subset of the candidate locations, any allowed head at each.
+    ``uniform``: ``n`` evenly spaced exits sharing one head type (paper 000, LGViT's baseline).
+    ``lgvit``: any subset of locations; local heads (``lph``) in the shallow half with k from a
+    kernel mapping, global heads (``gah``) in the deep half with s from a window mapping.
+    """
+
+    FREE = "free"
+    UNIFORM = "uniform"
+    LGVIT = "lgvit"
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"`low <= high` must hold, but got (low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"`low > 0` must hold for log=true, but got low={self.low}")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"`low <= high` must hold, but got (low={self.low}, high={self.high})")
+        if self.step < 1:
+            raise ValueError(f"`step >= 1` must hold, but got step={self.step}")
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """Where a head type may sit and which variants of it are trained.
+
+    Attributes:
+        half: ``all`` locations, the ``shallow`` half (m <= L/2) or the ``deep`` half (m > L/2).
+        values: for ``lph`` the kernel sizes k, for ``gah`` the window sizes s, trained at every
+            allowed location; empty for the other types.
+        params: fixed constructor parameters passed to the head.
+    """
+
+    half: str = "all"
+    values: tuple[int, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space. Build with :func:`load_search_space`.
+
+    ``locations`` may be ``None`` (every block but the last); :meth:`resolve` checks them
+    against a backbone's depth.
+    """
+
+    name: str
+    description: str
+    heads: Mapping[str, HeadOptions]
+    locations: tuple[int, ...] | None = None
+    placement: Placement = Placement.FREE
+    criteria: tuple[str, ...] = CRITERIA
+    threshold_modes: tuple[str, ...] = THRESHOLD_MODES
+    max_exits: int | None = None
+    num_exits: IntRange = field(default_factory=lambda: IntRange(1, 6))
+    uncertainty: bool = True
+    confidence: FloatRange = field(default_factory=lambda: FloatRange(0.3, 1.0))
+    entropy: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
+    patience: IntRange = field(default_factory=lambda: IntRange(1, 4))
+    uncertainty_range: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
+    kernel_first: tuple[int, ...] = (3, 5, 7)
+    kernel_last: tuple[int, ...] = (0, 3)
+    window_first: tuple[int, ...] = (1, 2)
+    window_last: tuple[int, ...] = (2, 3)
+    source: str = "<memory>"
+
+    # ------------------------------------------------------------------ resolve
+    def candidate_locations(self, depth: int) -> list[int]:
+        """Locations checked against ``depth``: exits sit after blocks ``1..depth-1``."""
+        locs = list(self.locations) if self.locations is not None else list(range(1, depth))
+        bad = [m for m in locs if not 1 <= m < depth]
+        if bad:
+            raise SearchSpaceError(
+                f"{self.source}: locations: {bad} lie beyond the backbone; allowed: 1..{depth - 1} "
+                f"for a {depth}-block backbone (block {depth} is the backbone's own exit)"
+            )
+        return sorted(set(locs))
+
+    def locations_for(self, head_type: str, depth: int) -> list[int]:
+        locs = self.candidate_locations(depth)
+        half = self.heads[head_type].half
+        if half == "shallow":
+            return [m for m in locs if m <= depth / 2]
+        if half == "deep":
+            return [m for m in locs if m > depth / 2]
+        return locs
+
+    def candidate_heads(self, depth: int) -> list[HeadSpec]:
+        """Every head the search may use: what the heads stage trains, in a stable order."""
+        out: list[HeadSpec] = []
+        for m in self.candidate_locations(depth):
+            for head_type, opts in self.heads.items():
+                if m not in self.locations_for(head_type, depth):
+                    continue
+                param = MAPPED_PARAM.get(head_type)
+                variants = [{param: v} for v in opts.values] if param and opts.values else [{}]
+                for v in variants:
+                    out.append(HeadSpec(head_type, m, {**opts.params, **v}, self.uncertainty))
+        if not out:
+            raise SearchSpaceError(f"{self.source}: no candidate head at any location")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain form that round-trips through :func:`parse_search_space` (used in hashes)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "locations": list(self.locations) if self.locations is not None else "all",
+            "placement": self.placement.value,
+            "heads": {
+                k: {"half": v.half, **({MAPPED_PARAM[k]: list(v.values)} if v.values else {}),
+                    **({"params": dict(v.params)} if v.params else {})}
+                for k, v in self.heads.items()
+            },
+            "criteria": list(self.criteria),
+            "thresholds": list(self.threshold_modes),
+            "max_exits": self.max_exits,
+            "num_exits": {"low": self.num_exits.low, "high": self.num_exits.high},
+            "uncertainty": self.uncertainty,
+            "confidence": {"low": self.confidence.low, "high": self.confidence.high},
+            "entropy": {"low": self.entropy.low, "high": self.entropy.high},
+            "patience": {"low": self.patience.low, "high": self.patience.high},
+            "uncertainty_threshold": {"low": self.uncertainty_range.low, "high": self.uncertainty_range.high},
+            "kernel_mapping": {"k_first": {"choices": list(self.kernel_first)},
+                               "k_last": {"choices": list(self.kernel_last)}},
+            "window_mapping": {"s_first": {"choices": list(self.window_first)},
+                               "s_last": {"choices": list(self.window_last)}},
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- loading
+_TOP_KEYS = {
+    "name", "description", "locations", "placement", "heads", "criteria", "thresholds",
+    "max_exits", "num_exits", "uncertainty", "confidence", "entropy", "patience",
+    "uncertainty_threshold", "kernel_mapping", "window_mapping",
+}  # fmt: skip
+_HEAD_KEYS = {"half", "k", "s", "params"}
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """The YAML spaces shipped in ``search_spaces/`` by name."""
+    root = Path(str(resources.files("exitsearch.search_spaces")))
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def load_search_space(name_or_path: str | Path) -> SearchSpace:
+    """Load a shipped space by name (``default``, ``lgvit``...) or a YAML file by path.
+
+    Raises:
+        SearchSpaceError: unknown name, unreadable file, or invalid content; the message names
+            the file, the key and what is allowed.
+    """
+    text = str(name_or_path)
+    spaces = builtin_spaces()
+    if text in spaces:
+        path = spaces[text]
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise SearchSpaceError(
+                f"{text}: no such search-space file; shipped spaces: {', '.join(spaces)}"
+            )
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = " ".join(str(exc).split())
+        raise SearchSpaceError(f"{path}: not valid YAML ({first})") from None
+    return parse_search_space(doc, source=str(path))
+
+
+def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
+    """Validate a parsed YAML document into a :class:`SearchSpace`."""
+    p = _Parser(source)
+    if not isinstance(doc, dict):
+        p.fail("", f"the file must hold a mapping of keys, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        p.fail(unknown[0], f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    name = p.string(doc, "name", default=Path(source).stem)
+    heads = p.heads(doc.get("heads"))
+    placement = p.choice(doc, "placement", [e.value for e in Placement], default="free")
+    criteria = p.choice_list(doc, "criteria", CRITERIA, default=list(CRITERIA))
+    modes = p.choice_list(doc, "thresholds", THRESHOLD_MODES, default=list(THRESHOLD_MODES))
+    if placement == "lgvit":
+        missing = [h for h in ("lph", "gah") if h not in heads]
+        extra = [h for h in heads if h not in ("lph", "gah")]
+        if missing or extra:
+            p.fail(
+                "heads", f"placement lgvit takes exactly lph and gah heads; got {', '.join(heads)}"
+            )
+    kernel = doc.get("kernel_mapping", {})
+    window = doc.get("window_mapping", {})
+    if not isinstance(kernel, dict) or not isinstance(window, dict):
+        p.fail("kernel_mapping" if not isinstance(kernel, dict) else "window_mapping",
+               "must be a mapping with choices for k_first/k_last (or s_first/s_last)")  # fmt: skip
+    p.no_unknown(kernel, "kernel_mapping", {"k_first", "k_last"})
+    p.no_unknown(window, "window_mapping", {"s_first", "s_last"})
+    space = SearchSpace(
+        name=name,
+        description=p.string(doc, "description", default=""),
+        heads=heads,
+        locations=p.locations(doc.get("locations", "all")),
+        placement=Placement(placement),
+        criteria=tuple(criteria),
+        threshold_modes=tuple(modes),
+        max_exits=p.optional_int(doc, "max_exits", minimum=1),
+        num_exits=p.int_range(doc, "num_exits", IntRange(1, 6), minimum=1),
+        uncertainty=p.boolean(doc, "uncertainty", default=True),
+        confidence=p.float_range(doc, "confidence", FloatRange(0.3, 1.0), 0.0, 1.0),
+        entropy=p.float_range(doc, "entropy", FloatRange(0.0, 1.0), 0.0, 1.0),
+        patience=p.int_range(doc, "patience", IntRange(1, 4), minimum=1),
+        uncertainty_range=p.float_range(
+            doc, "uncertainty_threshold", FloatRange(0.0, 1.0), 0.0, 1.0
+        ),
+        kernel_first=p.int_choices(
+            kernel, "kernel_mapping.k_first", "k_first", (3, 5, 7), odd_or_zero=True
+        ),
+        kernel_last=p.int_choices(
+            kernel, "kernel_mapping.k_last", "k_last", (0, 3), odd_or_zero=True
+        ),
+        window_first=p.int_choices(window, "window_mapping.s_first", "s_first", (1, 2), minimum=1),
+        window_last=p.int_choices(window, "window_mapping.s_last", "s_last", (2, 3), minimum=1),
+        source=source,
+    )
+    if "uncertainty" in space.criteria and not space.uncertainty:
+        p.fail(
+            "criteria", "the uncertainty criterion needs `uncertainty: true` (trained predictors)"
+        )
+    return space
+
+
+class _Parser:
+    """Validation helpers that raise one-line errors naming the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, what: str) -> None:
+        where = f"{self.source}: {key}: " if key else f"{self.source}: "
+        raise SearchSpaceError(where + what)
+
+    def no_unknown(self, d: dict[str, Any], key: str, allowed: set[str]) -> None:
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            self.fail(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+    def string(self, d: dict[str, Any], key: str, default: str) -> str:
+        v = d.get(key, default)
+        if not isinstance(v, str):
+            self.fail(key, f"must be a string, got {v!r}")
+        return v
+
+    def boolean(self, d: dict[str, Any], key: str, default: bool) -> bool:
+        v = d.get(key, default)
+        if not isinstance(v, bool):
+            self.fail(key, f"must be true or false, got {v!r}")
+        return v
+
+    def choice(self, d: dict[str, Any], key: str, allowed: list[str], default: str) -> str:
+        v = d.get(key, default)
+        if v not in allowed:
+            self.fail(key, f"got {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    def choice_list(
+        self, d: dict[str, Any], key: str, allowed: tuple[str, ...], default: list[str]
+    ) -> list[str]:
+        v = d.get(key, default)
+        if isinstance(v, dict) and set(v) == {"choices"}:
+            v = v["choices"]
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list):
+            self.fail(
+                key,
+                f"must be a list (or {{choices: [...]}}), got {v!r}; allowed: {', '.join(allowed)}",
+            )
+        if not v:
+            self.fail(key, f"empty choices; allowed: {', '.join(allowed)}")
+        bad = [x for x in v if x not in allowed]
+        if bad:
+            self.fail(key, f"got {bad[0]!r}; allowed: {', '.join(allowed)}")
+        return list(dict.fromkeys(v))
+
+    def optional_int(self, d: dict[str, Any], key: str, minimum: int) -> int | None:
+        v = d.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            self.fail(key, f"must be an integer >= {minimum}, got {v!r}")
+        return v
+
+    def _number(self, key: str, v: Any, integer: bool) -> float:
+        ok = isinstance(v, int) if integer else isinstance(v, int | float)
+        if not ok or isinstance(v, bool) or (not integer and not math.isfinite(v)):
+            self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+        return v
+
+    def int_range(self, d: dict[str, Any], key: str, default: IntRange, minimum: int) -> IntRange:
+        v = d.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, dict):
+            self.fail(
+                key, f"must be a mapping with low and high (e.g. {{low: 1, high: 4}}), got {v!r}"
+            )
+        self.no_unknown(v, key, {"low", "high", "step"})
+        low = int(self._number(f"{key}.low", v.get("low", default.low), True))
+        high = int(self._number(f"{key}.high", v.get("high", default.high), True))
+        step = int(self._number(f"{key}.step", v.get("step", 1), True))
+        if low < minimum:
+            self.fail(f"{key}.low", f"must be >= {minimum}, got {low}")
+        try:
+            return IntRange(low, high, step)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+        raise AssertionError  # unreachable
+
+    def float_range(
+        self, d: dict[str, Any], key: str, default: FloatRange, lo: float, hi: float
+    ) -> FloatRange:
+        v = d.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, dict):
+            self.fail(
+                key,
+                f"must be a mapping with low and high (e.g. {{low: 0.5, high: 1.0}}), got {v!r}",
+            )
+        self.no_unknown(v, key, {"low", "high", "log"})
+        low = float(self._number(f"{key}.low", v.get("low", default.low), False))
+        high = float(self._number(f"{key}.high", v.get("high", default.high), False))
+        if not (lo <= low <= hi and lo <= high <= hi):
+            self.fail(key, f"low and high must lie in [{lo}, {hi}], got low={low}, high={high}")
+        log = v.get("log", False)
+        if not isinstance(log, bool):
+            self.fail(f"{key}.log", f"must be true or false, got {log!r}")
+        try:
+            return FloatRange(low, high, log)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+        raise AssertionError  # unreachable
+
+    def int_choices(
+        self, d: dict[str, Any], key: str, name: str, default: tuple[int, ...],
+        odd_or_zero: bool = False, minimum: int = 0,
+    ) -> tuple[int, ...]:  # fmt: skip
+        v = d.get(name)
+        if v is None:
+            return default
+        if isinstance(v, dict):
+            self.no_unknown(v, key, {"choices"})
+            v = v.get("choices")
+        if not isinstance(v, list):
+            self.fail(key, f"must be a list of integers (or {{choices: [...]}}), got {v!r}")
+        return self._ints(key, v, odd_or_zero, minimum)
+
+    def _ints(self, key: str, v: list[Any], odd_or_zero: bool, minimum: int) -> tuple[int, ...]:
+        if not v:
+            self.fail(key, "empty choices; give at least one value")
+        for x in v:
+            if not isinstance(x, int) or isinstance(x, bool) or x < minimum:
+                self.fail(key, f"got {x!r}; allowed: integers >= {minimum}")
+            if odd_or_zero and x != 0 and x % 2 == 0:
+                self.fail(
+                    key, f"got {x}; allowed: 0 (no depth-wise convolution) or odd kernel sizes"
+                )
+        return tuple(sorted(set(v)))
+
+    def locations(self, v: Any) -> tuple[int, ...] | None:
+        if v == "all" or v is None:
+            return None
+        if isinstance(v, dict):
+            self.no_unknown(v, "locations", {"low", "high", "step"})
+            r = self.int_range({"locations": v}, "locations", IntRange(1, 1), minimum=1)
+            return tuple(r.values())
+        if isinstance(v, list):
+            return self._ints("locations", v, False, 1)
+        self.fail(
+            "locations", f"got {v!r}; allowed: all, a list of block indices, or {{low, high}}"
+        )
+        raise AssertionError  # unreachable
+
+    def heads(self, v: Any) -> dict[str, HeadOptions]:
+        known = list_heads()
+        if v is None:
+            self.fail(
+                "heads",
+                f"missing; give a mapping of head types to options; known types: {', '.join(known)}",
+            )
+        if isinstance(v, list):
+            v = {name: {} for name in v}
+        if not isinstance(v, dict) or not v:
+            self.fail(
+                "heads",
+                f"must be a non-empty mapping of head types; known types: {', '.join(known)}",
+            )
+        out: dict[str, HeadOptions] = {}
+        for name, opts in v.items():
+            if name not in known:
+                self.fail(f"heads.{name}", f"unknown head type; known: {', '.join(known)}")
+            opts = opts or {}
+            if not isinstance(opts, dict):
+                self.fail(f"heads.{name}", f"options must be a mapping, got {opts!r}")
+            self.no_unknown(opts, f"heads.{name}", _HEAD_KEYS)
+            half = opts.get("half", "all")
+            if half not in HALVES:
+                self.fail(f"heads.{name}.half", f"got {half!r}; allowed: {', '.join(HALVES)}")
+            param = MAPPED_PARAM.get(name)
+            for other in {"k", "s"} - ({param} if param else set()):
+                if other in opts:
+                    self.fail(f"heads.{name}.{other}", f"{name} heads take no {other!r}")
+            values: tuple[int, ...] = ()
+            if param:
+                raw = opts.get(param, [0, 3, 5, 7] if param == "k" else [1, 2, 3])
+                if isinstance(raw, dict):
+                    self.no_unknown(raw, f"heads.{name}.{param}", {"choices"})
+                    raw = raw.get("choices")
+                if not isinstance(raw, list):
+                    self.fail(f"heads.{name}.{param}", f"must be a list of integers, got {raw!r}")
+                values = self._ints(
+                    f"heads.{name}.{param}", raw, param == "k", 0 if param == "k" else 1
+                )
+            params = opts.get("params", {})
+            if not isinstance(params, dict):
+                self.fail(f"heads.{name}.params", f"must be a mapping, got {params!r}")
+            out[name] = HeadOptions(half=half, values=values, params=dict(params))
+        return out

@@ -1,0 +1,131 @@
+"""Search strategies: a registry of Optuna samplers, seeded per trial for reproducibility.
+
+Every trial's sampler is built afresh with a seed derived from the study seed and the trial
+number. Samplers keep their state in the study's storage (NSGA-II caches its parent population
+there), so a study resumed after an interruption samples exactly what the uninterrupted study
+would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from exitsearch.errors import ConfigError
+
+__all__ = ["EXHAUSTIVE", "create_sampler", "list_strategies", "register_strategy"]
+
+EXHAUSTIVE = "exhaustive"
+
+SamplerFactory = Callable[[int, dict[str, Any]], BaseSampler]
+_REGISTRY: dict[str, SamplerFactory] = {}
+
+
+def register_strategy(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+    def wrap(factory: SamplerFactory) -> SamplerFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_strategies() -> list[str]:
+    return sorted([*_REGISTRY, EXHAUSTIVE])
+
+
+@register_strategy("nsga2")
+def _nsga2(seed: int, options: dict[str, Any]) -> BaseSampler:
+    return optuna.samplers.NSGAIISampler(
+        population_size=options.get("population_size", 40), seed=seed
+    )
+
+
+@register_strategy("nsga3")
+def _nsga3(seed: int, options: dict[str, Any]) -> BaseSampler:
+    return optuna.samplers.NSGAIIISampler(
+        population_size=options.get("population_size", 40), seed=seed
+    )
+
+
+@register_strategy("tpe")
+def _tpe(seed: int, options: dict[str, Any]) -> BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                      n_startup_trials=options.get("n_startup_trials", 30))  # fmt: skip
+
+
+@register_strategy("gp")
+def _gp(seed: int, options: dict[str, Any]) -> BaseSampler:
+    return optuna.samplers.GPSampler(
+        seed=seed, n_startup_trials=options.get("n_startup_trials", 20)
+    )
+
+
+@register_strategy("random")
+def _random(seed: int, options: dict[str, Any]) -> BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def create_sampler(name: str, seed: int, **options: Any) -> BaseSampler:
+    """The sampler registered as ``name``, reseeded per trial from ``seed``.
+
+    Raises:
+        ConfigError: unknown strategy (the message lists the known ones).
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown search strategy {name!r}; known: {', '.join(list_strategies())}"
+        )
+    return PerTrialSeededSampler(_REGISTRY[name], seed, options)
+
+
+def _derive(seed: int, number: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class PerTrialSeededSampler(BaseSampler):
+    """Delegates to a sampler rebuilt before each trial with a seed derived from its number."""
+
+    def __init__(self, factory: SamplerFactory, seed: int, options: dict[str, Any]) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._options = options
+        self._inner = factory(seed, options)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._inner = self._factory(_derive(self._seed, trial.number), self._options)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: list[float] | None
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()

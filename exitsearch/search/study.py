@@ -1,0 +1,359 @@
+"""The budget-aware multi-objective search over exit configurations.
+
+Objectives (Optuna directions): maximise validation accuracy, minimise mean FLOPs (as a fraction
+of the backbone's). The budget is a constraint (``Trial.set_constraint``): feasible when the
+budgeted cost minus the budget is <= 0. After the trials, every placement on the trials' best
+fronts is refined exactly (:mod:`exitsearch.search.refine`) and the feasible Pareto set of all
+refined points is the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from exitsearch.budget import BudgetKind
+from exitsearch.errors import ConfigError
+from exitsearch.heads import HeadSpec
+from exitsearch.progress import NullProgress, Progress
+from exitsearch.search.config import ExitConfig
+from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.pareto import pareto_mask
+from exitsearch.search.refine import CurvePoint, refine_placement, shared_curve
+from exitsearch.search.sampling import NONE, ConfigSampler
+from exitsearch.search.space import Placement
+from exitsearch.search.strategies import EXHAUSTIVE, create_sampler
+
+__all__ = [
+    "BudgetConstraint",
+    "SearchResult",
+    "SearchSettings",
+    "cut_to_budget",
+    "enumerate_placements",
+    "exhaustive_front",
+    "front_of",
+    "run_search",
+]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search runs.
+
+    Attributes:
+        strategy: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp``, ``random`` or ``exhaustive``.
+        n_trials: trials to run in total (a resumed study runs only the missing ones).
+        timeout: stop starting trials after this many seconds.
+        seed: seeds the sampler (per trial), so the same seed gives the same front.
+        population_size: NSGA-II/III population.
+        refine: refine thresholds of Pareto placements exactly after the trials.
+        refine_fronts: how many non-dominated layers of trials have their placements refined.
+        max_refine: at most this many placements are refined.
+    """
+
+    strategy: str = "nsga2"
+    n_trials: int = 1500
+    timeout: float | None = None
+    seed: int = 0
+    population_size: int = 40
+    refine: bool = True
+    refine_fronts: int = 3
+    max_refine: int = 80
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"`n_trials >= 1` must hold, but got n_trials={self.n_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"`timeout > 0` must hold, but got timeout={self.timeout}")
+
+
+@dataclass(frozen=True)
+class BudgetConstraint:
+    """A budget in FLOPs (``None``: unconstrained) of a kind: mean or worst case."""
+
+    flops: float | None
+    kind: BudgetKind = BudgetKind.MEAN
+
+    def violation(self, mean_flops: float, max_flops: float, scale: float) -> float:
+        if self.flops is None:
+            return -1.0
+        cost = max_flops if self.kind is BudgetKind.MAX else mean_flops
+        return (cost - self.flops) / scale
+
+    def feasible(self, mean_flops: float, max_flops: float) -> bool:
+        return self.violation(mean_flops, max_flops, 1.0) <= 1e-9 * max(1.0, self.flops or 1.0)
+
+
+def cut_to_budget(config: ExitConfig, ev: Evaluator, budget: BudgetConstraint) -> ExitConfig | None:
+    """For worst-case budgets: keep the exits up to the last one whose cost fits, and end the
+    model there (DESIGN.md). None when even the first exit does not fit."""
+    if budget.kind is not BudgetKind.MAX or budget.flops is None:
+        return config
+    full = ExitConfig(
+        config.exits, config.criterion, config.thresholds, config.threshold_mode, cut=True
+    )
+    costs = ev.costs.exit_flops(full)
+    fits = np.nonzero(costs <= budget.flops * (1 + 1e-12))[0]
+    if not len(fits):
+        return None
+    keep = int(fits[-1]) + 1
+    return ExitConfig(
+        config.exits[:keep],
+        config.criterion,
+        config.thresholds[:keep],
+        config.threshold_mode,
+        cut=True,
+    )
+
+
+@dataclass
+class SearchResult:
+    """The refined feasible front on validation, with what produced it."""
+
+    front: list[CurvePoint]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    n_trials: int = 0
+    n_failed: int = 0
+    seconds: float = 0.0
+    refine_seconds: float = 0.0
+    placements_refined: int = 0
+    study_name: str | None = None
+
+    @property
+    def trials_per_second(self) -> float:
+        return self.n_trials / self.seconds if self.seconds > 0 else float("nan")
+
+
+def front_of(
+    points: Sequence[CurvePoint], budget: BudgetConstraint, ev: Evaluator
+) -> list[CurvePoint]:
+    """Feasible, non-dominated points, cheapest first (max cost checked for worst-case budgets)."""
+    feasible = []
+    for p in points:
+        if budget.flops is not None:
+            if budget.kind is BudgetKind.MAX:
+                _, mean, mx = ev.quick(p.config)
+                if not budget.feasible(mean, mx):
+                    continue
+            elif p.mean_flops > budget.flops * (1 + 1e-12):
+                continue
+        feasible.append(p)
+    if not feasible:
+        return []
+    mask = pareto_mask([p.accuracy for p in feasible], [p.mean_flops for p in feasible])
+    chosen = [p for p, keep in zip(feasible, mask, strict=True) if keep]
+    return sorted(chosen, key=lambda p: (p.mean_flops, -p.accuracy))
+
+
+def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
+    """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if stale:
+        progress.log(f"search: {len(stale)} trial(s) interrupted earlier were marked failed")
+
+
+def run_search(
+    ev: Evaluator,
+    sampler: ConfigSampler,
+    budget: BudgetConstraint,
+    settings: SearchSettings,
+    *,
+    storage: BaseStorage | None = None,
+    study_name: str = "exitsearch",
+    resume: bool = True,
+    seed_placements: Sequence[ExitConfig] = (),
+    progress: Progress | None = None,
+    objective_hook: Callable[[ExitConfig], None] | None = None,
+) -> SearchResult:
+    """Search ``sampler.space`` on ``ev``'s split under ``budget``.
+
+    With ``resume`` a study of the same name in ``storage`` is continued: finished trials are
+    kept and only the missing ones run. Without it, an existing study is replaced.
+    """
+    progress = progress or NullProgress()
+    if settings.strategy == EXHAUSTIVE:
+        return exhaustive_front(
+            ev, sampler, budget, progress=progress, seed_placements=seed_placements
+        )
+    scale = float(ev.costs.backbone_flops)
+    if storage is None:
+        storage = optuna.storages.InMemoryStorage()
+    if not resume:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study_name, storage=storage)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, directions=["maximize", "minimize"],
+        sampler=create_sampler(settings.strategy, settings.seed, population_size=settings.population_size),
+        load_if_exists=True,
+    )  # fmt: skip
+    study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
+    _settle_interrupted(study, progress)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    remaining = max(0, settings.n_trials - done)
+    if done:
+        progress.log(f"search: {done} finished trial(s) kept, {remaining} to go")
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        config = sampler.sample(trial)
+        if config is not None:
+            config = cut_to_budget(config, ev, budget)
+        if config is None:
+            trial.set_user_attr("config", None)
+            trial.set_constraint("budget", 1.0)
+            return 0.0, 1.0
+        if objective_hook is not None:
+            objective_hook(config)
+        acc, mean, mx = ev.quick(config)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_constraint("budget", budget.violation(mean, mx, scale))
+        return acc, mean / scale
+
+    task = "search"
+    progress.start(task, settings.n_trials)
+    progress.advance(task, done)
+    t0 = time.perf_counter()
+    if remaining:
+        study.optimize(
+            objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
+            callbacks=[lambda s, t: progress.advance(task, 1)], gc_after_trial=False,
+        )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    progress.finish(task)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state is TrialState.COMPLETE and t.user_attrs.get("config")]
+    failed = [t for t in trials if t.state is TrialState.FAIL]
+    result = SearchResult(
+        front=[], n_trials=len(trials), n_failed=len(failed), seconds=seconds, study_name=study_name,
+        trials=[{"number": t.number, "accuracy": t.values[0], "mean_flops": t.values[1] * scale,
+                 "feasible": all(v <= 0 for v in t.constraints.values())} for t in complete],
+    )  # fmt: skip
+    configs = [ExitConfig.from_dict(t.user_attrs["config"]) for t in complete]
+    raw = [
+        CurvePoint(c, t.values[0], t.values[1] * scale)
+        for c, t in zip(configs, complete, strict=True)
+    ]
+    if not settings.refine:
+        result.front = front_of(raw, budget, ev)
+        return result
+    t1 = time.perf_counter()
+    placements = _placements_to_refine(raw, budget, ev, settings)
+    for c in seed_placements:
+        cut = cut_to_budget(c, ev, budget)
+        if cut is not None:
+            placements.setdefault(cut.placement_key, cut)
+    points = list(raw)
+    per_exit = "per_exit" in sampler.space.threshold_modes
+    progress.start("refine", len(placements))
+    for config in placements.values():
+        points += refine_placement(ev, config, per_exit=per_exit)
+        progress.advance("refine")
+    progress.finish("refine")
+    result.front = front_of(points, budget, ev)
+    result.refine_seconds = time.perf_counter() - t1
+    result.placements_refined = len(placements)
+    return result
+
+
+def _placements_to_refine(
+    raw: list[CurvePoint], budget: BudgetConstraint, ev: Evaluator, settings: SearchSettings
+) -> dict[str, ExitConfig]:
+    """Placements of the best ``refine_fronts`` non-dominated layers of feasible trials."""
+    pool = [p for p in raw if budget.flops is None or p.mean_flops <= budget.flops * (1 + 1e-12)
+            or budget.kind is BudgetKind.MAX] or list(raw)  # fmt: skip
+    chosen: dict[str, ExitConfig] = {}
+    remaining = list(pool)
+    for _ in range(settings.refine_fronts):
+        if not remaining or len(chosen) >= settings.max_refine:
+            break
+        mask = pareto_mask([p.accuracy for p in remaining], [p.mean_flops for p in remaining])
+        layer = [p for p, m in zip(remaining, mask, strict=True) if m]
+        remaining = [p for p, m in zip(remaining, mask, strict=True) if not m]
+        for p in sorted(layer, key=lambda p: -p.accuracy):
+            chosen.setdefault(p.config.placement_key, p.config)
+            if len(chosen) >= settings.max_refine:
+                break
+    return chosen
+
+
+# -------------------------------------------------------------------- exhaustive
+def enumerate_placements(sampler: ConfigSampler, limit: int = 50_000) -> list[ExitConfig]:
+    """Every placement (exits and criterion; thresholds left at 0) of a space.
+
+    Raises:
+        ConfigError: the space has more than ``limit`` placements.
+    """
+    space = sampler.space
+    exit_sets: list[list[HeadSpec]] = []
+    if space.placement is Placement.FREE:
+        options = [[NONE, *sorted(sampler.by_location[m])] for m in sampler.locations]
+        total = math.prod(len(o) for o in options) * len(sampler.criteria)
+        if total > limit:
+            raise ConfigError(
+                f"the space has {total:,} placements, more than {limit:,} to enumerate; use a sampler"
+            )
+        for combo in itertools.product(*options):
+            exits = [
+                sampler.by_location[m][v]
+                for m, v in zip(sampler.locations, combo, strict=True)
+                if v != NONE
+            ]
+            if exits:
+                exit_sets.append(exits)
+    elif space.placement is Placement.UNIFORM:
+        types = sorted({s.type for s in sampler.heads})
+        for n in range(space.num_exits.low, min(space.num_exits.high, len(sampler.locations)) + 1):
+            for t in types:
+                exits = [
+                    v
+                    for m in sampler.uniform_locations(n)
+                    for v in sampler.by_location[m].values()
+                    if v.type == t
+                ][:n]
+                if exits:
+                    exit_sets.append(exits)
+    else:
+        raise ConfigError("exhaustive search supports free and uniform placements")
+    return [
+        ExitConfig(tuple(e), c, (0.0,) * len(e), "shared")
+        for e in exit_sets
+        for c in sampler.criteria
+    ]
+
+
+def exhaustive_front(
+    ev: Evaluator,
+    sampler: ConfigSampler,
+    budget: BudgetConstraint,
+    *,
+    progress: Progress | None = None,
+    seed_placements: Sequence[ExitConfig] = (),
+) -> SearchResult:
+    """The exact front of a space with shared thresholds: every placement's whole curve."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    placements = enumerate_placements(sampler)
+    progress.start("exhaustive", len(placements))
+    points: list[CurvePoint] = []
+    for config in placements:
+        cut = cut_to_budget(config, ev, budget)
+        if cut is not None:
+            points += shared_curve(ev, cut)
+        progress.advance("exhaustive")
+    progress.finish("exhaustive")
+    seconds = time.perf_counter() - t0
+    return SearchResult(front=front_of(points, budget, ev), n_trials=len(placements), seconds=seconds,
+                        placements_refined=len(placements))  # fmt: skip

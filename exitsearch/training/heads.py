@@ -1,0 +1,336 @@
+"""Training every candidate head at every location at once, classifier-wise (paper 000).
+
+The backbone is frozen (eval mode, no gradients) and runs once per batch; every head reads the
+hidden state of its location from that one forward pass. Heads have their own optimiser (Adam),
+learning-rate decay on plateau (factor 0.6, patience 2) and early stopping (patience 5) on their
+validation loss, as paper 000 trained them. Their losses are independent, so the result is
+classifier-wise training done once instead of once per head.
+
+A head whose loss becomes NaN or infinite is stopped, restored to its best weights and marked
+``diverged``; the others train on. A checkpoint is written after each epoch; rerunning with the
+same inputs resumes from it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from exitsearch._io import (
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    sha256_of,
+)
+from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.splits import DataSplits
+from exitsearch.data.transforms import iterate_batches
+from exitsearch.errors import ConfigError
+from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.bank import HeadBank
+
+__all__ = ["HeadStatus", "HeadTrainConfig", "HeadTrainResult", "train_heads"]
+
+CKPT = "checkpoint.safetensors"
+STATE = "checkpoint.json"
+WEIGHTS = "heads.safetensors"
+SUMMARY = "heads.json"
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    """Settings of joint classifier-wise head training.
+
+    Attributes:
+        epochs: maximum epochs (early stopping may end a head sooner).
+        batch_size: training batch size.
+        lr: initial Adam learning rate of every head.
+        plateau_factor, plateau_patience: multiply a head's learning rate by the factor after
+            more than ``plateau_patience`` epochs without a lower validation loss.
+        early_stop_patience: stop a head after that many epochs without improvement.
+        train_limit: train on the first N samples of each epoch's shuffled training set.
+        bf16: run the heads under bfloat16 autocast.
+        uncertainty_weight: weight of the uncertainty predictor's MSE loss (paper 004, eq. 1).
+        seed: seed of head initialisation and shuffling.
+    """
+
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 1e-3
+    plateau_factor: float = 0.6
+    plateau_patience: int = 2
+    early_stop_patience: int = 5
+    train_limit: int | None = None
+    bf16: bool = False
+    uncertainty_weight: float = 1.0
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "plateau_patience",
+            "early_stop_patience",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name} >= 1` must hold, but got {name}={getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"`lr > 0` must hold, but got lr={self.lr}")
+        if not 0 < self.plateau_factor <= 1:
+            raise ConfigError(f"`0 < plateau_factor <= 1` must hold, but got {self.plateau_factor}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise ConfigError(f"`train_limit >= 1` must hold, but got {self.train_limit}")
+
+
+@dataclass
+class HeadStatus:
+    """Training state of one head (JSON-serialisable)."""
+
+    key: str
+    lr: float
+    best_loss: float = math.inf
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    since_decay: int = 0
+    state: str = "training"  # training | stopped | finished | diverged
+    epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HeadTrainResult:
+    bank: HeadBank
+    statuses: list[HeadStatus]
+    seconds: float
+    backbone_passes: int
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "heads": [
+                {**s.to_dict(), "key": s.key, "val_acc": st.best_acc, "val_loss": st.best_loss,
+                 "best_epoch": st.best_epoch, "epochs": st.epochs, "state": st.state}
+                for s, st in zip(self.bank.specs, self.statuses, strict=True)
+            ],
+            "seconds": self.seconds,
+            "backbone_passes": self.backbone_passes,
+        }  # fmt: skip
+
+
+def train_heads(
+    backbone: Backbone,
+    splits: DataSplits,
+    specs: list[HeadSpec],
+    config: HeadTrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: Progress | None = None,
+) -> HeadTrainResult:
+    """Train every head of ``specs`` on ``splits.train`` with ``backbone`` frozen.
+
+    Writes ``checkpoint.safetensors``/``checkpoint.json`` after each epoch (resume) and
+    ``heads.safetensors`` (best weights of every head) plus ``heads.json`` (figures) at the end.
+
+    Raises:
+        ConfigError: a head location lies beyond the backbone, or the classes do not match.
+    """
+    progress = progress or NullProgress()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if splits.num_classes != backbone.num_classes:
+        raise ConfigError(
+            f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}"
+        )
+    bad = [s.key for s in specs if s.location >= backbone.depth + 1]
+    if bad:
+        raise ConfigError(
+            f"head(s) {', '.join(bad)} lie beyond the {backbone.depth}-block backbone"
+        )
+    torch.manual_seed(config.seed)
+    ctx = HeadContext.from_backbone(backbone)
+    bank = HeadBank(specs, ctx)
+    backbone.eval().requires_grad_(False)
+    transform = backbone.input_transform()
+    upto = bank.max_location
+    optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
+    statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
+    best = {k: v.detach().clone() for k, v in bank.state_dict().items()}
+    identity = sha256_of(
+        "heads-train-v1", backbone.weights_checksum(), splits.fingerprint(),
+        [s.to_dict() for s in specs], asdict(config),
+    )  # fmt: skip
+    start_epoch, passes = 0, 0
+    if (out / STATE).is_file():
+        saved = read_json(out / STATE)
+        if saved.get("identity") == identity:
+            tensors = load_safetensors(out / CKPT)
+            bank.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("bank.")})
+            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+            for i, opt in enumerate(optimizers):
+                opt.load_state_dict(
+                    unflatten_optimizer_state(tensors, saved["optimizers"][i], prefix=f"opt{i}")
+                )
+            statuses = [HeadStatus(**s) for s in saved["statuses"]]
+            start_epoch, passes = int(saved["epoch"]), int(saved["backbone_passes"])
+            progress.log(f"heads: resuming after epoch {start_epoch} of {config.epochs}")
+        else:
+            progress.log("heads: checkpoint belongs to other inputs; starting afresh")
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    t_start = time.perf_counter()
+    n_train = (
+        len(splits.train)
+        if config.train_limit is None
+        else min(config.train_limit, len(splits.train))
+    )
+    steps = math.ceil(n_train / config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        active = [i for i, st in enumerate(statuses) if st.state == "training"]
+        if not active:
+            break
+        bank.train()
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        task = f"heads epoch {epoch + 1}/{config.epochs}"
+        progress.start(task, steps)
+        loss_sums = dict.fromkeys(active, 0.0)
+        seen = 0
+        batches = iterate_batches(splits.train, config.batch_size, shuffle=True, generator=gen)
+        for b, (_, x, y) in enumerate(batches):
+            if b >= steps:
+                break
+            with torch.no_grad():
+                states = backbone.hidden_states(transform(x), upto=upto)
+            passes += 1
+            total = None
+            for i in list(active):
+                head, spec = bank.heads[i], bank.specs[i]
+                with autocast:
+                    logits = head(states[spec.location - 1])
+                loss = F.cross_entropy(logits.float(), y)
+                if head.uncertainty is not None:
+                    u = head.uncertainty(logits.detach().float())
+                    loss = loss + config.uncertainty_weight * F.mse_loss(
+                        u, head.uncertainty.target(logits, y)
+                    )
+                if not torch.isfinite(loss):
+                    _diverge(bank, i, statuses[i], best, progress, epoch, b)
+                    active.remove(i)
+                    continue
+                loss_sums[i] += float(loss.detach()) * len(y)
+                total = loss if total is None else total + loss
+            if total is not None:
+                total.backward()
+                for i in active:
+                    optimizers[i].step()
+                    optimizers[i].zero_grad(set_to_none=True)
+            seen += len(y)
+            progress.advance(task, 1, heads=len(active))
+        progress.finish(task)
+        val_loss, val_acc = _validate(
+            backbone, bank, splits, config, active, transform, upto, autocast
+        )
+        passes += math.ceil(len(splits.val) / config.eval_batch_size)
+        for i in active:
+            _after_epoch(statuses[i], bank, i, best, optimizers[i], config, epoch,
+                         loss_sums[i] / max(seen, 1), val_loss[i], val_acc[i])  # fmt: skip
+        _checkpoint(out, identity, epoch + 1, bank, best, optimizers, statuses, passes)
+        done = sum(st.state != "training" for st in statuses)
+        progress.log(
+            f"heads epoch {epoch + 1}: best validation accuracy {max(st.best_acc for st in statuses):.4f}, "
+            f"{len(statuses) - done} of {len(statuses)} heads still training"
+        )
+    for st in statuses:
+        if st.state == "training":
+            st.state = "finished"
+    bank.load_state_dict(best)
+    bank.eval()
+    result = HeadTrainResult(bank, statuses, time.perf_counter() - t_start, passes)
+    bank.save(out / WEIGHTS, {"identity": identity})
+    atomic_write_json(
+        out / SUMMARY, {"identity": identity, "config": asdict(config), **result.summary()}
+    )
+    return result
+
+
+def _diverge(bank: HeadBank, i: int, st: HeadStatus, best: dict[str, torch.Tensor],
+             progress: Progress, epoch: int, batch: int) -> None:  # fmt: skip
+    st.state = "diverged"
+    prefix = f"heads.{i}."
+    bank.heads[i].load_state_dict(
+        {k[len(prefix) :]: v for k, v in best.items() if k.startswith(prefix)}
+    )
+    progress.log(
+        f"head {st.key}: loss became non-finite at epoch {epoch + 1}, batch {batch + 1}; "
+        "stopped and restored to its best weights, the others train on"
+    )
+
+
+@torch.no_grad()
+def _validate(backbone, bank, splits, config, active, transform, upto, autocast):  # type: ignore[no-untyped-def]
+    bank.eval()
+    loss = dict.fromkeys(active, 0.0)
+    correct = dict.fromkeys(active, 0)
+    for _, x, y in iterate_batches(splits.val, config.eval_batch_size):
+        states = backbone.hidden_states(transform(x), upto=upto)
+        for i in active:
+            with autocast:
+                logits = bank.heads[i](states[bank.specs[i].location - 1]).float()
+            loss[i] += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct[i] += int((logits.argmax(-1) == y).sum())
+    n = max(len(splits.val), 1)
+    return {i: v / n for i, v in loss.items()}, {i: v / n for i, v in correct.items()}
+
+
+def _after_epoch(st: HeadStatus, bank: HeadBank, i: int, best: dict[str, torch.Tensor],
+                 opt: torch.optim.Optimizer, config: HeadTrainConfig, epoch: int,
+                 train_loss: float, val_loss: float, val_acc: float) -> None:  # fmt: skip
+    st.epochs = epoch + 1
+    st.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                       "val_acc": val_acc, "lr": st.lr})  # fmt: skip
+    if not math.isfinite(val_loss):
+        st.state = "diverged"
+        return
+    if val_loss < st.best_loss:
+        st.best_loss, st.best_acc, st.best_epoch = val_loss, val_acc, epoch + 1
+        st.bad_epochs = st.since_decay = 0
+        prefix = f"heads.{i}."
+        for k, v in bank.heads[i].state_dict().items():
+            best[prefix + k] = v.detach().clone()
+        return
+    st.bad_epochs += 1
+    st.since_decay += 1
+    if st.bad_epochs >= config.early_stop_patience:
+        st.state = "stopped"
+    elif st.since_decay > config.plateau_patience:
+        st.lr *= config.plateau_factor
+        st.since_decay = 0
+        for group in opt.param_groups:
+            group["lr"] = st.lr
+
+
+def _checkpoint(out: Path, identity: str, epoch: int, bank: HeadBank, best: dict[str, torch.Tensor],
+                optimizers: list[torch.optim.Optimizer], statuses: list[HeadStatus], passes: int) -> None:  # fmt: skip
+    tensors = {f"bank.{k}": v for k, v in bank.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best.items()})
+    metas = []
+    for i, opt in enumerate(optimizers):
+        t, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"opt{i}")
+        tensors.update(t)
+        metas.append(meta)
+    save_safetensors(out / CKPT, tensors)
+    atomic_write_json(out / STATE, {
+        "identity": identity, "epoch": epoch, "backbone_passes": passes,
+        "statuses": [asdict(s) for s in statuses], "optimizers": metas,
+    })  # fmt: skip

@@ -1,0 +1,153 @@
+"""Every trained head's per-sample outputs on validation and test, cached as arrays.
+
+For each split: one row per head (in the bank's order) plus a last row for the backbone's own
+final exit, one column per sample. The search reads only this.
+
+* ``confidence``: max-softmax probability (LGViT eq. 16).
+* ``entropy``: entropy of the softmax divided by ``log(num_classes)``, in [0, 1].
+* ``pred``: predicted label; ``correct = pred == labels``.
+* ``uncertainty``: MEViT's predicted uncertainty (paper 004, eq. 3); NaN for heads without one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exitsearch._io import atomic_path, atomic_write_json, read_json
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.splits import DataSplits
+from exitsearch.data.transforms import iterate_batches
+from exitsearch.errors import CacheError
+from exitsearch.heads import HeadSpec
+from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.bank import HeadBank
+
+__all__ = ["Predictions", "SplitPredictions", "exit_statistics", "predict"]
+
+FINAL = "final"
+
+
+def exit_statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(confidence, normalised entropy, prediction)`` of a batch of logits, in float32.
+
+    The exported runtime decides exits with this same function, so cached values and run-time
+    values agree.
+    """
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    conf, pred = p.max(dim=-1)
+    ent = -(p * logp).sum(-1) / math.log(logits.shape[-1])
+    return conf, ent.clamp_(0.0, 1.0), pred
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    labels: np.ndarray  # (n,) int64
+    confidence: np.ndarray  # (H + 1, n) float32
+    entropy: np.ndarray  # (H + 1, n) float32
+    pred: np.ndarray  # (H + 1, n) int32
+    uncertainty: np.ndarray  # (H + 1, n) float32, NaN without a predictor
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.labels[None, :]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def accuracy(self) -> np.ndarray:
+        """Accuracy of every row (heads, then the final exit)."""
+        return self.correct.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Cached outputs of the heads in ``heads`` (row i) and the final exit (last row)."""
+
+    heads: list[HeadSpec]
+    splits: dict[str, SplitPredictions]
+    num_classes: int
+
+    def row(self, key: str) -> int:
+        if key == FINAL:
+            return len(self.heads)
+        for i, s in enumerate(self.heads):
+            if s.key == key:
+                return i
+        raise KeyError(f"no cached predictions for head {key!r}")
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, sp in self.splits.items():
+            with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, labels=sp.labels, confidence=sp.confidence, entropy=sp.entropy,
+                         pred=sp.pred, uncertainty=sp.uncertainty)  # fmt: skip
+        atomic_write_json(out / "predictions.json", {
+            "heads": [s.to_dict() | {"key": s.key} for s in self.heads],
+            "splits": list(self.splits), "num_classes": self.num_classes,
+        })  # fmt: skip
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Predictions:
+        root = Path(folder)
+        meta = read_json(root / "predictions.json")
+        splits = {}
+        for name in meta["splits"]:
+            try:
+                with np.load(root / f"{name}.npz", allow_pickle=False) as z:
+                    splits[name] = SplitPredictions(**{k: z[k] for k in z.files})
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CacheError(
+                    f"{root / (name + '.npz')}: unreadable predictions ({exc})"
+                ) from None
+        return cls([HeadSpec.from_dict(h) for h in meta["heads"]], splits, int(meta["num_classes"]))
+
+
+@torch.no_grad()
+def predict(
+    backbone: Backbone,
+    bank: HeadBank,
+    splits: DataSplits,
+    names: tuple[str, ...] = ("val", "test"),
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+) -> Predictions:
+    """Run the backbone once per batch and every head of ``bank`` on its location's state."""
+    progress = progress or NullProgress()
+    backbone.eval()
+    bank.eval()
+    transform = backbone.input_transform()
+    out: dict[str, SplitPredictions] = {}
+    rows = len(bank) + 1
+    for name in names:
+        data = splits.get(name)
+        n = len(data)
+        conf = np.empty((rows, n), np.float32)
+        ent = np.empty((rows, n), np.float32)
+        pred = np.empty((rows, n), np.int32)
+        unc = np.full((rows, n), np.nan, np.float32)
+        task = f"predict {name}"
+        progress.start(task, math.ceil(n / batch_size))
+        for idx, x, _ in iterate_batches(data, batch_size):
+            states = backbone.hidden_states(transform(x))
+            cols = idx.numpy()
+            for i, (spec, head) in enumerate(bank):
+                logits = head(states[spec.location - 1])
+                c, e, p = exit_statistics(logits)
+                conf[i, cols], ent[i, cols], pred[i, cols] = c.numpy(), e.numpy(), p.numpy()
+                if head.uncertainty is not None:
+                    unc[i, cols] = head.uncertainty(logits.float()).numpy()
+            c, e, p = exit_statistics(backbone.final_head(states[-1]))
+            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c.numpy(), e.numpy(), p.numpy()
+            progress.advance(task)
+        progress.finish(task)
+        out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
+    return Predictions(list(bank.specs), out, backbone.num_classes)

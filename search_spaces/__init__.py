@@ -1,0 +1,1 @@
+"""Search spaces shipped with exitsearch (YAML files, loaded by name)."""
