@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from exitsearch.backbone import DEFAULT_PRESET, BackboneSpec, parse_overrides
 from exitsearch.data import DataSpec
+from exitsearch.training.heads import HeadTrainConfig
 
 ModelOpt = Annotated[
     str,
@@ -74,3 +76,52 @@ def data_spec(
     data: str, data_dir: str | None, val_size: int | None, split_seed: int, limit: int | None
 ) -> DataSpec:
     return DataSpec(source=data, data_dir=data_dir, val_size=val_size, seed=split_seed, limit=limit)
+
+
+RunOpt = Annotated[
+    str | None,
+    typer.Option("--run", help="Run folder (default: results/<model>-<data>)."),
+]
+SpaceOpt = Annotated[
+    str,
+    typer.Option(
+        "--space",
+        help="Search space: a shipped name (default, lgvit, multiexit-vit, uniform) or a YAML file.",
+    ),
+]
+HeadEpochsOpt = Annotated[
+    int,
+    typer.Option(
+        "--head-epochs",
+        help="Maximum epochs of head training (early stopping may end a head sooner).",
+    ),
+]
+HeadBatchOpt = Annotated[
+    int, typer.Option("--head-batch-size", help="Batch size of head training.")
+]
+HeadLrOpt = Annotated[
+    float, typer.Option("--head-lr", help="Initial Adam learning rate of every head.")
+]
+HeadLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--head-train-limit",
+        help="Train heads on N shuffled training samples per epoch (quick runs).",
+    ),
+]
+Bf16Opt = Annotated[bool, typer.Option("--bf16/--fp32", help="Run heads under bfloat16 autocast.")]
+
+
+def run_folder(run: str | None, model: str, data: str) -> Path:
+    if run:
+        return Path(run)
+    data_name = data if data == "fashion-mnist" else Path(data).stem
+    return Path("results") / f"{model}-{data_name}"
+
+
+def head_config(
+    epochs: int, batch_size: int, lr: float, limit: int | None, bf16: bool, seed: int
+) -> HeadTrainConfig:
+    return HeadTrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, train_limit=limit, bf16=bf16, seed=seed
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import optuna
 import typer
 from exitsearch_cli import backbone
 from exitsearch_cli.profile import profile
+from exitsearch_cli.run import run
 
 app = typer.Typer(
     name="exitsearch",
@@ -16,7 +18,11 @@ app = typer.Typer(
 )
 app.add_typer(backbone.app, name="backbone")
 app.command("profile")(profile)
+app.command("run")(run)
 
+# Failed trials are recorded in the study and summarised by the commands; Optuna's own handler
+# would print a traceback for each.
+optuna.logging.disable_default_handler()
 
 if __name__ == "__main__":
     app()

@@ -21,8 +21,20 @@ from safetensors.torch import load_file, save_file
 
 from exitsearch.errors import CacheError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _current_umask() -> int:
+    """The process umask, read without changing it (Linux); os.umask's set-and-restore otherwise."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 __all__ = [
     "atomic_path",
@@ -45,7 +57,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

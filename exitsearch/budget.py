@@ -22,7 +22,7 @@ _SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _PATTERN = re.compile(
     r"""^\s*(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)\s*
         (?P<unit>([KMGT]?(FLOPS|MACS))|%|MS)?\s*$""",
-    re.VERBOSE | re.IGNORECASE,
+    re.VERBOSE | re.IGNORECASE | re.ASCII,
 )
 
 
@@ -106,6 +106,7 @@ def parse_budget(text: str, kind: BudgetKind | str = BudgetKind.MEAN) -> Budget:
         return Budget(num / 100.0, BudgetUnit.FRACTION, kind, text)
     if unit == "MS":
         return Budget(num, BudgetUnit.MILLISECONDS, kind, text)
-    # "MFLOPS"/"MMACS" carry the prefix M; a bare "MACS" does not.
-    prefix = unit[0] if len(unit) > 4 else ""
+    # The prefix is what precedes the base word: "MFLOPS" -> "M", "MACS" -> "".
+    base = "FLOPS" if unit.endswith("FLOPS") else "MACS"
+    prefix = unit[: -len(base)] if unit else ""
     return Budget(num * _SCALE[prefix], BudgetUnit.FLOPS, kind, text)

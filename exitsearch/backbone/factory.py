@@ -18,14 +18,16 @@ from exitsearch.errors import BackboneError
 __all__ = ["create_backbone", "list_backbones", "resolve_spec"]
 
 
+# timm modules whose models are plain ``VisionTransformer``s (or subclasses with the same token
+# sequence): the ones create_backbone accepts.
+_VIT_MODULES = ("vision_transformer", "deit")
+
+
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Preset names and timm model names of the ViT family that match ``pattern``."""
+    """Preset names and timm models of the plain ViT family that match ``pattern``."""
     names = [p for p in PRESETS if pattern == "*" or pattern.strip("*") in p]
-    return names + [n for n in timm.list_models(pattern) if _is_vit_name(n)]
-
-
-def _is_vit_name(name: str) -> bool:
-    return name.startswith(("vit_", "deit_", "deit3_"))
+    found = sorted({n for module in _VIT_MODULES for n in timm.list_models(pattern, module=module)})
+    return names + found
 
 
 def resolve_spec(spec: BackboneSpec) -> BackboneSpec:
@@ -85,6 +87,18 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
             f"{name} is a {type(model).__name__}, not a plain Vision Transformer: exits need one "
             "token sequence per block (ViT and DeiT families); hierarchical models such as Swin "
             "are not supported"
+        )
+    if hasattr(model.patch_embed, "backbone"):
+        raise BackboneError(
+            f"{name} has a convolutional stem (a hybrid ViT); exitsearch supports plain patch "
+            "embeddings (ViT and DeiT families)"
+        )
+    grid_img = model.patch_embed.img_size
+    patch = model.patch_embed.patch_size
+    if grid_img is not None and any(i % p for i, p in zip(grid_img, patch, strict=True)):
+        raise BackboneError(
+            f"img_size={tuple(grid_img)} is not a multiple of the patch size {tuple(patch)} of {name}; "
+            "pixels would be dropped"
         )
     if spec.checkpoint:
         load_weights(model, spec.checkpoint)

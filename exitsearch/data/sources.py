@@ -27,9 +27,17 @@ __all__ = [
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -177,6 +185,8 @@ def _to_nchw(x: np.ndarray, p: Path, key: str) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
+        if x.size and not np.isfinite(x).all():
+            raise DataError(f"{p}: {key} holds NaN or infinite values")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
             raise DataError(
                 f"{p}: float {key} must lie in [0, 1], found {x.min():.3g}..{x.max():.3g}"

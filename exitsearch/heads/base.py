@@ -102,8 +102,12 @@ class HeadSpec:
         return f"{self.type}{f'[{p}]' if p else ''}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "location": self.location, "params": dict(self.params),
-                "uncertainty": self.uncertainty}  # fmt: skip
+        return {
+            "type": self.type,
+            "location": self.location,
+            "params": dict(self.params),
+            "uncertainty": self.uncertainty,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HeadSpec:

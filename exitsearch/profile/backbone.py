@@ -50,6 +50,10 @@ class BackboneProfile:
 
     def cumulative(self, location: int) -> int:
         """FLOPs of the stem and blocks ``1..location`` (``0`` gives the stem alone)."""
+        if not 0 <= location <= self.depth:
+            raise IndexError(
+                f"`0 <= location <= {self.depth}` must hold, but got location={location}"
+            )
         if location == 0:
             return self.stem_flops
         return self.blocks[location - 1].cumulative_flops
@@ -123,5 +127,7 @@ def profile_backbone(backbone: Backbone) -> BackboneProfile:
 
 def block_flops(backbone: Backbone, index: int, num_tokens: int) -> int:
     """FLOPs of block ``index`` (1-based) run on ``num_tokens`` tokens (e.g. after pausing)."""
+    if not 1 <= index <= backbone.depth:
+        raise IndexError(f"`1 <= index <= {backbone.depth}` must hold, but got index={index}")
     tokens = torch.zeros(1, num_tokens, backbone.embed_dim)
     return count_flops(backbone.model.blocks[index - 1], tokens).total

@@ -78,10 +78,18 @@ class LatencyTable:
     def per_sample(self) -> LatencyTable:
         b = self.batch_size
         return LatencyTable(
-            self.model, self.device, self.device_name, 1,
-            self.stem_ms / b, [x / b for x in self.block_ms], self.head_ms / b, self.full_ms / b,
-            self.threads, self.repeats, {k: v / b for k, v in self.extra.items()},
-        )  # fmt: skip
+            self.model,
+            self.device,
+            self.device_name,
+            1,
+            self.stem_ms / b,
+            [x / b for x in self.block_ms],
+            self.head_ms / b,
+            self.full_ms / b,
+            self.threads,
+            self.repeats,
+            {k: v / b for k, v in self.extra.items()},
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "parts_ms": self.parts_ms}
@@ -119,7 +127,14 @@ def measure_latency(
     full = med(lambda: bb(x))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return LatencyTable(
-        model=bb.spec.model, device=device, device_name=name, batch_size=batch_size,
-        stem_ms=stem, block_ms=blocks, head_ms=head, full_ms=full,
-        threads=torch.get_num_threads(), repeats=repeats,
-    )  # fmt: skip
+        model=bb.spec.model,
+        device=device,
+        device_name=name,
+        batch_size=batch_size,
+        stem_ms=stem,
+        block_ms=blocks,
+        head_ms=head,
+        full_ms=full,
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+    )

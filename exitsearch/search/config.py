@@ -65,16 +65,28 @@ class ExitConfig:
     def placement_key(self) -> str:
         """Exits, criterion, cut and pause without thresholds: what threshold refinement keeps."""
         pause = ",".join(f"{k}:{v:g}" for k, v in self.pause.items())
-        return (" ".join(s.key for s in self.exits) + f" | {self.criterion}"
-                + (" | cut" if self.cut else "") + (f" | pause {pause}" if pause else ""))  # fmt: skip
+        return (
+            " ".join(s.key for s in self.exits)
+            + f" | {self.criterion}"
+            + (" | cut" if self.cut else "")
+            + (f" | pause {pause}" if pause else "")
+        )
 
     def with_thresholds(self, thresholds: Sequence[float], mode: str | None = None) -> ExitConfig:
-        return ExitConfig(self.exits, self.criterion, tuple(thresholds), mode or self.threshold_mode,
-                          self.cut, self.pause)  # fmt: skip
+        return ExitConfig(
+            self.exits,
+            self.criterion,
+            tuple(thresholds),
+            mode or self.threshold_mode,
+            self.cut,
+            self.pause,
+        )
 
     def describe(self) -> str:
-        parts = [f"{s.variant}@{s.location}{f'>={t:.4g}' if not self.cut or i < len(self.exits) - 1 else ''}"
-                 for i, (s, t) in enumerate(zip(self.exits, self.thresholds, strict=True))]  # fmt: skip
+        parts = [
+            f"{s.variant}@{s.location}{f'>={t:.4g}' if not self.cut or i < len(self.exits) - 1 else ''}"
+            for i, (s, t) in enumerate(zip(self.exits, self.thresholds, strict=True))
+        ]
         tail = " (cut)" if self.cut else " -> final"
         return f"{self.criterion}: " + ", ".join(parts) + tail
 

@@ -74,15 +74,21 @@ class ExitCriterion(abc.ABC):
         return readiness >= bounds
 
     def runtime_readiness(
-        self, conf: torch.Tensor, ent: torch.Tensor, pred: torch.Tensor, unc: torch.Tensor | None,
+        self,
+        conf: torch.Tensor,
+        ent: torch.Tensor,
+        pred: torch.Tensor,
+        unc: torch.Tensor | None,
         history: torch.Tensor | None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """Readiness at one exit in the runtime; ``history`` holds earlier exits' predictions
         (samples x exits so far) for criteria that need them."""
         r = self.readiness(
-            conf.numpy()[None], ent.numpy()[None], pred.numpy()[None],
+            conf.numpy()[None],
+            ent.numpy()[None],
+            pred.numpy()[None],
             (unc.numpy() if unc is not None else np.full(conf.shape, np.nan, np.float32))[None],
-        )  # fmt: skip
+        )
         return torch.from_numpy(r[0])
 
 
@@ -115,10 +121,8 @@ class Uncertainty(ExitCriterion):
     needs_uncertainty = True
 
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
-        if np.isnan(uncertainty).any():
-            raise ConfigError(
-                "the uncertainty criterion needs heads trained with an uncertainty predictor"
-            )
+        # Rows without a predictor hold NaN, which never reaches a bound: such an exit never fires.
+        # Configurations are checked for predictors before they are scored (Evaluator).
         return -uncertainty
 
     def bound(self, threshold: float) -> float:

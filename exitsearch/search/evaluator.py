@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from exitsearch.errors import ConfigError
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.criteria import ExitCriterion, create_criterion
@@ -103,6 +104,10 @@ class Evaluator:
         exit axis of an (E, n) array is several times slower.
         """
         crit = self._criterion(config.criterion)
+        if crit.needs_uncertainty and not all(s.uncertainty for s in config.exits):
+            raise ConfigError(
+                f"criterion {crit.name} needs heads trained with an uncertainty predictor"
+            )
         rows = self.rows(config)
         terminal = len(rows) - 1 if config.cut else len(rows)
         idx = np.full(self.n, terminal, dtype=np.int64)
@@ -129,8 +134,11 @@ class Evaluator:
         ms_stats: dict[str, float | None] = {"mean_ms": None, "p95_ms": None, "max_ms": None}
         if ms is not None:
             per_ms = ms[idx]
-            ms_stats = {"mean_ms": float(per_ms.mean()), "p95_ms": float(np.percentile(per_ms, 95)),
-                        "max_ms": float(per_ms.max())}  # fmt: skip
+            ms_stats = {
+                "mean_ms": float(per_ms.mean()),
+                "p95_ms": float(np.percentile(per_ms, 95)),
+                "max_ms": float(per_ms.max()),
+            }
         return Evaluation(
             accuracy=float(correct.mean()),
             mean_flops=mean,

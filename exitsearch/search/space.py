@@ -179,8 +179,11 @@ class SearchSpace:
             "locations": list(self.locations) if self.locations is not None else "all",
             "placement": self.placement.value,
             "heads": {
-                k: {"half": v.half, **({MAPPED_PARAM[k]: list(v.values)} if v.values else {}),
-                    **({"params": dict(v.params)} if v.params else {})}
+                k: {
+                    "half": v.half,
+                    **({MAPPED_PARAM[k]: list(v.values)} if v.values else {}),
+                    **({"params": dict(v.params)} if v.params else {}),
+                }
                 for k, v in self.heads.items()
             },
             "criteria": list(self.criteria),
@@ -191,20 +194,40 @@ class SearchSpace:
             "confidence": {"low": self.confidence.low, "high": self.confidence.high},
             "entropy": {"low": self.entropy.low, "high": self.entropy.high},
             "patience": {"low": self.patience.low, "high": self.patience.high},
-            "uncertainty_threshold": {"low": self.uncertainty_range.low, "high": self.uncertainty_range.high},
-            "kernel_mapping": {"k_first": {"choices": list(self.kernel_first)},
-                               "k_last": {"choices": list(self.kernel_last)}},
-            "window_mapping": {"s_first": {"choices": list(self.window_first)},
-                               "s_last": {"choices": list(self.window_last)}},
-        }  # fmt: skip
+            "uncertainty_threshold": {
+                "low": self.uncertainty_range.low,
+                "high": self.uncertainty_range.high,
+            },
+            "kernel_mapping": {
+                "k_first": {"choices": list(self.kernel_first)},
+                "k_last": {"choices": list(self.kernel_last)},
+            },
+            "window_mapping": {
+                "s_first": {"choices": list(self.window_first)},
+                "s_last": {"choices": list(self.window_last)},
+            },
+        }
 
 
 # ---------------------------------------------------------------------- loading
 _TOP_KEYS = {
-    "name", "description", "locations", "placement", "heads", "criteria", "thresholds",
-    "max_exits", "num_exits", "uncertainty", "confidence", "entropy", "patience",
-    "uncertainty_threshold", "kernel_mapping", "window_mapping",
-}  # fmt: skip
+    "name",
+    "description",
+    "locations",
+    "placement",
+    "heads",
+    "criteria",
+    "thresholds",
+    "max_exits",
+    "num_exits",
+    "uncertainty",
+    "confidence",
+    "entropy",
+    "patience",
+    "uncertainty_threshold",
+    "kernel_mapping",
+    "window_mapping",
+}
 _HEAD_KEYS = {"half", "k", "s", "params"}
 
 
@@ -262,8 +285,10 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
     kernel = doc.get("kernel_mapping", {})
     window = doc.get("window_mapping", {})
     if not isinstance(kernel, dict) or not isinstance(window, dict):
-        p.fail("kernel_mapping" if not isinstance(kernel, dict) else "window_mapping",
-               "must be a mapping with choices for k_first/k_last (or s_first/s_last)")  # fmt: skip
+        p.fail(
+            "kernel_mapping" if not isinstance(kernel, dict) else "window_mapping",
+            "must be a mapping with choices for k_first/k_last (or s_first/s_last)",
+        )
     p.no_unknown(kernel, "kernel_mapping", {"k_first", "k_last"})
     p.no_unknown(window, "window_mapping", {"s_first", "s_last"})
     space = SearchSpace(
@@ -413,9 +438,14 @@ class _Parser:
         raise AssertionError  # unreachable
 
     def int_choices(
-        self, d: dict[str, Any], key: str, name: str, default: tuple[int, ...],
-        odd_or_zero: bool = False, minimum: int = 0,
-    ) -> tuple[int, ...]:  # fmt: skip
+        self,
+        d: dict[str, Any],
+        key: str,
+        name: str,
+        default: tuple[int, ...],
+        odd_or_zero: bool = False,
+        minimum: int = 0,
+    ) -> tuple[int, ...]:
         v = d.get(name)
         if v is None:
             return default

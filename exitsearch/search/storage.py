@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import optuna
-from sqlalchemy import event
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import event
 
 from exitsearch.errors import ConfigError
 

@@ -56,8 +56,12 @@ def _nsga3(seed: int, options: dict[str, Any]) -> BaseSampler:
 
 @register_strategy("tpe")
 def _tpe(seed: int, options: dict[str, Any]) -> BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      n_startup_trials=options.get("n_startup_trials", 30))  # fmt: skip
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=True,
+        group=True,
+        n_startup_trials=options.get("n_startup_trials", 30),
+    )
 
 
 @register_strategy("gp")

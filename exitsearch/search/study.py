@@ -45,8 +45,6 @@ __all__ = [
     "run_search",
 ]
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -196,10 +194,14 @@ def run_search(
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study_name, storage=storage)
     study = optuna.create_study(
-        study_name=study_name, storage=storage, directions=["maximize", "minimize"],
-        sampler=create_sampler(settings.strategy, settings.seed, population_size=settings.population_size),
+        study_name=study_name,
+        storage=storage,
+        directions=["maximize", "minimize"],
+        sampler=create_sampler(
+            settings.strategy, settings.seed, population_size=settings.population_size
+        ),
         load_if_exists=True,
-    )  # fmt: skip
+    )
     study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
     _settle_interrupted(study, progress)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
@@ -228,19 +230,34 @@ def run_search(
     t0 = time.perf_counter()
     if remaining:
         study.optimize(
-            objective, n_trials=remaining, timeout=settings.timeout, catch=(Exception,),
-            callbacks=[lambda s, t: progress.advance(task, 1)], gc_after_trial=False,
-        )  # fmt: skip
+            objective,
+            n_trials=remaining,
+            timeout=settings.timeout,
+            catch=(Exception,),
+            callbacks=[lambda s, t: progress.advance(task, 1)],
+            gc_after_trial=False,
+        )
     seconds = time.perf_counter() - t0
     progress.finish(task)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state is TrialState.COMPLETE and t.user_attrs.get("config")]
     failed = [t for t in trials if t.state is TrialState.FAIL]
     result = SearchResult(
-        front=[], n_trials=len(trials), n_failed=len(failed), seconds=seconds, study_name=study_name,
-        trials=[{"number": t.number, "accuracy": t.values[0], "mean_flops": t.values[1] * scale,
-                 "feasible": all(v <= 0 for v in t.constraints.values())} for t in complete],
-    )  # fmt: skip
+        front=[],
+        n_trials=len(trials),
+        n_failed=len(failed),
+        seconds=seconds,
+        study_name=study_name,
+        trials=[
+            {
+                "number": t.number,
+                "accuracy": t.values[0],
+                "mean_flops": t.values[1] * scale,
+                "feasible": all(v <= 0 for v in t.constraints.values()),
+            }
+            for t in complete
+        ],
+    )
     configs = [ExitConfig.from_dict(t.user_attrs["config"]) for t in complete]
     raw = [
         CurvePoint(c, t.values[0], t.values[1] * scale)
@@ -272,8 +289,13 @@ def _placements_to_refine(
     raw: list[CurvePoint], budget: BudgetConstraint, ev: Evaluator, settings: SearchSettings
 ) -> dict[str, ExitConfig]:
     """Placements of the best ``refine_fronts`` non-dominated layers of feasible trials."""
-    pool = [p for p in raw if budget.flops is None or p.mean_flops <= budget.flops * (1 + 1e-12)
-            or budget.kind is BudgetKind.MAX] or list(raw)  # fmt: skip
+    pool = [
+        p
+        for p in raw
+        if budget.flops is None
+        or p.mean_flops <= budget.flops * (1 + 1e-12)
+        or budget.kind is BudgetKind.MAX
+    ] or list(raw)
     chosen: dict[str, ExitConfig] = {}
     remaining = list(pool)
     for _ in range(settings.refine_fronts):
@@ -355,5 +377,9 @@ def exhaustive_front(
         progress.advance("exhaustive")
     progress.finish("exhaustive")
     seconds = time.perf_counter() - t0
-    return SearchResult(front=front_of(points, budget, ev), n_trials=len(placements), seconds=seconds,
-                        placements_refined=len(placements))  # fmt: skip
+    return SearchResult(
+        front=front_of(points, budget, ev),
+        n_trials=len(placements),
+        seconds=seconds,
+        placements_refined=len(placements),
+    )

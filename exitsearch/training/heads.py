@@ -120,13 +120,20 @@ class HeadTrainResult:
     def summary(self) -> dict[str, Any]:
         return {
             "heads": [
-                {**s.to_dict(), "key": s.key, "val_acc": st.best_acc, "val_loss": st.best_loss,
-                 "best_epoch": st.best_epoch, "epochs": st.epochs, "state": st.state}
+                {
+                    **s.to_dict(),
+                    "key": s.key,
+                    "val_acc": st.best_acc,
+                    "val_loss": st.best_loss,
+                    "best_epoch": st.best_epoch,
+                    "epochs": st.epochs,
+                    "state": st.state,
+                }
                 for s, st in zip(self.bank.specs, self.statuses, strict=True)
             ],
             "seconds": self.seconds,
             "backbone_passes": self.backbone_passes,
-        }  # fmt: skip
+        }
 
 
 def train_heads(
@@ -168,9 +175,12 @@ def train_heads(
     statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
     best = {k: v.detach().clone() for k, v in bank.state_dict().items()}
     identity = sha256_of(
-        "heads-train-v1", backbone.weights_checksum(), splits.fingerprint(),
-        [s.to_dict() for s in specs], asdict(config),
-    )  # fmt: skip
+        "heads-train-v1",
+        backbone.weights_checksum(),
+        splits.fingerprint(),
+        [s.to_dict() for s in specs],
+        asdict(config),
+    )
     start_epoch, passes = 0, 0
     if (out / STATE).is_file():
         saved = read_json(out / STATE)
@@ -243,8 +253,18 @@ def train_heads(
         )
         passes += math.ceil(len(splits.val) / config.eval_batch_size)
         for i in active:
-            _after_epoch(statuses[i], bank, i, best, optimizers[i], config, epoch,
-                         loss_sums[i] / max(seen, 1), val_loss[i], val_acc[i])  # fmt: skip
+            _after_epoch(
+                statuses[i],
+                bank,
+                i,
+                best,
+                optimizers[i],
+                config,
+                epoch,
+                loss_sums[i] / max(seen, 1),
+                val_loss[i],
+                val_acc[i],
+            )
         _checkpoint(out, identity, epoch + 1, bank, best, optimizers, statuses, passes)
         done = sum(st.state != "training" for st in statuses)
         progress.log(
@@ -264,8 +284,15 @@ def train_heads(
     return result
 
 
-def _diverge(bank: HeadBank, i: int, st: HeadStatus, best: dict[str, torch.Tensor],
-             progress: Progress, epoch: int, batch: int) -> None:  # fmt: skip
+def _diverge(
+    bank: HeadBank,
+    i: int,
+    st: HeadStatus,
+    best: dict[str, torch.Tensor],
+    progress: Progress,
+    epoch: int,
+    batch: int,
+) -> None:
     st.state = "diverged"
     prefix = f"heads.{i}."
     bank.heads[i].load_state_dict(
@@ -293,12 +320,28 @@ def _validate(backbone, bank, splits, config, active, transform, upto, autocast)
     return {i: v / n for i, v in loss.items()}, {i: v / n for i, v in correct.items()}
 
 
-def _after_epoch(st: HeadStatus, bank: HeadBank, i: int, best: dict[str, torch.Tensor],
-                 opt: torch.optim.Optimizer, config: HeadTrainConfig, epoch: int,
-                 train_loss: float, val_loss: float, val_acc: float) -> None:  # fmt: skip
+def _after_epoch(
+    st: HeadStatus,
+    bank: HeadBank,
+    i: int,
+    best: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    config: HeadTrainConfig,
+    epoch: int,
+    train_loss: float,
+    val_loss: float,
+    val_acc: float,
+) -> None:
     st.epochs = epoch + 1
-    st.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                       "val_acc": val_acc, "lr": st.lr})  # fmt: skip
+    st.history.append(
+        {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": st.lr,
+        }
+    )
     if not math.isfinite(val_loss):
         st.state = "diverged"
         return
@@ -320,8 +363,16 @@ def _after_epoch(st: HeadStatus, bank: HeadBank, i: int, best: dict[str, torch.T
             group["lr"] = st.lr
 
 
-def _checkpoint(out: Path, identity: str, epoch: int, bank: HeadBank, best: dict[str, torch.Tensor],
-                optimizers: list[torch.optim.Optimizer], statuses: list[HeadStatus], passes: int) -> None:  # fmt: skip
+def _checkpoint(
+    out: Path,
+    identity: str,
+    epoch: int,
+    bank: HeadBank,
+    best: dict[str, torch.Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    statuses: list[HeadStatus],
+    passes: int,
+) -> None:
     tensors = {f"bank.{k}": v for k, v in bank.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best.items()})
     metas = []
@@ -330,7 +381,13 @@ def _checkpoint(out: Path, identity: str, epoch: int, bank: HeadBank, best: dict
         tensors.update(t)
         metas.append(meta)
     save_safetensors(out / CKPT, tensors)
-    atomic_write_json(out / STATE, {
-        "identity": identity, "epoch": epoch, "backbone_passes": passes,
-        "statuses": [asdict(s) for s in statuses], "optimizers": metas,
-    })  # fmt: skip
+    atomic_write_json(
+        out / STATE,
+        {
+            "identity": identity,
+            "epoch": epoch,
+            "backbone_passes": passes,
+            "statuses": [asdict(s) for s in statuses],
+            "optimizers": metas,
+        },
+    )

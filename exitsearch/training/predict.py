@@ -88,12 +88,22 @@ class Predictions:
         out.mkdir(parents=True, exist_ok=True)
         for name, sp in self.splits.items():
             with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, labels=sp.labels, confidence=sp.confidence, entropy=sp.entropy,
-                         pred=sp.pred, uncertainty=sp.uncertainty)  # fmt: skip
-        atomic_write_json(out / "predictions.json", {
-            "heads": [s.to_dict() | {"key": s.key} for s in self.heads],
-            "splits": list(self.splits), "num_classes": self.num_classes,
-        })  # fmt: skip
+                np.savez(
+                    fh,
+                    labels=sp.labels,
+                    confidence=sp.confidence,
+                    entropy=sp.entropy,
+                    pred=sp.pred,
+                    uncertainty=sp.uncertainty,
+                )
+        atomic_write_json(
+            out / "predictions.json",
+            {
+                "heads": [s.to_dict() | {"key": s.key} for s in self.heads],
+                "splits": list(self.splits),
+                "num_classes": self.num_classes,
+            },
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> Predictions:

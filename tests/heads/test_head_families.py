@@ -102,7 +102,7 @@ def test_cnn_ignore_discards_the_class_token() -> None:
 def test_cnn_shapes_follow_the_grid() -> None:
     h = head("cnn_ignore", channels=8)
     assert (h.conv.kernel_size, h.conv.padding, h.conv.out_channels) == ((3, 3), (1, 1), 8)
-    assert head("cnn_ignore").conv.out_channels == D // 2
+    assert head("cnn_ignore").conv.out_channels == D // 4
     # 7x7 -> max pool 2x2 with ceil_mode -> 4x4
     assert h.features(hidden()).shape == (2, 8 * 4 * 4)
     assert h.mlp[0].in_features == 8 * 16
@@ -223,7 +223,7 @@ def test_resmlp_head_ignores_prefix_tokens_and_pools() -> None:
 # ------------------------------------------------------------------------------------ lph
 def test_lph_with_k0_has_no_depthwise_convolution() -> None:
     k0, k3 = head("lph", k=0), head("lph", k=3)
-    e = 2 * D
+    e = D  # expansion 1 by default (paper 001, eq. 7)
     assert isinstance(k0.pdconv, nn.Identity)
     assert not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in k0.modules())
     dw = k3.pdconv[0]

@@ -65,7 +65,7 @@ def test_gah(s: int) -> None:
 
 @pytest.mark.parametrize("k", [0, 3, 5])
 def test_lph(k: int) -> None:
-    e = 2 * D
+    e = D  # expansion 1 (eq. 7)
     expand = N * D * e + 2 * N * e  # 1x1 conv + BatchNorm
     pdconv = N * e * k * k + 2 * N * e if k else 0  # depth-wise k x k + BatchNorm
     project = N * e * D + 2 * N * D
@@ -79,7 +79,7 @@ def test_lph(k: int) -> None:
     "name, in_channels", [("cnn_ignore", D), ("cnn_add", D), ("cnn_project", 2 * D)]
 )
 def test_cnn(name: str, in_channels: int) -> None:
-    c = D // 2
+    c = D // 4
     pooled = 4 * 4  # 7x7 after 2x2 max pooling with ceil_mode
     mlp = c * pooled * H + H * H + H * C
     assert flops(name) == N * 9 * in_channels * c + mlp

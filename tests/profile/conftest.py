@@ -14,7 +14,7 @@ from torch import nn
 from exitsearch.backbone import Backbone
 
 
-def _is_layernorm(module: nn.Module) -> bool:
+def _is_layernorm(module: nn.Module | None) -> bool:
     return isinstance(module, nn.LayerNorm)
 
 
@@ -64,7 +64,7 @@ class AnalyticViT:
         flops = 0
         if _is_layernorm(m.norm):  # timm normalises every token before pooling...
             flops += 5 * self.tokens * d
-        if _is_layernorm(getattr(m, "fc_norm", None) or nn.Identity()):  # ...or the pooled one
+        if _is_layernorm(getattr(m, "fc_norm", None)):  # ...or only the pooled one
             flops += 5 * d
         for name in ("head", "head_dist"):
             layer = getattr(m, name, None)

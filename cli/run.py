@@ -1,0 +1,184 @@
+"""``exitsearch run``: the whole pipeline, from a backbone and data to the Pareto front."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from exitsearch_cli._console import RichProgress, console, err_console, handle_errors
+from exitsearch_cli._options import (
+    Bf16Opt,
+    CheckpointOpt,
+    DataDirOpt,
+    DataOpt,
+    HeadBatchOpt,
+    HeadEpochsOpt,
+    HeadLimitOpt,
+    HeadLrOpt,
+    LimitOpt,
+    ModelOpt,
+    OverrideOpt,
+    PretrainedOpt,
+    RunOpt,
+    SpaceOpt,
+    SplitSeedOpt,
+    ValSizeOpt,
+    backbone_spec,
+    data_spec,
+    head_config,
+    run_folder,
+)
+from rich.table import Table
+
+from exitsearch.backbone import DEFAULT_PRESET
+from exitsearch.pipeline.run import RunSettings, run_pipeline
+from exitsearch.report import schema
+from exitsearch.search.study import SearchSettings
+from exitsearch.units import format_flops
+
+
+@handle_errors
+def run(
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            "-b",
+            help="Compute budget per sample: 8GFLOPs, 750MFLOPs, 8e9, 45% (of the backbone); "
+            "FLOPs count multiply-accumulates (GMACs is a synonym). Omit for the whole front.",
+        ),
+    ] = None,
+    budget_kind: Annotated[
+        str,
+        typer.Option(
+            "--budget-kind",
+            help="mean: expected cost per sample; max: worst case (the model is cut).",
+        ),
+    ] = "mean",
+    model: ModelOpt = DEFAULT_PRESET,
+    override: OverrideOpt = None,
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    data: DataOpt = "fashion-mnist",
+    data_dir: DataDirOpt = None,
+    val_size: ValSizeOpt = None,
+    split_seed: SplitSeedOpt = 0,
+    limit: LimitOpt = None,
+    space: SpaceOpt = "default",
+    run_dir: RunOpt = None,
+    n_trials: Annotated[
+        int,
+        typer.Option(
+            "--n-trials", help="Search trials in total (resumed studies run the missing ones)."
+        ),
+    ] = 1500,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Stop starting search trials after this many seconds."),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help="Seed of head initialisation and of the search (same seed, same front)."
+        ),
+    ] = 0,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="nsga2, nsga3, tpe, gp, random or exhaustive.")
+    ] = "nsga2",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--fresh", help="Continue an interrupted study (default) or start it afresh."
+        ),
+    ] = True,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna storage: a .db/.log path or a database URL (default: the run folder's study.db).",
+        ),
+    ] = None,
+    head_epochs: HeadEpochsOpt = 8,
+    head_batch_size: HeadBatchOpt = 256,
+    head_lr: HeadLrOpt = 1e-3,
+    head_train_limit: HeadLimitOpt = None,
+    bf16: Bf16Opt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print pareto.json instead of tables.")
+    ] = False,
+) -> None:
+    """Profile, train heads once, predict, search the budget-aware Pareto front, and report."""
+    folder = run_folder(run_dir, model, data)
+    settings = RunSettings(
+        run_dir=folder,
+        backbone=backbone_spec(model, override, checkpoint, pretrained),
+        data=data_spec(data, data_dir, val_size, split_seed, limit),
+        space=space,
+        budget=budget,
+        budget_kind=budget_kind,
+        heads=head_config(head_epochs, head_batch_size, head_lr, head_train_limit, bf16, seed),
+        search=SearchSettings(strategy=strategy, n_trials=n_trials, timeout=timeout, seed=seed),
+        resume=resume,
+        storage=storage,
+    )
+    with RichProgress(enabled=not as_json) as progress:
+        result = run_pipeline(settings, progress)
+    doc = result.report
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    for note in doc["notes"]:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    print_front(doc)
+    console.print(
+        f"files in {folder}/: {schema.PARETO_JSON}, {schema.PARETO_CSV}, {schema.PARETO_PNG}, "
+        f"{schema.PLACEMENTS_JSON}, {schema.HEADS_CSV}, {schema.HEADS_PNG}, {schema.STUDY_DB} (Optuna study "
+        f"{doc['search']['study_name']})",
+        highlight=False,
+    )
+
+
+def print_front(doc: dict) -> None:
+    bb = doc["backbone"]
+    budget = doc["budget"]
+    title = (
+        f"Pareto front within budget {budget['text']} ({budget['kind']})"
+        if budget["text"]
+        else "Pareto front (no budget)"
+    )
+    table = Table(
+        title=f"{title}; backbone {format_flops(bb['flops'])}, test accuracy {bb['test_accuracy']:.4f}"
+    )
+    for col in ("id", "val acc", "test acc", "mean MFLOPs", "max MFLOPs", "speed-up", "exits"):
+        table.add_column(col, justify="left" if col == "exits" else "right")
+    for m in doc["front"]:
+        style = "bold green" if m["recommended"] else None
+        table.add_row(
+            f"{m['id']}{' *' if m['recommended'] else ''}",
+            f"{m['val']['accuracy']:.4f}",
+            f"{m['test']['accuracy']:.4f}",
+            f"{m['val']['mean_flops'] / 1e6:.2f}",
+            f"{m['val']['max_flops'] / 1e6:.2f}",
+            f"{m['speedup']:.2f}x",
+            m["description"],
+            style=style,
+        )
+    console.print(table)
+    base = Table(
+        title="baselines (same evaluator, same caches): hypervolume of the searched front / baseline's"
+    )
+    for col in ("baseline", "points", "best val acc", "ratio"):
+        base.add_column(col, justify="left" if col == "baseline" else "right")
+    for b in doc["baselines"]:
+        best = max((p["val"]["accuracy"] for p in b["points"]), default=float("nan"))
+        ratio = "inf (no feasible point)" if b["ratio"] is None else f"{b['ratio']:.3f}"
+        base.add_row(b["name"], str(len(b["points"])), f"{best:.4f}", ratio)
+    console.print(base)
+    rec = next(m for m in doc["front"] if m["recommended"])
+    console.print(
+        f"recommended (most accurate within budget): id {rec['id']}: {rec['description']}; validation "
+        f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at {rec['val']['mean_flops'] / 1e6:.2f} "
+        f"MFLOPs ({rec['speedup']:.2f}x)",
+        highlight=False,
+    )

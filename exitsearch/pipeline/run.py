@@ -1,0 +1,295 @@
+"""``exitsearch run``: profile, train heads, predict, search, report, reusing valid stages.
+
+Every stage's folder is keyed by a hash of everything that determines its content (backbone
+weights, data split, candidate heads, settings), see :mod:`exitsearch.pipeline.cache`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exitsearch._io import atomic_write_json, read_json, sha256_of
+from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
+from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
+from exitsearch.data import DataSpec, DataSplits, load_splits
+from exitsearch.errors import BudgetError, ConfigError
+from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.profile import profile_heads
+from exitsearch.pipeline.cache import StageStore
+from exitsearch.pipeline.lock import RunLock
+from exitsearch.profile import BackboneProfile, profile_backbone
+from exitsearch.progress import NullProgress, Progress
+from exitsearch.report import schema
+from exitsearch.search.costs import CostModel
+from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.sampling import ConfigSampler
+from exitsearch.search.space import SearchSpace, load_search_space
+from exitsearch.search.storage import open_storage
+from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettings, run_search
+from exitsearch.training.bank import HeadBank
+from exitsearch.training.heads import SUMMARY, WEIGHTS, HeadTrainConfig, train_heads
+from exitsearch.training.predict import Predictions, predict
+
+__all__ = [
+    "RunContext",
+    "RunSettings",
+    "prepare",
+    "resolve_budget",
+    "run_pipeline",
+    "stage_heads",
+    "stage_predict",
+    "stage_profile",
+]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything ``exitsearch run`` needs."""
+
+    run_dir: Path
+    backbone: BackboneSpec
+    data: DataSpec = field(default_factory=DataSpec)
+    space: str = "default"
+    budget: str | None = None
+    budget_kind: str = "mean"
+    heads: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    resume: bool = True
+    storage: str | None = None
+    seed_baselines: bool = True
+
+
+@dataclass
+class RunContext:
+    """What the stages share: the loaded backbone, data, space and caches."""
+
+    settings: RunSettings
+    backbone: Backbone
+    splits: DataSplits
+    space: SearchSpace
+    candidates: list[HeadSpec]
+    store: StageStore
+    progress: Progress
+    keys: dict[str, str] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir
+
+
+def prepare(settings: RunSettings, progress: Progress | None = None) -> RunContext:
+    """Load backbone, data and search space; fail early on bad input."""
+    progress = progress or NullProgress()
+    space = load_search_space(settings.space)
+    backbone = create_backbone(settings.backbone)
+    splits = load_splits(settings.data, backbone.img_size[0], backbone.in_chans)
+    if splits.num_classes != backbone.num_classes:
+        raise ConfigError(
+            f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}; "
+            f"pass --override num_classes={splits.num_classes} and a matching checkpoint"
+        )
+    candidates = space.candidate_heads(backbone.depth)
+    store = StageStore(settings.run_dir / schema.CACHE_DIR, progress)
+    return RunContext(settings, backbone, splits, space, candidates, store, progress)
+
+
+# ------------------------------------------------------------------------ stages
+def stage_profile(ctx: RunContext) -> tuple[BackboneProfile, dict[str, int]]:
+    """Backbone per-block FLOPs and every candidate head's FLOPs."""
+    bb = ctx.backbone
+    arch = {
+        **resolve_spec(ctx.settings.backbone).to_dict(),
+        "checkpoint": None,
+        "pretrained": False,
+    }
+    key = sha256_of("profile-v1", arch, [s.to_dict() for s in ctx.candidates])
+    ctx.keys["profile"] = key
+    folder = ctx.store.lookup("profile", key)
+    if folder is None:
+        t0 = time.perf_counter()
+        prof = profile_backbone(bb)
+        costs = profile_heads(ctx.candidates, HeadContext.from_backbone(bb))
+        folder = ctx.store.folder("profile", key)
+        atomic_write_json(
+            folder / "profile.json",
+            {
+                "backbone": prof.to_json(),
+                "heads": {
+                    k: {"flops": c.flops, "params": c.params, "uncounted_ops": c.uncounted_ops}
+                    for k, c in costs.items()
+                },
+            },
+        )
+        ctx.store.commit("profile", key, ["profile.json"])
+        ctx.timings["profile"] = time.perf_counter() - t0
+    else:
+        ctx.progress.log("profile: reusing the cached profile")
+    ctx.folders["profile"] = folder
+    doc = read_json(folder / "profile.json")
+    return BackboneProfile.from_json(doc["backbone"]), {
+        k: int(v["flops"]) for k, v in doc["heads"].items()
+    }
+
+
+def stage_heads(ctx: RunContext) -> HeadBank:
+    """Train every candidate head once (classifier-wise), or reuse the trained bank."""
+    cfg = ctx.settings.heads
+    key = sha256_of(
+        "heads-v1",
+        ctx.backbone.weights_checksum(),
+        ctx.splits.fingerprint(),
+        [s.to_dict() for s in ctx.candidates],
+        asdict(cfg),
+    )
+    ctx.keys["heads"] = key
+    folder = ctx.store.lookup("heads", key)
+    if folder is None:
+        folder = ctx.store.folder("heads", key)
+        t0 = time.perf_counter()
+        result = train_heads(
+            ctx.backbone, ctx.splits, ctx.candidates, cfg, folder, progress=ctx.progress
+        )
+        ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
+        ctx.timings["heads"] = time.perf_counter() - t0
+        bank = result.bank
+    else:
+        ctx.progress.log(f"heads: reusing {len(ctx.candidates)} trained heads")
+        bank = HeadBank(ctx.candidates, HeadContext.from_backbone(ctx.backbone))
+        bank.load(folder / WEIGHTS)
+        bank.eval()
+    ctx.folders["heads"] = folder
+    return bank
+
+
+def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
+    """Every head's per-sample outputs on validation and test."""
+    key = sha256_of("predict-v1", ctx.keys["heads"], ctx.splits.fingerprint())
+    ctx.keys["predict"] = key
+    folder = ctx.store.lookup("predict", key)
+    if folder is None:
+        t0 = time.perf_counter()
+        preds = predict(ctx.backbone, bank, ctx.splits, progress=ctx.progress)
+        folder = ctx.store.folder("predict", key)
+        preds.save(folder)
+        ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
+        ctx.timings["predict"] = time.perf_counter() - t0
+    else:
+        ctx.progress.log("predict: reusing cached predictions")
+        preds = Predictions.load(folder)
+    ctx.folders["predict"] = folder
+    return preds
+
+
+def resolve_budget(
+    text: str | None, kind: str, costs: CostModel, min_exit_flops: float
+) -> tuple[Budget | None, BudgetConstraint, str | None]:
+    """Parse and check the budget against what the backbone and its exits can cost.
+
+    Returns the parsed budget, the constraint in FLOPs, and a note for the user (or None).
+
+    Raises:
+        BudgetError: malformed, in milliseconds without a latency table, or below the cheapest
+            possible exit (the message says the cheapest).
+    """
+    from exitsearch.units import format_flops
+
+    if text is None:
+        return None, BudgetConstraint(None, BudgetKind(kind)), None
+    budget = parse_budget(text, kind)
+    if budget.unit is BudgetUnit.MILLISECONDS:
+        raise BudgetError(
+            f"budget {text!r} is in milliseconds, which needs a latency table for the device "
+            "(run with --latency-device); give the budget in FLOPs or percent instead"
+        )
+    flops = budget.to_flops(costs.backbone_flops)
+    if flops < min_exit_flops:
+        raise BudgetError(
+            f"budget {text} ({format_flops(flops)}) is below the cheapest possible exit, "
+            f"{format_flops(min_exit_flops)} (one exit after the first candidate block)"
+        )
+    note = None
+    if flops >= costs.backbone_flops:
+        note = (
+            f"budget {text} ({format_flops(flops)}) is above the backbone's own cost "
+            f"({format_flops(costs.backbone_flops)}): every configuration fits, the whole front is returned"
+        )
+    return budget, BudgetConstraint(flops, budget.kind), note
+
+
+@dataclass
+class PipelineResult:
+    ctx: RunContext
+    predictions: Predictions
+    costs: CostModel
+    budget: Budget | None
+    constraint: BudgetConstraint
+    search: SearchResult
+    notes: list[str]
+    report: dict[str, Any]
+
+
+def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> PipelineResult:
+    """Run every stage (reusing valid ones) and write the report into the run folder."""
+    from exitsearch.report.run_report import write_report
+    from exitsearch.search.baselines import baseline_placements
+
+    progress = progress or NullProgress()
+    with RunLock(settings.run_dir):
+        ctx = prepare(settings, progress)
+        profile, head_flops = stage_profile(ctx)
+        costs = CostModel(profile, head_flops)
+        first = min(s.location for s in ctx.candidates)
+        cheapest = min(
+            profile.cumulative(s.location) + head_flops[s.key]
+            for s in ctx.candidates
+            if s.location == first
+        )
+        budget, constraint, note = resolve_budget(
+            settings.budget, settings.budget_kind, costs, cheapest
+        )
+        notes = [note] if note else []
+        bank = stage_heads(ctx)
+        preds = stage_predict(ctx, bank)
+        ev = Evaluator(preds, "val", costs)
+        sampler = ConfigSampler(ctx.space, ctx.candidates, ctx.backbone.depth)
+        seeds = (
+            [c for _, _, c in baseline_placements(ctx.candidates, ctx.backbone.depth)]
+            if settings.seed_baselines
+            else []
+        )
+        storage = open_storage(settings.storage or (settings.run_dir / schema.STUDY_DB))
+        search_key = sha256_of(
+            "search-v1",
+            ctx.keys["predict"],
+            ctx.keys["profile"],
+            ctx.space.to_dict(),
+            settings.budget,
+            settings.budget_kind,
+            asdict(settings.search),
+            settings.seed_baselines,
+        )
+        ctx.keys["search"] = search_key
+        t0 = time.perf_counter()
+        result = run_search(
+            ev,
+            sampler,
+            constraint,
+            settings.search,
+            storage=storage,
+            study_name=f"search-{search_key[:12]}",
+            resume=settings.resume,
+            seed_placements=seeds,
+            progress=progress,
+        )
+        ctx.timings["search"] = time.perf_counter() - t0
+        if not result.front:
+            raise BudgetError(
+                f"no configuration found within budget {settings.budget}; try a larger budget or more trials"
+            )
+        report = write_report(ctx, preds, costs, budget, constraint, result, notes)
+        return PipelineResult(ctx, preds, costs, budget, constraint, result, notes, report)

@@ -1,0 +1,1 @@
+"""Reports of a run: result files, tables and plots."""

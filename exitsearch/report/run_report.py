@@ -1,0 +1,331 @@
+"""Writing a run's results: ``pareto.json``/``.csv``/``.png``, ``placements.json``, heads table."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exitsearch._io import atomic_path, atomic_write_json
+from exitsearch.budget import Budget
+from exitsearch.report import schema
+from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
+from exitsearch.search.costs import CostModel
+from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.pareto import hypervolume, pareto_mask
+from exitsearch.search.refine import CurvePoint, refine_placement
+from exitsearch.search.study import BudgetConstraint, SearchResult
+from exitsearch.training.predict import Predictions
+from exitsearch.units import format_flops
+
+if TYPE_CHECKING:
+    from exitsearch.pipeline.run import RunContext
+
+__all__ = ["hv_reference", "write_report"]
+
+
+def hv_reference(
+    num_classes: int, constraint: BudgetConstraint, backbone_flops: float
+) -> tuple[float, float]:
+    """Hypervolume reference: chance accuracy, and the budget (or the backbone) as cost fraction."""
+    cost = constraint.flops / backbone_flops if constraint.flops is not None else 1.0
+    return 1.0 / num_classes, cost
+
+
+def _hv(points: list[CurvePoint], ref: tuple[float, float], scale: float) -> float:
+    return hypervolume([p.accuracy for p in points], [p.mean_flops / scale for p in points], *ref)
+
+
+def write_report(
+    ctx: RunContext,
+    preds: Predictions,
+    costs: CostModel,
+    budget: Budget | None,
+    constraint: BudgetConstraint,
+    result: SearchResult,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Write every result file of the run folder and return the ``pareto.json`` document."""
+    from exitsearch.search.baselines import score_baselines
+
+    run_dir = ctx.run_dir
+    scale = float(costs.backbone_flops)
+    val, test = Evaluator(preds, "val", costs), Evaluator(preds, "test", costs)
+    ref = hv_reference(preds.num_classes, constraint, scale)
+    members = []
+    for i, p in enumerate(result.front):
+        ve, te = val.evaluate(p.config), test.evaluate(p.config)
+        members.append(
+            {
+                "id": i,
+                "config": p.config.to_dict(),
+                "placement": p.config.placement_key,
+                "description": p.config.describe(),
+                "val": ve.to_dict(),
+                "test": te.to_dict(),
+                "speedup": ve.speedup,
+                "recommended": False,
+            }
+        )
+    recommended = max(members, key=lambda m: (m["val"]["accuracy"], -m["val"]["mean_flops"]))
+    recommended["recommended"] = True
+    baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
+    front_hv = _hv(result.front, ref, scale)
+    base_docs = []
+    for b in baselines:
+        hv = _hv(b.front, ref, scale)
+        base_docs.append(
+            {
+                "name": b.name,
+                "description": b.description,
+                "hypervolume": hv,
+                "ratio": (front_hv / hv) if hv > 0 else None,
+                "points": [
+                    {
+                        "config": p.config.to_dict(),
+                        "val": {"accuracy": p.accuracy, "mean_flops": p.mean_flops},
+                        "test": {
+                            "accuracy": test.quick(p.config)[0],
+                            "mean_flops": test.quick(p.config)[1],
+                        },
+                    }
+                    for p in b.front
+                ],
+            }
+        )
+    placements = _placement_curves(val, result.front)
+    bb_val, bb_test = val.backbone(), test.backbone()
+    doc = {
+        "schema": schema.PARETO_SCHEMA,
+        "run": run_dir.name,
+        "unit": "FLOPs (MACs)",
+        "backbone": {
+            "spec": ctx.settings.backbone.to_dict(),
+            "resolved": ctx.backbone.spec.to_dict(),
+            "weights_sha256": ctx.backbone.weights_checksum(),
+            "flops": costs.backbone_flops,
+            "val_accuracy": bb_val.accuracy,
+            "test_accuracy": bb_test.accuracy,
+        },
+        "data": ctx.settings.data.to_dict(),
+        "budget": {
+            "text": ctx.settings.budget,
+            "kind": constraint.kind.value,
+            "flops": constraint.flops,
+        },
+        "space": ctx.space.name,
+        "artifacts": {
+            "heads": str((ctx.folders["heads"] / "heads.safetensors").relative_to(run_dir)),
+            "heads_summary": str((ctx.folders["heads"] / "heads.json").relative_to(run_dir)),
+            "predictions": str(ctx.folders["predict"].relative_to(run_dir)),
+            "profile": str((ctx.folders["profile"] / "profile.json").relative_to(run_dir)),
+            "study": schema.STUDY_DB,
+        },
+        "front": members,
+        "recommended": recommended["id"],
+        "baselines": base_docs,
+        "hypervolume": {
+            "front": front_hv,
+            "reference": {"accuracy": ref[0], "cost_fraction": ref[1]},
+        },
+        "search": {
+            "strategy": ctx.settings.search.strategy,
+            "n_trials": result.n_trials,
+            "failed_trials": result.n_failed,
+            "seconds": result.seconds,
+            "trials_per_second": result.trials_per_second,
+            "refine_seconds": result.refine_seconds,
+            "placements_refined": result.placements_refined,
+            "seed": ctx.settings.search.seed,
+            "study_name": result.study_name,
+        },
+        "notes": notes,
+        "stage_keys": ctx.keys,
+        "timings": ctx.timings,
+    }
+    atomic_write_json(run_dir / schema.PARETO_JSON, doc)
+    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements)
+    _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
+    _plot_pareto(
+        run_dir / schema.PARETO_PNG,
+        result,
+        baselines,
+        members,
+        constraint,
+        scale,
+        ctx,
+        bb_val.accuracy,
+    )
+    rows = head_table(preds, costs.profile, dict(costs.head_flops))
+    write_heads_csv(rows, run_dir / schema.HEADS_CSV)
+    plot_heads(
+        rows,
+        run_dir / schema.HEADS_PNG,
+        f"{len(preds.heads)} exit heads on {ctx.settings.backbone.model}",
+    )
+    atomic_write_json(
+        run_dir / schema.RUN_JSON,
+        {
+            "backbone": ctx.settings.backbone.to_dict(),
+            "data": ctx.settings.data.to_dict(),
+            "space": ctx.settings.space,
+            "budget": ctx.settings.budget,
+            "budget_kind": ctx.settings.budget_kind,
+            "heads": ctx.settings.heads.__dict__,
+            "search": ctx.settings.search.__dict__,
+            "stage_keys": ctx.keys,
+            "timings": ctx.timings,
+        },
+    )
+    return doc
+
+
+def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
+    """Each front placement's own Pareto-optimal threshold settings (operating points)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    seen = {}
+    for p in front:
+        seen.setdefault(p.config.placement_key, p.config)
+    for key, config in seen.items():
+        pts = refine_placement(ev, config, per_exit=True)
+        mask = pareto_mask([q.accuracy for q in pts], [q.mean_flops for q in pts])
+        chosen = sorted(
+            (q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops
+        )
+        out[key] = [
+            {
+                "thresholds": list(q.config.thresholds),
+                "threshold_mode": q.config.threshold_mode,
+                "val_accuracy": q.accuracy,
+                "mean_flops": q.mean_flops,
+            }
+            for q in chosen
+        ]
+    return out
+
+
+def _write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
+    fields = [
+        "id",
+        "recommended",
+        "val_accuracy",
+        "test_accuracy",
+        "mean_flops",
+        "p95_flops",
+        "max_flops",
+        "speedup",
+        "exits",
+        "criterion",
+        "description",
+    ]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for m in members:
+            w.writerow(
+                {
+                    "id": m["id"],
+                    "recommended": m["recommended"],
+                    "val_accuracy": m["val"]["accuracy"],
+                    "test_accuracy": m["test"]["accuracy"],
+                    "mean_flops": m["val"]["mean_flops"],
+                    "p95_flops": m["val"]["p95_flops"],
+                    "max_flops": m["val"]["max_flops"],
+                    "speedup": m["speedup"],
+                    "exits": " ".join(f"{e['type']}@{e['location']}" for e in m["config"]["exits"]),
+                    "criterion": m["config"]["criterion"],
+                    "description": m["description"],
+                }
+            )
+
+
+def _plot_pareto(
+    path: Path,
+    result: SearchResult,
+    baselines: list[Any],
+    members: list[dict[str, Any]],
+    constraint: BudgetConstraint,
+    scale: float,
+    ctx: RunContext,
+    backbone_acc: float,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    trials = [t for t in result.trials if t.get("feasible")]
+    if trials:
+        ax.scatter(
+            [t["mean_flops"] / 1e6 for t in trials],
+            [t["accuracy"] for t in trials],
+            s=4,
+            color="0.75",
+            label=f"search trials ({len(result.trials)})",
+            zorder=1,
+        )
+    styles = defaultdict(lambda: dict(lw=1.0, alpha=0.8))
+    cmap = plt.get_cmap("tab20")
+    for i, b in enumerate(x for x in baselines if x.front):
+        xs = [p.mean_flops / 1e6 for p in b.front]
+        ys = [p.accuracy for p in b.front]
+        if len(xs) == 1:
+            ax.scatter(
+                xs, ys, marker="*", s=160, color="gold", edgecolors="black", zorder=4, label=b.name
+            )
+        else:
+            ax.step(xs, ys, where="post", color=cmap(i % 20), label=b.name, **styles[b.name])
+    fx = [m["val"]["mean_flops"] / 1e6 for m in members]
+    ax.step(
+        fx,
+        [m["val"]["accuracy"] for m in members],
+        where="post",
+        color="black",
+        lw=2.2,
+        label="searched front (validation)",
+        zorder=5,
+    )
+    ax.scatter(
+        fx,
+        [m["test"]["accuracy"] for m in members],
+        s=12,
+        color="crimson",
+        zorder=6,
+        label="searched front re-scored on test",
+    )
+    rec = next(m for m in members if m["recommended"])
+    ax.scatter(
+        [rec["val"]["mean_flops"] / 1e6],
+        [rec["val"]["accuracy"]],
+        s=140,
+        marker="D",
+        facecolors="none",
+        edgecolors="crimson",
+        linewidths=2,
+        zorder=7,
+        label="recommended",
+    )
+    if constraint.flops is not None and constraint.flops < 1.5 * scale:
+        ax.axvline(
+            constraint.flops / 1e6,
+            color="crimson",
+            ls="--",
+            lw=1,
+            label=f"budget ({constraint.kind.value})",
+        )
+    ax.axhline(backbone_acc, color="0.4", ls=":", lw=1)
+    accs = [m["val"]["accuracy"] for m in members]
+    ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(max(accs), backbone_acc) + 0.01))
+    ax.set_xlabel(f"mean cost per sample (MFLOPs; backbone {format_flops(scale)})")
+    ax.set_ylabel("accuracy")
+    ax.set_title(
+        f"{ctx.settings.backbone.model}: accuracy against mean cost ({ctx.space.name} space)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,45 @@
+"""The files of a run folder (``results/<run>/``) and the keys they hold.
+
+``pareto.json`` (schema version :data:`PARETO_SCHEMA`)::
+
+    {
+      "schema": 1,
+      "run": "<run name>",
+      "unit": "FLOPs (MACs)",
+      "backbone": {"spec": BackboneSpec.to_dict(), "weights_sha256": str,
+                   "flops": int, "val_accuracy": float, "test_accuracy": float},
+      "data": DataSpec.to_dict(),
+      "budget": {"text": str, "kind": "mean" | "max", "flops": float | null},
+      "artifacts": {"heads": "<path of heads.safetensors, relative to the run folder>",
+                    "predictions": "<folder>", "profile": "<profile.json>"},
+      "front": [                       # cheapest first
+        {"id": int, "config": ExitConfig.to_dict(), "placement": ExitConfig.placement_key,
+         "val": Evaluation.to_dict(), "test": Evaluation.to_dict(),
+         "speedup": float, "recommended": bool}
+      ],
+      "recommended": int | null,       # id of the most accurate member within budget
+      "baselines": [{"name": str, "description": str, "points": [{"config":..., "val":..., "test":...}],
+                     "hypervolume": float, "ratio": float}],
+      "hypervolume": {"front": float, "reference": {"accuracy": float, "cost_fraction": float}},
+      "search": {"strategy": str, "n_trials": int, "seconds": float, ...}
+    }
+
+``placements.json``: for every placement on the front, its own Pareto-optimal threshold
+settings on validation (the operating points an exported bundle can switch between)::
+
+    {"<placement key>": [{"thresholds": [...], "threshold_mode": str,
+                          "val_accuracy": float, "mean_flops": float}, ...]}   # cheapest first
+"""
+
+from __future__ import annotations
+
+PARETO_SCHEMA = 1
+PARETO_JSON = "pareto.json"
+PARETO_CSV = "pareto.csv"
+PARETO_PNG = "pareto.png"
+PLACEMENTS_JSON = "placements.json"
+HEADS_PNG = "heads.png"
+HEADS_CSV = "heads.csv"
+RUN_JSON = "run.json"
+STUDY_DB = "study.db"
+CACHE_DIR = "cache"
