@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 import typer
-from exitsearch_cli import backbone
+from exitsearch_cli import backbone, heads
 from exitsearch_cli.profile import profile
 from exitsearch_cli.run import run
 
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(backbone.app, name="backbone")
+app.add_typer(heads.app, name="heads")
 app.command("profile")(profile)
 app.command("run")(run)
 

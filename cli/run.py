@@ -29,6 +29,7 @@ from exitsearch_cli._options import (
     head_config,
     run_folder,
 )
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET
@@ -139,6 +140,11 @@ def run(
     )
 
 
+def _params(exit_spec: dict) -> str:
+    params = exit_spec.get("params") or {}
+    return "[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""
+
+
 def print_front(doc: dict) -> None:
     bb = doc["backbone"]
     budget = doc["budget"]
@@ -150,8 +156,17 @@ def print_front(doc: dict) -> None:
     table = Table(
         title=f"{title}; backbone {format_flops(bb['flops'])}, test accuracy {bb['test_accuracy']:.4f}"
     )
-    for col in ("id", "val acc", "test acc", "mean MFLOPs", "max MFLOPs", "speed-up", "exits"):
-        table.add_column(col, justify="left" if col == "exits" else "right")
+    for col in (
+        "id",
+        "val acc",
+        "test acc",
+        "mean MFLOPs",
+        "max MFLOPs",
+        "speed-up",
+        "exits",
+        "criterion",
+    ):
+        table.add_column(col, justify="left" if col in ("exits", "criterion") else "right")
     for m in doc["front"]:
         style = "bold green" if m["recommended"] else None
         table.add_row(
@@ -172,12 +187,12 @@ def print_front(doc: dict) -> None:
         base.add_column(col, justify="left" if col == "baseline" else "right")
     for b in doc["baselines"]:
         best = max((p["val"]["accuracy"] for p in b["points"]), default=float("nan"))
-        ratio = "inf (no feasible point)" if b["ratio"] is None else f"{b['ratio']:.3f}"
+        ratio = "inf (baseline covers no area)" if b["ratio"] is None else f"{b['ratio']:.3f}"
         base.add_row(b["name"], str(len(b["points"])), f"{best:.4f}", ratio)
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])
     console.print(
-        f"recommended (most accurate within budget): id {rec['id']}: {rec['description']}; validation "
+        f"recommended (most accurate within budget): id {rec['id']}: {escape(rec['description'])}; validation "
         f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at {rec['val']['mean_flops'] / 1e6:.2f} "
         f"MFLOPs ({rec['speedup']:.2f}x)",
         highlight=False,

@@ -129,7 +129,7 @@ class SearchSpace:
     entropy: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
     patience: IntRange = field(default_factory=lambda: IntRange(1, 4))
     uncertainty_range: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
-    kernel_first: tuple[int, ...] = (3, 5, 7)
+    kernel_first: tuple[int, ...] = (3, 5)
     kernel_last: tuple[int, ...] = (0, 3)
     window_first: tuple[int, ...] = (1, 2)
     window_last: tuple[int, ...] = (2, 3)
