@@ -3,6 +3,7 @@
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import ExitSearchError
+from exitsearch.export import load
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,6 @@ __all__ = [
     "ExitSearchError",
     "__version__",
     "create_backbone",
+    "load",
     "load_splits",
 ]

@@ -309,7 +309,7 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
             doc, "uncertainty_threshold", FloatRange(0.0, 1.0), 0.0, 1.0
         ),
         kernel_first=p.int_choices(
-            kernel, "kernel_mapping.k_first", "k_first", (3, 5, 7), odd_or_zero=True
+            kernel, "kernel_mapping.k_first", "k_first", (3, 5), odd_or_zero=True
         ),
         kernel_last=p.int_choices(
             kernel, "kernel_mapping.k_last", "k_last", (0, 3), odd_or_zero=True
