@@ -196,7 +196,7 @@ def _print_rows(rows) -> None:  # type: ignore[no-untyped-def]
         table.add_column(col, justify="left" if col == "head" else "right")
     for r in rows:
         table.add_row(
-            f"{r.head}{' *' if r.practical else ''}",
+            escape(f"{r.head}{' *' if r.practical else ''}"),
             str(r.location),
             format_flops(r.cumulative_flops),
             format_flops(r.head_flops),

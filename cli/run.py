@@ -176,7 +176,12 @@ def print_front(doc: dict) -> None:
             f"{m['val']['mean_flops'] / 1e6:.2f}",
             f"{m['val']['max_flops'] / 1e6:.2f}",
             f"{m['speedup']:.2f}x",
-            m["description"],
+            escape(
+                " ".join(f"{e['type']}{_params(e)}@{e['location']}" for e in m["config"]["exits"])
+                or "-"
+            ),
+            f"{m['config']['criterion']} ({m['config']['threshold_mode'].replace('_', '-')})"
+            + (", cut" if m["config"]["cut"] else ""),
             style=style,
         )
     console.print(table)

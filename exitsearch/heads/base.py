@@ -86,14 +86,17 @@ class HeadSpec:
         if self.location < 1:
             raise ConfigError(f"`location >= 1` must hold, but got location={self.location}")
         object.__setattr__(self, "params", dict(sorted(dict(self.params).items())))
+        # The key is the spec's identity in caches and hashes: computed once.
+        p = ",".join(f"{k}={v}" for k, v in self.params.items())
+        suffix = "+u" if self.uncertainty else ""
+        object.__setattr__(
+            self, "_key", f"{self.type}{f'[{p}]' if p else ''}@{self.location}{suffix}"
+        )
 
     @property
     def key(self) -> str:
         """Canonical id, e.g. ``lph[k=3]@4`` or ``linear@6+u``."""
-        p = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return (
-            f"{self.type}{f'[{p}]' if p else ''}@{self.location}{'+u' if self.uncertainty else ''}"
-        )
+        return self._key  # type: ignore[attr-defined]
 
     @property
     def variant(self) -> str:

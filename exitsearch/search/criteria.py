@@ -139,9 +139,10 @@ class Patience(ExitCriterion):
     integer = True
 
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
-        out = np.zeros(pred.shape, dtype=np.float32)
+        same = pred[1:] == pred[:-1]
+        out = np.zeros(pred.shape, dtype=np.uint8)
         for k in range(1, pred.shape[0]):
-            out[k] = np.where(pred[k] == pred[k - 1], out[k - 1] + 1, 0)
+            np.multiply(out[k - 1] + 1, same[k - 1], out=out[k])
         return out
 
     def bound(self, threshold: float) -> float:

@@ -21,6 +21,12 @@ from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = ["Evaluation", "Evaluator"]
 
+_MAX_BITS = 16
+# _LOWEST_BIT[c] is the index of the lowest set bit of c (c > 0).
+_LOWEST_BIT = np.zeros(1 << _MAX_BITS, dtype=np.int8)
+for _bit in range(_MAX_BITS - 1, -1, -1):
+    _LOWEST_BIT[(np.arange(1 << _MAX_BITS) >> _bit) & 1 == 1] = _bit
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -62,6 +68,7 @@ class Evaluator:
         self._cols = np.arange(self.n)
         self._readiness: dict[str, np.ndarray] = {}
         self._criteria: dict[str, ExitCriterion] = {}
+        self._correct_u16 = self.correct.astype(np.uint16)
 
     # ---------------------------------------------------------------- internals
     def rows(self, config: ExitConfig) -> np.ndarray:
@@ -97,11 +104,13 @@ class Evaluator:
         rows = self.rows(config)
         return rows if config.cut else np.append(rows, self._final)
 
-    def exit_index(self, config: ExitConfig) -> np.ndarray:
-        """Index (0..E, E = final) of the exit each sample leaves at.
+    def _first_firing(self, config: ExitConfig) -> np.ndarray:
+        """Index (0..E, E = final) of the exit each sample leaves at, as int8.
 
-        Written as one masked assignment per exit, latest first, because a reduction along the
-        exit axis of an (E, n) array is several times slower.
+        Each exit's firing mask becomes one bit of a per-sample code (the terminal exit's bit
+        always set); the first firing exit is the code's lowest set bit, read from a lookup
+        table. This is several times faster than a reduction along the exit axis or one masked
+        assignment per exit.
         """
         crit = self._criterion(config.criterion)
         if crit.needs_uncertainty and not all(s.uncertainty for s in config.exits):
@@ -110,16 +119,33 @@ class Evaluator:
             )
         rows = self.rows(config)
         terminal = len(rows) - 1 if config.cut else len(rows)
-        idx = np.full(self.n, terminal, dtype=np.int64)
+        if terminal + 1 > _MAX_BITS:
+            return self._first_firing_slow(config, crit, rows, terminal)
         if crit.name == "patience":
             r = self.readiness(config, crit)
             ready = [r[k] for k in range(len(rows))]
         else:
             full = self._full_readiness(crit)
             ready = [full[row] for row in rows]
+        small = terminal < 8  # uint8 codes need no widening of the masks
+        code = np.full(self.n, 1 << terminal, dtype=np.uint8 if small else np.uint16)
+        for k in range(terminal):
+            fired = (ready[k] >= crit.bound(config.thresholds[k])).view(np.uint8)
+            code |= (fired << k) if small else (fired.astype(np.uint16) << k)
+        return _LOWEST_BIT[code]
+
+    def _first_firing_slow(
+        self, config: ExitConfig, crit: ExitCriterion, rows: np.ndarray, terminal: int
+    ) -> np.ndarray:
+        r = self.readiness(config, crit)
+        idx = np.full(self.n, terminal, dtype=np.int16)
         for k in range(terminal - 1, -1, -1):
-            idx[ready[k] >= crit.bound(config.thresholds[k])] = k
+            np.putmask(idx, r[k] >= crit.bound(config.thresholds[k]), k)
         return idx
+
+    def exit_index(self, config: ExitConfig) -> np.ndarray:
+        """Index (0..E, E = final) of the exit each sample leaves at."""
+        return self._first_firing(config).astype(np.int64)
 
     # ------------------------------------------------------------------- public
     def evaluate(self, config: ExitConfig) -> Evaluation:
@@ -151,15 +177,17 @@ class Evaluator:
 
     def quick(self, config: ExitConfig) -> tuple[float, float, float]:
         """``(accuracy, mean FLOPs, max FLOPs)`` only: the search's inner loop."""
-        idx = self.exit_index(config)
+        idx = self._first_firing(config)
         rows = self.outcome_rows(config)
         flops = self.costs.exit_flops(config)
-        counts = np.empty(len(rows), dtype=np.int64)
-        right = 0
-        for k, row in enumerate(rows):
-            at_k = idx == k
-            counts[k] = np.count_nonzero(at_k)
-            right += np.count_nonzero(at_k & self.correct[row])
+        counts = np.bincount(idx, minlength=len(rows))
+        if len(rows) <= _MAX_BITS:
+            correct = np.zeros(self.n, dtype=np.uint16)
+            for k, row in enumerate(rows):
+                correct |= self._correct_u16[row] << k
+            right = np.count_nonzero((correct >> idx.astype(np.uint16)) & 1)
+        else:
+            right = int(self.correct[rows[idx], self._cols].sum())
         return right / self.n, float(counts @ flops) / self.n, float(flops[counts > 0].max())
 
     def backbone(self) -> Evaluation:

@@ -1,0 +1,142 @@
+"""``exitsearch bench``: measured against predicted speed-up of an exported bundle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import typer
+from exitsearch_cli._console import console, err_console, handle_errors
+from exitsearch_cli.profile import parse_batch_sizes
+from rich import box
+from rich.table import Table
+
+from exitsearch._io import atomic_write_json
+from exitsearch.errors import ConfigError
+from exitsearch.export import benchmark, load_bundle, load_onnx_bundle
+from exitsearch.export.bench import BenchReport
+from exitsearch.units import format_flops
+
+
+@handle_errors
+def bench(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder written by `exitsearch export`.")],
+    batch_size: Annotated[
+        str, typer.Option("--batch-size", help="Comma-separated batch sizes, e.g. 1,64.")
+    ] = "1,64",
+    device: Annotated[str, typer.Option(help="Device of the PyTorch runs: cpu or cuda.")] = "cpu",
+    repeats: Annotated[
+        int, typer.Option(help="Timed batches per model and batch size (median is reported).")
+    ] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up batches per model.")] = 3,
+    json_out: Annotated[
+        str | None, typer.Option("--json-out", help="Write the full report to this JSON file.")
+    ] = None,
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help="Also time the bundle's ONNX graphs (onnxruntime, CPU)."),
+    ] = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Run at the most accurate operating point within this mean cost per sample "
+            "(e.g. 2MFLOPs, 40%; FLOPs = multiply-accumulates).",
+        ),
+    ] = None,
+    point: Annotated[
+        int | None, typer.Option("--point", help="Run at this operating point (index).")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", help="CPU threads for PyTorch and onnxruntime (default: torch's)."
+        ),
+    ] = None,
+) -> None:
+    """Time the exported model against its backbone alone on the same inputs, and show the
+    measured speed-up next to the one the FLOPs predict, with a per-part profile."""
+    sizes = parse_batch_sizes(batch_size)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads takes a positive integer, got {threads}")
+        torch.set_num_threads(threads)
+    if budget is not None and point is not None:
+        raise ConfigError("--budget and --point exclude each other")
+    model = load_bundle(bundle)
+    if budget is not None:
+        model.set_operating_point(budget)
+    elif point is not None:
+        model.set_operating_point(index=point)
+    onnx_model = None
+    if onnx:
+        onnx_model = load_onnx_bundle(bundle, threads=torch.get_num_threads())
+        if device != "cpu":
+            err_console.print("note: the ONNX graphs run on the CPU (CPUExecutionProvider)")
+    report = benchmark(
+        model, sizes, device=device, repeats=repeats, warmup=warmup, onnx_model=onnx_model
+    )
+    if json_out:
+        atomic_write_json(json_out, report.to_json())
+    _print(report)
+
+
+def _print(report: BenchReport) -> None:
+    console.print(f"[bold]{report.configuration}[/]", highlight=False)
+    console.print(
+        f"inputs: {report.inputs}; {report.device_name}, {report.threads} thread(s); median of "
+        f"{report.repeats} interleaved batches after {report.warmup} warm-up",
+        highlight=False,
+    )
+    table = Table(
+        title=f"backbone alone ({format_flops(report.backbone_flops)} per sample) vs exported",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col in (
+        "run",
+        "backbone ms",
+        "exported ms",
+        "backbone img/s",
+        "exported img/s",
+        "measured",
+        "predicted",
+    ):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        table.add_row(
+            f"{r.engine} b={r.batch_size}",
+            f"{r.backbone_ms:.3f}",
+            f"{r.model_ms:.3f}",
+            f"{r.backbone_images_per_s:,.0f}",
+            f"{r.model_images_per_s:,.0f}",
+            f"{r.measured_speedup:.2f}x",
+            f"{r.predicted_speedup:.2f}x",
+        )
+    console.print(table)
+    console.print(
+        "measured: exported over backbone throughput; predicted: backbone FLOPs over the mean "
+        "FLOPs of the exits these samples took",
+        highlight=False,
+    )
+    for r in report.rows:
+        acc = (
+            ""
+            if r.accuracy is None
+            else (f"; accuracy {r.accuracy:.4f} (backbone {r.backbone_accuracy:.4f})")
+        )
+        console.print(
+            f"{r.engine} b={r.batch_size}: samples per exit {' '.join(map(str, r.exit_counts))}"
+            f"{acc}",
+            highlight=False,
+        )
+    for r in report.rows:
+        parts = Table(
+            title=f"where the time goes: {r.engine}, batch {r.batch_size}", box=box.SIMPLE_HEAD
+        )
+        parts.add_column("part")
+        parts.add_column("ms per batch", justify="right")
+        parts.add_column("share", justify="right")
+        for p in r.parts:
+            parts.add_row(p.part, f"{p.ms:.3f}", f"{p.share:.1%}")
+        console.print(parts)

@@ -1,0 +1,98 @@
+"""``exitsearch export``: a configuration of a run's front as a self-contained bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from exitsearch_cli._console import console, handle_errors
+from rich.table import Table
+
+from exitsearch.errors import ConfigError
+from exitsearch.export import bundle_from_run, export_bundle, read_manifest
+from exitsearch.export.onnx import EXPORTERS
+from exitsearch.profile import UNIT
+from exitsearch.units import format_flops
+
+
+@handle_errors
+def export(
+    run: Annotated[
+        str, typer.Argument(help="Run folder of `exitsearch search` (holds pareto.json).")
+    ],
+    config: Annotated[
+        int | None,
+        typer.Option("--config", help="id of the front member to export (see pareto.json)."),
+    ] = None,
+    best: Annotated[
+        bool,
+        typer.Option(
+            "--best", help="Export the recommended member (the default without --config)."
+        ),
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Bundle folder to create (default: RUN/export/config-<id>)."),
+    ] = None,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Also export every part as an ONNX graph (onnx/).")
+    ] = False,
+    onnx_exporter: Annotated[
+        str,
+        typer.Option(
+            "--onnx-exporter",
+            help="torch exporter for --onnx: dynamo (torch.export based) or legacy (TorchScript).",
+        ),
+    ] = "dynamo",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bundle at the destination.")
+    ] = False,
+) -> None:
+    """Export a configuration as a bundle that `exitsearch.load` turns into a runnable model
+    with per-sample exits (backbone and head weights, operating points, training recipe)."""
+    if best and config is not None:
+        raise ConfigError("--best and --config exclude each other")
+    if onnx_exporter not in EXPORTERS:
+        raise ConfigError(f"--onnx-exporter takes {' or '.join(EXPORTERS)}, got {onnx_exporter!r}")
+    sel = bundle_from_run(run, config)
+    dest = Path(out) if out else Path(run) / "export" / f"config-{sel.config_id}"
+    path = export_bundle(
+        dest,
+        sel.backbone,
+        sel.heads,
+        sel.config,
+        sel.operating_points,
+        sel.predicted,
+        sel.meta,
+        onnx=onnx,
+        onnx_exporter=onnx_exporter,
+        overwrite=overwrite,
+    )
+    doc = read_manifest(path, verify=False)
+    costs = doc["costs"]
+    console.print(f"[bold]bundle[/] {path}", highlight=False)
+    console.print(f"configuration {sel.config_id}: {doc['description']}", highlight=False)
+    table = Table(title=f"predicted (cost per sample in {UNIT})")
+    for col in ("split", "accuracy", "mean cost", "speed-up"):
+        table.add_column(col, justify="right")
+    for split, ev in doc["predicted"].items():
+        table.add_row(
+            split,
+            f"{ev['accuracy']:.4f}",
+            format_flops(ev["mean_flops"]),
+            f"{costs['backbone_flops'] / ev['mean_flops']:.2f}x",
+        )
+    console.print(table)
+    console.print(
+        f"{len(doc['operating_points'])} operating point(s) to switch between at run time "
+        "(MultiExitModel.set_operating_point)",
+        highlight=False,
+    )
+    if doc.get("onnx"):
+        g = doc["onnx"]
+        console.print(
+            f"ONNX ({g['exporter']} exporter, {g['seconds']:.1f} s): largest difference from "
+            f"PyTorch {g.get('max_abs_error', float('nan')):.2e}",
+            highlight=False,
+        )

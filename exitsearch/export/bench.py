@@ -1,0 +1,321 @@
+"""Measured speed-up of an exported model against its backbone, next to the predicted one.
+
+Paper 002's exits predicted up to 3.83x and measured 1.00x; a prediction is only worth what a
+measurement confirms. For each batch size the exported model and the backbone alone run on the
+same inputs (real validation images when the bundle's data is available), interleaved within
+one loop after a warm-up so that drifting clocks and background load hit both alike. Reported:
+median latency per batch, throughput (images over total time, which is what mean FLOPs
+predict), the measured speed-up, the speed-up the FLOPs predict for exactly the samples that
+ran (``backbone FLOPs / mean FLOPs of their exits``), and where the time goes (stem, each
+segment of blocks, each head, the exit bookkeeping).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitsearch.errors import ConfigError, DataError
+from exitsearch.export.runtime import ExitOutput, MultiExitModel
+from exitsearch.profile.latency import resolve_device
+
+__all__ = ["BenchReport", "BenchRow", "PartTime", "bench_inputs", "benchmark"]
+
+
+@dataclass(frozen=True)
+class PartTime:
+    """Mean milliseconds per batch spent in one part of the multi-exit forward pass."""
+
+    part: str
+    ms: float
+    share: float
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One engine at one batch size.
+
+    Attributes:
+        engine: ``torch`` or ``onnx``.
+        batch_size: images per batch.
+        batches: timed batches per model.
+        backbone_ms, model_ms: median milliseconds per batch.
+        backbone_images_per_s, model_images_per_s: images over total timed seconds.
+        measured_speedup: ratio of the throughputs (model over backbone).
+        latency_speedup: ratio of the median latencies (backbone over model).
+        predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
+        mean_flops: that mean, per sample.
+        exit_counts: samples per exit over the timed batches.
+        accuracy, backbone_accuracy: on the timed samples, when labels are known.
+        parts: the per-part profile (an instrumented pass; its sum exceeds ``model_ms`` a
+            little because every part is synchronised).
+    """
+
+    engine: str
+    batch_size: int
+    batches: int
+    backbone_ms: float
+    model_ms: float
+    backbone_images_per_s: float
+    model_images_per_s: float
+    measured_speedup: float
+    latency_speedup: float
+    predicted_speedup: float
+    mean_flops: float
+    exit_counts: list[int]
+    accuracy: float | None
+    backbone_accuracy: float | None
+    parts: list[PartTime] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    bundle: str
+    device: str
+    device_name: str
+    threads: int
+    inputs: str
+    warmup: int
+    repeats: int
+    backbone_flops: float
+    configuration: str
+    operating_point: int | None
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench_inputs(
+    model: MultiExitModel, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """``n`` model inputs: validation images of the bundle's data when it can be loaded, else
+    standard-normal noise. Returns ``(x, labels or None, description)``."""
+    from exitsearch.data import DataSpec, load_splits
+
+    data = ((model.manifest or {}).get("meta") or {}).get("data")
+    if data:
+        try:
+            spec = DataSpec.from_dict(dict(data))
+            bb = model.backbone
+            splits = load_splits(spec, image_size=bb.img_size[0], channels=bb.in_chans)
+            val = splits.val
+            take = np.arange(min(n, len(val)))
+            x = bb.input_transform()(torch.from_numpy(val.x[take]))
+            y = torch.from_numpy(np.asarray(val.y[take], dtype=np.int64))
+            return x, y, f"{spec.source} validation ({len(take)} images)"
+        except (DataError, ConfigError, TypeError, ValueError):
+            pass  # the data is not on this machine: fall back to noise
+    gen = torch.Generator().manual_seed(seed)
+    bb = model.backbone
+    x = torch.randn((n, bb.in_chans, *bb.img_size), generator=gen)
+    return x, None, f"random normal ({n} inputs; the bundle's data is not available)"
+
+
+def benchmark(
+    model: MultiExitModel,
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    device: str = "cpu",
+    repeats: int = 20,
+    warmup: int = 3,
+    inputs: tuple[torch.Tensor, torch.Tensor | None, str] | None = None,
+    onnx_model: Any | None = None,
+) -> BenchReport:
+    """Time ``model`` against its backbone at each batch size (and its ONNX twin, if given).
+
+    Each repeat runs the next batch of the input pool (``batch_size * repeats`` inputs, reused
+    cyclically when fewer exist) through both models, alternating which goes first.
+
+    Raises:
+        ConfigError: a batch size or repeat count below 1, or an unavailable device.
+    """
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"`repeats >= 1` and `warmup >= 0` must hold, got ({repeats=}, {warmup=})"
+        )
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    pool, labels, described = inputs or bench_inputs(model, max(batch_sizes) * repeats)
+    costs = model.costs
+    if onnx_model is not None:
+        onnx_model.set_thresholds(model.thresholds)  # both engines decide alike
+    report = BenchReport(
+        bundle=str(model.source or ""),
+        device=device,
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        threads=torch.get_num_threads(),
+        inputs=described,
+        warmup=warmup,
+        repeats=repeats,
+        backbone_flops=costs.backbone_flops,
+        configuration=model.describe(),
+        operating_point=model.point_index,
+    )
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for b in batch_sizes:
+        batches = _batches(pool, labels, b, repeats)
+        dev_batches = [(x.to(dev), y) for x, y in batches]
+
+        def run_backbone(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model.backbone(x)
+
+        report.rows.append(
+            _measure(
+                "torch",
+                b,
+                dev_batches,
+                run_backbone,
+                model.__call__,
+                lambda x, tick: _inference(model.run, x, tick),
+                sync,
+                warmup,
+                repeats,
+                costs.exit_flops,
+                costs.backbone_flops,
+            )
+        )
+        if onnx_model is not None:
+            np_batches = [(x.numpy(), y) for x, y in batches]
+            report.rows.append(
+                _measure(
+                    "onnx",
+                    b,
+                    np_batches,
+                    onnx_model.backbone_forward,
+                    onnx_model.run,
+                    onnx_model.run,
+                    lambda: None,
+                    warmup,
+                    repeats,
+                    costs.exit_flops,
+                    costs.backbone_flops,
+                )
+            )
+    return report
+
+
+def _inference(fn: Callable[..., ExitOutput], x: torch.Tensor, tick: Any) -> ExitOutput:
+    with torch.inference_mode():
+        return fn(x, tick)
+
+
+def _batches(
+    pool: torch.Tensor, labels: torch.Tensor | None, b: int, repeats: int
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    n = pool.shape[0]
+    if n < b:
+        reps = -(-b // n)
+        pool = pool.repeat(reps, *([1] * (pool.dim() - 1)))[:b]
+        labels = None if labels is None else labels.repeat(reps)[:b]
+        n = b
+    count = max(1, min(repeats, n // b))
+    return [
+        (
+            pool[i * b : (i + 1) * b].contiguous(),
+            None if labels is None else labels[i * b : (i + 1) * b],
+        )
+        for i in range(count)
+    ]
+
+
+def _measure(
+    engine: str,
+    b: int,
+    batches: list[tuple[Any, torch.Tensor | None]],
+    backbone_fn: Callable[[Any], Any],
+    model_fn: Callable[[Any], ExitOutput],
+    profiled_fn: Callable[[Any, Any], ExitOutput],
+    sync: Callable[[], None],
+    warmup: int,
+    repeats: int,
+    exit_flops: Sequence[float],
+    backbone_flops: float,
+) -> BenchRow:
+    for w in range(warmup):
+        x = batches[w % len(batches)][0]
+        backbone_fn(x)
+        model_fn(x)
+    sync()
+    t_bb: list[float] = []
+    t_model: list[float] = []
+    exits: list[np.ndarray] = []
+    right = right_bb = seen = 0
+    for r in range(repeats):
+        x, y = batches[r % len(batches)]
+        for first in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            out = backbone_fn(x) if first == 0 else model_fn(x)
+            sync()
+            (t_bb if first == 0 else t_model).append((time.perf_counter() - t0) * 1e3)
+            if first == 0:
+                bb_logits = out
+            else:
+                model_out = out
+        exits.append(model_out.exit_index.cpu().numpy())
+        if y is not None:
+            right += int((model_out.prediction.cpu() == y).sum())
+            bb_pred = torch.as_tensor(np.asarray(_cpu(bb_logits))).argmax(-1)
+            right_bb += int((bb_pred == y).sum())
+            seen += len(y)
+    idx = np.concatenate(exits)
+    mean_flops = float(np.asarray(exit_flops, dtype=np.float64)[idx].mean())
+    images = b * repeats
+    ips_bb = images / (sum(t_bb) / 1e3)
+    ips_model = images / (sum(t_model) / 1e3)
+    med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
+    return BenchRow(
+        engine=engine,
+        batch_size=b,
+        batches=repeats,
+        backbone_ms=med_bb,
+        model_ms=med_model,
+        backbone_images_per_s=ips_bb,
+        model_images_per_s=ips_model,
+        measured_speedup=ips_model / ips_bb,
+        latency_speedup=med_bb / med_model,
+        predicted_speedup=backbone_flops / mean_flops,
+        mean_flops=mean_flops,
+        exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
+        accuracy=right / seen if seen else None,
+        backbone_accuracy=right_bb / seen if seen else None,
+        parts=_profile(batches, profiled_fn, sync, repeats),
+    )
+
+
+def _cpu(t: Any) -> Any:
+    return t.cpu() if isinstance(t, torch.Tensor) else t
+
+
+def _profile(
+    batches: list[tuple[Any, torch.Tensor | None]],
+    fn: Callable[[Any, Any], ExitOutput],
+    sync: Callable[[], None],
+    repeats: int,
+) -> list[PartTime]:
+    """Mean milliseconds per batch of each part, from one instrumented pass per repeat."""
+    totals: dict[str, float] = {}
+    clock = [0.0]
+
+    def tick(part: str) -> None:
+        sync()
+        now = time.perf_counter()
+        totals[part] = totals.get(part, 0.0) + (now - clock[0]) * 1e3
+        clock[0] = now
+
+    for r in range(repeats):
+        x = batches[r % len(batches)][0]
+        sync()
+        clock[0] = time.perf_counter()
+        fn(x, tick)
+    whole = sum(totals.values()) or 1.0
+    return [PartTime(p, ms / repeats, ms / whole) for p, ms in totals.items()]

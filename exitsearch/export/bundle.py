@@ -1,0 +1,383 @@
+"""The exported bundle: one folder that loads into a runnable multi-exit model.
+
+Layout (schema version :data:`BUNDLE_SCHEMA`)::
+
+    <bundle>/
+      exitsearch.json        what the model is: backbone spec and weights checksum, the exit
+                             configuration (exits, criterion, thresholds, cut, pause), the
+                             operating points, FLOPs per exit, predicted accuracy and cost, and
+                             the SHA-256 of every other file
+      backbone.safetensors   the backbone's weights (the bundle is self-contained)
+      heads.safetensors      the exit heads' weights, ``<exit index>.<parameter>``
+      train.yaml             a training recipe for fine-tuning this configuration
+      onnx/                  optional: one ONNX graph per part (:mod:`exitsearch.export.onnx`)
+
+The bundle is written into a temporary folder next to its destination and renamed into place,
+so a reader never sees half a bundle. Loading checks every checksum: a missing, altered or
+truncated file is a :class:`~exitsearch.errors.BundleError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from exitsearch._io import atomic_write_json, atomic_write_text, file_sha256, save_safetensors
+from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
+from exitsearch.errors import BundleError, ConfigError
+from exitsearch.export.points import OperatingPoint
+from exitsearch.export.runtime import ExitCosts, MultiExitModel
+from exitsearch.heads import HeadContext, create_head
+from exitsearch.profile.flops import UNIT
+from exitsearch.search.config import ExitConfig
+from exitsearch.training.bank import HeadBank
+
+__all__ = [
+    "BACKBONE_FILE",
+    "BUNDLE_SCHEMA",
+    "HEADS_FILE",
+    "MANIFEST",
+    "ONNX_DIR",
+    "RECIPE_FILE",
+    "export_bundle",
+    "load",
+    "load_bundle",
+    "read_manifest",
+]
+
+BUNDLE_SCHEMA = 1
+MANIFEST = "exitsearch.json"
+BACKBONE_FILE = "backbone.safetensors"
+HEADS_FILE = "heads.safetensors"
+RECIPE_FILE = "train.yaml"
+ONNX_DIR = "onnx"
+_SELF_CHECKSUM = "manifest_sha256"
+
+HeadsArg = HeadBank | Mapping[str, nn.Module] | Sequence[nn.Module]
+
+
+def export_bundle(
+    out_dir: str | os.PathLike[str],
+    backbone: Backbone,
+    heads: HeadsArg,
+    config: ExitConfig,
+    operating_points: Sequence[OperatingPoint] = (),
+    predicted: Mapping[str, Mapping[str, Any]] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    *,
+    costs: ExitCosts | None = None,
+    onnx: bool = False,
+    onnx_exporter: str = "dynamo",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config`` with its heads and backbone as a bundle folder at ``out_dir``.
+
+    Args:
+        out_dir: the bundle folder to create.
+        backbone: the backbone the heads were trained on.
+        heads: the heads by :attr:`HeadSpec.key` (a :class:`HeadBank` or a mapping), or one
+            module per exit in exit order.
+        config: the exit configuration; its thresholds are the default operating point.
+        operating_points: other threshold settings of the same placement (``placements.json``).
+        predicted: ``{"val": Evaluation.to_dict(), "test": ...}`` as the search scored it.
+        extra_meta: anything else worth keeping (run name, data spec, head training settings
+            under ``"head_training"``, budget); JSON-serialisable.
+        costs: FLOPs per exit; counted with fvcore when not given.
+        onnx: also export every part as an ONNX graph into ``onnx/``.
+        onnx_exporter: ``dynamo`` (torch.export based) or ``legacy`` (TorchScript based).
+        overwrite: replace an existing bundle at ``out_dir``.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        BundleError: ``out_dir`` exists (without ``overwrite``), or a head is missing.
+        ConfigError: the configuration does not fit the backbone or the heads.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: already exists; choose another folder or overwrite it")
+    modules = _heads_in_exit_order(heads, config)
+    points = list(operating_points)
+    own_val = dict((predicted or {}).get("val") or {})
+    if not any(p.thresholds == config.thresholds for p in points) and own_val:
+        points.append(
+            OperatingPoint(
+                config.thresholds,
+                config.threshold_mode,
+                float(own_val["mean_flops"]),
+                float(own_val["accuracy"]),
+            )
+        )
+    points.sort(key=lambda p: (p.mean_flops, -p.val_accuracy))
+    model = MultiExitModel(backbone, modules, config, points, costs)
+    meta = dict(extra_meta or {})
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        save_safetensors(tmp / BACKBONE_FILE, backbone.model.state_dict())
+        save_safetensors(
+            tmp / HEADS_FILE,
+            {f"{k}.{name}": t for k, h in enumerate(modules) for name, t in h.state_dict().items()},
+            {"exits": json.dumps([s.key for s in config.exits])},
+        )
+        atomic_write_text(tmp / RECIPE_FILE, _recipe(config, meta))
+        onnx_meta = None
+        if onnx:
+            from exitsearch.export.onnx import export_onnx
+
+            onnx_meta = export_onnx(model, tmp / ONNX_DIR, exporter=onnx_exporter)
+        doc = _manifest(model, backbone, predicted, meta, onnx_meta)
+        doc["files"] = {
+            p.relative_to(tmp).as_posix(): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        doc[_SELF_CHECKSUM] = _doc_checksum(doc)
+        atomic_write_json(tmp / MANIFEST, doc)
+        _move_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _heads_in_exit_order(heads: HeadsArg, config: ExitConfig) -> list[nn.Module]:
+    if isinstance(heads, HeadBank):
+        heads = dict(zip((s.key for s in heads.specs), heads.heads, strict=True))
+    if isinstance(heads, Mapping):
+        missing = [s.key for s in config.exits if s.key not in heads]
+        if missing:
+            raise BundleError(
+                f"no trained head for exit(s) {', '.join(missing)}; known: {', '.join(heads)}"
+            )
+        return [heads[s.key] for s in config.exits]
+    return list(heads)
+
+
+def _manifest(
+    model: MultiExitModel,
+    backbone: Backbone,
+    predicted: Mapping[str, Mapping[str, Any]] | None,
+    meta: Mapping[str, Any],
+    onnx_meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    import exitsearch
+
+    spec = resolve_spec(backbone.spec)
+    transform = backbone.input_transform()
+    config = model.config
+    doc: dict[str, Any] = {
+        "schema_version": BUNDLE_SCHEMA,
+        "format": "exitsearch-bundle",
+        "exitsearch_version": exitsearch.__version__,
+        "unit": UNIT,
+        "backbone": {
+            # Architecture only: the weights are in backbone.safetensors, checked by checksum.
+            "spec": {"model": spec.model, "overrides": dict(spec.overrides)},
+            "requested": backbone.spec.model,
+            "weights_sha256": backbone.weights_checksum(),
+            "depth": backbone.depth,
+            "num_classes": backbone.num_classes,
+            "input": {
+                "img_size": list(transform.img_size),
+                "in_chans": transform.in_chans,
+                "mean": list(transform.mean),
+                "std": list(transform.std),
+            },
+        },
+        "config": config.to_dict(),
+        "exits": [s.to_dict() | {"key": s.key} for s in config.exits],
+        "description": config.describe(),
+        "operating_points": [p.to_dict() for p in model.operating_points],
+        "default_operating_point": model.point_index,
+        "costs": model.costs.to_dict(),
+        "predicted": {k: dict(v) for k, v in (predicted or {}).items()},
+        "meta": dict(meta),
+    }
+    if onnx_meta is not None:
+        doc["onnx"] = dict(onnx_meta)
+    return doc
+
+
+def _recipe(config: ExitConfig, meta: Mapping[str, Any]) -> str:
+    recipe = {
+        "strategy": "classifier-wise",
+        "backbone": {"weights": BACKBONE_FILE, "frozen": True},
+        "heads": {"weights": HEADS_FILE, "exits": [s.key for s in config.exits]},
+        "exit_config": config.to_dict(),
+        "head_training": dict(meta["head_training"]) if meta.get("head_training") else None,
+        "data": dict(meta["data"]) if meta.get("data") else None,
+    }
+    header = (
+        "# Training recipe for fine-tuning this exported configuration (paper 000's\n"
+        "# classifier-wise strategy: backbone frozen, each head trained on its own loss).\n"
+        "# A stub for now: exitsearch does not yet read it back.\n"
+    )
+    return header + yaml.safe_dump(recipe, sort_keys=False)
+
+
+def _doc_checksum(doc: Mapping[str, Any]) -> str:
+    import hashlib
+
+    body = {k: v for k, v in doc.items() if k != _SELF_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` onto ``out``; an existing ``out`` is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loading
+def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``exitsearch.json`` of the bundle at ``path``.
+
+    With ``verify`` every file the manifest lists must exist and match its SHA-256.
+
+    Raises:
+        BundleError: not a bundle folder, missing or malformed manifest, schema newer than
+            :data:`BUNDLE_SCHEMA`, a missing or altered file.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (it does not exist or is a file)")
+    mpath = root / MANIFEST
+    try:
+        doc = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{mpath}: file is missing; is {root} an exitsearch bundle?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise BundleError(f"{mpath}: no schema_version; not an exitsearch bundle manifest")
+    version = doc["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{mpath}: schema_version must be a positive integer, got {version!r}")
+    if version > BUNDLE_SCHEMA:
+        raise BundleError(
+            f"{mpath}: bundle schema {version} is newer than this exitsearch understands "
+            f"({BUNDLE_SCHEMA}); upgrade exitsearch"
+        )
+    for key in ("backbone", "config", "files"):
+        if not isinstance(doc.get(key), dict):
+            raise BundleError(f"{mpath}: the {key!r} section is missing or malformed")
+    if verify:
+        recorded = doc.get(_SELF_CHECKSUM)
+        if recorded is not None and recorded != _doc_checksum(doc):
+            raise BundleError(
+                f"{mpath}: contents differ from its recorded checksum (the file was edited or "
+                "damaged)"
+            )
+        for name, digest in doc["files"].items():
+            f = root / name
+            if not f.is_file():
+                raise BundleError(f"{f}: file is missing from the bundle")
+            if file_sha256(f) != digest:
+                raise BundleError(
+                    f"{f}: checksum differs from the one recorded in {MANIFEST} (the file was "
+                    "altered or damaged)"
+                )
+    for required in (BACKBONE_FILE, HEADS_FILE):
+        if required not in doc["files"]:
+            raise BundleError(f"{mpath}: lists no {required}")
+    return doc
+
+
+def load_bundle(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", *, verify: bool = True
+) -> MultiExitModel:
+    """Load the bundle at ``path`` into a :class:`MultiExitModel` (eval mode, on ``device``).
+
+    Raises:
+        BundleError: see :func:`read_manifest`; also weights that do not fit the architecture.
+        BackboneError: the backbone architecture cannot be built by this timm.
+
+    Example:
+        >>> import exitsearch
+        >>> model = exitsearch.load("results/run/export/config-3")  # doctest: +SKIP
+        >>> model.set_operating_point("40%")  # doctest: +SKIP
+    """
+    root = Path(path)
+    doc = read_manifest(root, verify=verify)
+    mpath = root / MANIFEST
+    try:
+        bdoc = doc["backbone"]
+        spec = BackboneSpec(model=bdoc["spec"]["model"], overrides=dict(bdoc["spec"]["overrides"]))
+        config = ExitConfig.from_dict(doc["config"])
+        points = [OperatingPoint.from_dict(p) for p in doc.get("operating_points", [])]
+        costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise BundleError(f"{mpath}: invalid configuration ({exc})") from None
+        raise BundleError(f"{mpath}: malformed entry ({type(exc).__name__}: {exc})") from None
+    backbone = create_backbone(spec)
+    _load_state(backbone.model, root / BACKBONE_FILE)
+    if backbone.weights_checksum() != bdoc.get("weights_sha256"):
+        raise BundleError(
+            f"{root / BACKBONE_FILE}: the loaded weights do not match the backbone checksum "
+            f"recorded in {MANIFEST}"
+        )
+    ctx = HeadContext.from_backbone(backbone)
+    heads = [create_head(s, ctx) for s in config.exits]
+    state = _read_safetensors(root / HEADS_FILE)
+    for k, (s, head) in enumerate(zip(config.exits, heads, strict=True)):
+        sub = {name[len(f"{k}.") :]: t for name, t in state.items() if name.startswith(f"{k}.")}
+        try:
+            head.load_state_dict(sub, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"{root / HEADS_FILE}: weights of exit {k} ({s.key}) do not fit its head "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
+    model = MultiExitModel(backbone, heads, config, points, costs)
+    model.manifest = doc
+    model.source = root
+    return model.to(device).eval()
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> MultiExitModel:
+    """``exitsearch.load``: the bundle at ``path`` as a runnable multi-exit model."""
+    return load_bundle(path, device)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _load_state(module: nn.Module, path: Path) -> None:
+    state = _read_safetensors(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(
+            f"{path}: weights do not fit the architecture in {MANIFEST} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None

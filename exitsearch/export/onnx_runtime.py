@@ -1,0 +1,265 @@
+"""The controller over the exported ONNX graphs: per-sample exits with onnxruntime (CPU).
+
+It mirrors :meth:`MultiExitModel.run <exitsearch.export.runtime.MultiExitModel.run>` in numpy:
+the stem, then for each exit its segment of blocks and its head, a decision by the same
+criterion object, and the samples still in flight compacted before the next segment.
+Confidence and entropy are computed in float32 the way
+:func:`~exitsearch.training.predict.exit_statistics` computes them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitsearch.errors import BundleError, ConfigError
+from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
+from exitsearch.export.runtime import BOOKKEEPING, ExitOutput, Tick, needs_history
+from exitsearch.search.config import ExitConfig
+from exitsearch.search.criteria import create_criterion
+
+__all__ = ["ONNX_ATOL", "OnnxMultiExitModel", "exit_statistics_np", "load_onnx_bundle", "session"]
+
+ONNX_ATOL = 1e-4
+"""Logits of the ONNX graphs agree with PyTorch within this absolute tolerance (float32;
+measured differences on tiny and 12-block ViTs are around 1e-6)."""
+
+
+def session(path: Path, threads: int | None) -> Any:
+    """An onnxruntime CPU session for the graph at ``path`` (quiet: errors only)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: the library never prints
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc})") from None
+
+
+def exit_statistics_np(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(confidence, normalised entropy, prediction)`` in float32: the numpy twin of
+    :func:`~exitsearch.training.predict.exit_statistics` (log-softmax, then its exponential)."""
+    z = logits.astype(np.float32, copy=False)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    p = np.exp(logp)
+    pred = p.argmax(axis=-1)
+    conf = np.take_along_axis(p, pred[:, None], axis=-1)[:, 0]
+    ent = -(p * logp).sum(axis=-1) / np.float32(math.log(z.shape[-1]))
+    return conf, np.clip(ent, 0.0, 1.0).astype(np.float32), pred.astype(np.int64)
+
+
+class OnnxMultiExitModel(Anytime):
+    """Per-sample early exits with onnxruntime (CPU): the controller over the exported graphs.
+
+    Args:
+        onnx_dir: folder holding the graphs.
+        graphs: the description :func:`export_onnx` returned.
+        config: the exit configuration.
+        operating_points: threshold settings to switch between (see :class:`MultiExitModel`).
+        costs: FLOPs per exit, if known.
+        threads: onnxruntime intra-op threads (its default when None).
+    """
+
+    def __init__(
+        self,
+        onnx_dir: str | os.PathLike[str],
+        graphs: Mapping[str, Any],
+        config: ExitConfig,
+        operating_points: Sequence[OperatingPoint] = (),
+        costs: ExitCosts | None = None,
+        threads: int | None = None,
+    ) -> None:
+        root = Path(onnx_dir)
+        self.config = config
+        self.criterion = create_criterion(config.criterion)
+        self._history = needs_history(self.criterion)
+        self.operating_points = list(operating_points)
+        self._costs = costs
+        self.point_index = None
+        if len(graphs["heads"]) != len(config.exits):
+            raise BundleError(
+                f"{root}: {len(graphs['heads'])} head graphs for {len(config.exits)} exits"
+            )
+        self.stem = session(root / graphs["stem"], threads)
+        self.segments = [session(root / s["file"], threads) for s in graphs["segments"]]
+        self.segment_ranges = [(int(s["start"]), int(s["stop"])) for s in graphs["segments"]]
+        self.heads = [session(root / h["file"], threads) for h in graphs["heads"]]
+        self.head_has_unc = [bool(h["uncertainty"]) for h in graphs["heads"]]
+        rest = graphs.get("rest")
+        self.rest = session(root / rest["file"], threads) if rest else None
+        self.rest_range = (int(rest["start"]), int(rest["stop"])) if rest else None
+        self.final_head = session(root / graphs["final_head"], threads)
+        self.graphs = dict(graphs)
+        self.set_thresholds(config.thresholds)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.config.exits)
+
+    @property
+    def num_outcomes(self) -> int:
+        return self.num_exits if self.config.cut else self.num_exits + 1
+
+    @property
+    def costs(self) -> ExitCosts:
+        if self._costs is None:
+            raise ConfigError("the FLOPs per exit of this ONNX model are unknown")
+        return self._costs
+
+    @staticmethod
+    def _run1(sess: Any, x: np.ndarray) -> list[np.ndarray]:
+        return sess.run(None, {sess.get_inputs()[0].name: x})
+
+    def backbone_forward(self, x: np.ndarray) -> np.ndarray:
+        """The backbone alone through the same graphs: every block, then the final head."""
+        t = self._run1(self.stem, _f32(x))[0]
+        for seg in self.segments:
+            t = self._run1(seg, t)[0]
+        if self.rest is not None:
+            t = self._run1(self.rest, t)[0]
+        return self._run1(self.final_head, t)[0]
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> ExitOutput:
+        return self.run(x)
+
+    def run(self, x: np.ndarray | torch.Tensor, tick: Tick | None = None) -> ExitOutput:
+        """Per-sample exits on ``x`` (B, C, H, W), already transformed to the model input."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        n = x.shape[0]
+        tokens = self._run1(self.stem, _f32(x))[0]
+        if tick:
+            tick("stem")
+        logits_out: np.ndarray | None = None
+        exit_idx = np.empty(n, np.int64)
+        pred_out = np.empty(n, np.int64)
+        conf_out = np.empty(n, np.float32)
+        alive = np.arange(n)
+        history: torch.Tensor | None = None
+        crit = self.criterion
+        last = self.num_exits - 1
+
+        def emit(
+            rows: np.ndarray | None, logits: np.ndarray, pred: np.ndarray, conf: np.ndarray, k: int
+        ) -> None:
+            nonlocal logits_out
+            if logits_out is None:
+                logits_out = np.empty((n, logits.shape[1]), np.float32)
+            dest = alive if rows is None else alive[rows]
+            sel = slice(None) if rows is None else rows
+            logits_out[dest] = logits[sel]
+            exit_idx[dest] = k
+            pred_out[dest] = pred[sel]
+            conf_out[dest] = conf[sel]
+
+        def result() -> ExitOutput:
+            assert logits_out is not None
+            return ExitOutput(
+                torch.from_numpy(logits_out),
+                torch.from_numpy(exit_idx),
+                torch.from_numpy(pred_out),
+                torch.from_numpy(conf_out),
+                self.num_outcomes,
+            )
+
+        for k, head in enumerate(self.heads):
+            start, stop = self.segment_ranges[k]
+            tokens = self._run1(self.segments[k], tokens)[0]
+            if tick:
+                tick(f"blocks {start + 1}-{stop}")
+            outs = self._run1(head, tokens)
+            logits = outs[0]
+            if tick:
+                tick(f"head {self.config.exits[k].key}")
+            conf, ent, pred = exit_statistics_np(logits)
+            if self.config.cut and k == last:
+                emit(None, logits, pred, conf, k)
+                if tick:
+                    tick(BOOKKEEPING)
+                return result()
+            unc = (
+                torch.from_numpy(outs[1].astype(np.float32))
+                if crit.needs_uncertainty and self.head_has_unc[k]
+                else None
+            )
+            pred_t = torch.from_numpy(pred)
+            ready = crit.runtime_readiness(
+                torch.from_numpy(conf), torch.from_numpy(ent), pred_t, unc, history
+            )
+            fire = ready.numpy() >= self._bounds[k]
+            if fire.all():
+                emit(None, logits, pred, conf, k)
+                if tick:
+                    tick(BOOKKEEPING)
+                return result()
+            if fire.any():
+                emit(np.flatnonzero(fire), logits, pred, conf, k)
+                stay = np.flatnonzero(~fire)
+                alive = alive[stay]
+                tokens = np.ascontiguousarray(tokens[stay])
+                if self._history:
+                    history = _extend(history, pred_t)[torch.from_numpy(stay)]
+            elif self._history:
+                history = _extend(history, pred_t)
+            if tick:
+                tick(BOOKKEEPING)
+        if self.rest is not None:
+            tokens = self._run1(self.rest, tokens)[0]
+            if tick and self.rest_range:
+                tick(f"blocks {self.rest_range[0] + 1}-{self.rest_range[1]}")
+        logits = self._run1(self.final_head, tokens)[0]
+        if tick:
+            tick("final head")
+        conf, _, pred = exit_statistics_np(logits)
+        emit(None, logits, pred, conf, self.num_exits)
+        if tick:
+            tick(BOOKKEEPING)
+        return result()
+
+
+def _extend(history: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor:
+    col = pred.to(torch.int64)[:, None]
+    return col if history is None else torch.cat([history, col], dim=1)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_onnx_bundle(
+    path: str | os.PathLike[str], threads: int | None = None, *, verify: bool = True
+) -> OnnxMultiExitModel:
+    """The ONNX graphs of the bundle at ``path`` under their controller.
+
+    Raises:
+        BundleError: see :func:`~exitsearch.export.bundle.read_manifest`; also a bundle exported
+            without ``onnx``.
+    """
+    from exitsearch.export.bundle import MANIFEST, ONNX_DIR, read_manifest
+
+    root = Path(path)
+    doc = read_manifest(root, verify=verify)
+    if not doc.get("onnx"):
+        raise BundleError(
+            f"{root / MANIFEST}: this bundle has no ONNX graphs; export it again with --onnx"
+        )
+    try:
+        config = ExitConfig.from_dict(doc["config"])
+        points = [OperatingPoint.from_dict(p) for p in doc.get("operating_points", [])]
+        costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
+    return OnnxMultiExitModel(root / ONNX_DIR, doc["onnx"], config, points, costs, threads)

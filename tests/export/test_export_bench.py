@@ -1,0 +1,72 @@
+"""The benchmark: both models on the same inputs, predicted speed-up from the exits taken."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from export_world import DATA, SPECS, World
+
+from exitsearch.errors import ConfigError
+from exitsearch.export import benchmark, export_bundle, load_bundle
+from exitsearch.export.bench import bench_inputs
+from exitsearch.export.runtime import BOOKKEEPING
+from exitsearch.search.config import ExitConfig
+
+
+@pytest.fixture(scope="module")
+def bundle(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # an easy configuration: a low confidence bar at the first two exits
+    config = ExitConfig(SPECS, "confidence", (0.3, 0.3, 0.3))
+    return export_bundle(
+        tmp_path_factory.mktemp("bench") / "b",
+        world.backbone,
+        world.bank,
+        config,
+        extra_meta={"data": DATA.to_dict()},
+    )
+
+
+def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
+    model = load_bundle(bundle)
+    report = benchmark(model, (1, 8), repeats=4, warmup=1)
+    assert report.inputs.startswith("fashion-mnist validation")
+    assert [r.batch_size for r in report.rows] == [1, 8]
+    flops = np.asarray(model.costs.exit_flops)
+    for row in report.rows:
+        assert row.engine == "torch" and row.batches == 4
+        assert sum(row.exit_counts) == 4 * row.batch_size
+        mean = float((np.asarray(row.exit_counts) * flops).sum() / sum(row.exit_counts))
+        assert row.mean_flops == pytest.approx(mean)
+        assert row.predicted_speedup == pytest.approx(model.costs.backbone_flops / mean)
+        assert row.backbone_ms > 0 and row.model_ms > 0
+        assert row.measured_speedup == pytest.approx(
+            row.model_images_per_s / row.backbone_images_per_s
+        )
+        assert 0.0 <= row.accuracy <= 1.0 and 0.0 <= row.backbone_accuracy <= 1.0
+        parts = [p.part for p in row.parts]
+        assert parts[0] == "stem" and "blocks 1-1" in parts and BOOKKEEPING in parts
+        assert f"head {SPECS[0].key}" in parts
+        assert sum(p.share for p in row.parts) == pytest.approx(1.0)
+    doc = report.to_json()
+    assert doc["rows"][0]["parts"][0]["part"] == "stem"
+
+
+def test_inputs_fall_back_to_noise_without_the_data(bundle: Path):
+    model = load_bundle(bundle)
+    model.manifest = {**(model.manifest or {}), "meta": {"data": {"source": "/nowhere.npz"}}}
+    x, y, described = bench_inputs(model, 5)
+    assert y is None and x.shape == (5, 1, 28, 28) and described.startswith("random")
+    given = (torch.zeros(3, 1, 28, 28), None, "zeros")
+    report = benchmark(model, (2,), repeats=2, warmup=0, inputs=given)
+    assert report.inputs == "zeros" and report.rows[0].accuracy is None
+
+
+def test_benchmark_validates_its_settings(bundle: Path):
+    model = load_bundle(bundle)
+    with pytest.raises(ConfigError, match="batch sizes"):
+        benchmark(model, (0,))
+    with pytest.raises(ConfigError, match="repeats >= 1"):
+        benchmark(model, (1,), repeats=0)

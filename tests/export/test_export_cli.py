@@ -1,0 +1,124 @@
+"""``exitsearch export`` and ``exitsearch bench`` through typer's CliRunner on a small run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from exitsearch_cli.bench import bench
+from exitsearch_cli.export import export
+from export_world import World, make_run
+from typer.testing import CliRunner
+
+from exitsearch.export import load_bundle, read_manifest
+
+app = typer.Typer()
+app.command("export")(export)
+app.command("bench")(bench)
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "run"
+    make_run(world, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(runner: CliRunner, run_dir: Path) -> Path:
+    out = run_dir.parent / "onnx-bundle"
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--config",
+            "2",
+            "--out",
+            str(out),
+            "--onnx",
+            "--onnx-exporter",
+            "legacy",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_export_recommended_by_default(runner: CliRunner, run_dir: Path):
+    result = runner.invoke(app, ["export", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    path = run_dir / "export" / "config-1"
+    assert "config-1" in " ".join(result.stdout.split())
+    assert "predicted" in result.stdout and "operating point" in result.stdout
+    assert read_manifest(path)["meta"]["config_id"] == 1
+    again = runner.invoke(app, ["export", str(run_dir), "--best"])
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert runner.invoke(app, ["export", str(run_dir), "--overwrite"]).exit_code == 0
+
+
+def test_export_errors_are_one_line(runner: CliRunner, run_dir: Path):
+    result = runner.invoke(app, ["export", str(run_dir), "--config", "9"])
+    assert result.exit_code == 2
+    assert "known ids: 0, 1, 2" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["export", str(run_dir), "--config", "0", "--best"])
+    assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: Path):
+    assert load_bundle(onnx_bundle).manifest["onnx"]["exporter"] == "legacy"
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            str(onnx_bundle),
+            "--batch-size",
+            "1,8",
+            "--repeats",
+            "3",
+            "--warmup",
+            "1",
+            "--onnx",
+            "--json-out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "measured" in text and "predicted" in text and "where the time goes" in text
+    doc = json.loads(out.read_text())
+    assert [(r["engine"], r["batch_size"]) for r in doc["rows"]] == [
+        ("torch", 1),
+        ("onnx", 1),
+        ("torch", 8),
+        ("onnx", 8),
+    ]
+    assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])
+    assert doc["inputs"].startswith("fashion-mnist validation")
+
+
+def test_bench_at_a_budget_and_on_a_damaged_bundle(
+    runner: CliRunner, onnx_bundle: Path, tmp_path: Path
+):
+    args = ["--batch-size", "4", "--repeats", "2", "--warmup", "0"]
+    result = runner.invoke(app, ["bench", str(onnx_bundle), "--budget", "1FLOPs", *args])
+    assert result.exit_code == 2 and "no operating point fits" in result.output
+    result = runner.invoke(app, ["bench", str(onnx_bundle), "--budget", "100%", *args])
+    assert result.exit_code == 0, result.output
+    broken = Path(shutil.copytree(onnx_bundle, tmp_path / "b"))
+    (broken / "onnx" / "stem.onnx").unlink()
+    result = runner.invoke(app, ["bench", str(broken), *args])
+    assert result.exit_code == 2 and "stem.onnx" in result.output and "missing" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["bench", str(onnx_bundle), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output

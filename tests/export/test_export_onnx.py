@@ -1,0 +1,150 @@
+"""ONNX graphs under the numpy controller agree with the PyTorch runtime.
+
+Tolerance: logits within ``ONNX_ATOL`` (1e-4; the graphs differ from PyTorch by about 1e-6 in
+float32), identical exit indices on real validation images at batch sizes 1, 7 and 64.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from export_world import SPECS, World, spread_point
+
+from exitsearch.errors import BundleError, ConfigError
+from exitsearch.export import (
+    ONNX_ATOL,
+    OperatingPoint,
+    exit_statistics_np,
+    export_bundle,
+    export_onnx,
+    load_bundle,
+    load_onnx_bundle,
+)
+from exitsearch.heads import HeadContext, HeadSpec, create_head
+from exitsearch.search.config import ExitConfig
+from exitsearch.search.refine import shared_curve
+from exitsearch.training.predict import exit_statistics
+
+N = 192  # validation images compared per batch size
+
+
+@pytest.fixture(
+    scope="module",
+    # dynamo takes about 20 s for the nine graphs here; -m "not slow" leaves it out
+    params=[pytest.param("dynamo", marks=pytest.mark.slow), "legacy"],
+)
+def bundles(request, world: World, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """dynamo: a confidence model with three exits and a final exit; legacy: a cut patience
+    model (the exporter is the slow part, so each gets one configuration)."""
+    if request.param == "dynamo":
+        base = ExitConfig(SPECS, "confidence", (0.5,) * 3, "shared")
+    else:
+        base = ExitConfig(SPECS, "patience", (1.0,) * 3, "shared", cut=True)
+    curve = shared_curve(world.ev, base)
+    config = spread_point(curve, world.ev).config
+    points = [
+        OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy)
+        for p in curve[:: max(1, len(curve) // 4)]
+    ]
+    path = export_bundle(
+        tmp_path_factory.mktemp("onnx") / "b",
+        world.backbone,
+        world.bank,
+        config,
+        points,
+        onnx=True,
+        onnx_exporter=request.param,
+    )
+    return path, config
+
+
+def test_graph_files_are_listed_and_checked(bundles):  # type: ignore[no-untyped-def]
+    path, config = bundles
+    doc = json.loads((path / "exitsearch.json").read_text())
+    g = doc["onnx"]
+    names = {"onnx/stem.onnx", "onnx/final_head.onnx", "onnx/rest.onnx"}
+    names |= {f"onnx/segment_{k}.onnx" for k in range(3)} | {
+        f"onnx/head_{k}.onnx" for k in range(3)
+    }
+    assert names <= set(doc["files"])
+    assert g["max_abs_error"] < ONNX_ATOL
+    assert [h["uncertainty"] for h in g["heads"]] == [s.uncertainty for s in config.exits]
+    assert [(s["start"], s["stop"]) for s in g["segments"]] == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_onnx_equals_pytorch(world: World, bundles, batch_size):  # type: ignore[no-untyped-def]
+    path, _ = bundles
+    torch_model = load_bundle(path)
+    onnx_model = load_onnx_bundle(path, threads=1)
+    idx_t, pred_t, logits_t = world.run_split(torch_model, batch_size, limit=N)
+    idx_o, pred_o, logits_o = world.run_split(onnx_model, batch_size, limit=N)
+    np.testing.assert_array_equal(idx_o, idx_t)
+    np.testing.assert_array_equal(pred_o, pred_t)
+    np.testing.assert_allclose(logits_o, logits_t, atol=ONNX_ATOL, rtol=0)
+    assert len(np.unique(idx_t)) >= 2
+
+
+def test_onnx_switches_operating_points_too(world: World, bundles):  # type: ignore[no-untyped-def]
+    path, _ = bundles
+    torch_model, onnx_model = load_bundle(path), load_onnx_bundle(path, threads=1)
+    for i in range(len(torch_model.operating_points)):
+        torch_model.set_operating_point(index=i)
+        onnx_model.set_operating_point(index=i)
+        np.testing.assert_array_equal(
+            world.run_split(onnx_model, 64, limit=N)[0],
+            world.run_split(torch_model, 64, limit=N)[0],
+        )
+
+
+def test_onnx_backbone_equals_the_backbone(world: World, bundles):  # type: ignore[no-untyped-def]
+    path, _ = bundles
+    x = world.backbone.input_transform()(torch.from_numpy(world.splits.val.x[:9]))
+    with torch.inference_mode():
+        ref = world.backbone(x).numpy()
+    got = load_onnx_bundle(path).backbone_forward(x.numpy())
+    np.testing.assert_allclose(got, ref, atol=ONNX_ATOL, rtol=0)
+
+
+def test_numpy_exit_statistics_match_torch():
+    gen = torch.Generator().manual_seed(0)
+    logits = (
+        torch.randn(500, 10, generator=gen)
+        * torch.tensor([0.1, 1.0, 10.0, 30.0]).repeat(125)[:, None]
+    )
+    c_t, e_t, p_t = exit_statistics(logits)
+    c_n, e_n, p_n = exit_statistics_np(logits.numpy())
+    assert c_n.dtype == e_n.dtype == np.float32 and p_n.dtype == np.int64
+    np.testing.assert_array_equal(p_n, p_t.numpy())
+    np.testing.assert_allclose(c_n, c_t.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e_n, e_t.numpy(), atol=1e-6, rtol=0)
+
+
+def test_bundle_without_onnx_and_unknown_exporter(world: World, tmp_path: Path):
+    config = ExitConfig(SPECS[:1], "confidence", (0.5,))
+    path = export_bundle(tmp_path / "b", world.backbone, world.bank, config)
+    with pytest.raises(BundleError, match="no ONNX graphs; export it again with --onnx"):
+        load_onnx_bundle(path)
+    with pytest.raises(ConfigError, match="unknown ONNX exporter 'jit'"):
+        export_onnx(load_bundle(path), tmp_path / "g", exporter="jit")
+
+
+def test_exit_after_the_last_block_has_no_rest_graph(world: World, tmp_path: Path):
+    last = HeadSpec("linear", world.backbone.depth)
+    head = create_head(last, HeadContext.from_backbone(world.backbone))
+    config = ExitConfig((SPECS[1], last), "entropy", (0.9, 0.9))
+    heads = {SPECS[1].key: world.bank.head(SPECS[1].key), last.key: head}
+    path = export_bundle(
+        tmp_path / "b", world.backbone, heads, config, onnx=True, onnx_exporter="legacy"
+    )
+    assert load_bundle(path).segments == [(0, 2), (2, 4), (4, 4)]
+    onnx_model = load_onnx_bundle(path, threads=1)
+    assert onnx_model.rest is None
+    idx_t, _, logits_t = world.run_split(load_bundle(path), 16, limit=64)
+    idx_o, _, logits_o = world.run_split(onnx_model, 16, limit=64)
+    np.testing.assert_array_equal(idx_o, idx_t)
+    np.testing.assert_allclose(logits_o, logits_t, atol=ONNX_ATOL, rtol=0)
