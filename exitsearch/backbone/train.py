@@ -145,6 +145,7 @@ def train_backbone(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch + 1)  # dropout / drop-path, if enabled
         task = f"epoch {epoch + 1}/{config.epochs}"
         progress.start(task, steps_per_epoch)
         t0 = time.perf_counter()

@@ -1,9 +1,10 @@
 """Search strategies: a registry of Optuna samplers, seeded per trial for reproducibility.
 
-Every trial's sampler is built afresh with a seed derived from the study seed and the trial
-number. Samplers keep their state in the study's storage (NSGA-II caches its parent population
-there), so a study resumed after an interruption samples exactly what the uninterrupted study
-would have.
+Every trial's sampler is built afresh with a seed derived from the study seed and the trial's
+index among the trials that were not interrupted. Samplers keep their state in the study's
+storage (NSGA-II caches its parent population there and counts only completed trials), so a
+study resumed after an interruption samples exactly what the uninterrupted study would have:
+the killed trial is marked failed and interrupted, and its successor gets its seed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from exitsearch.errors import ConfigError
 
-__all__ = ["EXHAUSTIVE", "create_sampler", "list_strategies", "register_strategy"]
+__all__ = ["EXHAUSTIVE", "INTERRUPTED", "create_sampler", "list_strategies", "register_strategy"]
 
 EXHAUSTIVE = "exhaustive"
+INTERRUPTED = "exitsearch:interrupted"  # system attribute of trials killed mid-run
 
 SamplerFactory = Callable[[int, dict[str, Any]], BaseSampler]
 _REGISTRY: dict[str, SamplerFactory] = {}
@@ -104,7 +106,12 @@ class PerTrialSeededSampler(BaseSampler):
         self._inner = factory(seed, options)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._inner = self._factory(_derive(self._seed, trial.number), self._options)
+        index = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and not t.system_attrs.get(INTERRUPTED)
+        )
+        self._inner = self._factory(_derive(self._seed, index), self._options)
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(

@@ -32,7 +32,7 @@ from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_placement, shared_curve
 from exitsearch.search.sampling import NONE, ConfigSampler
 from exitsearch.search.space import Placement
-from exitsearch.search.strategies import EXHAUSTIVE, create_sampler
+from exitsearch.search.strategies import EXHAUSTIVE, INTERRUPTED, create_sampler
 
 __all__ = [
     "BudgetConstraint",
@@ -159,6 +159,7 @@ def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
     """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
+        study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     if stale:
         progress.log(f"search: {len(stale)} trial(s) interrupted earlier were marked failed")
@@ -204,7 +205,11 @@ def run_search(
     )
     study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
     _settle_interrupted(study, progress)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    done = sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if not t.system_attrs.get(INTERRUPTED)
+    )
     remaining = max(0, settings.n_trials - done)
     if done:
         progress.log(f"search: {done} finished trial(s) kept, {remaining} to go")
@@ -241,10 +246,12 @@ def run_search(
     progress.finish(task)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state is TrialState.COMPLETE and t.user_attrs.get("config")]
-    failed = [t for t in trials if t.state is TrialState.FAIL]
+    failed = [
+        t for t in trials if t.state is TrialState.FAIL and not t.system_attrs.get(INTERRUPTED)
+    ]
     result = SearchResult(
         front=[],
-        n_trials=len(trials),
+        n_trials=sum(1 for t in trials if not t.system_attrs.get(INTERRUPTED)),
         n_failed=len(failed),
         seconds=seconds,
         study_name=study_name,

@@ -212,6 +212,9 @@ def train_heads(
             break
         bank.train()
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        # Dropout draws from the global generator: seeding it per epoch makes a resumed run
+        # continue exactly as the uninterrupted one.
+        torch.manual_seed(config.seed * 100_003 + epoch + 1)
         task = f"heads epoch {epoch + 1}/{config.epochs}"
         progress.start(task, steps)
         loss_sums = dict.fromkeys(active, 0.0)
