@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -84,7 +85,7 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, task: str, total: int | None) -> None:
-        self._tasks[task] = self._progress.add_task(task, total=total, info="")
+        self._tasks[task] = self._progress.add_task(escape(task), total=total, info="")
 
     def advance(self, task: str, steps: int = 1, **info: float | str) -> None:
         if task not in self._tasks:
@@ -92,14 +93,13 @@ class RichProgress:
         text = "  ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
         )
-        self._progress.update(self._tasks[task], advance=steps, info=text)
+        self._progress.update(self._tasks[task], advance=steps, info=escape(text))
 
     def finish(self, task: str) -> None:
+        # A bar that ended early (early stopping, an interruption) stays where it stopped.
         tid = self._tasks.pop(task, None)
         if tid is not None:
-            t = self._progress.tasks[[x.id for x in self._progress.tasks].index(tid)]
-            if t.total is not None:
-                self._progress.update(tid, completed=t.total)
+            self._progress.stop_task(tid)
 
     def log(self, message: str) -> None:
-        self._progress.console.print(message, highlight=False)
+        self._progress.console.print(escape(message), highlight=False)

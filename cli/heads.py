@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -99,6 +101,19 @@ def train(
             "--predict/--no-predict", help="Also cache predictions and write the heads report."
         ),
     ] = True,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Train the heads sharded over this Ray cluster (HOST:PORT of `ray start "
+            "--head`), one shard per group of exit locations. Default: no Ray.",
+        ),
+    ] = None,
+    head_shards: Annotated[
+        int | None,
+        typer.Option("--head-shards", help="With --ray-address: shards (default: cluster CPUs)."),
+    ] = None,
 ) -> None:
     """Train every candidate head at every candidate location in one loop, backbone frozen.
 
@@ -124,6 +139,11 @@ def train(
         bf16,
         seed,
     )
+    if ray_address is not None:  # sharded over a Ray cluster (exitsearch.distributed)
+        from exitsearch.distributed.cluster import probe
+
+        probe(ray_address)
+        settings = replace(settings, ray_address=ray_address, head_shards=head_shards)
     with RunLock(settings.run_dir), RichProgress() as progress:
         ctx = prepare(settings, progress)
         profile, head_flops = stage_profile(ctx)
@@ -187,6 +207,8 @@ def predict(
         bf16,
         seed,
         predict=True,
+        ray_address=os.environ.get("RAY_ADDRESS"),
+        head_shards=None,
     )
 
 

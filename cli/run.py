@@ -105,11 +105,45 @@ def run(
     head_lr: HeadLrOpt = 1e-3,
     head_train_limit: HeadLimitOpt = None,
     bf16: Bf16Opt = False,
+    latency_device: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-device",
+            help="Measure a latency table on cpu or cuda (needed for budgets in ms).",
+        ),
+    ] = None,
+    latency_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--latency-batch-size", help="Batch size of the latency table (ms are per sample)."
+        ),
+    ] = 1,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print pareto.json instead of tables.")
     ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Train the heads sharded over this Ray cluster (HOST:PORT of `ray start "
+            "--head`); the search stays in this process. Default: no Ray.",
+        ),
+    ] = None,
+    head_shards: Annotated[
+        int | None,
+        typer.Option(
+            "--head-shards",
+            help="With --ray-address: shards of the heads, by exit location (default: one per "
+            "CPU of the cluster).",
+        ),
+    ] = None,
 ) -> None:
     """Profile, train heads once, predict, search the budget-aware Pareto front, and report."""
+    if ray_address is not None:  # fail before any work when the cluster cannot be reached
+        from exitsearch.distributed.cluster import probe
+
+        probe(ray_address)
     folder = run_folder(run_dir, model, data)
     settings = RunSettings(
         run_dir=folder,
@@ -122,6 +156,10 @@ def run(
         search=SearchSettings(strategy=strategy, n_trials=n_trials, timeout=timeout, seed=seed),
         resume=resume,
         storage=storage,
+        latency_device=latency_device,
+        latency_batch_size=latency_batch_size,
+        ray_address=ray_address,
+        head_shards=head_shards,
     )
     with RichProgress(enabled=not as_json) as progress:
         result = run_pipeline(settings, progress)

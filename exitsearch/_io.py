@@ -41,11 +41,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "derive_seed",
     "file_sha256",
     "load_safetensors",
     "read_json",
     "save_safetensors",
     "sha256_of",
+    "write_epoch_checkpoint",
 ]
 
 
@@ -57,9 +59,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
+        # mkstemp creates 0600 and some writers recreate the file: set the mode last.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -144,10 +147,33 @@ def _feed(h: Any, part: Any) -> None:
     elif isinstance(part, torch.Tensor):
         t = part.detach().cpu().contiguous()
         h.update(f"t{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     else:
         h.update(b"j")
         h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
+
+
+def write_epoch_checkpoint(
+    folder: Path, tensors: Mapping[str, torch.Tensor], state_file: str, state: dict[str, Any]
+) -> None:
+    """Save an epoch's tensors under a name of their own, then the JSON that points at them.
+
+    The JSON is written last, so a crash at any point leaves the previous epoch's pair intact:
+    resuming never combines weights of one epoch with the state of another. Older weight files
+    are removed afterwards.
+    """
+    name = f"checkpoint-epoch{state['epoch']}.safetensors"
+    save_safetensors(folder / name, tensors)
+    atomic_write_json(folder / state_file, {**state, "weights": name})
+    for old in folder.glob("checkpoint-epoch*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from any values, stable across processes and machines."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

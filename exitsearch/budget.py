@@ -51,7 +51,7 @@ class Budget:
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or self.value <= 0:
             raise BudgetError(
-                f"budget must be a positive, finite amount, got {self.text or self.value!r}"
+                f"budget must be a positive, finite amount, got {self.text or self.value!r}; {ACCEPTED}"
             )
         if self.unit is BudgetUnit.FRACTION and self.value > 1.0 + 1e-12:
             raise BudgetError(f"a budget in percent must be at most 100%, got {self.text!r}")

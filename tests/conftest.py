@@ -114,8 +114,18 @@ def make_tiny() -> Callable[..., Backbone]:
     """Build a fresh tiny backbone; ``seed`` fixes its random initialisation."""
 
     def make(seed: int = 0, **extra: Any) -> Backbone:
-        torch.manual_seed(seed)
-        return create_backbone(TINY_MODEL, **{**TINY_OVERRIDES, **extra})
+        # create_backbone always initialises from seed 0 (reproducible runs); other seeds
+        # re-draw every weight here so tests can have distinct backbones.
+        bb = create_backbone(TINY_MODEL, **{**TINY_OVERRIDES, **extra})
+        if seed:
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in bb.model.parameters():
+                    p.copy_(
+                        torch.randn(p.shape, generator=gen) * 0.02
+                        + (1.0 if p.ndim == 1 and p.shape[0] == bb.embed_dim else 0.0)
+                    )
+        return bb
 
     return make
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import timm
+import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from exitsearch.backbone.adapter import Backbone
@@ -72,7 +73,11 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
         raise BackboneError(f"unknown model {requested!r}{hint}")
     _check_overrides(spec.overrides)
     try:
-        model = timm.create_model(name, pretrained=spec.pretrained, **spec.overrides)
+        # Weights that no checkpoint or pretrained file replaces come from a fixed seed, so the
+        # same spec always gives the same backbone (and the same cache keys downstream).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=spec.pretrained, **spec.overrides)
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
         if spec.pretrained and _looks_like_download_failure(exc):
             raise BackboneError(_download_message(name, exc)) from None

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from exitsearch._io import atomic_write_json, load_safetensors, read_json, save_safetensors
+from exitsearch._io import (
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_epoch_checkpoint,
+)
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.splits import DataSplits
@@ -76,7 +82,7 @@ def train_backbone(
 ) -> dict[str, Any]:
     """Train ``backbone`` on ``splits.train``; resume from ``out_dir`` if a checkpoint is there.
 
-    Writes ``last.safetensors`` + ``train_state.json`` after each epoch and, at the end,
+    Writes ``checkpoint-epoch<N>.safetensors`` + ``train_state.json`` after each epoch and, at the end,
     ``model.safetensors`` (weights only) and ``backbone.json`` (spec, figures, command).
 
     Returns:
@@ -135,7 +141,7 @@ def train_backbone(
                 f"{out} holds a checkpoint of another training (model, data or settings differ); "
                 "choose another --out folder or delete it"
             )
-        tensors = load_safetensors(out / CKPT_FILE)
+        tensors = load_safetensors(out / saved.get("weights", CKPT_FILE))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
         start_epoch = int(saved["epoch"])
@@ -188,9 +194,10 @@ def train_backbone(
         )
         tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
         tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-        save_safetensors(out / CKPT_FILE, tensors)
-        atomic_write_json(
-            state_path,
+        write_epoch_checkpoint(
+            out,
+            tensors,
+            STATE_FILE,
             {"identity": identity, "epoch": epoch + 1, "history": history, "optimizer": opt_meta},
         )
 

@@ -20,7 +20,13 @@ from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.profile import profile_heads
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
-from exitsearch.profile import BackboneProfile, profile_backbone
+from exitsearch.profile import (
+    BackboneProfile,
+    LatencyTable,
+    measure_heads_latency,
+    measure_latency,
+    profile_backbone,
+)
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
 from exitsearch.search.costs import CostModel
@@ -60,6 +66,12 @@ class RunSettings:
     resume: bool = True
     storage: str | None = None
     seed_baselines: bool = True
+    # Distributed (exitsearch.distributed): with a Ray address the heads stage trains shards
+    # of the candidate heads on that cluster; None keeps everything in this process (no Ray).
+    ray_address: str | None = None
+    head_shards: int | None = None
+    latency_device: str | None = None
+    latency_batch_size: int = 1
 
 
 @dataclass
@@ -136,11 +148,74 @@ def stage_profile(ctx: RunContext) -> tuple[BackboneProfile, dict[str, int]]:
     }
 
 
+def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | None:
+    """Measured milliseconds of the backbone parts and of every candidate head, per sample.
+
+    Keyed by the architecture, the heads, the device, the batch size and the machine, since a
+    latency table describes one machine.
+    """
+    device = ctx.settings.latency_device
+    if device is None:
+        return None
+    batch = ctx.settings.latency_batch_size
+    arch = {
+        **resolve_spec(ctx.settings.backbone).to_dict(),
+        "checkpoint": None,
+        "pretrained": False,
+    }
+    key = sha256_of(
+        "latency-v1", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
+    )
+    ctx.keys["latency"] = key
+    folder = ctx.store.lookup("latency", key)
+    if folder is None:
+        t0 = time.perf_counter()
+        ctx.progress.log(
+            f"latency: measuring the backbone and {len(ctx.candidates)} heads on {device} at batch {batch}"
+        )
+        table = measure_latency(ctx.backbone, device, batch)
+        heads = measure_heads_latency(
+            ctx.candidates, HeadContext.from_backbone(ctx.backbone), device, batch
+        )
+        folder = ctx.store.folder("latency", key)
+        atomic_write_json(
+            folder / "latency.json", {"backbone": table.to_json(), "heads_ms_per_batch": heads}
+        )
+        ctx.store.commit("latency", key, ["latency.json"])
+        ctx.timings["latency"] = time.perf_counter() - t0
+    ctx.folders["latency"] = folder
+    doc = read_json(folder / "latency.json")
+    table = LatencyTable.from_json(doc["backbone"])
+    return table, {k: v / table.batch_size for k, v in doc["heads_ms_per_batch"].items()}
+
+
+def _machine() -> str:
+    """What a latency table depends on besides the model: processor and thread count."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return f"{cpu}|{torch.get_num_threads()} threads"
+
+
 def stage_heads(ctx: RunContext) -> HeadBank:
-    """Train every candidate head once (classifier-wise), or reuse the trained bank."""
+    """Train every candidate head once (classifier-wise), or reuse the trained bank.
+
+    With ``RunSettings.ray_address`` the heads train in shards over a Ray cluster. Every head
+    draws its initialisation and dropout from seeds of its own, so sharded heads equal jointly
+    trained ones and both share one cache key.
+    """
     cfg = ctx.settings.heads
     key = sha256_of(
-        "heads-v1",
+        "heads-v2",
         ctx.backbone.weights_checksum(),
         ctx.splits.fingerprint(),
         [s.to_dict() for s in ctx.candidates],
@@ -151,9 +226,14 @@ def stage_heads(ctx: RunContext) -> HeadBank:
     if folder is None:
         folder = ctx.store.folder("heads", key)
         t0 = time.perf_counter()
-        result = train_heads(
-            ctx.backbone, ctx.splits, ctx.candidates, cfg, folder, progress=ctx.progress
-        )
+        if ctx.settings.ray_address is not None:
+            from exitsearch.distributed.pipeline import train_heads_on_cluster
+
+            result = train_heads_on_cluster(ctx, folder)
+        else:
+            result = train_heads(
+                ctx.backbone, ctx.splits, ctx.candidates, cfg, folder, progress=ctx.progress
+            )
         ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
         ctx.timings["heads"] = time.perf_counter() - t0
         bank = result.bank
@@ -186,11 +266,16 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
 
 
 def resolve_budget(
-    text: str | None, kind: str, costs: CostModel, min_exit_flops: float
+    text: str | None,
+    kind: str,
+    costs: CostModel,
+    min_exit_flops: float,
+    min_exit_ms: float | None = None,
 ) -> tuple[Budget | None, BudgetConstraint, str | None]:
     """Parse and check the budget against what the backbone and its exits can cost.
 
-    Returns the parsed budget, the constraint in FLOPs, and a note for the user (or None).
+    Returns the parsed budget, the constraint (in FLOPs, or in milliseconds per sample with a
+    latency table), and a note for the user (or None).
 
     Raises:
         BudgetError: malformed, in milliseconds without a latency table, or below the cheapest
@@ -202,10 +287,25 @@ def resolve_budget(
         return None, BudgetConstraint(None, BudgetKind(kind)), None
     budget = parse_budget(text, kind)
     if budget.unit is BudgetUnit.MILLISECONDS:
-        raise BudgetError(
-            f"budget {text!r} is in milliseconds, which needs a latency table for the device "
-            "(run with --latency-device); give the budget in FLOPs or percent instead"
-        )
+        if costs.latency is None or min_exit_ms is None:
+            raise BudgetError(
+                f"budget {text!r} is in milliseconds, which needs a latency table: add "
+                "--latency-device cpu (or cuda) and --latency-batch-size N, or give FLOPs or percent"
+            )
+        lat = costs.latency.per_sample()
+        full_ms = lat.stem_ms + sum(lat.block_ms) + lat.head_ms
+        if budget.value < min_exit_ms:
+            raise BudgetError(
+                f"budget {text} is below the cheapest possible exit, {min_exit_ms:.4g} ms per sample "
+                f"on {costs.latency.device_name} at batch {costs.latency.batch_size}"
+            )
+        note = None
+        if budget.value >= full_ms:
+            note = (
+                f"budget {text} is above the backbone's own {full_ms:.4g} ms per sample: every "
+                "configuration fits, the whole front is returned"
+            )
+        return budget, BudgetConstraint(None, budget.kind, ms=budget.value), note
     flops = budget.to_flops(costs.backbone_flops)
     if flops < min_exit_flops:
         raise BudgetError(
@@ -239,18 +339,26 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
     from exitsearch.search.baselines import baseline_placements
 
     progress = progress or NullProgress()
+    if settings.budget is not None:
+        parse_budget(
+            settings.budget, settings.budget_kind
+        )  # a malformed budget fails before any work
     with RunLock(settings.run_dir):
         ctx = prepare(settings, progress)
         profile, head_flops = stage_profile(ctx)
-        costs = CostModel(profile, head_flops)
-        first = min(s.location for s in ctx.candidates)
-        cheapest = min(
-            profile.cumulative(s.location) + head_flops[s.key]
-            for s in ctx.candidates
-            if s.location == first
-        )
+        latency = stage_latency(ctx)
+        costs = CostModel(profile, head_flops, *(latency or (None, {})))
+        first_location = min(s.location for s in ctx.candidates)
+        first = [s for s in ctx.candidates if s.location == first_location]
+        cheapest = min(profile.cumulative(first_location) + head_flops[s.key] for s in first)
+        cheapest_ms = None
+        if latency is not None:
+            per_sample = latency[0].per_sample()
+            cheapest_ms = min(
+                per_sample.cumulative_ms(first_location) + latency[1][s.key] for s in first
+            )
         budget, constraint, note = resolve_budget(
-            settings.budget, settings.budget_kind, costs, cheapest
+            settings.budget, settings.budget_kind, costs, cheapest, cheapest_ms
         )
         notes = [note] if note else []
         bank = stage_heads(ctx)
@@ -272,6 +380,7 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             settings.budget_kind,
             asdict(settings.search),
             settings.seed_baselines,
+            ctx.keys.get("latency"),
         )
         ctx.keys["search"] = search_key
         t0 = time.perf_counter()
@@ -285,6 +394,7 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             resume=settings.resume,
             seed_placements=seeds,
             progress=progress,
+            exclusive=settings.storage is None,
         )
         ctx.timings["search"] = time.perf_counter() - t0
         if not result.front:

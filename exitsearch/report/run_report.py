@@ -113,6 +113,7 @@ def write_report(
             "text": ctx.settings.budget,
             "kind": constraint.kind.value,
             "flops": constraint.flops,
+            "ms": constraint.ms,
         },
         "space": ctx.space.name,
         "artifacts": {

@@ -108,7 +108,8 @@ def score_baselines(
     """Every baseline's feasible front on ``ev``'s split (the backbone alone first)."""
     bb = ev.backbone()
     result = [Baseline("backbone", "the backbone alone", None, [])]
-    if budget.flops is None or bb.mean_flops <= budget.flops * (1 + 1e-12):
+    bb_cost = bb.mean_ms if budget.ms is not None else bb.mean_flops
+    if not budget.limited or (bb_cost is not None and bb_cost <= budget.limit * (1 + 1e-12)):  # type: ignore[operator]
         result[0] = Baseline(
             "backbone",
             "the backbone alone",

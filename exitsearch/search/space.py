@@ -267,7 +267,7 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
     p = _Parser(source)
     if not isinstance(doc, dict):
         p.fail("", f"the file must hold a mapping of keys, got {type(doc).__name__}")
-    unknown = sorted(set(doc) - _TOP_KEYS)
+    unknown = sorted(set(doc) - _TOP_KEYS, key=str)
     if unknown:
         p.fail(unknown[0], f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
     name = p.string(doc, "name", default=Path(source).stem)
@@ -336,7 +336,7 @@ class _Parser:
         raise SearchSpaceError(where + what)
 
     def no_unknown(self, d: dict[str, Any], key: str, allowed: set[str]) -> None:
-        unknown = sorted(set(d) - allowed)
+        unknown = sorted(set(d) - allowed, key=str)
         if unknown:
             self.fail(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
 
@@ -388,8 +388,13 @@ class _Parser:
 
     def _number(self, key: str, v: Any, integer: bool) -> float:
         ok = isinstance(v, int) if integer else isinstance(v, int | float)
-        if not ok or isinstance(v, bool) or (not integer and not math.isfinite(v)):
-            self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {v!r}")
+        if ok and not isinstance(v, bool) and not integer:
+            try:
+                ok = math.isfinite(v)
+            except OverflowError:  # an integer too large for a float
+                ok = False
+        if not ok or isinstance(v, bool):
+            self.fail(key, f"must be {'an integer' if integer else 'a number'}, got {_short(v)}")
         return v
 
     def int_range(self, d: dict[str, Any], key: str, default: IntRange, minimum: int) -> IntRange:
@@ -490,6 +495,11 @@ class _Parser:
                 f"missing; give a mapping of head types to options; known types: {', '.join(known)}",
             )
         if isinstance(v, list):
+            if not all(isinstance(name, str) for name in v):
+                self.fail(
+                    "heads",
+                    f"a list of heads must hold head type names; known types: {', '.join(known)}",
+                )
             v = {name: {} for name in v}
         if not isinstance(v, dict) or not v:
             self.fail(
@@ -527,3 +537,8 @@ class _Parser:
                 self.fail(f"heads.{name}.params", f"must be a mapping, got {params!r}")
             out[name] = HeadOptions(half=half, values=values, params=dict(params))
         return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
@@ -17,6 +19,26 @@ __all__ = ["open_storage", "storage_url"]
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _open_server(url: str, attempts: int = 5) -> RDBStorage:
+    """A database server shared by several processes or machines.
+
+    ``postgresql://`` URLs are routed to psycopg2 (the driver exitsearch installs). Processes
+    that open a fresh database at the same moment race to create Optuna's tables; the loser sees
+    an integrity error and simply retries once the tables exist. Trials record heartbeats, so a
+    trial of a dead worker is failed by Optuna while live workers' trials are left alone.
+    """
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def storage_url(spec: str | Path) -> str:
@@ -55,8 +77,15 @@ def open_storage(spec: str | Path) -> BaseStorage:
             event.listen(storage.engine, "connect", _sqlite_pragmas)
             storage.engine.dispose()
             return storage
-        return RDBStorage(url, heartbeat_interval=10, grace_period=30)
-    except (optuna.exceptions.StorageInternalError, sqlite3.Error, OSError, ValueError) as exc:
+        return _open_server(url)
+    except (
+        optuna.exceptions.StorageInternalError,
+        sqlite3.Error,
+        OSError,
+        ValueError,
+        ImportError,
+        sqlalchemy.exc.SQLAlchemyError,
+    ) as exc:
         raise ConfigError(
             f"cannot open Optuna storage {url}: {' '.join(str(exc).split())[:300]}"
         ) from None

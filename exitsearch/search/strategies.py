@@ -9,16 +9,20 @@ the killed trial is marked failed and interrupted, and its successor gets its se
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
+
+# Optuna's samplers keep their generators in this class (stable across Optuna 5.x, pinned).
+from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from exitsearch._io import derive_seed
 from exitsearch.errors import ConfigError
 
 __all__ = ["EXHAUSTIVE", "INTERRUPTED", "create_sampler", "list_strategies", "register_strategy"]
@@ -91,13 +95,37 @@ def create_sampler(name: str, seed: int, **options: Any) -> BaseSampler:
     return PerTrialSeededSampler(_REGISTRY[name], seed, options)
 
 
+def _reseed(sampler: BaseSampler, seed: int) -> bool:
+    """Reseed every random generator of ``sampler`` and of the samplers it holds."""
+    found = False
+    stack: list[Any] = [sampler]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if isinstance(value, LazyRandomState):
+                value.rng.seed(_derive(seed, zlib.crc32(name.encode())))
+                found = True
+            elif isinstance(value, BaseSampler):
+                stack.append(value)
+    return found
+
+
 def _derive(seed: int, number: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return derive_seed(seed, number)
 
 
 class PerTrialSeededSampler(BaseSampler):
-    """Delegates to a sampler rebuilt before each trial with a seed derived from its number."""
+    """Delegates to one sampler whose random generators are reseeded before each trial.
+
+    The seed derives from the trial's index among the trials that were not interrupted.
+    Optuna's samplers draw from ``LazyRandomState`` generators (the sampler's own and those of
+    the samplers it delegates to); reseeding them keeps the sampler's caches (NSGA-II's search
+    space, for one) across trials. A sampler without such generators is rebuilt instead.
+    """
 
     def __init__(self, factory: SamplerFactory, seed: int, options: dict[str, Any]) -> None:
         self._factory = factory
@@ -111,7 +139,9 @@ class PerTrialSeededSampler(BaseSampler):
             for t in study.get_trials(deepcopy=False)
             if t.number < trial.number and not t.system_attrs.get(INTERRUPTED)
         )
-        self._inner = self._factory(_derive(self._seed, index), self._options)
+        seed = _derive(self._seed, index)
+        if not _reseed(self._inner, seed):
+            self._inner = self._factory(seed, self._options)
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(

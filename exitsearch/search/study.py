@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,31 +80,69 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class BudgetConstraint:
-    """A budget in FLOPs (``None``: unconstrained) of a kind: mean or worst case."""
+    """A budget per sample, in FLOPs or in milliseconds (``None`` for both: unconstrained), of a
+    kind: ``mean`` (expected cost on the validation split) or ``max`` (worst case).
+
+    Milliseconds are per sample at the latency table's device and batch size.
+    """
 
     flops: float | None
     kind: BudgetKind = BudgetKind.MEAN
+    ms: float | None = None
 
-    def violation(self, mean_flops: float, max_flops: float, scale: float) -> float:
-        if self.flops is None:
+    def __post_init__(self) -> None:
+        if self.flops is not None and self.ms is not None:
+            raise ConfigError("a budget is in FLOPs or in milliseconds, not both")
+
+    @property
+    def limited(self) -> bool:
+        return self.flops is not None or self.ms is not None
+
+    def cost(self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float) -> float:
+        """The configuration's budgeted cost in the budget's unit and kind."""
+        if self.ms is not None:
+            e = ev.evaluate(config)
+            if e.mean_ms is None:
+                raise ConfigError("a budget in milliseconds needs a latency table")
+            return float(e.max_ms if self.kind is BudgetKind.MAX else e.mean_ms)
+        return max_flops if self.kind is BudgetKind.MAX else mean_flops
+
+    def violation(
+        self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float
+    ) -> float:
+        """Relative excess over the budget: feasible when <= 0 (Optuna's constraint convention)."""
+        if not self.limited:
             return -1.0
-        cost = max_flops if self.kind is BudgetKind.MAX else mean_flops
-        return (cost - self.flops) / scale
+        limit = self.ms if self.ms is not None else self.flops
+        return (self.cost(ev, config, mean_flops, max_flops) - limit) / limit  # type: ignore[operator]
 
-    def feasible(self, mean_flops: float, max_flops: float) -> bool:
-        return self.violation(mean_flops, max_flops, 1.0) <= 1e-9 * max(1.0, self.flops or 1.0)
+    def fits(self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float) -> bool:
+        return self.violation(ev, config, mean_flops, max_flops) <= 1e-12
+
+    def exit_costs(self, ev: Evaluator, config: ExitConfig) -> np.ndarray:
+        """Cost of leaving at each exit of ``config``, in the budget's unit."""
+        if self.ms is not None:
+            ms = ev.costs.exit_ms(config)
+            if ms is None:
+                raise ConfigError("a budget in milliseconds needs a latency table")
+            return ms
+        return ev.costs.exit_flops(config)
+
+    @property
+    def limit(self) -> float | None:
+        return self.ms if self.ms is not None else self.flops
 
 
 def cut_to_budget(config: ExitConfig, ev: Evaluator, budget: BudgetConstraint) -> ExitConfig | None:
     """For worst-case budgets: keep the exits up to the last one whose cost fits, and end the
     model there (DESIGN.md). None when even the first exit does not fit."""
-    if budget.kind is not BudgetKind.MAX or budget.flops is None:
+    if budget.kind is not BudgetKind.MAX or not budget.limited:
         return config
     full = ExitConfig(
         config.exits, config.criterion, config.thresholds, config.threshold_mode, cut=True
     )
-    costs = ev.costs.exit_flops(full)
-    fits = np.nonzero(costs <= budget.flops * (1 + 1e-12))[0]
+    costs = budget.exit_costs(ev, full)
+    fits = np.nonzero(costs <= budget.limit * (1 + 1e-12))[0]  # type: ignore[operator]
     if not len(fits):
         return None
     keep = int(fits[-1]) + 1
@@ -140,12 +179,12 @@ def front_of(
     """Feasible, non-dominated points, cheapest first (max cost checked for worst-case budgets)."""
     feasible = []
     for p in points:
-        if budget.flops is not None:
-            if budget.kind is BudgetKind.MAX:
+        if budget.limited:
+            if budget.kind is BudgetKind.MAX or budget.ms is not None:
                 _, mean, mx = ev.quick(p.config)
-                if not budget.feasible(mean, mx):
+                if not budget.fits(ev, p.config, mean, mx):
                     continue
-            elif p.mean_flops > budget.flops * (1 + 1e-12):
+            elif p.mean_flops > budget.flops * (1 + 1e-12):  # type: ignore[operator]
                 continue
         feasible.append(p)
     if not feasible:
@@ -177,11 +216,16 @@ def run_search(
     seed_placements: Sequence[ExitConfig] = (),
     progress: Progress | None = None,
     objective_hook: Callable[[ExitConfig], None] | None = None,
+    exclusive: bool = True,
 ) -> SearchResult:
     """Search ``sampler.space`` on ``ev``'s split under ``budget``.
 
     With ``resume`` a study of the same name in ``storage`` is continued: finished trials are
     kept and only the missing ones run. Without it, an existing study is replaced.
+    ``exclusive`` says that no other process works on the study (the run folder's own storage,
+    guarded by its lock): trials found running are then leftovers of a killed process and are
+    settled. On shared storage they may belong to live workers and are left to Optuna's
+    heartbeat.
     """
     progress = progress or NullProgress()
     if settings.strategy == EXHAUSTIVE:
@@ -203,8 +247,11 @@ def run_search(
         ),
         load_if_exists=True,
     )
-    study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
-    _settle_interrupted(study, progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
+    if exclusive:
+        _settle_interrupted(study, progress)
     done = sum(
         1
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
@@ -226,7 +273,7 @@ def run_search(
             objective_hook(config)
         acc, mean, mx = ev.quick(config)
         trial.set_user_attr("config", config.to_dict())
-        trial.set_constraint("budget", budget.violation(mean, mx, scale))
+        trial.set_constraint("budget", budget.violation(ev, config, mean, mx))
         return acc, mean / scale
 
     task = "search"
@@ -302,7 +349,7 @@ def _placements_to_refine(
         if budget.flops is None
         or p.mean_flops <= budget.flops * (1 + 1e-12)
         or budget.kind is BudgetKind.MAX
-    ] or list(raw)
+    ] or list(raw)  # a millisecond budget is checked on the refined points
     chosen: dict[str, ExitConfig] = {}
     remaining = list(pool)
     for _ in range(settings.refine_fronts):

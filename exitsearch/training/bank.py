@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from exitsearch._io import load_safetensors, save_safetensors
+from exitsearch._io import derive_seed, load_safetensors, save_safetensors
 from exitsearch.errors import CacheError
 from exitsearch.heads import ExitHead, HeadContext, HeadSpec, create_head
 
@@ -19,7 +19,11 @@ __all__ = ["HeadBank"]
 class HeadBank(nn.Module):
     """Heads for a list of :class:`HeadSpec`, in that order (``heads[i]`` serves ``specs[i]``)."""
 
-    def __init__(self, specs: Sequence[HeadSpec], ctx: HeadContext) -> None:
+    def __init__(
+        self, specs: Sequence[HeadSpec], ctx: HeadContext, seed: int | None = None
+    ) -> None:
+        """With ``seed``, every head is initialised from a seed of its own (derived from ``seed``
+        and its key), so a head's weights do not depend on which other heads share the bank."""
         super().__init__()
         keys = [s.key for s in specs]
         if len(set(keys)) != len(keys):
@@ -27,7 +31,7 @@ class HeadBank(nn.Module):
             raise ValueError(f"head {dup} is listed twice")
         self.specs = list(specs)
         self.ctx = ctx
-        self.heads = nn.ModuleList(create_head(s, ctx) for s in specs)
+        self.heads = nn.ModuleList(_create(s, ctx, seed) for s in specs)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -72,6 +76,14 @@ class HeadBank(nn.Module):
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.to_dict() | {"key": s.key} for s in self.specs]
+
+
+def _create(spec: HeadSpec, ctx: HeadContext, seed: int | None) -> ExitHead:
+    if seed is None:
+        return create_head(spec, ctx)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", spec.key))
+        return create_head(spec, ctx)
 
 
 def head_parameters(head: nn.Module) -> list[torch.nn.Parameter]:

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from exitsearch._io import (
     atomic_write_json,
+    derive_seed,
     load_safetensors,
     read_json,
-    save_safetensors,
     sha256_of,
+    write_epoch_checkpoint,
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
@@ -165,9 +166,8 @@ def train_heads(
         raise ConfigError(
             f"head(s) {', '.join(bad)} lie beyond the {backbone.depth}-block backbone"
         )
-    torch.manual_seed(config.seed)
     ctx = HeadContext.from_backbone(backbone)
-    bank = HeadBank(specs, ctx)
+    bank = HeadBank(specs, ctx, seed=config.seed)
     backbone.eval().requires_grad_(False)
     transform = backbone.input_transform()
     upto = bank.max_location
@@ -185,7 +185,7 @@ def train_heads(
     if (out / STATE).is_file():
         saved = read_json(out / STATE)
         if saved.get("identity") == identity:
-            tensors = load_safetensors(out / CKPT)
+            tensors = load_safetensors(out / saved.get("weights", CKPT))
             bank.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("bank.")})
             best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
             for i, opt in enumerate(optimizers):
@@ -212,9 +212,7 @@ def train_heads(
             break
         bank.train()
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        # Dropout draws from the global generator: seeding it per epoch makes a resumed run
-        # continue exactly as the uninterrupted one.
-        torch.manual_seed(config.seed * 100_003 + epoch + 1)
+
         task = f"heads epoch {epoch + 1}/{config.epochs}"
         progress.start(task, steps)
         loss_sums = dict.fromkeys(active, 0.0)
@@ -229,6 +227,10 @@ def train_heads(
             total = None
             for i in list(active):
                 head, spec = bank.heads[i], bank.specs[i]
+                # Dropout draws from the global generator: a seed per head, epoch and batch makes
+                # a head's training independent of the other heads (shards equal the joint run)
+                # and a resumed run continue exactly as the uninterrupted one.
+                torch.manual_seed(derive_seed(config.seed, spec.key, epoch, b))
                 with autocast:
                     logits = head(states[spec.location - 1])
                 loss = F.cross_entropy(logits.float(), y)
@@ -383,9 +385,10 @@ def _checkpoint(
         t, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"opt{i}")
         tensors.update(t)
         metas.append(meta)
-    save_safetensors(out / CKPT, tensors)
-    atomic_write_json(
-        out / STATE,
+    write_epoch_checkpoint(
+        out,
+        tensors,
+        STATE,
         {
             "identity": identity,
             "epoch": epoch,

@@ -13,7 +13,7 @@ from exitsearch.errors import ConfigError, TrainingDivergedError
 from exitsearch.progress import NullProgress
 
 CONFIG = BackboneTrainConfig(epochs=2, batch_size=64, eval_batch_size=256, seed=3)
-FILES = ("model.safetensors", "backbone.json", "last.safetensors", "train_state.json")
+FILES = ("model.safetensors", "backbone.json", "checkpoint-epoch2.safetensors", "train_state.json")
 
 
 class _InterruptAt(NullProgress):
@@ -102,26 +102,26 @@ def test_rerun_of_a_finished_training_keeps_the_weights(tmp_path, make_tiny, tin
 def test_folder_of_another_training_is_refused(tmp_path, make_tiny, tiny_splits):
     cfg = BackboneTrainConfig(epochs=1, batch_size=128, eval_batch_size=256)
     train_backbone(make_tiny(), tiny_splits, cfg, tmp_path)
-    before = file_sha256(tmp_path / "last.safetensors")
+    before = file_sha256(tmp_path / "checkpoint-epoch1.safetensors")
     other = BackboneTrainConfig(epochs=1, batch_size=128, eval_batch_size=256, lr=5e-4)
     with pytest.raises(ConfigError, match="another training"):
         train_backbone(make_tiny(), tiny_splits, other, tmp_path)
     with pytest.raises(ConfigError, match="another training"):
         train_backbone(make_tiny(embed_dim=16), tiny_splits, cfg, tmp_path)
-    assert file_sha256(tmp_path / "last.safetensors") == before
+    assert file_sha256(tmp_path / "checkpoint-epoch1.safetensors") == before
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, make_tiny, tiny_splits):
     bb = make_tiny()
-    poison = _PoisonAt(bb.model, "epoch 2/", tmp_path / "last.safetensors")
+    poison = _PoisonAt(bb.model, "epoch 2/", tmp_path / "checkpoint-epoch1.safetensors")
     with pytest.raises(TrainingDivergedError, match="epoch 2") as info:
         train_backbone(bb, tiny_splits, CONFIG, tmp_path, progress=poison)
     assert "epoch 1" in str(info.value)  # the message says which checkpoint is kept
     assert poison.hash_before is not None
-    assert file_sha256(tmp_path / "last.safetensors") == poison.hash_before
+    assert file_sha256(tmp_path / "checkpoint-epoch1.safetensors") == poison.hash_before
     assert read_json(tmp_path / "train_state.json")["epoch"] == 1
     assert not (tmp_path / "model.safetensors").exists()
-    kept = load_safetensors(tmp_path / "last.safetensors")
+    kept = load_safetensors(tmp_path / "checkpoint-epoch1.safetensors")
     assert all(torch.isfinite(t).all() for t in kept.values())
 
 

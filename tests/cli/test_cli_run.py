@@ -1,0 +1,175 @@
+"""``exitsearch run`` through typer's CliRunner: help, usage errors, and a tiny real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from exitsearch_cli.main import app
+from typer.testing import CliRunner
+
+from exitsearch.data import FASHION_MNIST_DIR
+from exitsearch.report import schema
+from exitsearch.search.space import builtin_spaces
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+needs_data = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist missing"
+)
+
+TINY_ARGS = [
+    "--model",
+    "vit_tiny_patch16_224",
+    *("-o", "img_size=28", "-o", "patch_size=7", "-o", "in_chans=1", "-o", "num_classes=10"),
+    *("-o", "embed_dim=32", "-o", "depth=4", "-o", "num_heads=2"),
+    *("--limit", "400", "--head-epochs", "1", "--n-trials", "40"),
+]
+SPACE = """\
+name: tiny
+placement: free
+heads:
+  linear: {}
+  mlp: {}
+uncertainty: false
+criteria: [confidence]
+thresholds: [shared, per_exit]
+"""
+BAD_BUDGETS = ["8GFLOP", "-1GFLOPs", "8 parsecs", "0", ""]
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# -------------------------------------------------------------------------------- help
+def test_run_help_names_the_budget_forms_and_the_unit(runner):
+    # wide enough that rich does not cut the help column short ("multiply-accumulat…" at 80)
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "Usage" in text
+    for word in ("--budget", "--budget-kind", "--space", "--n-trials", "--json", "8GFLOPs", "45%"):
+        assert word in text, word
+    assert "multiply-accumulates" in text
+
+
+def test_heads_help_lists_its_commands(runner):
+    result = runner.invoke(app, ["heads", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.stdout
+    assert "train" in result.stdout and "predict" in result.stdout
+
+
+# -------------------------------------------------------------------------- bad budgets
+@pytest.fixture(scope="module")
+def bad_budget_runs(runner, space_file, tmp_path_factory):
+    """One invocation per bad budget: (result, run folder)."""
+    out = {}
+    for i, budget in enumerate(BAD_BUDGETS):
+        run_dir = tmp_path_factory.mktemp(f"bad{i}") / "run"
+        args = ["run", *TINY_ARGS, "--space", str(space_file), "--run", str(run_dir)]
+        out[budget] = (runner.invoke(app, [*args, "--budget", budget]), run_dir)
+    return out
+
+
+@needs_data
+@pytest.mark.parametrize("budget", BAD_BUDGETS)
+def test_bad_budget_is_a_one_line_usage_error(bad_budget_runs, budget):
+    result, run_dir = bad_budget_runs[budget]
+    assert result.exit_code == 2, result.output
+    lines = _lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "budget" in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    # no training started: no heads or predictions were cached
+    cache = run_dir / schema.CACHE_DIR
+    assert not list(cache.glob("heads-*")) and not list(cache.glob("predict-*"))
+    assert not (run_dir / schema.PARETO_JSON).exists()
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "budget",
+    BAD_BUDGETS,
+)
+def test_bad_budget_message_says_what_is_accepted(bad_budget_runs, budget):
+    result, _ = bad_budget_runs[budget]
+    message = " ".join(result.stderr.split())
+    assert "accepted: 8GFLOPs, 8 GFLOPs, 750MFLOPs, 8e9" in message
+    assert "45%" in message
+
+
+@needs_data
+@pytest.mark.parametrize("budget", BAD_BUDGETS)
+def test_bad_budget_is_rejected_before_anything_is_cached(bad_budget_runs, budget):
+    _, run_dir = bad_budget_runs[budget]
+    assert not (run_dir / schema.CACHE_DIR).exists()
+
+
+@needs_data
+def test_unknown_space_lists_the_shipped_ones(runner, tmp_path):
+    run_dir = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["run", *TINY_ARGS, "--space", "no-such-space", "--budget", "70%", "--run", str(run_dir)],
+    )
+    assert result.exit_code == 2, result.output
+    lines = _lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "no-such-space" in lines[0]
+    for name in builtin_spaces():
+        assert name in lines[0]
+    assert "Traceback" not in result.output
+    assert not (run_dir / schema.CACHE_DIR).exists()
+
+
+# --------------------------------------------------------------------------- a real run
+@needs_data
+def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", *TINY_ARGS, "--space", str(space_file), "--budget", "70%", "--run", str(run_dir)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "Pareto front within budget 70% (mean)" in out
+    assert "recommended (most accurate within budget): id" in out
+    assert "baselines" in out and "paper002@2" in out
+    for name in (schema.PARETO_JSON, schema.PARETO_CSV, schema.STUDY_DB):
+        assert name in out
+        assert (run_dir / name).is_file()
+    doc = json.loads((run_dir / schema.PARETO_JSON).read_text())
+    assert doc["front"]
+    # one table row per front member: its id, with " *" on the recommended one
+    rec = doc["recommended"]
+    assert f"{rec} *" in result.stdout
+
+    again = runner.invoke(app, [*args, "--json"])
+    assert again.exit_code == 0, again.output
+    parsed = json.loads(again.stdout)  # stdout is exactly one JSON object
+    assert isinstance(parsed, dict)
+    assert parsed["budget"] == {
+        "text": "70%",
+        "kind": "mean",
+        "flops": doc["budget"]["flops"],
+        "ms": None,
+    }
+    assert parsed["search"]["n_trials"] == 40
+    assert parsed["front"]
+    assert all(m["val"]["mean_flops"] <= parsed["budget"]["flops"] for m in parsed["front"])
+    assert parsed == json.loads((run_dir / schema.PARETO_JSON).read_text())

@@ -1,0 +1,460 @@
+"""``run_pipeline`` end to end on a tiny 4-block ViT and 400 real Fashion-MNIST samples per split.
+
+One first run is shared by the module; tests that rerun work on a copy of its run folder, so
+the cache they find is that run's and nothing they write leaks into another test.
+
+The tiny backbone has no checkpoint: its weights are timm's random initialisation, drawn from
+torch's global generator. Every run below seeds that generator first (``_run``), so "the same
+settings" means the same weights; without it, see
+``test_same_settings_give_the_same_random_backbone``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from exitsearch._io import read_json
+from exitsearch.backbone import BackboneSpec
+from exitsearch.data import FASHION_MNIST_DIR, DataSpec
+from exitsearch.errors import BudgetError
+from exitsearch.pipeline.cache import MANIFEST, StageStore
+from exitsearch.pipeline.run import (
+    RunSettings,
+    prepare,
+    run_pipeline,
+    stage_heads,
+    stage_profile,
+)
+from exitsearch.profile import BackboneProfile
+from exitsearch.report import schema
+from exitsearch.search.config import ExitConfig
+from exitsearch.search.costs import CostModel
+from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.pareto import hypervolume
+from exitsearch.search.study import SearchSettings
+from exitsearch.training.heads import SUMMARY, HeadTrainConfig
+from exitsearch.training.predict import Predictions
+from exitsearch.units import format_flops
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist missing"),
+]
+
+TINY = BackboneSpec(
+    "vit_tiny_patch16_224",
+    {
+        "img_size": 28,
+        "patch_size": 7,
+        "in_chans": 1,
+        "num_classes": 10,
+        "embed_dim": 32,
+        "depth": 4,
+        "num_heads": 2,
+    },
+)
+SPACE = """\
+name: tiny
+placement: free
+heads:
+  linear: {}
+  mlp: {}
+uncertainty: false
+criteria: [confidence]
+thresholds: [shared, per_exit]
+"""
+LIMIT = 400
+BATCH = 128
+N_TRIALS = 60
+HEADS = 6  # linear and mlp after blocks 1, 2 and 3
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.logs: list[str] = []
+
+    def start(self, task: str, total: int | None) -> None:
+        pass
+
+    def advance(self, task: str, steps: int = 1, **info: float | str) -> None:
+        pass
+
+    def finish(self, task: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(before)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def _settings(run_dir: Path, space_file: Path, **changes: Any) -> RunSettings:
+    base = RunSettings(
+        run_dir=run_dir,
+        backbone=TINY,
+        data=DataSpec(limit=LIMIT),
+        space=str(space_file),
+        budget="70%",
+        heads=HeadTrainConfig(epochs=1, batch_size=BATCH),
+        search=SearchSettings(n_trials=N_TRIALS),
+    )
+    return replace(base, **changes)
+
+
+def _run(settings: RunSettings, progress: RecordingProgress | None = None):
+    torch.manual_seed(0)  # the random-init backbone's weights
+    return run_pipeline(settings, progress)
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, space_file):
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("first") / "run"
+    progress = RecordingProgress()
+    result = _run(_settings(run_dir, space_file), progress)
+    return result, progress, run_dir
+
+
+@pytest.fixture
+def copy_of_first(first, tmp_path) -> Path:
+    _, _, run_dir = first
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def _doc(run_dir: Path) -> dict:
+    return read_json(run_dir / schema.PARETO_JSON)
+
+
+def _cost_model(run_dir: Path, doc: dict) -> CostModel:
+    prof = read_json(run_dir / doc["artifacts"]["profile"])
+    return CostModel(
+        BackboneProfile.from_json(prof["backbone"]),
+        {k: int(v["flops"]) for k, v in prof["heads"].items()},
+    )
+
+
+def _stage_folders(run_dir: Path, stage: str) -> list[Path]:
+    return sorted((run_dir / schema.CACHE_DIR).glob(f"{stage}-*"))
+
+
+# --------------------------------------------------------------------------- the files
+def test_run_folder_holds_every_file_of_the_schema(first):
+    _, _, run_dir = first
+    for name in (
+        schema.PARETO_JSON,
+        schema.PARETO_CSV,
+        schema.PARETO_PNG,
+        schema.PLACEMENTS_JSON,
+        schema.HEADS_PNG,
+        schema.HEADS_CSV,
+        schema.RUN_JSON,
+        schema.STUDY_DB,
+    ):
+        assert (run_dir / name).is_file(), name
+    for png in (schema.PARETO_PNG, schema.HEADS_PNG):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    store = StageStore(run_dir / schema.CACHE_DIR)
+    for stage in ("profile", "heads", "predict"):
+        (folder,) = _stage_folders(run_dir, stage)
+        assert store.verify(folder) is None
+        assert (folder / MANIFEST).is_file()
+
+
+def test_pareto_json_has_the_documented_keys(first):
+    _, _, run_dir = first
+    doc = _doc(run_dir)
+    assert {
+        "schema",
+        "run",
+        "unit",
+        "backbone",
+        "data",
+        "budget",
+        "artifacts",
+        "front",
+        "recommended",
+        "baselines",
+        "hypervolume",
+        "search",
+    } <= set(doc)
+    assert doc["schema"] == schema.PARETO_SCHEMA
+    assert doc["run"] == "run"
+    assert "FLOPs" in doc["unit"]
+    assert {"spec", "weights_sha256", "flops", "val_accuracy", "test_accuracy"} <= set(
+        doc["backbone"]
+    )
+    assert doc["backbone"]["spec"] == TINY.to_dict()
+    assert doc["data"] == DataSpec(limit=LIMIT).to_dict()
+    assert doc["budget"]["text"] == "70%" and doc["budget"]["kind"] == "mean"
+    assert doc["budget"]["flops"] == pytest.approx(0.7 * doc["backbone"]["flops"])
+    for key in ("heads", "predictions", "profile"):
+        assert (run_dir / doc["artifacts"][key]).exists(), key
+    for m in doc["front"]:
+        assert {"id", "config", "placement", "val", "test", "speedup", "recommended"} <= set(m)
+    for b in doc["baselines"]:
+        assert {"name", "description", "points", "hypervolume", "ratio"} <= set(b)
+    assert {"front", "reference"} <= set(doc["hypervolume"])
+    assert set(doc["hypervolume"]["reference"]) == {"accuracy", "cost_fraction"}
+    assert {"strategy", "n_trials", "seconds"} <= set(doc["search"])
+    assert doc["search"]["strategy"] == "nsga2"
+    assert doc["search"]["n_trials"] == N_TRIALS
+    run = read_json(run_dir / schema.RUN_JSON)
+    assert run["budget"] == "70%" and run["stage_keys"] == doc["stage_keys"]
+
+
+def test_front_is_within_budget_and_rescored_on_val_and_test(first):
+    result, _, run_dir = first
+    doc = _doc(run_dir)
+    budget = doc["budget"]["flops"]
+    costs = _cost_model(run_dir, doc)
+    preds = Predictions.load(run_dir / doc["artifacts"]["predictions"])
+    val, test = Evaluator(preds, "val", costs), Evaluator(preds, "test", costs)
+    assert preds.splits["val"].num_samples == preds.splits["test"].num_samples == LIMIT
+    front = doc["front"]
+    assert front and len(front) == len(result.search.front)
+    assert [m["id"] for m in front] == list(range(len(front)))
+    assert [m["val"]["mean_flops"] for m in front] == sorted(m["val"]["mean_flops"] for m in front)
+    for m in front:
+        config = ExitConfig.from_dict(m["config"])
+        assert m["val"]["mean_flops"] <= budget * (1 + 1e-12)
+        assert m["placement"] == config.placement_key
+        for name, ev in (("val", val), ("test", test)):
+            want = ev.evaluate(config).to_dict()
+            assert m[name]["exit_counts"] == want["exit_counts"]
+            for key in ("accuracy", "mean_flops", "p95_flops", "max_flops", "speedup"):
+                assert m[name][key] == pytest.approx(want[key], rel=1e-12), (name, key)
+            assert sum(m[name]["exit_counts"]) == LIMIT
+    best = max(front, key=lambda m: (m["val"]["accuracy"], -m["val"]["mean_flops"]))
+    assert doc["recommended"] == best["id"]
+    assert [m["recommended"] for m in front].count(True) == 1
+    # the validation front is non-dominated
+    for a in front:
+        for b in front:
+            assert not (
+                b["val"]["accuracy"] >= a["val"]["accuracy"]
+                and b["val"]["mean_flops"] < a["val"]["mean_flops"]
+            )
+    placements = read_json(run_dir / schema.PLACEMENTS_JSON)
+    assert set(placements) == {m["placement"] for m in front}
+    for points in placements.values():
+        costs_of = [p["mean_flops"] for p in points]
+        assert costs_of == sorted(costs_of)
+        assert {"thresholds", "threshold_mode", "val_accuracy", "mean_flops"} <= set(points[0])
+
+
+def test_baselines_and_hypervolume_ratios(first):
+    _, _, run_dir = first
+    doc = _doc(run_dir)
+    scale = doc["backbone"]["flops"]
+    ref = doc["hypervolume"]["reference"]
+    assert ref == {"accuracy": pytest.approx(0.1), "cost_fraction": pytest.approx(0.7)}
+    front_hv = hypervolume(
+        [m["val"]["accuracy"] for m in doc["front"]],
+        [m["val"]["mean_flops"] / scale for m in doc["front"]],
+        0.1,
+        0.7,
+    )
+    assert doc["hypervolume"]["front"] == pytest.approx(front_hv, rel=1e-12)
+    names = [b["name"] for b in doc["baselines"]]
+    # 4 blocks: paper002 after L/4, L/2, 3L/4 = 1, 2, 3; mlp at every location; MEViT's linear
+    # exits after 2..3 with confidence (no predictors); no lph/gah heads, so no LGViT baseline
+    assert names == ["backbone", "paper002@1", "paper002@2", "paper002@3", "paper000-mlp", "mevit"]
+    backbone = doc["baselines"][0]
+    assert backbone["points"] == [] and backbone["ratio"] is None  # 100% > 70%
+    with_area = 0
+    for b in doc["baselines"]:
+        hv = hypervolume(
+            [p["val"]["accuracy"] for p in b["points"]],
+            [p["val"]["mean_flops"] / scale for p in b["points"]],
+            0.1,
+            0.7,
+        )
+        assert b["hypervolume"] == pytest.approx(hv, rel=1e-12, abs=1e-15)
+        for p in b["points"]:
+            assert p["val"]["mean_flops"] <= doc["budget"]["flops"] * (1 + 1e-12)
+            assert set(p["test"]) == {"accuracy", "mean_flops"}
+        if hv > 0:
+            with_area += 1
+            assert b["ratio"] == pytest.approx(front_hv / hv, rel=1e-12)
+            # the baselines' placements seed the search, so its front is never worse
+            assert b["ratio"] >= 1 - 1e-9
+        else:
+            assert b["ratio"] is None
+    assert with_area >= 1
+
+
+def test_heads_table_marks_practical_exits(first):
+    _, _, run_dir = first
+    doc = _doc(run_dir)
+    prof = read_json(run_dir / doc["artifacts"]["profile"])
+    blocks = prof["backbone"]["blocks"]
+    with open(run_dir / schema.HEADS_CSV) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == HEADS + 1
+    for r in rows:
+        loc = int(r["location"])
+        if r["key"] == "final":
+            assert int(r["cumulative_flops"]) == prof["backbone"]["total_flops"]
+        else:
+            assert int(r["cumulative_flops"]) == (
+                blocks[loc - 1]["cumulative_flops"] + prof["heads"][r["key"]]["flops"]
+            )
+    costs = [int(r["cumulative_flops"]) for r in rows]
+    assert len(set(costs)) == len(costs)
+    for r in rows:
+        cheaper = [
+            float(o["val_accuracy"])
+            for o in rows
+            if int(o["cumulative_flops"]) < int(r["cumulative_flops"])
+        ]
+        practical = all(float(r["val_accuracy"]) > a for a in cheaper)
+        assert (r["practical"] == "True") == practical, r["key"]
+
+
+# ------------------------------------------------------------------ one backbone pass
+def test_backbone_runs_once_per_batch_for_all_heads(tmp_path, space_file):
+    settings = _settings(tmp_path / "run", space_file)
+    torch.manual_seed(0)
+    ctx = prepare(settings)
+    stage_profile(ctx)
+    calls = []
+    hook = ctx.backbone.model.blocks[0].register_forward_pre_hook(
+        lambda m, a: calls.append(a[0].shape[0])
+    )
+    try:
+        bank = stage_heads(ctx)
+    finally:
+        hook.remove()
+    assert len(bank) == HEADS
+    train_batches = math.ceil(LIMIT / BATCH)  # 400 samples in batches of 128: 4
+    val_batches = math.ceil(LIMIT / settings.heads.eval_batch_size)  # one validation pass: 1
+    assert len(calls) == train_batches + val_batches
+    assert sum(calls) == 2 * LIMIT  # every training and every validation sample once
+    summary = read_json(ctx.folders["heads"] / SUMMARY)
+    assert summary["backbone_passes"] == len(calls)
+
+
+# ------------------------------------------------------------------------------ reruns
+def test_rerun_reuses_every_stage_and_gives_the_same_front(first, copy_of_first, space_file):
+    result, first_progress, first_dir = first
+    assert not any("reusing" in m for m in first_progress.logs)
+    manifests = {
+        p.parent.name: read_json(p)["created"]
+        for p in (copy_of_first / schema.CACHE_DIR).glob(f"*/{MANIFEST}")
+    }
+    weights = next(iter(_stage_folders(copy_of_first, "heads"))) / "heads.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    progress = RecordingProgress()
+    again = _run(_settings(copy_of_first, space_file), progress)
+    logs = "\n".join(progress.logs)
+    assert "profile: reusing the cached profile" in logs
+    assert f"heads: reusing {HEADS} trained heads" in logs
+    assert "predict: reusing cached predictions" in logs
+    assert f"search: {N_TRIALS} finished trial(s) kept, 0 to go" in logs
+    assert "heads epoch" not in logs  # no training
+    assert {
+        p.parent.name: read_json(p)["created"]
+        for p in (copy_of_first / schema.CACHE_DIR).glob(f"*/{MANIFEST}")
+    } == manifests
+    assert weights.stat().st_mtime_ns == mtime
+    assert [(p.config, p.accuracy, p.mean_flops) for p in again.search.front] == [
+        (p.config, p.accuracy, p.mean_flops) for p in result.search.front
+    ]
+    assert _doc(copy_of_first)["front"] == _doc(first_dir)["front"]
+
+
+def test_new_split_seed_retrains_heads_but_reuses_the_profile(first, copy_of_first, space_file):
+    result, _, _ = first
+    progress = RecordingProgress()
+    settings = _settings(copy_of_first, space_file, data=DataSpec(limit=LIMIT, seed=1))
+    again = _run(settings, progress)
+    logs = "\n".join(progress.logs)
+    assert "profile: reusing the cached profile" in logs
+    assert "heads: reusing" not in logs and "predict: reusing" not in logs
+    assert "heads epoch 1" in logs
+    assert len(_stage_folders(copy_of_first, "profile")) == 1
+    assert len(_stage_folders(copy_of_first, "heads")) == 2
+    assert len(_stage_folders(copy_of_first, "predict")) == 2
+    assert again.ctx.keys["profile"] == result.ctx.keys["profile"]
+    assert again.ctx.keys["heads"] != result.ctx.keys["heads"]
+    assert again.ctx.keys["predict"] != result.ctx.keys["predict"]
+    assert again.search.front
+
+
+def test_budget_below_the_cheapest_exit_fails_before_training(tmp_path, space_file):
+    run_dir = tmp_path / "run"
+    with pytest.raises(BudgetError) as info:
+        _run(_settings(run_dir, space_file, budget="1%"))
+    (profile_dir,) = _stage_folders(run_dir, "profile")
+    prof = read_json(profile_dir / "profile.json")
+    first_block = prof["backbone"]["blocks"][0]["cumulative_flops"]
+    cheapest = min(first_block + prof["heads"][k]["flops"] for k in ("linear@1", "mlp@1"))
+    message = str(info.value)
+    assert "cheapest" in message
+    assert format_flops(cheapest) in message
+    assert format_flops(0.01 * prof["backbone"]["total_flops"]) in message
+    assert _stage_folders(run_dir, "heads") == []  # no training started
+
+
+def test_budget_above_the_backbone_is_a_note(copy_of_first, space_file):
+    result = _run(_settings(copy_of_first, space_file, budget="100%"))
+    assert len(result.notes) == 1
+    assert "above the backbone's own cost" in result.notes[0]
+    assert _doc(copy_of_first)["notes"] == result.notes
+    assert result.search.front
+
+
+def test_worst_case_budget_cuts_every_member(copy_of_first, space_file):
+    result = _run(_settings(copy_of_first, space_file, budget_kind="max"))
+    doc = _doc(copy_of_first)
+    budget = doc["budget"]["flops"]
+    assert doc["budget"]["kind"] == "max"
+    assert doc["front"]
+    for m in doc["front"]:
+        assert m["config"]["cut"] is True
+        # the cut makes the bound structural: it holds on test too, not only where tuned
+        assert m["val"]["max_flops"] <= budget * (1 + 1e-12)
+        assert m["test"]["max_flops"] <= budget * (1 + 1e-12)
+    assert all(p.config.cut for p in result.search.front)
+
+
+def test_same_settings_give_the_same_random_backbone(tmp_path, space_file):
+    settings = _settings(tmp_path / "run", space_file)
+    torch.manual_seed(1)
+    a = prepare(settings).backbone.weights_checksum()
+    torch.manual_seed(2)  # whatever state the process is in
+    b = prepare(settings).backbone.weights_checksum()
+    assert a == b
