@@ -70,11 +70,28 @@ class LocalPerceptionHead(ExitHead):
         # Depth-wise convolutions run several times faster on CPU in channels-last layout.
         self.to(memory_format=torch.channels_last)
 
-    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _projected(self, hidden: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(class token, projected grid (B, D, rows, cols))``: eq. 2 before the pooling."""
         cls_tok, patches = split_tokens(hidden, self.ctx)
         grid = tokens_to_grid(patches, self.ctx).contiguous(memory_format=torch.channels_last)
-        pooled = self.project(self.pdconv(self.expand(grid))).mean((2, 3))
+        return cls_tok, self.project(self.pdconv(self.expand(grid)))
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        cls_tok, projected = self._projected(hidden)
+        pooled = projected.mean((2, 3))
         return pooled if cls_tok is None else pooled + cls_tok
+
+    def feature_map(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LGViT's feature map ``F_m`` of this head (paper 001, eqs. 9-10): the output of the
+        projecting 1x1 convolution before pooling, as tokens (B, N, D) in grid order."""
+        return self.forward_with_feature_map(hidden)[1]
+
+    def forward_with_feature_map(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, feature map)`` from one pass; the logits equal ``forward(hidden)``."""
+        cls_tok, projected = self._projected(hidden)
+        pooled = projected.mean((2, 3))
+        logits = self.classify(pooled if cls_tok is None else pooled + cls_tok)
+        return logits, projected.flatten(2).transpose(1, 2)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)

@@ -1,0 +1,379 @@
+"""``exitsearch pause ...``: PAUMER patch pausing (paper 003) - train, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from exitsearch_cli._console import RichProgress, console, handle_errors, invocation
+from exitsearch_cli._options import (
+    CheckpointOpt,
+    DataDirOpt,
+    DataOpt,
+    LimitOpt,
+    ModelOpt,
+    OverrideOpt,
+    PretrainedOpt,
+    SplitSeedOpt,
+    ValSizeOpt,
+    backbone_spec,
+    data_spec,
+)
+from rich.table import Table
+
+from exitsearch._io import read_json
+from exitsearch.backbone import DEFAULT_PRESET, create_backbone
+from exitsearch.data import DataSpec, load_splits
+from exitsearch.errors import ConfigError
+from exitsearch.pausing.config import PauseConfig, paper_table1
+from exitsearch.pausing.model import (
+    SPEC_FILE,
+    build_paumer,
+    init_from_paumer,
+    load_backbone_weights,
+)
+from exitsearch.pausing.report import (
+    BASELINE,
+    ReportPoint,
+    ReportSeries,
+    run_paumer_report,
+    score_configurations,
+)
+from exitsearch.pausing.train import TRAIN_MODES, PauseTrainConfig, train_paumer
+
+app = typer.Typer(
+    help="PAUMER patch pausing (paper 003): one training for many pause configurations "
+    "{layer: fraction of the patch tokens paused after that block}; evaluate them by "
+    "inference. Costs are FLOPs counted as multiply-accumulates (1 MAC = 1 FLOP, fvcore).",
+    no_args_is_help=True,
+)
+
+ClockOpt = Annotated[
+    str,
+    typer.Option(
+        help="Clock of images/s: wall (elapsed) or cpu (this process's CPU time; robust to "
+        "other jobs on a shared CPU, with --threads 1 the cost on one dedicated core).",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="torch intra-op threads (default: torch's choice)."),
+]
+
+
+def _threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"`--threads >= 1` must hold, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _pick(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(allowed)}")
+    return value
+
+
+def _model_data(model_dir: str, limit: int | None, data_dir: str | None) -> DataSpec:
+    """The data a saved model was trained on, with an optional new ``limit``."""
+    meta = read_json(Path(model_dir) / SPEC_FILE)
+    if "data" not in meta:
+        raise ConfigError(f"{model_dir}: {SPEC_FILE} records no data; pass --data")
+    d = dict(meta["data"])
+    if limit is not None:
+        d["limit"] = limit
+    if data_dir is not None:
+        d["data_dir"] = data_dir
+    return DataSpec.from_dict(d)
+
+
+@app.command("train")
+@handle_errors
+def train(
+    out: Annotated[str, typer.Option("--out", help="Folder for checkpoints and the model.")],
+    task: Annotated[
+        str, typer.Option(help="classification or segmentation (Fashion-MNIST pixels).")
+    ] = "classification",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="entropy (PAUMER), random (random-pausing baseline) or none (no pausing)."
+        ),
+    ] = "entropy",
+    model: ModelOpt = DEFAULT_PRESET,
+    override: OverrideOpt = None,
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone weights to start from: a weights file or a `backbone train` "
+            "checkpoint (last.safetensors)."
+        ),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from", help="A trained PAUMER model folder of the same task to start from."
+        ),
+    ] = None,
+    data: DataOpt = "fashion-mnist",
+    data_dir: DataDirOpt = None,
+    val_size: ValSizeOpt = None,
+    split_seed: SplitSeedOpt = 0,
+    limit: LimitOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches, pausing.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Random crop and flip.")] = True,
+    min_layer: Annotated[int, typer.Option(help="Lowest sampled pause layer.")] = 3,
+    max_layer: Annotated[
+        int | None, typer.Option(help="Highest sampled pause layer (default: depth - 1).")
+    ] = None,
+    min_fraction: Annotated[float, typer.Option(help="Lowest sampled pause proportion.")] = 0.2,
+    max_fraction: Annotated[float, typer.Option(help="Highest sampled pause proportion.")] = 0.8,
+    aux_weight: Annotated[float, typer.Option(help="Weight of the auxiliary loss (eq. 3).")] = 0.1,
+    decoder_depth: Annotated[
+        int, typer.Option(help="Transformer layers of the segmentation mask decoder.")
+    ] = 2,
+    label_smoothing: Annotated[float, typer.Option(help="Of the main loss.")] = 0.0,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train one model for many pause configurations (paper 003 §2.2); resumes when rerun."""
+    import torch
+
+    from exitsearch.pausing.tasks import list_tasks
+
+    _threads(threads)
+    _pick(task, tuple(list_tasks()), "task")
+    _pick(mode, TRAIN_MODES, "mode")
+    if init and init_from:
+        raise ConfigError("--init and --init-from exclude each other")
+    cfg = PauseTrainConfig(
+        mode=mode,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        augment=augment,
+        seed=seed,
+        layer_low=min_layer,
+        layer_high=max_layer,
+        fraction_low=min_fraction,
+        fraction_high=max_fraction,
+        aux_weight=aux_weight,
+    )
+    torch.manual_seed(seed)
+    bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
+    if init:
+        load_backbone_weights(bb, init)
+    decoder: dict[str, Any] = {"depth": decoder_depth} if task == "segmentation" else {}
+    pm = build_paumer(bb, task, decoder, label_smoothing)
+    start: dict[str, Any] = {"backbone": bb.spec.checkpoint or None, "weights": init}
+    if init_from:
+        init_from_paumer(pm, init_from)
+        start = {"paumer": init_from}
+    splits = load_splits(
+        data_spec(data, data_dir, val_size, split_seed, limit), bb.img_size[0], bb.in_chans
+    )
+    with RichProgress() as progress:
+        meta = train_paumer(
+            pm, splits, cfg, out, progress=progress, command=invocation(), init=start
+        )
+    console.print(
+        f"validation {meta['metric']} {meta['val_metric']:.4f} without pausing after "
+        f"{cfg.epochs} epochs ({meta['train_seconds']:.0f} s); model in {out}"
+    )
+
+
+def _runs(tokens: list[int]) -> str:
+    """``[50, 50, 50, 40, 40]`` -> ``50x3 40x2``."""
+    out: list[list[int]] = []
+    for t in tokens:
+        if out and out[-1][0] == t:
+            out[-1][1] += 1
+        else:
+            out.append([t, 1])
+    return " ".join(f"{t}x{n}" for t, n in out)
+
+
+def _points_table(points: list[ReportPoint], metric: str, base: ReportPoint | None) -> Table:
+    table = Table(title=f"{metric} and measured throughput per pause configuration")
+    for col in ("model", "mode", "pause", "tokens/block", "MFLOPs", metric, "images/s", "gain"):
+        table.add_column(col, justify="right" if col not in ("model", "pause") else "left")
+    for p in points:
+        gain = f"{p.images_per_s / base.images_per_s - 1:+.0%}" if base else ""
+        table.add_row(
+            p.series,
+            p.mode,
+            p.pause or "none",
+            _runs(p.info.get("tokens", [])),
+            f"{p.flops / 1e6:.2f}",
+            f"{p.metric:.4f}",
+            f"{p.images_per_s:.1f}",
+            gain,
+        )
+    return table
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate(
+    model_dir: Annotated[str, typer.Argument(help="A model folder written by `pause train`.")],
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Pause configuration layer:fraction,... e.g. 3:0.2,5:0.4 (repeatable; "
+            "'table1' adds paper 003's Table 1). No pausing is always included.",
+        ),
+    ] = None,
+    mode: Annotated[str, typer.Option(help="entropy or random pausing.")] = "entropy",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "val",
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Batch of the throughput measurement.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed rounds (median kept).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per configuration.")] = 3,
+    workers: Annotated[int, typer.Option(help="Processes computing the metric.")] = 1,
+    clock: ClockOpt = "wall",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Metric, FLOPs per image and measured images/s of pause configurations."""
+    _threads(threads)
+    _pick(mode, ("entropy", "random"), "mode")
+    configs: list[PauseConfig] = [PauseConfig()]
+    for text in config or []:
+        configs += paper_table1() if text.strip().lower() == "table1" else [PauseConfig.parse(text)]
+    configs = list(dict.fromkeys(configs))
+    data = _model_data(model_dir, limit, data_dir)
+    rows = [(Path(model_dir).name, model_dir, c, mode) for c in configs]
+    with RichProgress(enabled=not as_json) as progress:
+        points = score_configurations(
+            rows,
+            data,
+            split=split,
+            workers=workers,
+            batch_size=batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            clock=clock,
+            progress=progress,
+        )
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in points]))
+        return
+    metric = str(points[0].info.get("metric", "metric"))
+    console.print(_points_table(points, metric, points[0]))
+    console.print(
+        f"{split} split, {data.limit or 'all'} samples per split; batch {batch_size}, {clock} clock"
+    )
+
+
+@app.command("report")
+@handle_errors
+def report(
+    entropy: Annotated[
+        str | None, typer.Option(help="Model folder trained with --mode entropy.")
+    ] = None,
+    random: Annotated[
+        str | None, typer.Option(help="Model folder trained with --mode random.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Model folder trained with --mode none (no pausing).")
+    ] = None,
+    task: Annotated[str, typer.Option(help="Task the models were trained for.")] = "segmentation",
+    out: Annotated[str, typer.Option(help="Folder for the plot and tables.")] = "results/paumer",
+    split: Annotated[str, typer.Option(help="Split to score on.")] = "val",
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Batch of the throughput measurement.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed interleaved rounds (median kept).")] = 15,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per configuration.")] = 3,
+    workers: Annotated[int, typer.Option(help="Processes computing the metrics.")] = 1,
+    clock: ClockOpt = "wall",
+    add_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add-config",
+            help="A pause configuration to score besides Table 1 (repeatable), e.g. 3:0.8.",
+        ),
+    ] = None,
+    extra: Annotated[
+        str | None,
+        typer.Option(help="JSON file with extra labelled points (a list of ReportPoint dicts)."),
+    ] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Reproduce paper 003's experiment: metric against measured images/s for Table 1."""
+    _threads(threads)
+    series = [
+        ReportSeries(n, d, m)
+        for n, d, m in (
+            ("PAUMER (entropy)", entropy, "entropy"),
+            ("random pausing", random, "random"),
+        )
+        if d
+    ]
+    dirs = [d for d in (baseline, entropy, random) if d]
+    if not dirs:
+        raise ConfigError("give at least one of --entropy, --random, --baseline")
+    for d in dirs:
+        got = read_json(Path(d) / SPEC_FILE)["spec"]["task"]
+        if got != task:
+            raise ConfigError(f"{d} holds a {got} model, but --task is {task}")
+    extra_points = []
+    if extra:
+        extra_points = [ReportPoint.from_dict(p) for p in read_json(extra)]
+    data = _model_data(dirs[0], limit, data_dir)
+    configs = list(dict.fromkeys([*paper_table1(), *map(PauseConfig.parse, add_config or [])]))
+    with RichProgress() as progress:
+        doc = run_paumer_report(
+            series,
+            baseline,
+            data,
+            out,
+            split=split,
+            configs=configs,
+            workers=workers,
+            batch_size=batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            clock=clock,
+            extra=extra_points,
+            progress=progress,
+            command=invocation(),
+        )
+    points = [ReportPoint.from_dict(p) for p in doc["points"]]
+    base = ReportPoint.from_dict(doc["baseline"])
+    console.print(_points_table(points, doc["metric"], base))
+    table = Table(title=f"{doc['metric']} drop against the baseline ({BASELINE} model)")
+    for col in ("series", "gain", "configuration", "speed-up", doc["metric"], "drop"):
+        table.add_column(col)
+    for name, gains in doc["summary"].items():
+        for gain, s in gains.items():
+            if s["reached"]:
+                table.add_row(
+                    name,
+                    gain,
+                    s["pause"],
+                    f"x{s['speedup']:.2f}",
+                    f"{s['metric']:.4f}",
+                    f"{s['drop'] * 100:.2f} points",
+                )
+            else:
+                table.add_row(name, gain, "not reached", "", "", "")
+    console.print(table)
+    console.print(f"written: {out}/paumer_report.{{png,csv,json}}")
+
+
+if __name__ == "__main__":  # `python -m exitsearch_cli.pause ...` until `exitsearch pause` is wired
+    app()

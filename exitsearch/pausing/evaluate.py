@@ -1,0 +1,295 @@
+"""Scoring a pause configuration by inference: metric, FLOPs and measured images per second.
+
+Pause configurations change which tokens later blocks see, so unlike exit configurations they
+cannot be scored from cached predictions: each needs a pass over the split. Throughput is
+measured on the same inputs for every configuration (the first ``batch_size`` images of the
+split), after a warm-up, as the median of repeated calls, on the wall clock (what a user
+waits for) or on the process's CPU clock (the work of the call alone, robust to other jobs on a
+shared CPU). Compare configurations measured together with :func:`measure_throughputs`, which
+interleaves them so that load changes hit all of them alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitsearch.data.sources import ArrayDataset
+from exitsearch.data.splits import DataSplits
+from exitsearch.data.transforms import iterate_batches
+from exitsearch.errors import ConfigError
+from exitsearch.pausing.config import PauseConfig
+from exitsearch.pausing.pause import PauseMode, PausingViT
+from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.bank import HeadBank
+from exitsearch.training.predict import Predictions, SplitPredictions, exit_statistics
+
+__all__ = [
+    "CLOCKS",
+    "PauseEvaluation",
+    "evaluate_metric",
+    "evaluate_pause_config",
+    "measure_throughput",
+    "measure_throughputs",
+    "predict_under_pause",
+    "time_entries",
+    "timing_batch",
+]
+
+PauseLike = PauseConfig | Mapping[int, float] | str | None
+
+
+@dataclass(frozen=True)
+class PauseEvaluation:
+    """One pause configuration of one model on one split.
+
+    Attributes:
+        pause: the configuration's key (``""``: no pausing).
+        metric: accuracy or mIoU (``metric_name``) of the main head.
+        flops: FLOPs per image (multiply-accumulates; see :mod:`exitsearch.pausing.costs`).
+        images_per_s: measured throughput at ``batch_size``, or None when not measured.
+        clock: the clock ``images_per_s`` was measured with (``wall`` or ``cpu``).
+    """
+
+    pause: str
+    mode: str
+    metric_name: str
+    metric: float
+    flops: int
+    images_per_s: float | None = None
+    batch_size: int = 64
+    label: str = ""
+    clock: str = "wall"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PauseEvaluation:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@torch.no_grad()
+def evaluate_metric(
+    model: Any,
+    data: ArrayDataset,
+    pause: PauseLike,
+    mode: PauseMode | str = PauseMode.ENTROPY,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """The task metric of ``model`` (a ``PaumerModel``) on ``data`` under ``pause``.
+
+    Random mode draws from one generator seeded with ``seed``, consumed batch after batch.
+    """
+    model.eval()
+    transform = model.backbone.input_transform()
+    metric = model.task.new_metric()
+    gen = torch.Generator().manual_seed(seed)
+    for batch in model.task.batches(data, batch_size):
+        metric.update(model.predict(transform(batch.images), pause, mode, gen), batch.target)
+    return metric.value()
+
+
+def timing_batch(model: Any, data: ArrayDataset, batch_size: int = 64) -> torch.Tensor:
+    """The model input of the first ``batch_size`` images of ``data`` (the timing inputs)."""
+    if len(data) < 1:
+        raise ConfigError("cannot time a configuration on an empty split")
+    n = min(batch_size, len(data))
+    x = torch.from_numpy(data.x[:n])
+    if n < batch_size:  # repeat images so that every configuration is timed at batch_size
+        x = x.repeat(math.ceil(batch_size / n), 1, 1, 1)[:batch_size]
+    return model.backbone.input_transform()(x)
+
+
+CLOCKS: dict[str, Callable[[], float]] = {
+    # elapsed time: what a user waits for; on a machine shared with other jobs it also counts
+    # the time slices the scheduler gives to them
+    "wall": time.perf_counter,
+    # CPU time of this process: the work of the call alone, robust to other jobs on a busy
+    # CPU (with one torch thread, what the call costs a dedicated core); meaningless on a GPU
+    "cpu": time.process_time,
+}
+
+
+def time_entries(
+    entries: Sequence[tuple[Any, PauseLike, PauseMode | str]],
+    x: torch.Tensor,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, list[float]]:
+    """Median milliseconds per call of each ``(model, pause, mode)`` on ``x``, on every clock
+    of :data:`CLOCKS` (``{"wall": [...], "cpu": [...]}``).
+
+    Each entry is warmed up, then the entries are timed in ``repeats`` interleaved rounds (one
+    call each per round), so that a change of load hits all of them alike.
+    """
+    if repeats < 1:
+        raise ConfigError(f"`repeats >= 1` must hold, but got repeats={repeats}")
+    calls = []
+    for model, pause, mode in entries:
+        model.eval()
+        cfg = model.vit.resolve(pause)
+        gen = torch.Generator(device=x.device).manual_seed(0)
+        calls.append(lambda m=model, c=cfg, md=mode, g=gen: m.predict(x, c, md, g))
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times: dict[str, list[list[float]]] = {k: [[] for _ in calls] for k in CLOCKS}
+    with torch.inference_mode():
+        for call in calls:
+            for _ in range(warmup):
+                call()
+        sync()
+        for _ in range(repeats):
+            for i, call in enumerate(calls):
+                start = {k: clock() for k, clock in CLOCKS.items()}
+                call()
+                sync()
+                for k, clock in CLOCKS.items():
+                    times[k][i].append((clock() - start[k]) * 1e3)
+    return {k: [statistics.median(t) for t in v] for k, v in times.items()}
+
+
+def measure_throughputs(
+    entries: Sequence[tuple[Any, PauseLike, PauseMode | str]],
+    x: torch.Tensor,
+    warmup: int = 3,
+    repeats: int = 10,
+    clock: str = "wall",
+) -> list[float]:
+    """Images per second of each ``(model, pause, mode)`` on input ``x`` (see
+    :func:`time_entries`; ``clock``: ``wall`` or ``cpu``, see :data:`CLOCKS`)."""
+    if clock not in CLOCKS:
+        raise ConfigError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
+    if clock == "cpu" and x.device.type != "cpu":
+        raise ConfigError("the cpu clock measures CPU work; time GPU runs with the wall clock")
+    ms = time_entries(entries, x, warmup, repeats)[clock]
+    return [x.shape[0] / (m / 1e3) for m in ms]
+
+
+def measure_throughput(
+    model: Any,
+    x: torch.Tensor,
+    pause: PauseLike,
+    mode: PauseMode | str = PauseMode.ENTROPY,
+    warmup: int = 3,
+    repeats: int = 10,
+    clock: str = "wall",
+) -> float:
+    """Images per second of ``model`` under ``pause`` on input ``x`` (median of ``repeats``)."""
+    return measure_throughputs([(model, pause, mode)], x, warmup, repeats, clock)[0]
+
+
+def evaluate_pause_config(
+    model: Any,
+    data: ArrayDataset,
+    pause: PauseLike,
+    mode: PauseMode | str = PauseMode.ENTROPY,
+    *,
+    batch_size: int = 64,
+    eval_batch_size: int = 256,
+    warmup: int = 3,
+    repeats: int = 10,
+    seed: int = 0,
+    measure: bool = True,
+    clock: str = "wall",
+) -> PauseEvaluation:
+    """Metric, FLOPs per image and measured images/s of ``model`` under ``pause`` on ``data``.
+
+    Args:
+        batch_size: batch of the throughput measurement.
+        eval_batch_size: batch of the metric pass (does not change the metric).
+        measure: time the configuration (False: ``images_per_s`` is None).
+        clock: ``wall`` or ``cpu`` (see :data:`CLOCKS`).
+    """
+    from exitsearch.pausing.costs import pause_cost
+
+    cfg = model.vit.resolve(pause)
+    mode = PauseMode.parse(mode)
+    metric = evaluate_metric(model, data, cfg, mode, eval_batch_size, seed)
+    ips = None
+    if measure:
+        ips = measure_throughput(
+            model, timing_batch(model, data, batch_size), cfg, mode, warmup, repeats, clock
+        )
+    return PauseEvaluation(
+        pause=cfg.key,
+        mode=mode.value,
+        metric_name=model.task.new_metric().name,
+        metric=metric,
+        flops=pause_cost(model, cfg, mode).total,
+        images_per_s=ips,
+        batch_size=batch_size,
+        clock=clock,
+    )
+
+
+@torch.no_grad()
+def predict_under_pause(
+    model: Any,
+    bank: HeadBank,
+    splits: DataSplits,
+    pause: PauseLike,
+    mode: PauseMode | str = PauseMode.ENTROPY,
+    names: tuple[str, ...] = ("val", "test"),
+    batch_size: int = 1000,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Predictions:
+    """Exit-head predictions under one pause configuration, in the cache format of
+    :func:`exitsearch.training.predict.predict` (rows: the bank's heads, then the final exit).
+
+    Every head reads the assembled hidden state at its location (all tokens, paused ones as
+    they were when paused), so the search scores exit configurations inside this pause
+    configuration from the result. With an empty pause it equals ``predict`` exactly.
+
+    Args:
+        model: a :class:`PausingViT` (final exit: the backbone's own head) or a classification
+            ``PaumerModel``.
+
+    Raises:
+        ConfigError: the model's main head is not a classifier.
+    """
+    progress = progress or NullProgress()
+    vit: PausingViT = model.vit if hasattr(model, "vit") else model
+    if getattr(model, "decoder", None) is not None:
+        raise ConfigError("exit heads classify images; this model's task is not classification")
+    head = model.head if hasattr(model, "head") else vit.backbone.final_head
+    cfg = vit.resolve(pause)
+    model.eval()
+    bank.eval()
+    transform = vit.backbone.input_transform()
+    locations = sorted({s.location for s in bank.specs})
+    gen = torch.Generator().manual_seed(seed)
+    rows = len(bank) + 1
+    out: dict[str, SplitPredictions] = {}
+    for name in names:
+        data = splits.get(name)
+        n = len(data)
+        conf = np.empty((rows, n), np.float32)
+        ent = np.empty((rows, n), np.float32)
+        pred = np.empty((rows, n), np.int32)
+        unc = np.full((rows, n), np.nan, np.float32)
+        task = f"predict {name} under pause {cfg.label}"
+        progress.start(task, math.ceil(n / batch_size))
+        for idx, x, _ in iterate_batches(data, batch_size):
+            res = vit.forward_states(transform(x), cfg, locations, mode, gen)
+            cols = idx.numpy()
+            for i, (spec, exit_head) in enumerate(bank):
+                logits = exit_head(res.states[spec.location])
+                c, e, p = exit_statistics(logits)
+                conf[i, cols], ent[i, cols], pred[i, cols] = c.numpy(), e.numpy(), p.numpy()
+                if exit_head.uncertainty is not None:
+                    unc[i, cols] = exit_head.uncertainty(logits.float()).numpy()
+            c, e, p = exit_statistics(head(res.final))
+            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c.numpy(), e.numpy(), p.numpy()
+            progress.advance(task)
+        progress.finish(task)
+        out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
+    return Predictions(list(bank.specs), out, vit.backbone.num_classes)
