@@ -87,5 +87,17 @@ class GlobalAggregationHead(ExitHead):
         pooled = self.attn(self.pfc(patches)).mean(1)
         return pooled if cls_tok is None else pooled + cls_tok
 
+    def feature_map(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LGViT's feature map ``F_m`` of this head (paper 001, eqs. 9 and 11): the MHSA output
+        on the ``N'`` pooled tokens before pooling, (B, N', D)."""
+        return self.attn(self.pfc(split_tokens(hidden, self.ctx)[1]))
+
+    def forward_with_feature_map(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, feature map)`` from one pass; the logits equal ``forward(hidden)``."""
+        cls_tok, patches = split_tokens(hidden, self.ctx)
+        fmap = self.attn(self.pfc(patches))
+        pooled = fmap.mean(1)
+        return self.classify(pooled if cls_tok is None else pooled + cls_tok), fmap
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
