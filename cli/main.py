@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optuna
 import typer
-from exitsearch_cli import backbone, heads
+from exitsearch_cli import backbone, heads, pause
 from exitsearch_cli.bench import bench
 from exitsearch_cli.export import export
+from exitsearch_cli.finetune import finetune, finetune_compare
 from exitsearch_cli.profile import profile
 from exitsearch_cli.run import run
 
@@ -20,10 +21,13 @@ app = typer.Typer(
 )
 app.add_typer(backbone.app, name="backbone")
 app.add_typer(heads.app, name="heads")
+app.add_typer(pause.app, name="pause")
 app.command("profile")(profile)
 app.command("run")(run)
 app.command("export")(export)
 app.command("bench")(bench)
+app.command("finetune")(finetune)
+app.command("finetune-compare")(finetune_compare)
 
 # Failed trials are recorded in the study and summarised by the commands; Optuna's own handler
 # would print a traceback for each.
