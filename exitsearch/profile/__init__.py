@@ -2,7 +2,13 @@
 
 from exitsearch.profile.backbone import BackboneProfile, BlockCost, block_flops, profile_backbone
 from exitsearch.profile.flops import EXTRA_HANDLES, UNIT, FlopCount, count_flops
-from exitsearch.profile.latency import LatencyTable, measure_latency, resolve_device, time_call
+from exitsearch.profile.latency import (
+    LatencyTable,
+    measure_heads_latency,
+    measure_latency,
+    resolve_device,
+    time_call,
+)
 
 __all__ = [
     "EXTRA_HANDLES",
@@ -13,6 +19,7 @@ __all__ = [
     "LatencyTable",
     "block_flops",
     "count_flops",
+    "measure_heads_latency",
     "measure_latency",
     "profile_backbone",
     "resolve_device",
