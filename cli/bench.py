@@ -54,8 +54,9 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Time the exported model against its backbone alone on the same inputs, and show the
-    measured speed-up next to the one the FLOPs predict, with a per-part profile."""
+    """Time an exported model against its backbone alone on the same inputs.
+
+    Shows the measured speed-up next to the one the FLOPs predict, with a per-part profile."""
     sizes = parse_batch_sizes(batch_size)
     if threads is not None:
         if threads < 1:

@@ -49,8 +49,9 @@ def export(
         bool, typer.Option("--overwrite", help="Replace an existing bundle at the destination.")
     ] = False,
 ) -> None:
-    """Export a configuration as a bundle that `exitsearch.load` turns into a runnable model
-    with per-sample exits (backbone and head weights, operating points, training recipe)."""
+    """Export a front member as a bundle: a runnable model with per-sample exits.
+
+    `exitsearch.load` turns the bundle into a model (backbone and head weights, operating points, training recipe)."""
     if best and config is not None:
         raise ConfigError("--best and --config exclude each other")
     if onnx_exporter not in EXPORTERS:

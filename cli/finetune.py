@@ -176,8 +176,9 @@ def finetune(
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Fine-tune a bundle's configuration (its exits, heads and backbone) with one strategy,
-    re-fit its thresholds on validation and write a new bundle plus a report. Interrupted runs
+    """Fine-tune a bundle's configuration with one strategy and write a new bundle.
+
+    Trains its exits, heads and backbone, re-fits its thresholds on validation and write a new bundle plus a report. Interrupted runs
     resume from the last epoch when rerun."""
     if recipe is not None:
         given = {
@@ -258,8 +259,9 @@ def finetune_compare(
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Run every strategy on one bundle with the same data, epochs and seed; write
-    comparison.csv/.json and comparison.png (each front against classifier-wise) to --out."""
+    """Run every fine-tuning strategy on one bundle and compare their fronts.
+
+    Same data, epochs and seed for each; writes comparison.csv/.json and comparison.png (each front against classifier-wise) to --out."""
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if not names:
         raise ConfigError("--strategies names no strategy")

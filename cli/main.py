@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import optuna
 import typer
 from exitsearch_cli import backbone, heads, pause
@@ -30,8 +32,9 @@ app.command("finetune")(finetune)
 app.command("finetune-compare")(finetune_compare)
 
 # Failed trials are recorded in the study and summarised by the commands; Optuna's own handler
-# would print a traceback for each.
+# would print a traceback for each (and without any handler Python's last resort would).
 optuna.logging.disable_default_handler()
+logging.getLogger("optuna").addHandler(logging.NullHandler())
 
 if __name__ == "__main__":
     app()

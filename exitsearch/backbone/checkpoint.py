@@ -21,6 +21,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         CheckpointError: the file is missing, truncated or holds no tensors.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(
+            f"{p}: is a folder; a checkpoint is a .safetensors file or a torch state dict"
+        )
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     if p.suffix == ".safetensors":
@@ -83,4 +87,5 @@ def _few(keys: list[str], n: int = 3) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

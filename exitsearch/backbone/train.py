@@ -26,7 +26,8 @@ from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import augment, iterate_batches
-from exitsearch.errors import ConfigError, TrainingDivergedError
+from exitsearch.errors import CacheError, ConfigError, TrainingDivergedError
+from exitsearch.optim import adamw, warmup_cosine
 from exitsearch.progress import NullProgress, Progress
 
 __all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
@@ -105,26 +106,8 @@ def train_backbone(
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (
-            no_decay
-            if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token"))
-            else decay
-        ).append(p)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-    )
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return config.lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, total_steps - warmup)
-        return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+    opt = adamw(model, config.lr, config.weight_decay)
+    lr_at = warmup_cosine(config.lr, warmup, total_steps)
 
     identity = {
         "spec": backbone.spec.to_dict(),
@@ -135,18 +118,28 @@ def train_backbone(
     start_epoch = 0
     state_path = out / STATE_FILE
     if state_path.is_file():
-        saved = read_json(state_path)
-        if saved.get("identity") != identity:
+        try:
+            saved = read_json(state_path)
+        except CacheError as exc:
+            saved = None
+            progress.log(f"checkpoint in {out} is damaged ({exc}); training afresh")
+        if saved is not None and saved.get("identity") != identity:
             raise ConfigError(
                 f"{out} holds a checkpoint of another training (model, data or settings differ); "
                 "choose another --out folder or delete it"
             )
-        tensors = load_safetensors(out / saved.get("weights", CKPT_FILE))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
-        start_epoch = int(saved["epoch"])
-        history = list(saved["history"])
-        progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
+        if saved is not None:
+            try:
+                tensors = load_safetensors(out / saved.get("weights", CKPT_FILE))
+                model.load_state_dict(
+                    {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+                )
+                opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
+                start_epoch = int(saved["epoch"])
+                history = list(saved["history"])
+                progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
+            except (CacheError, KeyError, RuntimeError, ValueError) as exc:
+                progress.log(f"checkpoint in {out} is damaged ({exc}); training afresh")
 
     for epoch in range(start_epoch, config.epochs):
         model.train()

@@ -139,6 +139,8 @@ def load_npz(path: str | Path) -> tuple[ArrayDataset, ArrayDataset | None]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: file not found (expected a .npz with arrays x and y)")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"{p}: not a .npz file (not a zip archive of arrays x and y)")
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from exitsearch.data.sources import ArrayDataset
+from exitsearch.errors import DataError
 
 __all__ = ["InputTransform", "augment", "iterate_batches"]
 
@@ -22,6 +23,18 @@ class InputTransform:
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def check_channels(self, channels: int, origin: str = "the data") -> None:
+        """Raise :class:`DataError` unless images with ``channels`` channels can be fed in.
+
+        Grey images are repeated onto several input channels and colour images averaged onto
+        one; other combinations (RGBA onto RGB, say) are refused.
+        """
+        if channels != self.in_chans and channels != 1 and self.in_chans != 1:
+            raise DataError(
+                f"{origin}: cannot feed {channels} image channels into a backbone that takes "
+                f"{self.in_chans}; convert the images or pass --override in_chans=..."
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0)

@@ -18,6 +18,7 @@ from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.pipeline.cache import MANIFEST, StageStore
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
 from exitsearch.search.config import ExitConfig
 from exitsearch.training.bank import HeadBank
@@ -159,5 +160,12 @@ def _heads(
     bank = HeadBank(specs, HeadContext.from_backbone(backbone))
     if not weights.is_file():
         raise BundleError(f"{weights}: file is missing (the run's head weights)")
+    if (weights.parent / MANIFEST).is_file():
+        problem = StageStore(weights.parent.parent).verify(weights.parent)
+        if problem is not None:
+            raise BundleError(
+                f"{weights.parent}: the run's trained heads are damaged ({problem}); rerun "
+                "`exitsearch run` to recompute them, then export"
+            )
     bank.load(weights)
     return bank.subset([s.key for s in config.exits]).eval(), summary.get("config")

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseGASampler, BaseSampler
 
 # Optuna's samplers keep their generators in this class (stable across Optuna 5.x, pinned).
 from optuna.samplers._lazy_random_state import LazyRandomState
@@ -139,6 +139,13 @@ class PerTrialSeededSampler(BaseSampler):
             for t in study.get_trials(deepcopy=False)
             if t.number < trial.number and not t.system_attrs.get(INTERRUPTED)
         )
+        if isinstance(self._inner, BaseGASampler):
+            # Settle this generation's parents before reseeding. Optuna hands the freshly
+            # selected parents over in selection order but cached ones in trial order, so a
+            # resumed study (parents cached) would breed its first child from a reordered list;
+            # selecting (and caching) first makes every child read the cached order.
+            generation = self._inner.get_trial_generation(study, trial)
+            self._inner.get_parent_population(study, generation)
         seed = _derive(self._seed, index)
         if not _reseed(self._inner, seed):
             self._inner = self._factory(seed, self._options)

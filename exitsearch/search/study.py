@@ -269,9 +269,14 @@ def run_search(
             trial.set_user_attr("config", None)
             trial.set_constraint("budget", 1.0)
             return 0.0, 1.0
-        if objective_hook is not None:
-            objective_hook(config)
-        acc, mean, mx = ev.quick(config)
+        try:
+            if objective_hook is not None:
+                objective_hook(config)
+            acc, mean, mx = ev.quick(config)
+        except KeyboardInterrupt:
+            # Optuna records the trial as failed; marked interrupted, a resumed run redoes it.
+            study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED, True)
+            raise
         trial.set_user_attr("config", config.to_dict())
         trial.set_constraint("budget", budget.violation(ev, config, mean, mx))
         return acc, mean / scale

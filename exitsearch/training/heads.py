@@ -35,7 +35,7 @@ from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import iterate_batches
-from exitsearch.errors import ConfigError
+from exitsearch.errors import CacheError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
@@ -183,20 +183,31 @@ def train_heads(
     )
     start_epoch, passes = 0, 0
     if (out / STATE).is_file():
-        saved = read_json(out / STATE)
-        if saved.get("identity") == identity:
-            tensors = load_safetensors(out / saved.get("weights", CKPT))
-            bank.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("bank.")})
-            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-            for i, opt in enumerate(optimizers):
-                opt.load_state_dict(
-                    unflatten_optimizer_state(tensors, saved["optimizers"][i], prefix=f"opt{i}")
+        try:
+            saved = read_json(out / STATE)
+            if saved.get("identity") == identity:
+                tensors = load_safetensors(out / saved.get("weights", CKPT))
+                bank.load_state_dict(
+                    {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
                 )
-            statuses = [HeadStatus(**s) for s in saved["statuses"]]
-            start_epoch, passes = int(saved["epoch"]), int(saved["backbone_passes"])
-            progress.log(f"heads: resuming after epoch {start_epoch} of {config.epochs}")
-        else:
-            progress.log("heads: checkpoint belongs to other inputs; starting afresh")
+                best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+                for i, opt in enumerate(optimizers):
+                    opt.load_state_dict(
+                        unflatten_optimizer_state(tensors, saved["optimizers"][i], prefix=f"opt{i}")
+                    )
+                statuses = [_status(s) for s in saved["statuses"]]
+                start_epoch, passes = int(saved["epoch"]), int(saved["backbone_passes"])
+                progress.log(f"heads: resuming after epoch {start_epoch} of {config.epochs}")
+            else:
+                progress.log("heads: checkpoint belongs to other inputs; starting afresh")
+        except (CacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # A damaged checkpoint must not block every rerun: say so and train afresh.
+            progress.log(f"heads: checkpoint in {out} is damaged ({exc}); starting afresh")
+            bank = HeadBank(specs, ctx, seed=config.seed)
+            optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
+            statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
+            best = {k: v.detach().clone() for k, v in bank.state_dict().items()}
+            start_epoch, passes = 0, 0
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
     t_start = time.perf_counter()
@@ -287,6 +298,12 @@ def train_heads(
         out / SUMMARY, {"identity": identity, "config": asdict(config), **result.summary()}
     )
     return result
+
+
+def _status(saved: dict[str, Any]) -> HeadStatus:
+    """A status read back from JSON, where an infinite best loss is stored as null."""
+    best = saved.get("best_loss")
+    return HeadStatus(**{**saved, "best_loss": math.inf if best is None else float(best)})
 
 
 def _diverge(

@@ -185,7 +185,7 @@ def slow_pause_job(marks: str, job: Any) -> dict[str, Any]:
     from exitsearch.distributed import node_id
 
     (Path(marks) / f"{job.label}-{node_id()}").touch()
-    time.sleep(0.3)
+    time.sleep(0.5)
     return run_pause_job(job)
 
 
@@ -214,12 +214,14 @@ def test_pause_search_survives_losing_a_node(ray_world: RayWorld, paumer_dir, tm
                 and int(m.name.split("-")[0]) >= settings.population_size
             ]
             if late:
+                # kill first: the trial must still be running when its node goes
+                ray_world.cluster.kill_node(ray_world.worker)
+                killed["trial"] = int(late[0].name.split("-")[0])
+                # nothing is told before the lost trial's round is whole again
                 study = optuna.load_study(study_name="lost-node", storage=open_storage(db))
                 killed["complete"] = {
                     t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))
                 }
-                killed["trial"] = int(late[0].name.split("-")[0])
-                ray_world.cluster.kill_node(ray_world.worker)
                 return
             time.sleep(0.02)
 

@@ -381,7 +381,7 @@ def test_rerun_reuses_every_stage_and_gives_the_same_front(first, copy_of_first,
     again = _run(_settings(copy_of_first, space_file), progress)
     logs = "\n".join(progress.logs)
     assert "profile: reusing the cached profile" in logs
-    assert f"heads: reusing {HEADS} trained heads" in logs
+    assert f"heads: reusing {HEADS} heads trained" in logs
     assert "predict: reusing cached predictions" in logs
     assert f"search: {N_TRIALS} finished trial(s) kept, 0 to go" in logs
     assert "heads epoch" not in logs  # no training

@@ -19,10 +19,10 @@ from exitsearch.search.space import (
     parse_search_space,
 )
 
-SHIPPED = ("default", "lgvit", "multiexit-vit", "uniform")
+SHIPPED = ("default", "lgvit", "multiexit-vit", "paumer", "uniform")
 
 
-def test_the_four_shipped_spaces_are_found():
+def test_the_shipped_spaces_are_found():
     assert set(builtin_spaces()) == set(SHIPPED)
 
 

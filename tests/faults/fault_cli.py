@@ -1,0 +1,59 @@
+"""Run the real ``exitsearch`` command with one fault armed: a signal at an exact point.
+
+Used as a script by the fault-injection tests (``python fault_cli.py ARGS...``), never imported
+by pytest. ``EXITSEARCH_FAULT=PATTERN:N:SIGNAL:WHEN`` makes the process send itself ``SIGNAL``
+(``KILL`` or ``INT``) at the ``N``-th ``os.replace`` onto a file or folder whose name matches the
+glob ``PATTERN``: ``before`` the rename (a write cut in the middle, its temporary copy already
+complete on disk) or ``after`` it (the file in place, the code after it not yet run). Every
+result file of exitsearch is put in place with ``os.replace`` (``exitsearch._io``,
+``exitsearch.export.bundle``), so these are exactly the points where a partial result could leak.
+
+Nothing else of the command is changed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+import sys
+from pathlib import Path
+
+_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
+
+
+def arm(spec: str) -> None:
+    pattern, nth, sig_name, when = spec.split(":")
+    target, sig = int(nth), _SIGNALS[sig_name]
+    if when not in ("before", "after"):
+        raise SystemExit(f"EXITSEARCH_FAULT: WHEN must be before or after, got {when!r}")
+    real_replace = os.replace
+    seen = 0
+
+    def replace(src, dst, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal seen
+        hit = False
+        if fnmatch.fnmatch(Path(os.fsdecode(dst)).name, pattern):
+            seen += 1
+            hit = seen == target
+        if hit and when == "before":
+            os.kill(os.getpid(), sig)
+        result = real_replace(src, dst, *args, **kwargs)
+        if hit and when == "after":
+            os.kill(os.getpid(), sig)
+        return result
+
+    os.replace = replace
+
+
+def main() -> None:
+    spec = os.environ.get("EXITSEARCH_FAULT")
+    if spec:
+        arm(spec)
+    from exitsearch_cli.main import app
+
+    app(args=sys.argv[1:], prog_name="exitsearch")
+
+
+if __name__ == "__main__":
+    main()
