@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -375,5 +376,299 @@ def report(
     console.print(f"written: {out}/paumer_report.{{png,csv,json}}")
 
 
-if __name__ == "__main__":  # `python -m exitsearch_cli.pause ...` until `exitsearch pause` is wired
+# ------------------------------------------------------------------------------ search
+SEARCH_JSON = "paumer_search.json"
+SEARCHED = "searched front (entropy)"
+
+
+def _numbers(text: str | None, what: str, cast: Any) -> tuple[Any, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(cast(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{what} is a comma-separated list of numbers, got {text!r}") from None
+
+
+@app.command("search")
+@handle_errors
+def search(
+    model_dir: Annotated[str, typer.Argument(help="A model folder written by `pause train`.")],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="The model's task (checked; default: whatever the model was trained for)."
+        ),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            "-b",
+            help="FLOPs per image (multiply-accumulates, e.g. 60MFLOPs) or percent of the "
+            "unpaused model (60%). Omit for the whole front.",
+        ),
+    ] = None,
+    n_trials: Annotated[int, typer.Option("--n-trials", help="Trials of the study in total.")] = 32,
+    strategy: Annotated[str, typer.Option(help="nsga2, nsga3, tpe, random...")] = "nsga2",
+    population: Annotated[
+        int, typer.Option(help="NSGA population; also the trials evaluated per round.")
+    ] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the study (same seed, same front).")] = 0,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Candidate pause layers, e.g. 3,4,5,6,7 (default: the layers the model was "
+            "trained to pause at)."
+        ),
+    ] = None,
+    taus: Annotated[
+        str,
+        typer.Option(
+            help="Proportions of the tokens still processed that may pause at a layer (0: none)."
+        ),
+    ] = "0,0.2,0.4,0.6,0.8",
+    mode: Annotated[str, typer.Option(help="entropy or random pausing.")] = "entropy",
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[
+        int, typer.Option(help="Local processes evaluating trials (one torch thread each).")
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Evaluate trials as Ray tasks on this cluster (HOST:PORT); the data must be "
+            "readable at the same path on every node.",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage (a .db path or URL) to resume the study; default memory."
+        ),
+    ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            help="Report folder of `pause report` (e.g. results/paumer): score and time the "
+            "searched front together with the report's models and configurations, in the same "
+            "rounds, and rewrite the report with the front as a series of its own."
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="With --report: timed rounds (default: the report's).")
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help=f"JSON file for the search result (default: REPORT/{SEARCH_JSON})."),
+    ] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Search pause configurations (Optuna, trials by inference on validation) for the best
+    metric per FLOPs; with --report, add the front to the Table 1 report at measured images/s."""
+    from exitsearch.distributed.cluster import ray_cluster
+    from exitsearch.distributed.executors import LocalExecutor, RayExecutor
+    from exitsearch.distributed.pause_search import (
+        PauseSearchSettings,
+        PauseSpace,
+        run_pause_search,
+    )
+    from exitsearch.search.storage import open_storage
+
+    _threads(threads)
+    _pick(mode, ("entropy", "random"), "mode")
+    meta = read_json(Path(model_dir) / SPEC_FILE)
+    got = meta["spec"]["task"]
+    if task is not None and task != got:
+        raise ConfigError(f"{model_dir} holds a {got} model, but --task is {task}")
+    if workers < 1:
+        raise ConfigError(f"`--workers >= 1` must hold, got {workers}")
+    trained = meta.get("layer_range")
+    layer_list = _numbers(layers, "--layers", int) or (
+        tuple(range(int(trained[0]), int(trained[1]) + 1)) if trained else None
+    )
+    tau_list = _numbers(taus, "--taus", float)
+    depth = int(meta["spec"]["backbone"]["overrides"].get("depth", 12))
+    space = (
+        PauseSpace(layer_list, tau_list, mode)
+        if layer_list
+        else PauseSpace.for_depth(depth, taus=tau_list, mode=mode)
+    )
+    settings = PauseSearchSettings(
+        strategy=strategy, n_trials=n_trials, seed=seed, population_size=population
+    )
+    data = _model_data(model_dir, limit, data_dir)
+    prev = _previous_report(report) if report else None
+    with RichProgress() as progress, ray_cluster(ray_address) as info:
+        if info is not None:
+            progress.log(f"pause search: {info.describe()}")
+        executor = RayExecutor() if info is not None else LocalExecutor(workers, threads=1)
+        try:
+            result = run_pause_search(
+                model_dir,
+                data,
+                space,
+                settings,
+                budget=budget,
+                executor=executor,
+                storage=open_storage(storage) if storage else None,
+                progress=progress,
+            )
+        finally:
+            executor.close()
+    table = Table(title=f"searched front ({result.metric_name} on validation, FLOPs per image)")
+    for col in ("trial", "pause", result.metric_name, "MFLOPs", "of unpaused"):
+        table.add_column(col, justify="left" if col == "pause" else "right")
+    for p in result.front:
+        table.add_row(
+            str(p.trial),
+            p.pause or "none",
+            f"{p.metric:.4f}",
+            f"{p.flops / 1e6:.2f}",
+            f"{p.flops_fraction:.1%}",
+        )
+    console.print(table)
+    console.print(
+        f"{result.n_trials} trials ({result.n_failed} failed) in {result.seconds:.0f} s; "
+        f"trials per node: {result.nodes}",
+        highlight=False,
+    )
+    doc: dict[str, Any] = {
+        "model": model_dir,
+        "data": data.to_dict(),
+        "space": {"layers": list(space.layers), "taus": list(space.taus), "mode": space.mode},
+        "settings": {
+            "strategy": strategy,
+            "n_trials": n_trials,
+            "population": population,
+            "seed": seed,
+            "budget": budget,
+            "workers": workers,
+            "ray_address": ray_address,
+        },
+        "metric": result.metric_name,
+        "full_flops": result.full_flops,
+        "budget_flops": result.budget_flops,
+        "seconds": result.seconds,
+        "nodes": result.nodes,
+        "front": [asdict(p) for p in result.front],
+        "trials": result.trials,
+        "command": invocation(),
+    }
+    if report:
+        doc["report"] = _report_with_front(report, prev, model_dir, mode, result, data, repeats)
+    target = Path(out) if out else (Path(report) / SEARCH_JSON if report else None)
+    if target is not None:
+        from exitsearch._io import atomic_write_json
+
+        atomic_write_json(target, doc)
+        console.print(f"written: {target}", highlight=False)
+
+
+def _previous_report(folder: str) -> dict[str, Any]:
+    from exitsearch.pausing.report import REPORT_JSON
+
+    path = Path(folder) / REPORT_JSON
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no report to add the front to; run `exitsearch pause report --out {folder}` "
+            "first"
+        )
+    return read_json(path)
+
+
+def _report_with_front(
+    folder: str,
+    prev: dict[str, Any] | None,
+    model_dir: str,
+    mode: str,
+    result: Any,
+    data: DataSpec,
+    repeats: int | None,
+) -> dict[str, Any]:
+    """Rerun the report of ``folder`` with its models and configurations plus the front."""
+    from exitsearch.pausing.report import matched_speed
+
+    assert prev is not None
+    st = prev["settings"]
+    models = st.get("models", {})
+    series = [
+        ReportSeries(name, m["dir"], m["mode"]) for name, m in models.items() if name != BASELINE
+    ]
+    baseline = models.get(BASELINE, {}).get("dir")
+    configs = [PauseConfig.parse(c) for c in st.get("configs", [])]
+    front = [PauseConfig.parse(p.pause) for p in result.front]
+    more = [(SEARCHED, model_dir, c, mode) for c in front]
+    with RichProgress() as progress:
+        doc = run_paumer_report(
+            series,
+            baseline,
+            DataSpec.from_dict(st.get("data") or data.to_dict()),
+            folder,
+            split=st.get("split", "val"),
+            configs=configs,
+            workers=int(st.get("workers", 1)),
+            batch_size=int(st.get("batch_size", 64)),
+            warmup=int(st.get("warmup", 3)),
+            repeats=int(repeats or st.get("repeats", 15)),
+            clock=st.get("clock", "wall"),
+            progress=progress,
+            command=st.get("command"),
+            more_rows=more,
+            more_settings={
+                "searched": {
+                    "series": SEARCHED,
+                    "model": model_dir,
+                    "configs": [c.key for c in front],
+                    "command": invocation(),
+                    "search_metric": {p.pause: p.metric for p in result.front},
+                }
+            },
+        )
+    points = [ReportPoint.from_dict(p) for p in doc["points"]]
+    searched = [p for p in points if p.series == SEARCHED]
+    entropy_name = next((s.name for s in series if s.mode == mode), None)
+    table1 = [
+        p for p in points if p.series == entropy_name and (p.info.get("table1") or not p.pause)
+    ]
+    every = [p for p in points if p.series == entropy_name]
+    comparison = {
+        "searched_vs_table1": matched_speed(searched, table1),
+        "table1_vs_searched": matched_speed(table1, searched),
+        "searched_vs_every_configuration": matched_speed(searched, every),
+    }
+    from exitsearch._io import atomic_write_json
+    from exitsearch.pausing.report import REPORT_JSON
+
+    doc["comparison"] = comparison
+    atomic_write_json(Path(folder) / REPORT_JSON, doc)
+    base = ReportPoint.from_dict(doc["baseline"])
+    console.print(_points_table(searched, doc["metric"], base))
+    t = Table(title=f"searched front against {entropy_name} Table 1 at matched images/s")
+    for col in (
+        "searched",
+        doc["metric"],
+        "images/s",
+        "best Table 1 as fast",
+        doc["metric"],
+        "diff",
+    ):
+        t.add_column(col, justify="right")
+    for row in comparison["searched_vs_table1"]:
+        t.add_row(
+            row["pause"],
+            f"{row['metric']:.4f}",
+            f"{row['images_per_s']:.1f}",
+            row["reference"] if row["reference"] is not None else "none as fast",
+            "" if row["reference_metric"] is None else f"{row['reference_metric']:.4f}",
+            "" if row["difference"] is None else f"{row['difference'] * 100:+.2f} points",
+        )
+    console.print(t)
+    console.print(f"written: {folder}/paumer_report.{{png,csv,json}}", highlight=False)
+    return {"folder": folder, "comparison": comparison}
+
+
+if __name__ == "__main__":  # `python -m exitsearch_cli.pause ...` (= `exitsearch pause ...`)
     app()

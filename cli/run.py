@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,6 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET
+from exitsearch.errors import ConfigError
 from exitsearch.pipeline.run import RunSettings, run_pipeline
 from exitsearch.report import schema
 from exitsearch.search.study import SearchSettings
@@ -41,6 +43,7 @@ from exitsearch.units import format_flops
 
 @handle_errors
 def run(
+    ctx: typer.Context,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -138,12 +141,46 @@ def run(
             "CPU of the cluster).",
         ),
     ] = None,
+    paumer: Annotated[
+        str | None,
+        typer.Option(
+            "--paumer",
+            help="With a space that has a `pause` section (e.g. --space paumer): a PAUMER "
+            "classification model folder of `exitsearch pause train`. Its backbone is the run's "
+            "(heads are trained on it) and each pause configuration is scored by inference on "
+            "validation; --n-trials is then split over the pause configurations.",
+        ),
+    ] = None,
+    pause_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--pause-workers",
+            help="Processes predicting under pause configurations, one torch thread each "
+            "(default: one per CPU; with --ray-address they are Ray tasks).",
+        ),
+    ] = None,
 ) -> None:
     """Profile, train heads once, predict, search the budget-aware Pareto front, and report."""
     if ray_address is not None:  # fail before any work when the cluster cannot be reached
         from exitsearch.distributed.cluster import probe
 
         probe(ray_address)
+    # -- PAUMER: the backbone comes from the pausing model --
+    if paumer is not None:
+        given = [  # by name: typer may bring its own copy of click's enum
+            f"--{name}"
+            for name in ("model", "override", "checkpoint", "pretrained")
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+        ]
+        if given:
+            raise ConfigError(
+                f"--paumer brings the backbone (architecture and weights); leave out {', '.join(given)}"
+            )
+        if pause_workers is not None and pause_workers < 1:
+            raise ConfigError(f"`--pause-workers >= 1` must hold, got {pause_workers}")
+        if run_dir is None:
+            run_dir = str(run_folder(None, f"paumer-{Path(paumer).name}", data))
+    # --
     folder = run_folder(run_dir, model, data)
     settings = RunSettings(
         run_dir=folder,
@@ -160,6 +197,8 @@ def run(
         latency_batch_size=latency_batch_size,
         ray_address=ray_address,
         head_shards=head_shards,
+        paumer=paumer,
+        pause_workers=pause_workers,
     )
     with RichProgress(enabled=not as_json) as progress:
         result = run_pipeline(settings, progress)
@@ -168,7 +207,14 @@ def run(
         typer.echo(json.dumps(doc))
         return
     for note in doc["notes"]:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    failed = doc["search"].get("failed_trials") or 0
+    if failed:
+        err_console.print(
+            f"[yellow]note:[/] {failed} of {doc['search']['n_trials']} trials failed (their evaluation "
+            f"raised); they are recorded as FAIL in the study {doc['search']['study_name']}",
+            highlight=False,
+        )
     print_front(doc)
     console.print(
         f"files in {folder}/: {schema.PARETO_JSON}, {schema.PARETO_CSV}, {schema.PARETO_PNG}, "
@@ -194,19 +240,14 @@ def print_front(doc: dict) -> None:
     table = Table(
         title=f"{title}; backbone {format_flops(bb['flops'])}, test accuracy {bb['test_accuracy']:.4f}"
     )
-    for col in (
-        "id",
-        "val acc",
-        "test acc",
-        "mean MFLOPs",
-        "max MFLOPs",
-        "speed-up",
-        "exits",
-        "criterion",
-    ):
-        table.add_column(col, justify="left" if col in ("exits", "criterion") else "right")
+    pausing = any(m["config"].get("pause") for m in doc["front"])
+    cols = ["id", "val acc", "test acc", "mean MFLOPs", "max MFLOPs", "speed-up", "exits"]
+    cols += ["criterion", *(["pause"] if pausing else [])]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("exits", "criterion", "pause") else "right")
     for m in doc["front"]:
         style = "bold green" if m["recommended"] else None
+        pause = [",".join(f"{k}:{v:g}" for k, v in m["config"]["pause"].items()) or "-"]
         table.add_row(
             f"{m['id']}{' *' if m['recommended'] else ''}",
             f"{m['val']['accuracy']:.4f}",
@@ -220,6 +261,7 @@ def print_front(doc: dict) -> None:
             ),
             f"{m['config']['criterion']} ({m['config']['threshold_mode'].replace('_', '-')})"
             + (", cut" if m["config"]["cut"] else ""),
+            *(pause if pausing else []),
             style=style,
         )
     console.print(table)

@@ -9,6 +9,8 @@ Layout (schema version :data:`BUNDLE_SCHEMA`)::
                              the SHA-256 of every other file
       backbone.safetensors   the backbone's weights (the bundle is self-contained)
       heads.safetensors      the exit heads' weights, ``<exit index>.<parameter>``
+      aux.safetensors        with a pause configuration only: PAUMER's auxiliary decoder, which
+                             chooses the tokens to pause (manifest section ``pause``)
       train.yaml             a training recipe for fine-tuning this configuration
       onnx/                  optional: one ONNX graph per part (:mod:`exitsearch.export.onnx`)
 
@@ -42,6 +44,7 @@ from exitsearch.search.config import ExitConfig
 from exitsearch.training.bank import HeadBank
 
 __all__ = [
+    "AUX_FILE",
     "BACKBONE_FILE",
     "BUNDLE_SCHEMA",
     "HEADS_FILE",
@@ -58,6 +61,7 @@ BUNDLE_SCHEMA = 1
 MANIFEST = "exitsearch.json"
 BACKBONE_FILE = "backbone.safetensors"
 HEADS_FILE = "heads.safetensors"
+AUX_FILE = "aux.safetensors"
 RECIPE_FILE = "train.yaml"
 ONNX_DIR = "onnx"
 _SELF_CHECKSUM = "manifest_sha256"
@@ -78,6 +82,7 @@ def export_bundle(
     onnx: bool = False,
     onnx_exporter: str = "dynamo",
     overwrite: bool = False,
+    aux_decoder: nn.Module | None = None,
 ) -> Path:
     """Write ``config`` with its heads and backbone as a bundle folder at ``out_dir``.
 
@@ -95,17 +100,31 @@ def export_bundle(
         onnx: also export every part as an ONNX graph into ``onnx/``.
         onnx_exporter: ``dynamo`` (torch.export based) or ``legacy`` (TorchScript based).
         overwrite: replace an existing bundle at ``out_dir``.
+        aux_decoder: PAUMER's auxiliary decoder, for a configuration with ``pause``. When not
+            given it is read from the run folder ``extra_meta["run_dir"]`` names (its
+            ``pareto.json`` records the decoder's weights in the ``pause`` section), which is
+            what ``exitsearch export RUN`` passes.
 
     Returns:
         The bundle folder.
 
     Raises:
-        BundleError: ``out_dir`` exists (without ``overwrite``), or a head is missing.
-        ConfigError: the configuration does not fit the backbone or the heads.
+        BundleError: ``out_dir`` exists (without ``overwrite``), a head is missing, or a pause
+            configuration without its auxiliary decoder.
+        ConfigError: the configuration does not fit the backbone or the heads, or ONNX export of
+            a pause configuration (not supported).
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: already exists; choose another folder or overwrite it")
+    if config.pause:
+        if onnx:
+            raise ConfigError(
+                "ONNX export of a configuration with a pause configuration is not supported "
+                "(the graphs have fixed token counts per part); export without --onnx"
+            )
+        if aux_decoder is None:
+            aux_decoder = _aux_from_run(extra_meta or {}, backbone)
     modules = _heads_in_exit_order(heads, config)
     points = list(operating_points)
     own_val = dict((predicted or {}).get("val") or {})
@@ -119,10 +138,11 @@ def export_bundle(
             )
         )
     points.sort(key=lambda p: (p.mean_flops, -p.val_accuracy))
-    model = MultiExitModel(backbone, modules, config, points, costs)
+    model = MultiExitModel(backbone, modules, config, points, costs, aux_decoder=aux_decoder)
     meta = dict(extra_meta or {})
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         save_safetensors(tmp / BACKBONE_FILE, backbone.model.state_dict())
@@ -131,6 +151,8 @@ def export_bundle(
             {f"{k}.{name}": t for k, h in enumerate(modules) for name, t in h.state_dict().items()},
             {"exits": json.dumps([s.key for s in config.exits])},
         )
+        if model.aux is not None:
+            save_safetensors(tmp / AUX_FILE, model.aux.state_dict())
         atomic_write_text(tmp / RECIPE_FILE, _recipe(config, meta))
         onnx_meta = None
         if onnx:
@@ -198,7 +220,12 @@ def _manifest(
         },
         "config": config.to_dict(),
         "exits": [s.to_dict() | {"key": s.key} for s in config.exits],
-        "description": config.describe(),
+        "description": config.describe()
+        + (
+            f" | pause {','.join(f'{k}:{v:g}' for k, v in config.pause.items())}"
+            if config.pause
+            else ""
+        ),
         "operating_points": [p.to_dict() for p in model.operating_points],
         "default_operating_point": model.point_index,
         "costs": model.costs.to_dict(),
@@ -207,7 +234,56 @@ def _manifest(
     }
     if onnx_meta is not None:
         doc["onnx"] = dict(onnx_meta)
+    if model.aux is not None:
+        fc = model.aux.fc  # type: ignore[union-attr]
+        doc["pause"] = {
+            "mode": "entropy",
+            "aux": AUX_FILE,
+            "aux_embed_dim": int(fc.in_features),
+            "aux_classes": int(fc.out_features),
+            "tokens_per_block": model.token_counts(),
+        }
     return doc
+
+
+def _aux_from_run(meta: Mapping[str, Any], backbone: Backbone) -> nn.Module:
+    """The auxiliary decoder a run folder's ``pareto.json`` names (``pause.aux``)."""
+    from exitsearch.pausing.pause import AuxDecoder
+    from exitsearch.report.schema import PARETO_JSON
+
+    run_dir = meta.get("run_dir")
+    if not run_dir:
+        raise BundleError(
+            "a configuration with a pause configuration needs PAUMER's auxiliary decoder: pass "
+            "aux_decoder, or export it from its run folder"
+        )
+    ppath = Path(run_dir) / PARETO_JSON
+    try:
+        section = json.loads(ppath.read_text(encoding="utf-8"))["pause"]
+        path = Path(run_dir) / section["aux"]
+        digest = section.get("aux_sha256")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{ppath}: names no auxiliary decoder for the pause configuration ({exc!r})"
+        ) from None
+    if not path.is_file():
+        raise BundleError(f"{path}: file is missing (the run's auxiliary decoder)")
+    if digest and file_sha256(path) != digest:
+        raise BundleError(f"{path}: checksum differs from the one recorded in {ppath}")
+    state = _read_safetensors(path)
+    if "fc.weight" not in state:
+        raise BundleError(f"{path}: not an auxiliary decoder's weights (no fc.weight)")
+    classes, dim = state["fc.weight"].shape
+    aux = AuxDecoder(int(dim), int(classes))
+    try:
+        aux.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if int(dim) != backbone.embed_dim:
+        raise BundleError(
+            f"{path}: a decoder of width {dim} for a backbone of {backbone.embed_dim}"
+        )
+    return aux.eval()
 
 
 def _recipe(config: ExitConfig, meta: Mapping[str, Any]) -> str:
@@ -233,6 +309,18 @@ def _doc_checksum(doc: Mapping[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != _SELF_CHECKSUM}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Undo what an export killed half-way left next to ``out``: its temporary folder, and a
+    previous bundle moved aside by ``--overwrite`` (put back if nothing replaced it)."""
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists():
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -300,9 +388,12 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
                     f"{f}: checksum differs from the one recorded in {MANIFEST} (the file was "
                     "altered or damaged)"
                 )
-    for required in (BACKBONE_FILE, HEADS_FILE):
-        if required not in doc["files"]:
-            raise BundleError(f"{mpath}: lists no {required}")
+    required = [BACKBONE_FILE, HEADS_FILE]
+    if isinstance(doc["config"].get("pause"), dict) and doc["config"]["pause"]:
+        required.append(AUX_FILE)
+    for name in required:
+        if name not in doc["files"]:
+            raise BundleError(f"{mpath}: lists no {name}")
     return doc
 
 
@@ -352,10 +443,29 @@ def load_bundle(
                 f"{root / HEADS_FILE}: weights of exit {k} ({s.key}) do not fit its head "
                 f"({str(exc).splitlines()[0]})"
             ) from None
-    model = MultiExitModel(backbone, heads, config, points, costs)
+    aux = None
+    if config.pause:
+        aux = _load_aux(root, doc, backbone)
+    model = MultiExitModel(backbone, heads, config, points, costs, aux_decoder=aux)
     model.manifest = doc
     model.source = root
     return model.to(device).eval()
+
+
+def _load_aux(root: Path, doc: Mapping[str, Any], backbone: Backbone) -> nn.Module:
+    from exitsearch.pausing.pause import AuxDecoder
+
+    section = doc.get("pause")
+    if not isinstance(section, dict):
+        raise BundleError(f"{root / MANIFEST}: a pause configuration but no `pause` section")
+    try:
+        aux = AuxDecoder(int(section["aux_embed_dim"]), int(section["aux_classes"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST}: malformed `pause` section ({exc!r})") from None
+    _load_state(aux, root / AUX_FILE)
+    if aux.fc.in_features != backbone.embed_dim:
+        raise BundleError(f"{root / AUX_FILE}: does not fit the backbone's width")
+    return aux.eval()
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> MultiExitModel:

@@ -11,6 +11,18 @@ plus every head evaluated on the way.
 Decisions use the same functions as the cached evaluation (:func:`exit_statistics` and the
 criterion objects, compared with the same bounds), so a sample leaves at the exit
 :meth:`Evaluator.exit_index <exitsearch.search.evaluator.Evaluator.exit_index>` predicts.
+
+**Patch pausing** (PAUMER, paper 003; a configuration with ``pause``): after block ``l`` of the
+pause configuration the auxiliary decoder gives every patch token still processed the entropy of
+its prediction, and the ``round(fraction * N)`` lowest-entropy ones stop (prefix tokens never
+do); later blocks run on the remaining tokens only. Before each exit head and the final head the
+patch assembler puts every token back in its place, paused ones as they were when paused. The
+exit at block ``l`` decides before the tokens pause there, so a sample leaving at ``l`` never
+pays for the auxiliary decoder (the cost model charges it to the later exits). Per-sample exits
+still compact the batch: the rows of the paused tokens and their indices leave with their
+samples. The operations are those of :meth:`PausingViT.forward_states
+<exitsearch.pausing.PausingViT.forward_states>`, which produced the predictions the search
+scored.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from exitsearch.backbone.adapter import Backbone
 from exitsearch.errors import ConfigError
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.heads import HeadContext
+from exitsearch.pausing.pause import PausedTokens, PausingViT, assemble, lowest, token_entropy
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.criteria import ExitCriterion, create_criterion
 from exitsearch.training.predict import exit_statistics
@@ -66,14 +79,21 @@ class ExitOutput:
         return np.bincount(idx, minlength=self.num_outcomes)
 
 
-def exit_costs(backbone: Backbone, config: ExitConfig) -> ExitCosts:
-    """Count the FLOPs of ``config``'s exits on ``backbone`` with the search's cost model."""
+def exit_costs(
+    backbone: Backbone, config: ExitConfig, aux_decoder: nn.Module | None = None
+) -> ExitCosts:
+    """Count the FLOPs of ``config``'s exits on ``backbone`` with the search's cost model (a
+    pause configuration needs the auxiliary decoder, whose cost it includes)."""
     from exitsearch.heads import profile_heads
     from exitsearch.profile import profile_backbone
     from exitsearch.search.costs import CostModel
 
     heads = profile_heads(config.exits, HeadContext.from_backbone(backbone))
     model = CostModel(profile_backbone(backbone), {k: c.flops for k, c in heads.items()})
+    if config.pause:
+        if aux_decoder is None:
+            raise ConfigError("the cost of a pause configuration needs the auxiliary decoder")
+        model = model.with_pauses(PausingViT(backbone, aux_decoder), [config.pause])
     return ExitCosts(float(model.backbone_flops), tuple(float(v) for v in model.exit_flops(config)))
 
 
@@ -91,10 +111,13 @@ class MultiExitModel(Anytime, nn.Module):
         config: the exit configuration; its thresholds are the initial setting.
         operating_points: threshold settings of the same placement to switch between.
         costs: FLOPs per exit, if known (otherwise counted with fvcore when first needed).
+        aux_decoder: PAUMER's auxiliary decoder (:class:`~exitsearch.pausing.AuxDecoder`),
+            needed when ``config.pause`` is set (entropy pausing).
 
     Raises:
         ConfigError: heads and exits do not match, an exit lies beyond the backbone, the
-            criterion needs uncertainty predictors the heads lack, or pausing is configured.
+            criterion needs uncertainty predictors the heads lack, or a pause configuration
+            without an auxiliary decoder or that does not fit the backbone.
 
     Example:
         >>> model = MultiExitModel(backbone, heads, config)  # doctest: +SKIP
@@ -110,6 +133,7 @@ class MultiExitModel(Anytime, nn.Module):
         config: ExitConfig,
         operating_points: Sequence[OperatingPoint] = (),
         costs: ExitCosts | None = None,
+        aux_decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         heads = list(heads)
@@ -117,8 +141,18 @@ class MultiExitModel(Anytime, nn.Module):
             raise ConfigError(
                 f"{len(config.exits)} exits need {len(config.exits)} heads, got {len(heads)}"
             )
+        self.aux: nn.Module | None = None
+        self._pause_counts: dict[int, int] = {}
         if config.pause:
-            raise ConfigError("pause configurations are not supported by the exported runtime yet")
+            if aux_decoder is None:
+                raise ConfigError(
+                    "a pause configuration needs PAUMER's auxiliary decoder (aux_decoder), which "
+                    "chooses the tokens to pause"
+                )
+            cfg = PausingViT(backbone, aux_decoder).resolve(dict(config.pause))
+            self.aux = aux_decoder
+            # tokens paused after each layer; a layer pausing none is skipped (no decoder run)
+            self._pause_counts = {k: v for k, v in cfg.counts(backbone.num_patches).items() if v}
         beyond = [s.key for s in config.exits if s.location > backbone.depth]
         if beyond:
             raise ConfigError(
@@ -179,8 +213,22 @@ class MultiExitModel(Anytime, nn.Module):
     def costs(self) -> ExitCosts:
         """FLOPs per exit; counted with fvcore on first use when the bundle did not carry them."""
         if self._costs is None:
-            self._costs = exit_costs(self.backbone, self.config)
+            self._costs = exit_costs(self.backbone, self.config, self.aux)
         return self._costs
+
+    @property
+    def pausing(self) -> bool:
+        """Whether tokens pause (the configuration has a pause configuration)."""
+        return bool(self._pause_counts)
+
+    def token_counts(self) -> list[int]:
+        """Tokens (prefix included) each block processes for a sample that reaches it."""
+        n = self.backbone.num_tokens
+        out = []
+        for block in range(1, self.backbone.depth + 1):
+            out.append(n)
+            n -= self._pause_counts.get(block, 0)
+        return out
 
     # ----------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> ExitOutput:
@@ -191,6 +239,8 @@ class MultiExitModel(Anytime, nn.Module):
 
     def run(self, x: torch.Tensor, tick: Tick | None = None) -> ExitOutput:
         """The forward pass; ``tick(part)`` is called after each part when profiling."""
+        if self._pause_counts:
+            return self._run_paused(x, tick)
         bb = self.backbone
         n, dev = x.shape[0], x.device
         tokens = bb.embed(x)
@@ -266,7 +316,138 @@ class MultiExitModel(Anytime, nn.Module):
     def describe(self) -> str:
         point = "" if self.point_index is None else f", operating point {self.point_index}"
         shown = self.config.with_thresholds(self._thresholds)
-        return f"{shown.describe()}{point}"
+        pause = ",".join(f"{k}:{v:g}" for k, v in self.config.pause.items())
+        return f"{shown.describe()}{f', pause {pause}' if pause else ''}{point}"
+
+    # ------------------------------------------------------------------ pausing
+    def _pause(self, state: _PauseState, layer: int, tick: Tick | None) -> None:
+        """Pause the lowest-entropy tokens after block ``layer`` (as ``forward_states`` does)."""
+        assert self.aux is not None
+        tokens, index = state.tokens, state.index
+        p = self.backbone.num_prefix_tokens
+        patches = tokens[:, p:]
+        chosen = lowest(token_entropy(self.aux(patches)), self._pause_counts[layer])
+        keep = torch.ones(patches.shape[:2], dtype=torch.bool, device=tokens.device)
+        keep.scatter_(1, chosen, False)
+        # nonzero() walks rows in order, so the kept tokens keep their relative order
+        kept = keep.nonzero()[:, 1].view(tokens.shape[0], -1)
+        state.paused.append(PausedTokens(layer, index.gather(1, chosen), _take(patches, chosen)))
+        state.tokens = torch.cat([tokens[:, :p], _take(patches, kept)], dim=1)
+        state.index = index.gather(1, kept)
+        if tick:
+            tick(f"pause after block {layer}")
+
+    def _advance(self, state: _PauseState, start: int, stop: int, tick: Tick | None) -> None:
+        """Blocks ``start+1..stop``, pausing after each pause layer ``l`` with
+        ``start <= l < stop`` (``l == start``: after the previous exit has decided)."""
+        bb = self.backbone
+        cur = start
+        for layer in sorted(self._pause_counts):
+            if not start <= layer < stop:
+                continue
+            if layer > cur:
+                state.tokens = bb.run_blocks(state.tokens, cur, layer)
+                if tick:
+                    tick(f"blocks {cur + 1}-{layer}")
+            self._pause(state, layer, tick)
+            cur = layer
+        if stop > cur:
+            state.tokens = bb.run_blocks(state.tokens, cur, stop)
+            if tick:
+                tick(f"blocks {cur + 1}-{stop}")
+
+    def _run_paused(self, x: torch.Tensor, tick: Tick | None) -> ExitOutput:
+        """:meth:`run` with patch pausing (see the module docstring)."""
+        bb = self.backbone
+        n, dev = x.shape[0], x.device
+        p = bb.num_prefix_tokens
+        state = _PauseState(bb.embed(x), torch.arange(bb.num_patches, device=dev).expand(n, -1), [])
+        if tick:
+            tick("stem")
+        out = _Outputs(n, dev, self.num_outcomes)
+        alive: torch.Tensor | None = None
+        history: torch.Tensor | None = None
+        crit = self.criterion
+        last = self.num_exits - 1
+        segments = self._segments
+        for k, head in enumerate(self.heads):
+            start, stop = segments[k]
+            self._advance(state, start, stop, tick)
+            logits = head(assemble(state.tokens, state.index, state.paused, p))
+            unc = (
+                head.uncertainty(logits.float())
+                if crit.needs_uncertainty and (head.uncertainty is not None)
+                else None
+            )
+            if tick:
+                tick(f"head {self.config.exits[k].key}")
+            conf, ent, pred = exit_statistics(logits)
+            if self.config.cut and k == last:
+                out.emit(alive, None, logits, pred, conf, k)
+                if tick:
+                    tick(BOOKKEEPING)
+                return out.result()
+            pred_cpu = pred.cpu()
+            ready = crit.runtime_readiness(
+                conf.cpu(),
+                ent.cpu(),
+                pred_cpu,
+                None if unc is None else unc.float().cpu(),
+                history,
+            )
+            fire = ready.numpy() >= self._bounds[k]
+            if fire.all():
+                out.emit(alive, None, logits, pred, conf, k)
+                if tick:
+                    tick(BOOKKEEPING)
+                return out.result()
+            if fire.any():
+                leave = torch.from_numpy(np.flatnonzero(fire))
+                stay = torch.from_numpy(np.flatnonzero(~fire))
+                out.emit(alive, leave.to(dev), logits, pred, conf, k)
+                stay_dev = stay.to(dev)
+                alive = stay_dev if alive is None else alive.index_select(0, stay_dev)
+                state.keep(stay_dev)
+                if self._history:
+                    history = _extend(history, pred_cpu).index_select(0, stay)
+            elif self._history:
+                history = _extend(history, pred_cpu)
+            if tick:
+                tick(BOOKKEEPING)
+        start, stop = segments[-1]
+        self._advance(state, start, stop, tick)
+        logits = bb.final_head(assemble(state.tokens, state.index, state.paused, p))
+        if tick:
+            tick("final head")
+        conf, _, pred = exit_statistics(logits)
+        out.emit(alive, None, logits, pred, conf, self.num_exits)
+        if tick:
+            tick(BOOKKEEPING)
+        return out.result()
+
+
+@dataclass
+class _PauseState:
+    """The samples in flight of a pausing forward pass: their active tokens (prefix first),
+    the original patch index of each active patch token, and the tokens paused so far."""
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    paused: list[PausedTokens]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the samples ``rows`` (compaction after an exit)."""
+        self.tokens = self.tokens.index_select(0, rows)
+        self.index = self.index.index_select(0, rows)
+        self.paused = [
+            PausedTokens(t.layer, t.index.index_select(0, rows), t.tokens.index_select(0, rows))
+            for t in self.paused
+        ]
+
+
+def _take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (B, k) of ``tokens`` (B, n, D) -> (B, k, D)."""
+    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def _extend(history: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,10 @@ the best metric of any configuration of the series at least ``1 + X`` times as f
 baseline (None when no configuration is that fast).
 
 Files written to the output folder: ``paumer_report.json``, ``paumer_report.csv``,
-``paumer_report.png``. Points from elsewhere (a search-chosen front) join as ``extra`` points.
+``paumer_report.png``. Points from elsewhere (a search-chosen front) join as ``extra`` points,
+or, to be timed in the same interleaved rounds as everything else, as ``more_rows`` of
+:func:`run_paumer_report` (``exitsearch pause search --report``); :func:`matched_speed` then
+compares a searched series with Table 1 at matched images/s.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "REPORT_PNG",
     "ReportPoint",
     "ReportSeries",
+    "matched_speed",
     "run_paumer_report",
     "score_configurations",
     "skyline",
@@ -123,6 +127,30 @@ def speedup_drops(
     return out
 
 
+def matched_speed(
+    points: Sequence[ReportPoint], reference: Sequence[ReportPoint]
+) -> list[dict[str, Any]]:
+    """For each point (slowest first): the best ``reference`` point at least as fast, and the
+    metric difference (positive: the point beats the reference at matched images/s). ``None``
+    fields when no reference point is that fast."""
+    out = []
+    for p in sorted(points, key=lambda q: q.images_per_s):
+        fast = [r for r in reference if r.images_per_s >= p.images_per_s]
+        best = max(fast, key=lambda r: (r.metric, r.images_per_s), default=None)
+        out.append(
+            {
+                "pause": p.pause,
+                "metric": p.metric,
+                "images_per_s": p.images_per_s,
+                "reference": None if best is None else best.pause,
+                "reference_metric": None if best is None else best.metric,
+                "reference_images_per_s": None if best is None else best.images_per_s,
+                "difference": None if best is None else p.metric - best.metric,
+            }
+        )
+    return out
+
+
 def score_configurations(
     rows: Sequence[tuple[str, str, PauseConfig, str]],
     data: DataSpec,
@@ -200,9 +228,14 @@ def run_paumer_report(
     extra: Sequence[ReportPoint] = (),
     progress: Progress | None = None,
     command: str | None = None,
+    more_rows: Sequence[tuple[str, str, PauseConfig, str]] = (),
+    more_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score every series under ``configs`` (default: paper Table 1) and no pausing, measure
     throughput, and write the report files. Returns the JSON document written.
+
+    ``more_rows`` (``(series, model_dir, config, mode)``, e.g. a searched front) are scored and
+    timed with the others, in the same rounds; ``more_settings`` is recorded in the settings.
 
     Raises:
         ConfigError: no series and no baseline, or a configuration that does not fit a model.
@@ -215,6 +248,7 @@ def run_paumer_report(
         rows.append((BASELINE, baseline_dir, PauseConfig(), "entropy"))
     for s in series:
         rows += [(s.name, s.model_dir, c, s.mode) for c in [PauseConfig(), *configs]]
+    rows += list(more_rows)
     points = score_configurations(
         rows,
         data,
@@ -247,6 +281,7 @@ def run_paumer_report(
         | ({BASELINE: {"dir": baseline_dir, "mode": "none"}} if baseline_dir else {}),
         "num_samples": len(cached_splits(data.to_dict(), bb.img_size[0], bb.in_chans).get(split)),
         "command": command,
+        **dict(more_settings or {}),
     }
     return write_paumer_report(points, out_dir, extra=extra, settings=settings)
 

@@ -15,7 +15,7 @@ from exitsearch._io import atomic_write_json, read_json, sha256_of
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.data import DataSpec, DataSplits, load_splits
-from exitsearch.errors import BudgetError, ConfigError
+from exitsearch.errors import BudgetError, CacheError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.profile import profile_heads
 from exitsearch.pipeline.cache import StageStore
@@ -72,6 +72,12 @@ class RunSettings:
     head_shards: int | None = None
     latency_device: str | None = None
     latency_batch_size: int = 1
+    # PAUMER pause configurations (exitsearch.pipeline.pausing): a classification model folder
+    # of `exitsearch pause train`, used when the space has a `pause` section; its backbone is
+    # the run's. pause_workers: processes predicting under pause configurations (None: one per
+    # CPU; with ray_address they run as Ray tasks instead).
+    paumer: str | None = None
+    pause_workers: int | None = None
 
 
 @dataclass
@@ -100,6 +106,7 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     space = load_search_space(settings.space)
     backbone = create_backbone(settings.backbone)
     splits = load_splits(settings.data, backbone.img_size[0], backbone.in_chans)
+    backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)
     if splits.num_classes != backbone.num_classes:
         raise ConfigError(
             f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}; "
@@ -235,10 +242,14 @@ def stage_heads(ctx: RunContext) -> HeadBank:
                 ctx.backbone, ctx.splits, ctx.candidates, cfg, folder, progress=ctx.progress
             )
         ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
+        for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):
+            leftover.unlink(missing_ok=True)  # resume state, not needed once the stage is done
         ctx.timings["heads"] = time.perf_counter() - t0
         bank = result.bank
     else:
-        ctx.progress.log(f"heads: reusing {len(ctx.candidates)} trained heads")
+        shards = read_json(folder / SUMMARY).get("shards") or []
+        where = f" in {len(shards)} shards" if len(shards) > 1 else ""
+        ctx.progress.log(f"heads: reusing {len(ctx.candidates)} heads trained{where}")
         bank = HeadBank(ctx.candidates, HeadContext.from_backbone(ctx.backbone))
         bank.load(folder / WEIGHTS)
         bank.eval()
@@ -321,6 +332,21 @@ def resolve_budget(
     return budget, BudgetConstraint(flops, budget.kind), note
 
 
+def _search_or_explain(*args: Any, **kwargs: Any) -> SearchResult:
+    """:func:`run_search`, with a damaged study turned into a one-line error."""
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        return run_search(*args, **kwargs)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DatabaseError) as exc:
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        raise CacheError(
+            f"the Optuna study storage is damaged ({detail}); move {schema.STUDY_DB} away (or pass "
+            "--storage) to search afresh"
+        ) from None
+
+
 @dataclass
 class PipelineResult:
     ctx: RunContext
@@ -339,10 +365,19 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
     from exitsearch.search.baselines import baseline_placements
 
     progress = progress or NullProgress()
-    if settings.budget is not None:
-        parse_budget(
-            settings.budget, settings.budget_kind
-        )  # a malformed budget fails before any work
+    if settings.budget is not None:  # a malformed budget fails before any work
+        parsed = parse_budget(settings.budget, settings.budget_kind)
+        if parsed.unit is BudgetUnit.MILLISECONDS and settings.latency_device is None:
+            raise BudgetError(
+                f"budget {settings.budget!r} is in milliseconds, which needs a latency table: add "
+                "--latency-device cpu (or cuda) and --latency-batch-size N, or give FLOPs or percent"
+            )
+    # -- pause configurations as a search dimension (exitsearch.pipeline.pausing) --
+    from exitsearch.pipeline.pausing import run_pause_pipeline, space_pauses
+
+    if settings.paumer is not None or space_pauses(settings.space):
+        return run_pause_pipeline(settings, progress)
+    # --
     with RunLock(settings.run_dir):
         ctx = prepare(settings, progress)
         profile, head_flops = stage_profile(ctx)
@@ -378,13 +413,13 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             ctx.space.to_dict(),
             settings.budget,
             settings.budget_kind,
-            asdict(settings.search),
+            {k: v for k, v in asdict(settings.search).items() if k not in ("n_trials", "timeout")},
             settings.seed_baselines,
             ctx.keys.get("latency"),
         )
         ctx.keys["search"] = search_key
         t0 = time.perf_counter()
-        result = run_search(
+        result = _search_or_explain(
             ev,
             sampler,
             constraint,

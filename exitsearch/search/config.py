@@ -25,7 +25,9 @@ class ExitConfig:
         threshold_mode: ``shared`` or ``per_exit``, as searched.
         cut: ``True`` when the model ends at the last early exit (worst-case budgets): every
             sample reaching it leaves there and the remaining blocks are never run.
-        pause: PAUMER pause configuration ``{layer: fraction}`` (empty: no pausing).
+        pause: PAUMER pause configuration ``{layer: fraction}`` (empty: no pausing), checked
+            by the rules of :class:`~exitsearch.pausing.PauseConfig` (layers >= 1, fractions of
+            the original patch count in (0, 1) summing to less than 1, kept to 6 decimals).
     """
 
     exits: tuple[HeadSpec, ...]
@@ -53,9 +55,16 @@ class ExitConfig:
             raise ConfigError("a cut model needs at least one early exit")
         create_criterion(self.criterion)
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
-        object.__setattr__(
-            self, "pause", {int(k): float(v) for k, v in sorted(dict(self.pause).items())}
-        )
+        pause: dict[int, float] = {}
+        if self.pause:  # only configurations that pause pay for the check
+            from exitsearch.pausing.config import PauseConfig
+
+            pause = dict(
+                self.pause.fractions
+                if isinstance(self.pause, PauseConfig)
+                else PauseConfig(dict(self.pause)).fractions
+            )
+        object.__setattr__(self, "pause", pause)
 
     @property
     def locations(self) -> tuple[int, ...]:

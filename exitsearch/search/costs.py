@@ -3,12 +3,23 @@
 Leaving at early exit k costs the backbone up to and including its block plus every exit head
 evaluated on the way (those that did not fire, and this one). The final exit costs the whole
 backbone plus all early heads. A cut configuration ends at its last early exit.
+
+Pause configurations (PAUMER, paper 003) lower the cost of the blocks after a pause layer: each
+block is counted on the tokens it really processes (fvcore on the block fed that many tokens,
+:func:`exitsearch.pausing.pause_block_flops`), and the auxiliary decoder that chooses the
+paused tokens after block ``l`` is counted on the tokens still processed there. It runs after
+the exit at ``l`` has decided (a sample leaving at ``l`` never needs it), so its cost is charged
+to the exits after ``l``: it is added to block ``l + 1``. Exit heads read assembled states (all
+tokens), so their cost does not change. The tables of the pause configurations a search uses
+are computed once (:meth:`CostModel.with_pauses`); configurations without pausing take the
+plain path, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +28,34 @@ from exitsearch.profile.backbone import BackboneProfile
 from exitsearch.profile.latency import LatencyTable
 from exitsearch.search.config import ExitConfig
 
-__all__ = ["CostModel"]
+__all__ = ["CostModel", "pause_key", "paused_block_flops"]
+
+
+def pause_key(pause: Mapping[int, float]) -> str:
+    """The canonical text of a pause configuration (``PauseConfig.key``; ``""`` when empty)."""
+    return ",".join(f"{int(k)}:{float(v):g}" for k, v in sorted(dict(pause).items()))
+
+
+def paused_block_flops(vit: Any, pause: Any, mode: str = "entropy") -> tuple[float, ...]:
+    """FLOPs of blocks ``1..L`` of ``vit`` (a ``PausingViT`` or a model holding one as ``.vit``)
+    under ``pause``, each on its own token count, with the auxiliary decoder at pause layer
+    ``l`` added to block ``l + 1`` (entropy mode; random pausing does not run it).
+
+    Raises:
+        ConfigError: the pause configuration does not fit the model.
+    """
+    from exitsearch.pausing.costs import aux_decoder_flops, pause_block_flops
+    from exitsearch.pausing.pause import uses_aux_decoder
+
+    inner = vit.vit if hasattr(vit, "vit") else vit
+    cfg = inner.resolve(pause)
+    blocks = [float(b) for b in pause_block_flops(inner, cfg)]
+    if uses_aux_decoder(mode):
+        tokens = inner.token_counts(cfg)
+        p = inner.num_prefix_tokens
+        for layer in cfg.layers:  # 1 <= layer <= L - 1: block layer + 1 exists
+            blocks[layer] += float(aux_decoder_flops(inner, tokens[layer - 1] - p))
+    return tuple(blocks)
 
 
 @dataclass(frozen=True)
@@ -29,12 +67,15 @@ class CostModel:
         head_flops: FLOPs of each head by :attr:`HeadSpec.key`.
         latency: per-sample milliseconds of the backbone parts, if measured.
         head_ms: per-sample milliseconds of each head by key, if measured.
+        pause_blocks: per-block FLOPs under each known pause configuration, by its key (see
+            :func:`paused_block_flops`); filled by :meth:`with_pauses`.
     """
 
     profile: BackboneProfile
     head_flops: Mapping[str, int]
     latency: LatencyTable | None = None
     head_ms: Mapping[str, float] = field(default_factory=dict)
+    pause_blocks: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def backbone_flops(self) -> int:
@@ -44,6 +85,57 @@ class CostModel:
     def has_latency(self) -> bool:
         return self.latency is not None
 
+    # ------------------------------------------------------------------ pausing
+    def with_pauses(self, vit: Any, pauses: Iterable[Any], mode: str = "entropy") -> CostModel:
+        """This model plus the block costs of ``pauses`` (``PauseConfig`` or ``{layer:
+        fraction}``) on ``vit``, the pausing model whose backbone ``profile`` describes.
+
+        Raises:
+            ConfigError: a pause configuration does not fit the model, or ``vit``'s backbone
+                has another depth than the profile.
+        """
+        inner = vit.vit if hasattr(vit, "vit") else vit
+        if inner.depth != self.profile.depth:
+            raise ConfigError(
+                f"the pausing model has {inner.depth} blocks but the cost profile "
+                f"{self.profile.depth}"
+            )
+        table = dict(self.pause_blocks)
+        for pause in pauses:
+            cfg = inner.resolve(pause)
+            if cfg and cfg.key not in table:
+                table[cfg.key] = paused_block_flops(inner, cfg, mode)
+        return replace(self, pause_blocks=table)
+
+    def under_pause(self, pause: Mapping[int, float]) -> CostModel:
+        """A cost model whose *unpaused* path costs the blocks as under ``pause``: what a search
+        inside one pause configuration runs on (its sampled configurations carry no pause).
+        ``backbone_flops`` stays the unpaused backbone's, so speed-ups keep their reference.
+
+        Raises:
+            ConfigError: ``pause`` is not among the known configurations.
+        """
+        if not pause:
+            return self
+        blocks = self._paused(pause_key(pause))
+        cum = float(self.profile.stem_flops)
+        costs = []
+        for b, f in zip(self.profile.blocks, blocks, strict=True):
+            cum += f
+            costs.append(replace(b, flops=f, cumulative_flops=cum))  # type: ignore[arg-type]
+        return replace(self, profile=replace(self.profile, blocks=costs), latency=None)
+
+    def _paused(self, key: str) -> tuple[float, ...]:
+        try:
+            return self.pause_blocks[key]
+        except KeyError:
+            known = ", ".join(self.pause_blocks) or "none"
+            raise ConfigError(
+                f"no block costs known for pause configuration {key} (known: {known}); "
+                "add them with CostModel.with_pauses"
+            ) from None
+
+    # -------------------------------------------------------------------- exits
     def _heads(self, config: ExitConfig, table: Mapping[str, float], what: str) -> np.ndarray:
         try:
             return np.asarray([table[s.key] for s in config.exits], dtype=np.float64)
@@ -52,7 +144,7 @@ class CostModel:
 
     def _block_flops(self, config: ExitConfig) -> np.ndarray:
         if config.pause:
-            raise ConfigError("pause configurations are scored by inference, not from the cache")
+            return np.asarray(self._paused(pause_key(config.pause)), dtype=np.float64)
         return np.asarray([b.flops for b in self.profile.blocks], dtype=np.float64)
 
     def exit_flops(self, config: ExitConfig) -> np.ndarray:
@@ -67,7 +159,8 @@ class CostModel:
         return np.append(early, final)
 
     def exit_ms(self, config: ExitConfig) -> np.ndarray | None:
-        """Per-sample milliseconds of leaving at each exit, if a latency table is known."""
+        """Per-sample milliseconds of leaving at each exit, if a latency table is known
+        (None for pause configurations: the table was measured without pausing)."""
         if self.latency is None or config.pause:
             return None
         lat = self.latency.per_sample()

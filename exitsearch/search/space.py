@@ -6,6 +6,14 @@ threshold ranges. Numeric ranges use Optuna's short form (``low``, ``high``, ``s
 discrete sets ``choices``. A malformed file raises :class:`SearchSpaceError` naming the file, the
 key and what is allowed.
 
+An optional ``pause`` section adds PAUMER pause configurations (paper 003) as a search dimension:
+``layers`` where tokens may pause, ``taus`` the proportions of the tokens *still processed* at a
+layer that pause there (``0``: none; the reading of the paper's Table 1), the pausing ``mode``
+(``entropy`` or ``random``), ``max_layers`` pausing at once, and optionally ``trials`` to
+sample that many configurations with an Optuna study instead of scoring the whole grid::
+
+    pause: {layers: [3, 5, 7], taus: [0.0, 0.2, 0.4, 0.6], mode: entropy, max_layers: 2}
+
 Example (``search_spaces/lgvit.yaml``)::
 
     name: lgvit
@@ -33,9 +41,11 @@ from exitsearch.heads import HeadSpec, list_heads
 
 __all__ = [
     "CRITERIA",
+    "PAUSE_MODES",
     "FloatRange",
     "HeadOptions",
     "IntRange",
+    "PauseOptions",
     "Placement",
     "SearchSpace",
     "builtin_spaces",
@@ -46,6 +56,8 @@ CRITERIA = ("confidence", "entropy", "patience", "uncertainty")
 THRESHOLD_MODES = ("shared", "per_exit")
 HALVES = ("all", "shallow", "deep")
 MAPPED_PARAM = {"lph": "k", "gah": "s"}
+PAUSE_MODES = ("entropy", "random")
+MAX_PAUSE_GRID = 512  # configurations scored one by one; larger spaces give `trials`
 
 
 class Placement(str, enum.Enum):
@@ -108,6 +120,71 @@ class HeadOptions:
 
 
 @dataclass(frozen=True)
+class PauseOptions:
+    """The pause configurations of a space (its ``pause`` section).
+
+    Attributes:
+        layers: blocks after which tokens may pause (1-based; checked against the backbone by
+            :meth:`check`).
+        taus: proportions of the tokens still processed at a layer that pause there; ``0`` is
+            no pausing at that layer (converted with ``PauseConfig.from_relative``).
+        mode: ``entropy`` (PAUMER) or ``random`` (the random-pausing baseline).
+        max_layers: at most this many layers pause in one configuration (None: any number).
+        trials: sample this many configurations with an Optuna study instead of scoring the
+            whole grid (None: the grid).
+    """
+
+    layers: tuple[int, ...]
+    taus: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    mode: str = "entropy"
+    max_layers: int | None = None
+    trials: int | None = None
+
+    def grid(self) -> list[Any]:
+        """Every configuration (``PauseConfig``), no pausing first, then by number of pausing
+        layers and key; duplicates (the same fractions reached twice) are dropped."""
+        import itertools
+
+        from exitsearch.pausing.config import PauseConfig
+
+        nonzero = [t for t in self.taus if t > 0]
+        most = len(self.layers) if self.max_layers is None else self.max_layers
+        out: dict[str, Any] = {"": PauseConfig()}
+        for n in range(1, min(most, len(self.layers)) + 1):
+            for layers in itertools.combinations(self.layers, n):
+                for taus in itertools.product(nonzero, repeat=n):
+                    cfg = PauseConfig.from_relative(dict(zip(layers, taus, strict=True)))
+                    out.setdefault(cfg.key, cfg)
+        return list(out.values())
+
+    @property
+    def grid_size(self) -> int:
+        k = sum(1 for t in self.taus if t > 0)
+        most = (
+            len(self.layers) if self.max_layers is None else min(self.max_layers, len(self.layers))
+        )
+        return sum(math.comb(len(self.layers), n) * k**n for n in range(most + 1))
+
+    def check(self, depth: int, source: str = "<memory>") -> None:
+        """Raises SearchSpaceError when a layer lies outside ``1..depth - 1``."""
+        bad = [m for m in self.layers if not 1 <= m <= depth - 1]
+        if bad:
+            raise SearchSpaceError(
+                f"{source}: pause.layers: {bad} lie outside 1..{depth - 1} for a {depth}-block "
+                "backbone (pausing after the last block saves nothing)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "taus": list(self.taus),
+            "mode": self.mode,
+            "max_layers": self.max_layers,
+            "trials": self.trials,
+        }
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. Build with :func:`load_search_space`.
 
@@ -133,6 +210,7 @@ class SearchSpace:
     kernel_last: tuple[int, ...] = (0, 3)
     window_first: tuple[int, ...] = (1, 2)
     window_last: tuple[int, ...] = (2, 3)
+    pause: PauseOptions | None = None
     source: str = "<memory>"
 
     # ------------------------------------------------------------------ resolve
@@ -172,8 +250,11 @@ class SearchSpace:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain form that round-trips through :func:`parse_search_space` (used in hashes)."""
-        return {
+        """A plain form that round-trips through :func:`parse_search_space` (used in hashes).
+
+        ``pause`` appears only in spaces that have one, so the keys of the others stay as they
+        were."""
+        doc = {
             "name": self.name,
             "description": self.description,
             "locations": list(self.locations) if self.locations is not None else "all",
@@ -207,6 +288,9 @@ class SearchSpace:
                 "s_last": {"choices": list(self.window_last)},
             },
         }
+        if self.pause is not None:
+            doc["pause"] = self.pause.to_dict()
+        return doc
 
 
 # ---------------------------------------------------------------------- loading
@@ -227,8 +311,10 @@ _TOP_KEYS = {
     "uncertainty_threshold",
     "kernel_mapping",
     "window_mapping",
+    "pause",
 }
 _HEAD_KEYS = {"half", "k", "s", "params"}
+_PAUSE_KEYS = {"layers", "taus", "mode", "max_layers", "trials"}
 
 
 def builtin_spaces() -> dict[str, Path]:
@@ -316,6 +402,7 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
         ),
         window_first=p.int_choices(window, "window_mapping.s_first", "s_first", (1, 2), minimum=1),
         window_last=p.int_choices(window, "window_mapping.s_last", "s_last", (2, 3), minimum=1),
+        pause=p.pause(doc.get("pause")),
         source=source,
     )
     if "uncertainty" in space.criteria and not space.uncertainty:
@@ -486,6 +573,64 @@ class _Parser:
             "locations", f"got {v!r}; allowed: all, a list of block indices, or {{low, high}}"
         )
         raise AssertionError  # unreachable
+
+    def pause(self, v: Any) -> PauseOptions | None:
+        """The ``pause`` section: layers, taus, mode, max_layers, trials."""
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            self.fail(
+                "pause",
+                "must be a mapping, e.g. {layers: [3, 5, 7], taus: [0.0, 0.2, 0.4], "
+                f"mode: entropy, max_layers: 2}}; allowed keys: {', '.join(sorted(_PAUSE_KEYS))}",
+            )
+        self.no_unknown(v, "pause", _PAUSE_KEYS)
+        if "layers" not in v:
+            self.fail("pause.layers", "missing; give the blocks after which tokens may pause")
+        raw = v["layers"]
+        if isinstance(raw, dict):
+            self.no_unknown(raw, "pause.layers", {"low", "high", "step"})
+            layers = tuple(
+                self.int_range({"pause.layers": raw}, "pause.layers", IntRange(1, 1), 1).values()
+            )
+        elif isinstance(raw, list):
+            layers = self._ints("pause.layers", raw, False, 1)
+        else:
+            self.fail(
+                "pause.layers",
+                f"got {_short(raw)}; allowed: a list of block indices or {{low, high}}",
+            )
+        taus_raw = v.get("taus", [0.0, 0.2, 0.4, 0.6])
+        if not isinstance(taus_raw, list) or not taus_raw:
+            self.fail(
+                "pause.taus",
+                f"must be a non-empty list of numbers in [0, 1), got {_short(taus_raw)}",
+            )
+        taus = []
+        for t in taus_raw:
+            t = float(self._number("pause.taus", t, False))
+            if not 0.0 <= t < 1.0:
+                self.fail(
+                    "pause.taus", f"got {t:g}; allowed: numbers in [0, 1) (0: no pausing there)"
+                )
+            taus.append(round(t, 6))
+        if not any(t > 0 for t in taus):
+            self.fail("pause.taus", "holds no proportion above 0, so nothing would ever pause")
+        mode = v.get("mode", "entropy")
+        if mode not in PAUSE_MODES:
+            self.fail("pause.mode", f"got {_short(mode)}; allowed: {', '.join(PAUSE_MODES)}")
+        max_layers = self.optional_int(
+            {"pause.max_layers": v.get("max_layers")}, "pause.max_layers", 1
+        )
+        trials = self.optional_int({"pause.trials": v.get("trials")}, "pause.trials", 1)
+        opts = PauseOptions(tuple(layers), tuple(sorted(set(taus))), mode, max_layers, trials)
+        if trials is None and opts.grid_size > MAX_PAUSE_GRID:
+            self.fail(
+                "pause",
+                f"the grid holds {opts.grid_size} configurations, more than {MAX_PAUSE_GRID} to "
+                "score one by one; lower max_layers, or give `trials: N` to sample N of them",
+            )
+        return opts
 
     def heads(self, v: Any) -> dict[str, HeadOptions]:
         known = list_heads()

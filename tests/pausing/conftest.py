@@ -7,22 +7,11 @@ from typing import Any
 
 import pytest
 import torch
+from pause_world import PAUSE_TINY
 
 from exitsearch.backbone import Backbone, create_backbone
 from exitsearch.data import DataSpec, load_splits
 from exitsearch.data.splits import DataSplits
-
-# 28 px images in 4 px patches: a 7 x 7 grid of 49 patch tokens plus the class token, the
-# geometry of the embedded default, at width 32 and depth 6.
-PAUSE_TINY: dict[str, Any] = {
-    "img_size": 28,
-    "patch_size": 4,
-    "in_chans": 1,
-    "num_classes": 10,
-    "embed_dim": 32,
-    "depth": 6,
-    "num_heads": 2,
-}
 
 
 @pytest.fixture(autouse=True)
