@@ -47,6 +47,9 @@ def arm(spec: str) -> None:
 
 
 def main() -> None:
+    # As run from a terminal: a test session started in the background inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = os.environ.get("EXITSEARCH_FAULT")
     if spec:
         arm(spec)
