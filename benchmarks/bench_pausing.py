@@ -5,8 +5,8 @@ images per second of the pausing forward (interleaved rounds, median kept), and 
 the measured speed-up to the FLOP speed-up (1.0: pausing is as fast as its FLOPs promise; less:
 the gather/scatter, the auxiliary decoder and per-block overheads eat into it).
 
-    /tmp/venv/bin/python benchmarks/bench_pausing.py --task segmentation --batch-size 64
-    /tmp/venv/bin/python benchmarks/bench_pausing.py --model-dir results/paumer/runs/entropy
+    python benchmarks/bench_pausing.py --task segmentation --batch-size 64
+    python benchmarks/bench_pausing.py --model-dir results/paumer/runs/entropy
 
 Weights do not change the timing; without ``--model-dir`` a randomly initialised
 ``fmnist-vit12`` is used.

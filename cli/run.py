@@ -229,6 +229,19 @@ def _params(exit_spec: dict) -> str:
     return "[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""
 
 
+MAX_ROWS = 15
+
+
+def _thinned(front: list[dict], rows: int) -> list[dict]:
+    """At most ``rows`` members, evenly spaced along the cost-ordered front, the cheapest, the
+    most accurate and the recommended one always among them."""
+    if len(front) <= rows:
+        return front
+    picks = {round(i * (len(front) - 1) / (rows - 2)) for i in range(rows - 1)}
+    picks |= {i for i, m in enumerate(front) if m["recommended"]}
+    return [front[i] for i in sorted(picks)]
+
+
 def print_front(doc: dict) -> None:
     bb = doc["backbone"]
     budget = doc["budget"]
@@ -245,7 +258,8 @@ def print_front(doc: dict) -> None:
     cols += ["criterion", *(["pause"] if pausing else [])]
     for col in cols:
         table.add_column(col, justify="left" if col in ("exits", "criterion", "pause") else "right")
-    for m in doc["front"]:
+    shown = _thinned(doc["front"], MAX_ROWS)
+    for m in shown:
         style = "bold green" if m["recommended"] else None
         pause = [",".join(f"{k}:{v:g}" for k, v in m["config"]["pause"].items()) or "-"]
         table.add_row(
@@ -265,6 +279,12 @@ def print_front(doc: dict) -> None:
             style=style,
         )
     console.print(table)
+    if len(shown) < len(doc["front"]):
+        console.print(
+            f"{len(shown)} of {len(doc['front'])} front members shown, spread over the cost range; "
+            "pareto.csv lists all",
+            highlight=False,
+        )
     base = Table(
         title="baselines (same evaluator, same caches): hypervolume of the searched front / baseline's"
     )
@@ -272,7 +292,12 @@ def print_front(doc: dict) -> None:
         base.add_column(col, justify="left" if col == "baseline" else "right")
     for b in doc["baselines"]:
         best = max((p["val"]["accuracy"] for p in b["points"]), default=float("nan"))
-        ratio = "inf (baseline covers no area)" if b["ratio"] is None else f"{b['ratio']:.3f}"
+        if b["ratio"] is not None:
+            ratio = f"{b['ratio']:.3f}"
+        elif not b["points"]:
+            ratio = "inf (no point within budget)"
+        else:
+            ratio = "inf (baseline covers no area)"
         base.add_row(b["name"], str(len(b["points"])), f"{best:.4f}", ratio)
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])

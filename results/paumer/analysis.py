@@ -2,7 +2,7 @@
 
 Run from the repository root (writes results/paumer/analysis.json):
 
-    /tmp/venv/bin/python results/paumer/analysis.py
+    python results/paumer/analysis.py
 
 For each model and configuration, on the first 2,000 validation images: mIoU, the mIoU of
 garment-versus-background alone, how often the garment class is right on pixels both label and
