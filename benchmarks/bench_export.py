@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_export.py results/<run>/export/config-<id> \
         [--batch-sizes 1,64] [--repeats 30] [--warmup 5] [--threads 1] [--device cpu] \
-        [--onnx] [--budget 40%] [--json-out bench.json]
+        [--onnx] [--budget 40%] [--json-out bench.json] [--no-stream] [--stream-repeats 5]
 
 Prints one line per engine and batch size and the per-part profile, and writes the full report
 as JSON (default: ``<bundle>.bench.json`` next to the bundle, not inside it, so the bundle's
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onnx", action="store_true", help="also time the bundle's ONNX graphs")
     ap.add_argument("--budget", default=None, help="operating point by budget, e.g. 40%%")
     ap.add_argument("--json-out", type=Path, default=None, help="report file")
+    ap.add_argument("--no-stream", action="store_true", help="skip stream mode")
+    ap.add_argument("--stream-repeats", type=int, default=5, help="timed passes in stream mode")
     args = ap.parse_args(argv)
     try:
         sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             warmup=args.warmup,
             onnx_model=onnx_model,
+            stream=not args.no_stream,
+            stream_repeats=args.stream_repeats,
         )
     except (ExitSearchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -62,18 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     print(report.configuration)
     print(f"inputs: {report.inputs}; {report.device_name}, {report.threads} thread(s)")
     print(
-        f"{'run':>10} {'backbone ms':>12} {'exported ms':>12} {'backbone/s':>11} "
+        f"{'run':>18} {'backbone ms':>12} {'exported ms':>12} {'backbone/s':>11} "
         f"{'exported/s':>11} {'measured':>9} {'predicted':>9}  exits"
     )
     for r in report.rows:
         print(
-            f"{r.engine + ' b=' + str(r.batch_size):>10} {r.backbone_ms:12.3f} {r.model_ms:12.3f} "
+            f"{r.label:>18} {r.backbone_ms:12.3f} {r.model_ms:12.3f} "
             f"{r.backbone_images_per_s:11.0f} {r.model_images_per_s:11.0f} "
             f"{r.measured_speedup:8.2f}x {r.predicted_speedup:8.2f}x  {r.exit_counts}"
         )
     for r in report.rows:
         parts = ", ".join(f"{p.part} {p.ms:.3f}" for p in r.parts)
-        print(f"{r.engine} b={r.batch_size} ms per batch: {parts}")
+        print(f"{r.label} ms per batch: {parts}")
     print(f"report: {out}")
     return 0
 

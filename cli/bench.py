@@ -53,6 +53,17 @@ def bench(
             "--threads", help="CPU threads for PyTorch and onnxruntime (default: torch's)."
         ),
     ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Also time stream mode (the batches as one stream, every stage on full "
+            "batches) at batch sizes above 1.",
+        ),
+    ] = True,
+    stream_repeats: Annotated[
+        int, typer.Option(help="Timed passes over all the batches in stream mode.")
+    ] = 5,
 ) -> None:
     """Time an exported model against its backbone alone on the same inputs.
 
@@ -75,7 +86,14 @@ def bench(
         if device != "cpu":
             err_console.print("note: the ONNX graphs run on the CPU (CPUExecutionProvider)")
     report = benchmark(
-        model, sizes, device=device, repeats=repeats, warmup=warmup, onnx_model=onnx_model
+        model,
+        sizes,
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
+        onnx_model=onnx_model,
+        stream=stream,
+        stream_repeats=stream_repeats,
     )
     if json_out:
         atomic_write_json(json_out, report.to_json())
@@ -106,7 +124,7 @@ def _print(report: BenchReport) -> None:
         table.add_column(col, justify="right")
     for r in report.rows:
         table.add_row(
-            f"{r.engine} b={r.batch_size}",
+            r.label,
             f"{r.backbone_ms:.3f}",
             f"{r.model_ms:.3f}",
             f"{r.backbone_images_per_s:,.0f}",
@@ -117,7 +135,8 @@ def _print(report: BenchReport) -> None:
     console.print(table)
     console.print(
         "measured: exported over backbone throughput; predicted: backbone FLOPs over the mean "
-        "FLOPs of the exits these samples took",
+        "FLOPs of the exits these samples took; stream: the same batches as one stream, every "
+        "stage on full batches (ms: per batch, averaged over the stream)",
         highlight=False,
     )
     for r in report.rows:
@@ -127,14 +146,11 @@ def _print(report: BenchReport) -> None:
             else (f"; accuracy {r.accuracy:.4f} (backbone {r.backbone_accuracy:.4f})")
         )
         console.print(
-            f"{r.engine} b={r.batch_size}: samples per exit {' '.join(map(str, r.exit_counts))}"
-            f"{acc}",
+            f"{r.label}: samples per exit {' '.join(map(str, r.exit_counts))}{acc}",
             highlight=False,
         )
     for r in report.rows:
-        parts = Table(
-            title=f"where the time goes: {r.engine}, batch {r.batch_size}", box=box.SIMPLE_HEAD
-        )
+        parts = Table(title=f"where the time goes: {r.label}", box=box.SIMPLE_HEAD)
         parts.add_column("part")
         parts.add_column("ms per batch", justify="right")
         parts.add_column("share", justify="right")

@@ -8,6 +8,15 @@ median latency per batch, throughput (images over total time, which is what mean
 predict), the measured speed-up, the speed-up the FLOPs predict for exactly the samples that
 ran (``backbone FLOPs / mean FLOPs of their exits``), and where the time goes (stem, each
 segment of blocks, each head, the exit bookkeeping).
+
+Two modes of the exported model are timed at every batch size above 1. *Batch* mode
+(:meth:`MultiExitModel.run <exitsearch.export.runtime.MultiExitModel.run>`) runs each batch on
+its own: the batch thins out exit by exit, and the later blocks run on a few samples, where
+fixed per-operation costs dominate. *Stream* mode (:meth:`MultiExitModel.predict
+<exitsearch.export.runtime.MultiExitModel.predict>`) runs the same inputs, in the same batches,
+as one stream: the samples that go on wait for others and every stage runs on full batches. It
+has no per-batch latency; its per-batch figure is the time of the whole stream over the number
+of batches. The backbone has no exits, so both modes are the same for it.
 """
 
 from __future__ import annotations
@@ -43,12 +52,14 @@ class BenchRow:
 
     Attributes:
         engine: ``torch`` or ``onnx``.
+        mode: ``batch`` (every batch on its own) or ``stream`` (the batches as one stream).
         batch_size: images per batch.
         batches: timed batches per model.
         backbone_ms, model_ms: median milliseconds per batch.
         backbone_images_per_s, model_images_per_s: images over total timed seconds.
         measured_speedup: ratio of the throughputs (model over backbone).
-        latency_speedup: ratio of the median latencies (backbone over model).
+        latency_speedup: ratio of the median latencies (backbone over model); None in stream
+            mode, where a batch has no latency of its own.
         predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
         mean_flops: that mean, per sample.
         exit_counts: samples per exit over the timed batches.
@@ -65,13 +76,20 @@ class BenchRow:
     backbone_images_per_s: float
     model_images_per_s: float
     measured_speedup: float
-    latency_speedup: float
+    latency_speedup: float | None
     predicted_speedup: float
     mean_flops: float
     exit_counts: list[int]
     accuracy: float | None
     backbone_accuracy: float | None
     parts: list[PartTime] = field(default_factory=list)
+    mode: str = "batch"
+
+    @property
+    def label(self) -> str:
+        """``torch b=64``, ``torch stream b=64``: how tables name the row."""
+        mode = "" if self.mode == "batch" else f" {self.mode}"
+        return f"{self.engine}{mode} b={self.batch_size}"
 
 
 @dataclass
@@ -127,20 +145,26 @@ def benchmark(
     warmup: int = 3,
     inputs: tuple[torch.Tensor, torch.Tensor | None, str] | None = None,
     onnx_model: Any | None = None,
+    stream: bool = True,
+    stream_repeats: int = 5,
 ) -> BenchReport:
     """Time ``model`` against its backbone at each batch size (and its ONNX twin, if given).
 
     Each repeat runs the next batch of the input pool (``batch_size * repeats`` inputs, reused
-    cyclically when fewer exist) through both models, alternating which goes first.
+    cyclically when fewer exist) through both models, alternating which goes first. With
+    ``stream``, at each batch size above 1 the whole pool also runs as one stream
+    (:meth:`MultiExitModel.predict`) against the backbone on the same batches,
+    ``stream_repeats`` times, alternating which goes first.
 
     Raises:
         ConfigError: a batch size or repeat count below 1, or an unavailable device.
     """
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if repeats < 1 or warmup < 0:
+    if repeats < 1 or warmup < 0 or stream_repeats < 1:
         raise ConfigError(
-            f"`repeats >= 1` and `warmup >= 0` must hold, got ({repeats=}, {warmup=})"
+            "`repeats >= 1`, `warmup >= 0` and `stream_repeats >= 1` must hold, got "
+            f"({repeats=}, {warmup=}, {stream_repeats=})"
         )
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -184,6 +208,19 @@ def benchmark(
                 costs.backbone_flops,
             )
         )
+        if stream and b > 1:
+            report.rows.append(
+                _measure_stream(
+                    model,
+                    b,
+                    dev_batches,
+                    run_backbone,
+                    sync,
+                    stream_repeats,
+                    costs.exit_flops,
+                    costs.backbone_flops,
+                )
+            )
         if onnx_model is not None:
             np_batches = [(x.numpy(), y) for x, y in batches]
             report.rows.append(
@@ -292,6 +329,81 @@ def _measure(
     )
 
 
+def _measure_stream(
+    model: MultiExitModel,
+    b: int,
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+    backbone_fn: Callable[[torch.Tensor], torch.Tensor],
+    sync: Callable[[], None],
+    repeats: int,
+    exit_flops: Sequence[float],
+    backbone_flops: float,
+) -> BenchRow:
+    """Stream mode: the batches as one stream through the model, against the backbone on the
+    same batches; each pass timed whole, ``repeats`` passes after one untimed pass each."""
+    pool = torch.cat([x for x, _ in batches])
+    labels = [y for _, y in batches]
+
+    def run_backbone() -> list[torch.Tensor]:
+        return [backbone_fn(x) for x, _ in batches]
+
+    def run_model() -> ExitOutput:
+        return model.predict(pool, b)
+
+    run_backbone()
+    run_model()
+    sync()
+    t_bb: list[float] = []
+    t_model: list[float] = []
+    for r in range(repeats):
+        for first in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            out = run_backbone() if first == 0 else run_model()
+            sync()
+            (t_bb if first == 0 else t_model).append((time.perf_counter() - t0) * 1e3)
+            if first == 0:
+                bb_logits = out
+            else:
+                model_out = out
+    idx = model_out.exit_index.cpu().numpy()
+    mean_flops = float(np.asarray(exit_flops, dtype=np.float64)[idx].mean())
+    right = right_bb = None
+    if all(y is not None for y in labels):
+        y_all = torch.cat(labels)  # type: ignore[arg-type]
+        right = float((model_out.prediction.cpu() == y_all).float().mean())
+        bb_pred = torch.cat([t.cpu() for t in bb_logits]).argmax(-1)
+        right_bb = float((bb_pred == y_all).float().mean())
+    n_batches = len(batches)
+    images = pool.shape[0] * repeats
+    med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
+    ips_bb = images / (sum(t_bb) / 1e3)
+    ips_model = images / (sum(t_model) / 1e3)
+    return BenchRow(
+        engine="torch",
+        batch_size=b,
+        batches=n_batches * repeats,
+        backbone_ms=med_bb / n_batches,
+        model_ms=med_model / n_batches,
+        backbone_images_per_s=ips_bb,
+        model_images_per_s=ips_model,
+        measured_speedup=ips_model / ips_bb,
+        latency_speedup=None,
+        predicted_speedup=backbone_flops / mean_flops,
+        mean_flops=mean_flops,
+        exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
+        accuracy=right,
+        backbone_accuracy=right_bb,
+        parts=_profile(
+            [(pool, None)],
+            lambda x, tick: model.predict(x, b, tick),
+            sync,
+            1,
+            per=n_batches,
+        ),
+        mode="stream",
+    )
+
+
 def _cpu(t: Any) -> Any:
     return t.cpu() if isinstance(t, torch.Tensor) else t
 
@@ -301,8 +413,10 @@ def _profile(
     fn: Callable[[Any, Any], ExitOutput],
     sync: Callable[[], None],
     repeats: int,
+    per: int = 1,
 ) -> list[PartTime]:
-    """Mean milliseconds per batch of each part, from one instrumented pass per repeat."""
+    """Mean milliseconds per batch of each part, from one instrumented pass per repeat (a pass
+    covering ``per`` batches counts as that many)."""
     totals: dict[str, float] = {}
     clock = [0.0]
 
@@ -318,4 +432,4 @@ def _profile(
         clock[0] = time.perf_counter()
         fn(x, tick)
     whole = sum(totals.values()) or 1.0
-    return [PartTime(p, ms / repeats, ms / whole) for p, ms in totals.items()]
+    return [PartTime(p, ms / (repeats * per), ms / whole) for p, ms in totals.items()]

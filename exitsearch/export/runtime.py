@@ -27,8 +27,8 @@ scored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -238,80 +238,182 @@ class MultiExitModel(Anytime, nn.Module):
             return self.run(x)
 
     def run(self, x: torch.Tensor, tick: Tick | None = None) -> ExitOutput:
-        """The forward pass; ``tick(part)`` is called after each part when profiling."""
-        if self._pause_counts:
-            return self._run_paused(x, tick)
+        """The forward pass of one batch; ``tick(part)`` is called after each part when
+        profiling. The batch shrinks at every exit: later blocks run on the samples left."""
+        out = _Outputs(x.device, self.num_outcomes)
+        flight: _Flight | None = self._enter(x, 0, tick)
+        for k in range(self.num_outcomes):
+            assert flight is not None
+            flight = self._stage(k, flight, out, tick)
+            if flight is None:
+                break
+        return out.result(x.shape[0])
+
+    def predict(
+        self,
+        inputs: torch.Tensor | Iterable[torch.Tensor],
+        batch_size: int = 64,
+        tick: Tick | None = None,
+    ) -> ExitOutput:
+        """Stream mode: many inputs, every stage run on full batches.
+
+        In :meth:`run` a batch of 64 reaches the later blocks as a handful of samples, and on
+        small batches every operation's fixed cost outweighs its arithmetic. Here the samples
+        that go on past exit ``k`` wait in a queue in front of stage ``k + 1``; whenever a queue
+        holds ``batch_size`` samples that stage runs on exactly that many (the deepest full
+        queue first, which keeps at most about ``batch_size`` samples waiting per stage), and
+        otherwise the next ``batch_size`` inputs enter. When the inputs run out the queues are
+        drained from the first stage to the last. Every sample still decides for itself, at the
+        same exit as in :meth:`run`; only the company it travels in changes.
+
+        Args:
+            inputs: (N, C, H, W) inputs already transformed to the backbone's input, or an
+                iterable of such batches (a data loader's images); any batch larger than
+                ``batch_size`` is split.
+            batch_size: samples per stage run (and per input chunk).
+            tick: profiling hook, as in :meth:`run`.
+
+        Returns:
+            One row per input, in input order.
+
+        Raises:
+            ConfigError: ``batch_size < 1``, or an input that is not a 4-D tensor.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        with torch.inference_mode():
+            return self._stream(inputs, batch_size, tick)
+
+    def _stream(
+        self, inputs: torch.Tensor | Iterable[torch.Tensor], b: int, tick: Tick | None
+    ) -> ExitOutput:
+        stages = self.num_outcomes
+        queues: list[list[_Flight]] = [[] for _ in range(stages)]
+        waiting = [0] * stages
+        out: _Outputs | None = None
+        source = _chunks(inputs, b)
+        seen = 0
+        exhausted = False
+        while True:
+            full = [k for k in range(1, stages) if waiting[k] >= b]
+            if full:
+                k = full[-1]
+            elif not exhausted:
+                x = next(source, None)
+                if x is None:
+                    exhausted = True
+                    continue
+                if out is None:
+                    out = _Outputs(x.device, self.num_outcomes)
+                flight = self._enter(x, seen, tick)
+                seen += x.shape[0]
+                self._queue(queues, waiting, 0, self._stage(0, flight, out, tick))
+                continue
+            else:
+                pending = [k for k in range(1, stages) if waiting[k]]
+                if not pending:
+                    break
+                k = pending[0]
+            assert out is not None
+            flight = _pop(queues, waiting, k, b)
+            self._queue(queues, waiting, k, self._stage(k, flight, out, tick))
+        if out is None:
+            raise ConfigError("predict() got no inputs")
+        return out.result(seen)
+
+    @staticmethod
+    def _queue(
+        queues: list[list[_Flight]], waiting: list[int], k: int, survivors: _Flight | None
+    ) -> None:
+        """Put the samples that went on past exit ``k`` in front of stage ``k + 1``."""
+        if survivors is not None:
+            queues[k + 1].append(survivors)
+            waiting[k + 1] += len(survivors)
+
+    def _enter(self, x: torch.Tensor, first_row: int, tick: Tick | None) -> _Flight:
+        """The stem on a batch whose samples are output rows ``first_row, first_row + 1, ...``."""
         bb = self.backbone
         n, dev = x.shape[0], x.device
-        tokens = bb.embed(x)
+        rows = torch.arange(first_row, first_row + n, device=dev)
+        index = (
+            torch.arange(bb.num_patches, device=dev).expand(n, -1) if self._pause_counts else None
+        )
+        flight = _Flight(rows, bb.embed(x), index)
         if tick:
             tick("stem")
-        out = _Outputs(n, dev, self.num_outcomes)
-        alive: torch.Tensor | None = None  # rows of the output still in flight; None: all
-        history: torch.Tensor | None = None
-        crit = self.criterion
-        last = self.num_exits - 1
-        segments = self._segments
-        for k, head in enumerate(self.heads):
-            start, stop = segments[k]
-            tokens = bb.run_blocks(tokens, start, stop)
-            if tick:
-                tick(f"blocks {start + 1}-{stop}")
-            logits = head(tokens)
-            unc = (
-                head.uncertainty(logits.float())
-                if crit.needs_uncertainty and (head.uncertainty is not None)
-                else None
-            )
-            if tick:
-                tick(f"head {self.config.exits[k].key}")
-            conf, ent, pred = exit_statistics(logits)
-            if self.config.cut and k == last:
-                out.emit(alive, None, logits, pred, conf, k)
+        return flight
+
+    def _stage(self, k: int, flight: _Flight, out: _Outputs, tick: Tick | None) -> _Flight | None:
+        """Stage ``k``: the blocks of segment ``k``, then exit ``k`` (the final exit when ``k``
+        is the number of early exits). Emits the samples that leave; returns the others, or
+        None when none go on."""
+        bb = self.backbone
+        start, stop = self._segments[k]
+        if self._pause_counts:
+            self._advance(flight, start, stop, tick)
+            hidden = assemble(flight.tokens, flight.index, flight.paused, bb.num_prefix_tokens)
+        else:
+            if stop > start:
+                flight.tokens = bb.run_blocks(flight.tokens, start, stop)
                 if tick:
-                    tick(BOOKKEEPING)
-                return out.result()
-            pred_cpu = pred.cpu()
-            ready = crit.runtime_readiness(
-                conf.cpu(),
-                ent.cpu(),
-                pred_cpu,
-                None if unc is None else unc.float().cpu(),
-                history,
-            )
-            # Compared exactly as Evaluator.exit_index does: float32 readiness >= float bound.
-            fire = ready.numpy() >= self._bounds[k]
-            if fire.all():
-                out.emit(alive, None, logits, pred, conf, k)
-                if tick:
-                    tick(BOOKKEEPING)
-                return out.result()
-            if fire.any():
-                leave = torch.from_numpy(np.flatnonzero(fire))
-                stay = torch.from_numpy(np.flatnonzero(~fire))
-                out.emit(alive, leave.to(dev), logits, pred, conf, k)
-                stay_dev = stay.to(dev)
-                alive = stay_dev if alive is None else alive.index_select(0, stay_dev)
-                tokens = tokens.index_select(0, stay_dev)
-                if self._history:
-                    history = _extend(history, pred_cpu).index_select(0, stay)
-            elif self._history:
-                history = _extend(history, pred_cpu)
+                    tick(f"blocks {start + 1}-{stop}")
+            hidden = flight.tokens
+        if k == self.num_exits:
+            logits = bb.final_head(hidden)
+            if tick:
+                tick("final head")
+            conf, _, pred = exit_statistics(logits)
+            out.emit(flight.rows, logits, pred, conf, k)
             if tick:
                 tick(BOOKKEEPING)
-        start, stop = segments[-1]
-        if stop > start:
-            tokens = bb.run_blocks(tokens, start, stop)
-            if tick:
-                tick(f"blocks {start + 1}-{stop}")
-        logits = bb.final_head(tokens)
+            return None
+        head = self.heads[k]
+        crit = self.criterion
+        logits = head(hidden)
+        unc = (
+            head.uncertainty(logits.float())
+            if crit.needs_uncertainty and (head.uncertainty is not None)
+            else None
+        )
         if tick:
-            tick("final head")
-        conf, _, pred = exit_statistics(logits)
-        out.emit(alive, None, logits, pred, conf, self.num_exits)
+            tick(f"head {self.config.exits[k].key}")
+        conf, ent, pred = exit_statistics(logits)
+        if self.config.cut and k == self.num_exits - 1:
+            out.emit(flight.rows, logits, pred, conf, k)
+            if tick:
+                tick(BOOKKEEPING)
+            return None
+        pred_cpu = pred.cpu()
+        ready = crit.runtime_readiness(
+            conf.cpu(),
+            ent.cpu(),
+            pred_cpu,
+            None if unc is None else unc.float().cpu(),
+            flight.history,
+        )
+        # Compared exactly as Evaluator.exit_index does: float32 readiness >= float bound.
+        fire = ready.numpy() >= self._bounds[k]
+        survivors: _Flight | None = flight
+        if fire.all():
+            out.emit(flight.rows, logits, pred, conf, k)
+            survivors = None
+        else:
+            if self._history:
+                flight.history = _extend(flight.history, pred_cpu)
+            if fire.any():
+                dev = logits.device
+                leave = torch.from_numpy(np.flatnonzero(fire)).to(dev)
+                out.emit(
+                    flight.rows.index_select(0, leave),
+                    logits.index_select(0, leave),
+                    pred.index_select(0, leave),
+                    conf.index_select(0, leave),
+                    k,
+                )
+                survivors = flight.take(torch.from_numpy(np.flatnonzero(~fire)))
         if tick:
             tick(BOOKKEEPING)
-        return out.result()
+        return survivors
 
     def describe(self) -> str:
         point = "" if self.point_index is None else f", operating point {self.point_index}"
@@ -320,10 +422,10 @@ class MultiExitModel(Anytime, nn.Module):
         return f"{shown.describe()}{f', pause {pause}' if pause else ''}{point}"
 
     # ------------------------------------------------------------------ pausing
-    def _pause(self, state: _PauseState, layer: int, tick: Tick | None) -> None:
+    def _pause(self, flight: _Flight, layer: int, tick: Tick | None) -> None:
         """Pause the lowest-entropy tokens after block ``layer`` (as ``forward_states`` does)."""
-        assert self.aux is not None
-        tokens, index = state.tokens, state.index
+        assert self.aux is not None and flight.index is not None
+        tokens, index = flight.tokens, flight.index
         p = self.backbone.num_prefix_tokens
         patches = tokens[:, p:]
         chosen = lowest(token_entropy(self.aux(patches)), self._pause_counts[layer])
@@ -331,13 +433,13 @@ class MultiExitModel(Anytime, nn.Module):
         keep.scatter_(1, chosen, False)
         # nonzero() walks rows in order, so the kept tokens keep their relative order
         kept = keep.nonzero()[:, 1].view(tokens.shape[0], -1)
-        state.paused.append(PausedTokens(layer, index.gather(1, chosen), _take(patches, chosen)))
-        state.tokens = torch.cat([tokens[:, :p], _take(patches, kept)], dim=1)
-        state.index = index.gather(1, kept)
+        flight.paused.append(PausedTokens(layer, index.gather(1, chosen), _take(patches, chosen)))
+        flight.tokens = torch.cat([tokens[:, :p], _take(patches, kept)], dim=1)
+        flight.index = index.gather(1, kept)
         if tick:
             tick(f"pause after block {layer}")
 
-    def _advance(self, state: _PauseState, start: int, stop: int, tick: Tick | None) -> None:
+    def _advance(self, flight: _Flight, start: int, stop: int, tick: Tick | None) -> None:
         """Blocks ``start+1..stop``, pausing after each pause layer ``l`` with
         ``start <= l < stop`` (``l == start``: after the previous exit has decided)."""
         bb = self.backbone
@@ -346,103 +448,109 @@ class MultiExitModel(Anytime, nn.Module):
             if not start <= layer < stop:
                 continue
             if layer > cur:
-                state.tokens = bb.run_blocks(state.tokens, cur, layer)
+                flight.tokens = bb.run_blocks(flight.tokens, cur, layer)
                 if tick:
                     tick(f"blocks {cur + 1}-{layer}")
-            self._pause(state, layer, tick)
+            self._pause(flight, layer, tick)
             cur = layer
         if stop > cur:
-            state.tokens = bb.run_blocks(state.tokens, cur, stop)
+            flight.tokens = bb.run_blocks(flight.tokens, cur, stop)
             if tick:
                 tick(f"blocks {cur + 1}-{stop}")
 
-    def _run_paused(self, x: torch.Tensor, tick: Tick | None) -> ExitOutput:
-        """:meth:`run` with patch pausing (see the module docstring)."""
-        bb = self.backbone
-        n, dev = x.shape[0], x.device
-        p = bb.num_prefix_tokens
-        state = _PauseState(bb.embed(x), torch.arange(bb.num_patches, device=dev).expand(n, -1), [])
-        if tick:
-            tick("stem")
-        out = _Outputs(n, dev, self.num_outcomes)
-        alive: torch.Tensor | None = None
-        history: torch.Tensor | None = None
-        crit = self.criterion
-        last = self.num_exits - 1
-        segments = self._segments
-        for k, head in enumerate(self.heads):
-            start, stop = segments[k]
-            self._advance(state, start, stop, tick)
-            logits = head(assemble(state.tokens, state.index, state.paused, p))
-            unc = (
-                head.uncertainty(logits.float())
-                if crit.needs_uncertainty and (head.uncertainty is not None)
-                else None
-            )
-            if tick:
-                tick(f"head {self.config.exits[k].key}")
-            conf, ent, pred = exit_statistics(logits)
-            if self.config.cut and k == last:
-                out.emit(alive, None, logits, pred, conf, k)
-                if tick:
-                    tick(BOOKKEEPING)
-                return out.result()
-            pred_cpu = pred.cpu()
-            ready = crit.runtime_readiness(
-                conf.cpu(),
-                ent.cpu(),
-                pred_cpu,
-                None if unc is None else unc.float().cpu(),
-                history,
-            )
-            fire = ready.numpy() >= self._bounds[k]
-            if fire.all():
-                out.emit(alive, None, logits, pred, conf, k)
-                if tick:
-                    tick(BOOKKEEPING)
-                return out.result()
-            if fire.any():
-                leave = torch.from_numpy(np.flatnonzero(fire))
-                stay = torch.from_numpy(np.flatnonzero(~fire))
-                out.emit(alive, leave.to(dev), logits, pred, conf, k)
-                stay_dev = stay.to(dev)
-                alive = stay_dev if alive is None else alive.index_select(0, stay_dev)
-                state.keep(stay_dev)
-                if self._history:
-                    history = _extend(history, pred_cpu).index_select(0, stay)
-            elif self._history:
-                history = _extend(history, pred_cpu)
-            if tick:
-                tick(BOOKKEEPING)
-        start, stop = segments[-1]
-        self._advance(state, start, stop, tick)
-        logits = bb.final_head(assemble(state.tokens, state.index, state.paused, p))
-        if tick:
-            tick("final head")
-        conf, _, pred = exit_statistics(logits)
-        out.emit(alive, None, logits, pred, conf, self.num_exits)
-        if tick:
-            tick(BOOKKEEPING)
-        return out.result()
-
 
 @dataclass
-class _PauseState:
-    """The samples in flight of a pausing forward pass: their active tokens (prefix first),
-    the original patch index of each active patch token, and the tokens paused so far."""
+class _Flight:
+    """Samples in flight between two stages: the output row of each, its active tokens
+    (prefix first), and, when tokens pause, the original patch index of each active patch
+    token and the tokens paused so far; with a criterion that reads earlier exits, their
+    predictions (samples x exits passed)."""
 
+    rows: torch.Tensor
     tokens: torch.Tensor
-    index: torch.Tensor
-    paused: list[PausedTokens]
+    index: torch.Tensor | None = None
+    paused: list[PausedTokens] = field(default_factory=list)
+    history: torch.Tensor | None = None
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only the samples ``rows`` (compaction after an exit)."""
-        self.tokens = self.tokens.index_select(0, rows)
-        self.index = self.index.index_select(0, rows)
-        self.paused = [
-            PausedTokens(t.layer, t.index.index_select(0, rows), t.tokens.index_select(0, rows))
-            for t in self.paused
-        ]
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def take(self, sel: torch.Tensor) -> _Flight:
+        """The samples at positions ``sel`` (a CPU index tensor), in that order."""
+        dev = sel.to(self.tokens.device)
+        return _Flight(
+            self.rows.index_select(0, dev),
+            self.tokens.index_select(0, dev),
+            None if self.index is None else self.index.index_select(0, dev),
+            [
+                PausedTokens(t.layer, t.index.index_select(0, dev), t.tokens.index_select(0, dev))
+                for t in self.paused
+            ],
+            None if self.history is None else self.history.index_select(0, sel),
+        )
+
+    def head(self, n: int) -> _Flight:
+        """The first ``n`` samples (views)."""
+        return self._slice(slice(0, n))
+
+    def tail(self, n: int) -> _Flight:
+        """The samples from position ``n`` on (views)."""
+        return self._slice(slice(n, None))
+
+    def _slice(self, s: slice) -> _Flight:
+        return _Flight(
+            self.rows[s],
+            self.tokens[s],
+            None if self.index is None else self.index[s],
+            [PausedTokens(t.layer, t.index[s], t.tokens[s]) for t in self.paused],
+            None if self.history is None else self.history[s],
+        )
+
+    @staticmethod
+    def cat(flights: Sequence[_Flight]) -> _Flight:
+        """The samples of ``flights`` one after the other (all at the same stage)."""
+        if len(flights) == 1:
+            return flights[0]
+        first = flights[0]
+        return _Flight(
+            torch.cat([f.rows for f in flights]),
+            torch.cat([f.tokens for f in flights]),
+            None if first.index is None else torch.cat([f.index for f in flights]),  # type: ignore[misc]
+            [
+                PausedTokens(
+                    t.layer,
+                    torch.cat([f.paused[i].index for f in flights]),
+                    torch.cat([f.paused[i].tokens for f in flights]),
+                )
+                for i, t in enumerate(first.paused)
+            ],
+            None if first.history is None else torch.cat([f.history for f in flights]),  # type: ignore[misc]
+        )
+
+
+def _pop(queues: list[list[_Flight]], waiting: list[int], k: int, b: int) -> _Flight:
+    """Up to ``b`` samples from the front of stage ``k``'s queue."""
+    flight = _Flight.cat(queues[k])
+    if len(flight) > b:
+        queues[k] = [flight.tail(b)]
+        flight = flight.head(b)
+    else:
+        queues[k] = []
+    waiting[k] -= len(flight)
+    return flight
+
+
+def _chunks(inputs: torch.Tensor | Iterable[torch.Tensor], b: int) -> Iterator[torch.Tensor]:
+    """``inputs`` in chunks of at most ``b`` samples."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+    for x in batches:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ConfigError(
+                "predict() takes (N, C, H, W) image tensors or an iterable of them, got "
+                f"{type(x).__name__}{'' if not isinstance(x, torch.Tensor) else tuple(x.shape)}"
+            )
+        for i in range(0, x.shape[0], b):
+            yield x[i : i + b]
 
 
 def _take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -456,50 +564,39 @@ def _extend(history: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor:
 
 
 class _Outputs:
-    """The output rows, filled exit by exit in input order."""
+    """The output rows, gathered exit by exit and put in input order at the end."""
 
-    def __init__(self, n: int, device: torch.device, num_outcomes: int) -> None:
-        self.n = n
+    def __init__(self, device: torch.device, num_outcomes: int) -> None:
         self.device = device
         self.num_outcomes = num_outcomes
-        self.logits: torch.Tensor | None = None
-        self.exit_index = torch.empty(n, dtype=torch.int64, device=device)
-        self.prediction = torch.empty(n, dtype=torch.int64, device=device)
-        self.confidence = torch.empty(n, dtype=torch.float32, device=device)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
 
     def emit(
         self,
-        alive: torch.Tensor | None,
-        rows: torch.Tensor | None,
+        rows: torch.Tensor,
         logits: torch.Tensor,
         pred: torch.Tensor,
         conf: torch.Tensor,
         k: int,
     ) -> None:
-        """Write the samples ``rows`` of the current (compacted) batch, or all of them."""
-        if self.logits is None:
-            if alive is None and rows is None:  # every sample leaves at the first exit
-                self.logits = logits
-                self.exit_index.fill_(k)
-                self.prediction, self.confidence = pred, conf
-                return
-            self.logits = logits.new_empty(self.n, logits.shape[1])
-        if rows is not None:
-            logits, pred, conf = (t.index_select(0, rows) for t in (logits, pred, conf))
-        dest = rows if alive is None else (alive if rows is None else alive.index_select(0, rows))
-        if dest is None:
-            self.logits.copy_(logits)
-            self.exit_index.fill_(k)
-            self.prediction.copy_(pred)
-            self.confidence.copy_(conf)
-            return
-        self.logits.index_copy_(0, dest, logits.to(self.logits.dtype))
-        self.exit_index.index_fill_(0, dest, k)
-        self.prediction.index_copy_(0, dest, pred)
-        self.confidence.index_copy_(0, dest, conf)
+        """The samples ``rows`` (output rows) leave at exit ``k`` with these outputs."""
+        self.parts.append((rows, logits, pred, conf, k))
 
-    def result(self) -> ExitOutput:
-        assert self.logits is not None
-        return ExitOutput(
-            self.logits, self.exit_index, self.prediction, self.confidence, self.num_outcomes
-        )
+    def result(self, n: int) -> ExitOutput:
+        """The ``n`` output rows in input order (every row has been emitted once)."""
+        assert self.parts
+        if len(self.parts) == 1:  # one batch, every sample left at the same exit, in order
+            rows, logits, pred, conf, k = self.parts[0]
+            exit_index = torch.full((n,), k, dtype=torch.int64, device=self.device)
+            return ExitOutput(logits, exit_index, pred, conf, self.num_outcomes)
+        first = self.parts[0][1]
+        logits = first.new_empty(n, first.shape[1])
+        exit_index = torch.empty(n, dtype=torch.int64, device=self.device)
+        prediction = torch.empty(n, dtype=torch.int64, device=self.device)
+        confidence = torch.empty(n, dtype=torch.float32, device=self.device)
+        for rows, lg, pred, conf, k in self.parts:
+            logits.index_copy_(0, rows, lg.to(logits.dtype))
+            exit_index.index_fill_(0, rows, k)
+            prediction.index_copy_(0, rows, pred)
+            confidence.index_copy_(0, rows, conf)
+        return ExitOutput(logits, exit_index, prediction, confidence, self.num_outcomes)

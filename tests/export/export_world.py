@@ -26,7 +26,7 @@ from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
-from exitsearch.search.refine import CurvePoint, shared_curve
+from exitsearch.search.refine import CurvePoint, refine_per_exit, shared_curve
 from exitsearch.training import HeadBank, HeadTrainConfig, Predictions, predict, train_heads
 
 TINY = {
@@ -176,3 +176,25 @@ def make_run(world: World, root: Path) -> dict[str, Any]:
     atomic_write_json(root / PARETO_JSON, pareto)
     atomic_write_json(root / PLACEMENTS_JSON, placements)
     return pareto
+
+
+def _shared(world: World, criterion: str, cut: bool = False) -> ExitConfig:
+    base = ExitConfig(SPECS, criterion, (0.5,) * len(SPECS), "shared", cut=cut)
+    return spread_point(shared_curve(world.ev, base), world.ev).config
+
+
+# configurations whose thresholds spread the validation samples over the exits, by criterion
+CONFIGS = {
+    "confidence": lambda w: _shared(w, "confidence"),
+    "entropy": lambda w: _shared(w, "entropy"),
+    "patience": lambda w: _shared(w, "patience"),
+    "confidence-cut": lambda w: _shared(w, "confidence", cut=True),
+    "uncertainty": lambda w: (
+        spread_point(
+            shared_curve(w.ev, ExitConfig(SPECS[:2], "uncertainty", (0.5, 0.5), "shared")), w.ev
+        ).config
+    ),
+    "entropy-per-exit": lambda w: (
+        spread_point(refine_per_exit(w.ev, ExitConfig(SPECS, "entropy", (0.5,) * 3)), w.ev).config
+    ),
+}

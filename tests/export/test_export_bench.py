@@ -31,12 +31,12 @@ def bundle(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
     model = load_bundle(bundle)
-    report = benchmark(model, (1, 8), repeats=4, warmup=1)
+    report = benchmark(model, (1, 8), repeats=4, warmup=1, stream=False)
     assert report.inputs.startswith("fashion-mnist validation")
     assert [r.batch_size for r in report.rows] == [1, 8]
     flops = np.asarray(model.costs.exit_flops)
     for row in report.rows:
-        assert row.engine == "torch" and row.batches == 4
+        assert row.engine == "torch" and row.batches == 4 and row.mode == "batch"
         assert sum(row.exit_counts) == 4 * row.batch_size
         mean = float((np.asarray(row.exit_counts) * flops).sum() / sum(row.exit_counts))
         assert row.mean_flops == pytest.approx(mean)
@@ -54,6 +54,31 @@ def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
     assert doc["rows"][0]["parts"][0]["part"] == "stem"
 
 
+def test_stream_mode_runs_the_same_batches_as_one_stream(bundle: Path):
+    model = load_bundle(bundle)
+    report = benchmark(model, (1, 8), repeats=4, warmup=1, stream_repeats=2)
+    assert [(r.batch_size, r.mode) for r in report.rows] == [
+        (1, "batch"),
+        (8, "batch"),
+        (8, "stream"),
+    ]
+    batch, stream = report.rows[1], report.rows[2]
+    assert stream.label == "torch stream b=8" and batch.label == "torch b=8"
+    # the same 32 inputs, so the same exits and the same predicted speed-up
+    assert stream.exit_counts == batch.exit_counts
+    assert stream.predicted_speedup == pytest.approx(batch.predicted_speedup)
+    assert stream.accuracy == batch.accuracy and stream.backbone_accuracy == batch.backbone_accuracy
+    assert stream.batches == 4 * 2 and stream.latency_speedup is None
+    assert stream.measured_speedup == pytest.approx(
+        stream.model_images_per_s / stream.backbone_images_per_s
+    )
+    parts = [p.part for p in stream.parts]
+    assert parts[0] == "stem" and BOOKKEEPING in parts
+    assert sum(p.share for p in stream.parts) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="stream_repeats >= 1"):
+        benchmark(model, (8,), stream_repeats=0)
+
+
 def test_inputs_fall_back_to_noise_without_the_data(bundle: Path):
     model = load_bundle(bundle)
     model.manifest = {**(model.manifest or {}), "meta": {"data": {"source": "/nowhere.npz"}}}
@@ -68,5 +93,5 @@ def test_benchmark_validates_its_settings(bundle: Path):
     model = load_bundle(bundle)
     with pytest.raises(ConfigError, match="batch sizes"):
         benchmark(model, (0,))
-    with pytest.raises(ConfigError, match="repeats >= 1"):
+    with pytest.raises(ConfigError, match="`repeats >= 1`"):
         benchmark(model, (1,), repeats=0)

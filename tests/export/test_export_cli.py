@@ -97,12 +97,14 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
     text = " ".join(result.stdout.split())
     assert "measured" in text and "predicted" in text and "where the time goes" in text
     doc = json.loads(out.read_text())
-    assert [(r["engine"], r["batch_size"]) for r in doc["rows"]] == [
-        ("torch", 1),
-        ("onnx", 1),
-        ("torch", 8),
-        ("onnx", 8),
+    assert [(r["engine"], r["mode"], r["batch_size"]) for r in doc["rows"]] == [
+        ("torch", "batch", 1),
+        ("onnx", "batch", 1),
+        ("torch", "batch", 8),
+        ("torch", "stream", 8),
+        ("onnx", "batch", 8),
     ]
+    assert "torch stream b=8" in text
     assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])
     assert doc["inputs"].startswith("fashion-mnist validation")
 

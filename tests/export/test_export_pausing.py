@@ -176,3 +176,19 @@ def test_the_bundle_carries_the_auxiliary_decoder(pw, tmp_path):  # type: ignore
         export_bundle(tmp_path / "c", pw.backbone, pw.bank, config)
     with pytest.raises(ConfigError, match="ONNX"):
         export_bundle(tmp_path / "d", pw.backbone, pw.bank, config, aux_decoder=pw.aux, onnx=True)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_paused_stream_mode_matches_the_cache(pw, batch_size):  # type: ignore[no-untyped-def]
+    """Stream mode concatenates samples that paused tokens earlier; their paused tokens and
+    indices must travel with them."""
+    config = _spread(pw, "patience")
+    expected = pw.ev.exit_index(config)
+    x = pw.backbone.input_transform()(torch.from_numpy(pw.splits.val.x))
+    out = pw.runtime(config).predict(x, batch_size)
+    np.testing.assert_array_equal(out.exit_index.numpy(), expected)
+    sp = pw.preds.splits["val"]
+    rows = pw.ev.outcome_rows(config)
+    np.testing.assert_array_equal(
+        out.prediction.numpy(), sp.pred[rows[expected], np.arange(pw.ev.n)]
+    )

@@ -11,37 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from export_world import SPECS, World, spread_point
+from export_world import CONFIGS, SPECS, World
 
 from exitsearch.errors import ConfigError
 from exitsearch.export import MultiExitModel
 from exitsearch.export.runtime import needs_history
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.criteria import create_criterion
-from exitsearch.search.refine import refine_per_exit, shared_curve
 
 BATCH_SIZES = (1, 7, 64)
-
-
-def _shared(world: World, criterion: str, cut: bool = False) -> ExitConfig:
-    base = ExitConfig(SPECS, criterion, (0.5,) * len(SPECS), "shared", cut=cut)
-    return spread_point(shared_curve(world.ev, base), world.ev).config
-
-
-CONFIGS = {
-    "confidence": lambda w: _shared(w, "confidence"),
-    "entropy": lambda w: _shared(w, "entropy"),
-    "patience": lambda w: _shared(w, "patience"),
-    "confidence-cut": lambda w: _shared(w, "confidence", cut=True),
-    "uncertainty": lambda w: (
-        spread_point(
-            shared_curve(w.ev, ExitConfig(SPECS[:2], "uncertainty", (0.5, 0.5), "shared")), w.ev
-        ).config
-    ),
-    "entropy-per-exit": lambda w: (
-        spread_point(refine_per_exit(w.ev, ExitConfig(SPECS, "entropy", (0.5,) * 3)), w.ev).config
-    ),
-}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
