@@ -211,10 +211,11 @@ def benchmark(
         if stream and b > 1:
             report.rows.append(
                 _measure_stream(
-                    model,
+                    "torch",
                     b,
                     dev_batches,
                     run_backbone,
+                    model.predict,
                     sync,
                     stream_repeats,
                     costs.exit_flops,
@@ -238,6 +239,20 @@ def benchmark(
                     costs.backbone_flops,
                 )
             )
+            if stream and b > 1:
+                report.rows.append(
+                    _measure_stream(
+                        "onnx",
+                        b,
+                        np_batches,
+                        onnx_model.backbone_forward,
+                        onnx_model.predict,
+                        lambda: None,
+                        stream_repeats,
+                        costs.exit_flops,
+                        costs.backbone_flops,
+                    )
+                )
     return report
 
 
@@ -330,25 +345,28 @@ def _measure(
 
 
 def _measure_stream(
-    model: MultiExitModel,
+    engine: str,
     b: int,
-    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
-    backbone_fn: Callable[[torch.Tensor], torch.Tensor],
+    batches: list[tuple[Any, torch.Tensor | None]],
+    backbone_fn: Callable[[Any], Any],
+    predict_fn: Callable[..., ExitOutput],
     sync: Callable[[], None],
     repeats: int,
     exit_flops: Sequence[float],
     backbone_flops: float,
 ) -> BenchRow:
-    """Stream mode: the batches as one stream through the model, against the backbone on the
-    same batches; each pass timed whole, ``repeats`` passes after one untimed pass each."""
-    pool = torch.cat([x for x, _ in batches])
+    """Stream mode: the batches as one stream through the model (``predict_fn(pool, b,
+    tick)``), against the backbone on the same batches; each pass timed whole, ``repeats``
+    passes after one untimed pass each."""
+    xs = [x for x, _ in batches]
+    pool = torch.cat(xs) if isinstance(xs[0], torch.Tensor) else np.concatenate(xs)
     labels = [y for _, y in batches]
 
-    def run_backbone() -> list[torch.Tensor]:
-        return [backbone_fn(x) for x, _ in batches]
+    def run_backbone() -> list[Any]:
+        return [backbone_fn(x) for x in xs]
 
     def run_model() -> ExitOutput:
-        return model.predict(pool, b)
+        return predict_fn(pool, b)
 
     run_backbone()
     run_model()
@@ -371,15 +389,15 @@ def _measure_stream(
     if all(y is not None for y in labels):
         y_all = torch.cat(labels)  # type: ignore[arg-type]
         right = float((model_out.prediction.cpu() == y_all).float().mean())
-        bb_pred = torch.cat([t.cpu() for t in bb_logits]).argmax(-1)
+        bb_pred = torch.cat([torch.as_tensor(np.asarray(_cpu(t))) for t in bb_logits]).argmax(-1)
         right_bb = float((bb_pred == y_all).float().mean())
     n_batches = len(batches)
-    images = pool.shape[0] * repeats
+    images = len(pool) * repeats
     med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
     ips_bb = images / (sum(t_bb) / 1e3)
     ips_model = images / (sum(t_model) / 1e3)
     return BenchRow(
-        engine="torch",
+        engine=engine,
         batch_size=b,
         batches=n_batches * repeats,
         backbone_ms=med_bb / n_batches,
@@ -393,13 +411,7 @@ def _measure_stream(
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
         accuracy=right,
         backbone_accuracy=right_bb,
-        parts=_profile(
-            [(pool, None)],
-            lambda x, tick: model.predict(x, b, tick),
-            sync,
-            1,
-            per=n_batches,
-        ),
+        parts=_profile([(pool, None)], lambda x, tick: predict_fn(x, b, tick), sync, 1, n_batches),
         mode="stream",
     )
 

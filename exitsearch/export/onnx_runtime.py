@@ -20,7 +20,8 @@ import torch
 
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
-from exitsearch.export.runtime import BOOKKEEPING, ExitOutput, Tick, needs_history
+from exitsearch.export.runtime import needs_history
+from exitsearch.export.staged import ExitOutput, Flight, Outputs, Staged, Tick
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.criteria import create_criterion
 
@@ -37,6 +38,10 @@ def session(path: Path, threads: int | None) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: the library never prints
+    # A model is a chain of sessions (stem, segments, heads), each with its own thread pool.
+    # Idle pool threads spin by default and then starve the next session's threads of cores:
+    # the 25 graphs of a 12-block model with 11 exits ran 4x slower than one graph.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -61,7 +66,7 @@ def exit_statistics_np(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return conf, np.clip(ent, 0.0, 1.0).astype(np.float32), pred.astype(np.int64)
 
 
-class OnnxMultiExitModel(Anytime):
+class OnnxMultiExitModel(Staged, Anytime):
     """Per-sample early exits with onnxruntime (CPU): the controller over the exported graphs.
 
     Args:
@@ -135,104 +140,47 @@ class OnnxMultiExitModel(Anytime):
     def __call__(self, x: np.ndarray | torch.Tensor) -> ExitOutput:
         return self.run(x)
 
-    def run(self, x: np.ndarray | torch.Tensor, tick: Tick | None = None) -> ExitOutput:
-        """Per-sample exits on ``x`` (B, C, H, W), already transformed to the model input."""
+    def _enter(self, x: np.ndarray | torch.Tensor, first_row: int, tick: Tick | None) -> Flight:
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().numpy()
-        n = x.shape[0]
-        tokens = self._run1(self.stem, _f32(x))[0]
+        tokens = torch.from_numpy(self._run1(self.stem, _f32(x))[0])
         if tick:
             tick("stem")
-        logits_out: np.ndarray | None = None
-        exit_idx = np.empty(n, np.int64)
-        pred_out = np.empty(n, np.int64)
-        conf_out = np.empty(n, np.float32)
-        alive = np.arange(n)
-        history: torch.Tensor | None = None
-        crit = self.criterion
-        last = self.num_exits - 1
+        return Flight(torch.arange(first_row, first_row + x.shape[0]), tokens)
 
-        def emit(
-            rows: np.ndarray | None, logits: np.ndarray, pred: np.ndarray, conf: np.ndarray, k: int
-        ) -> None:
-            nonlocal logits_out
-            if logits_out is None:
-                logits_out = np.empty((n, logits.shape[1]), np.float32)
-            dest = alive if rows is None else alive[rows]
-            sel = slice(None) if rows is None else rows
-            logits_out[dest] = logits[sel]
-            exit_idx[dest] = k
-            pred_out[dest] = pred[sel]
-            conf_out[dest] = conf[sel]
-
-        def result() -> ExitOutput:
-            assert logits_out is not None
-            return ExitOutput(
-                torch.from_numpy(logits_out),
-                torch.from_numpy(exit_idx),
-                torch.from_numpy(pred_out),
-                torch.from_numpy(conf_out),
-                self.num_outcomes,
-            )
-
-        for k, head in enumerate(self.heads):
-            start, stop = self.segment_ranges[k]
-            tokens = self._run1(self.segments[k], tokens)[0]
+    def _stage(self, k: int, flight: Flight, out: Outputs, tick: Tick | None) -> Flight | None:
+        if k == self.num_exits:
+            if self.rest is not None:
+                flight.tokens = self._tensor(self.rest, flight.tokens)
+                if tick and self.rest_range:
+                    tick(f"blocks {self.rest_range[0] + 1}-{self.rest_range[1]}")
+            logits = self._tensor(self.final_head, flight.tokens)
             if tick:
-                tick(f"blocks {start + 1}-{stop}")
-            outs = self._run1(head, tokens)
-            logits = outs[0]
-            if tick:
-                tick(f"head {self.config.exits[k].key}")
-            conf, ent, pred = exit_statistics_np(logits)
-            if self.config.cut and k == last:
-                emit(None, logits, pred, conf, k)
-                if tick:
-                    tick(BOOKKEEPING)
-                return result()
-            unc = (
-                torch.from_numpy(outs[1].astype(np.float32))
-                if crit.needs_uncertainty and self.head_has_unc[k]
-                else None
-            )
-            pred_t = torch.from_numpy(pred)
-            ready = crit.runtime_readiness(
-                torch.from_numpy(conf), torch.from_numpy(ent), pred_t, unc, history
-            )
-            fire = ready.numpy() >= self._bounds[k]
-            if fire.all():
-                emit(None, logits, pred, conf, k)
-                if tick:
-                    tick(BOOKKEEPING)
-                return result()
-            if fire.any():
-                emit(np.flatnonzero(fire), logits, pred, conf, k)
-                stay = np.flatnonzero(~fire)
-                alive = alive[stay]
-                tokens = np.ascontiguousarray(tokens[stay])
-                if self._history:
-                    history = _extend(history, pred_t)[torch.from_numpy(stay)]
-            elif self._history:
-                history = _extend(history, pred_t)
-            if tick:
-                tick(BOOKKEEPING)
-        if self.rest is not None:
-            tokens = self._run1(self.rest, tokens)[0]
-            if tick and self.rest_range:
-                tick(f"blocks {self.rest_range[0] + 1}-{self.rest_range[1]}")
-        logits = self._run1(self.final_head, tokens)[0]
+                tick("final head")
+            return self._decide(k, flight, out, logits, _statistics(logits), None, tick)
+        start, stop = self.segment_ranges[k]
+        flight.tokens = self._tensor(self.segments[k], flight.tokens)
         if tick:
-            tick("final head")
-        conf, _, pred = exit_statistics_np(logits)
-        emit(None, logits, pred, conf, self.num_exits)
+            tick(f"blocks {start + 1}-{stop}")
+        outs = self._run1(self.heads[k], flight.tokens.numpy())
+        logits = torch.from_numpy(outs[0])
         if tick:
-            tick(BOOKKEEPING)
-        return result()
+            tick(f"head {self.config.exits[k].key}")
+        unc = (
+            torch.from_numpy(outs[1].astype(np.float32))
+            if self.criterion.needs_uncertainty and self.head_has_unc[k]
+            else None
+        )
+        return self._decide(k, flight, out, logits, _statistics(logits), unc, tick)
+
+    def _tensor(self, sess: Any, tokens: torch.Tensor) -> torch.Tensor:
+        """The first output of ``sess`` on ``tokens``, as a tensor (no copies either way)."""
+        return torch.from_numpy(self._run1(sess, tokens.contiguous().numpy())[0])
 
 
-def _extend(history: torch.Tensor | None, pred: torch.Tensor) -> torch.Tensor:
-    col = pred.to(torch.int64)[:, None]
-    return col if history is None else torch.cat([history, col], dim=1)
+def _statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    conf, ent, pred = exit_statistics_np(logits.numpy())
+    return torch.from_numpy(conf), torch.from_numpy(ent), torch.from_numpy(pred)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:

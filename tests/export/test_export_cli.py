@@ -103,6 +103,7 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
         ("torch", "batch", 8),
         ("torch", "stream", 8),
         ("onnx", "batch", 8),
+        ("onnx", "stream", 8),
     ]
     assert "torch stream b=8" in text
     assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])

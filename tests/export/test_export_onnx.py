@@ -89,6 +89,21 @@ def test_onnx_equals_pytorch(world: World, bundles, batch_size):  # type: ignore
     assert len(np.unique(idx_t)) >= 2
 
 
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_onnx_stream_mode_equals_pytorch(world: World, bundles, batch_size):  # type: ignore[no-untyped-def]
+    """The onnxruntime controller shares the stream scheduler: same exits, same outputs."""
+    path, _ = bundles
+    x = world.backbone.input_transform()(torch.from_numpy(world.splits.val.x[:N]))
+    ref = load_bundle(path).predict(x, batch_size)
+    onnx_model = load_onnx_bundle(path, threads=1)
+    got = onnx_model.predict(x.numpy(), batch_size)
+    assert torch.equal(got.exit_index, ref.exit_index)
+    assert torch.equal(got.prediction, ref.prediction)
+    np.testing.assert_allclose(got.logits.numpy(), ref.logits.numpy(), atol=ONNX_ATOL, rtol=0)
+    batched = onnx_model.run(x.numpy()[:64])
+    assert torch.equal(batched.exit_index, got.exit_index[:64])
+
+
 def test_onnx_switches_operating_points_too(world: World, bundles):  # type: ignore[no-untyped-def]
     path, _ = bundles
     torch_model, onnx_model = load_bundle(path), load_onnx_bundle(path, threads=1)

@@ -106,7 +106,7 @@ def test_stream_refuses_bad_inputs(world: World):
         model.predict(_val(world, 4), 0)
     with pytest.raises(ConfigError, match="got no inputs"):
         model.predict([], 4)
-    with pytest.raises(ConfigError, match=r"image tensors .* got ndarray"):
-        model.predict([world.splits.val.x[:4]], 4)
+    with pytest.raises(ConfigError, match=r"image tensors or arrays.* got str"):
+        model.predict(["images"], 4)
     with pytest.raises(ConfigError, match=r"got Tensor\(4, 784\)"):
         model.predict(torch.zeros(4, 784), 4)
