@@ -56,7 +56,8 @@ class BenchRow:
         batch_size: images per batch.
         batches: timed batches per model.
         backbone_ms, model_ms: median milliseconds per batch.
-        backbone_images_per_s, model_images_per_s: images over total timed seconds.
+        backbone_images_per_s, model_images_per_s: images over total timed seconds (stream
+            mode: images of one pass over the median pass time).
         measured_speedup: ratio of the throughputs (model over backbone).
         latency_speedup: ratio of the median latencies (backbone over model); None in stream
             mode, where a batch has no latency of its own.
@@ -388,14 +389,15 @@ def _measure_stream(
     right = right_bb = None
     if all(y is not None for y in labels):
         y_all = torch.cat(labels)  # type: ignore[arg-type]
-        right = float((model_out.prediction.cpu() == y_all).float().mean())
+        right = int((model_out.prediction.cpu() == y_all).sum()) / len(y_all)
         bb_pred = torch.cat([torch.as_tensor(np.asarray(_cpu(t))) for t in bb_logits]).argmax(-1)
-        right_bb = float((bb_pred == y_all).float().mean())
+        right_bb = int((bb_pred == y_all).sum()) / len(y_all)
     n_batches = len(batches)
-    images = len(pool) * repeats
+    # every pass runs the same images, so a pass is a throughput measurement of its own and
+    # the median pass is the throughput least disturbed by other load on the machine
     med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
-    ips_bb = images / (sum(t_bb) / 1e3)
-    ips_model = images / (sum(t_model) / 1e3)
+    ips_bb = len(pool) / (med_bb / 1e3)
+    ips_model = len(pool) / (med_model / 1e3)
     return BenchRow(
         engine=engine,
         batch_size=b,
