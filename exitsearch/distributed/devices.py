@@ -113,8 +113,10 @@ def bench_on_cluster(
     num_cpus: float = 1,
     threads: int | None = None,
     max_retries: int = 2,
+    stream: bool = True,
 ) -> list[dict[str, Any]]:
-    """``BenchReport.to_json()`` of an exported bundle per job, plus the ``node_id`` it ran on.
+    """``BenchReport.to_json()`` of an exported bundle per job, plus the ``node_id`` it ran on
+    (batch mode, and with ``stream`` stream mode too).
 
     The bundle folder is shipped through the object store (nodes need no shared files).
     """
@@ -124,7 +126,7 @@ def bench_on_cluster(
     refs = [
         ray.remote(bench_task)
         .options(**_options(job, num_cpus, max_retries))
-        .remote(shipped, job.device, tuple(batch_sizes), repeats, warmup, threads, budget)
+        .remote(shipped, job.device, tuple(batch_sizes), repeats, warmup, threads, budget, stream)
         for job in jobs
     ]
     return _gather(refs)

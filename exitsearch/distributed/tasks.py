@@ -187,9 +187,11 @@ def bench_task(
     warmup: int = 3,
     threads: int | None = None,
     budget: str | None = None,
+    stream: bool = True,
 ) -> dict[str, Any]:
-    """:func:`~exitsearch.export.bench.benchmark` of an exported bundle on this node;
-    returns ``BenchReport.to_json()`` plus ``node_id``."""
+    """:func:`~exitsearch.export.bench.benchmark` of an exported bundle on this node (batch
+    mode, and with ``stream`` stream mode too); returns ``BenchReport.to_json()`` plus
+    ``node_id``."""
     from exitsearch.export import benchmark, load_bundle
 
     _threads(threads)
@@ -197,5 +199,7 @@ def bench_task(
     model = load_bundle(path)
     if budget is not None:
         model.set_operating_point(budget)
-    report = benchmark(model, tuple(batch_sizes), device=device, repeats=repeats, warmup=warmup)
+    report = benchmark(
+        model, tuple(batch_sizes), device=device, repeats=repeats, warmup=warmup, stream=stream
+    )
     return {**report.to_json(), "node_id": node_id()}

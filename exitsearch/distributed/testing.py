@@ -193,6 +193,10 @@ class LocalCluster:
         for node in self.nodes:
             _signal_group(node.pgid, signal.SIGKILL)
         _kill([*pids, *self.stragglers()])
+        # a killed process lingers a moment on a loaded machine: wait until it is gone
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (still_running(pids) or self.stragglers()):
+            time.sleep(0.1)
         self.nodes.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -136,8 +136,10 @@ def test_latency_and_bench_run_where_their_resources_are(sharded, ray_world: Ray
     )
     (report,) = reports
     assert report["node_id"] == ray_world.worker_id
-    (row,) = report["rows"]
-    assert row["batch_size"] == 2 and row["model_ms"] > 0 and sum(row["exit_counts"]) == 4
+    batch, stream = report["rows"]
+    assert (batch["mode"], stream["mode"]) == ("batch", "stream")
+    for row in (batch, stream):
+        assert row["batch_size"] == 2 and row["model_ms"] > 0 and sum(row["exit_counts"]) == 4
 
 
 TINY_RUN = [
