@@ -15,6 +15,7 @@ from exitsearch._io import atomic_write_json
 from exitsearch.errors import ConfigError
 from exitsearch.export import benchmark, load_bundle, load_onnx_bundle
 from exitsearch.export.bench import BenchReport
+from exitsearch.report.bench import plot_bench
 from exitsearch.units import format_flops
 
 
@@ -64,6 +65,10 @@ def bench(
     stream_repeats: Annotated[
         int, typer.Option(help="Timed passes over all the batches in stream mode.")
     ] = 5,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", help="Write a PNG of measured against predicted speed-ups."),
+    ] = None,
 ) -> None:
     """Time an exported model against its backbone alone on the same inputs.
 
@@ -97,6 +102,8 @@ def bench(
     )
     if json_out:
         atomic_write_json(json_out, report.to_json())
+    if plot:
+        plot_bench([report.to_json()], plot, title=report.configuration[:90])
     _print(report)
 
 

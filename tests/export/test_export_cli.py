@@ -91,6 +91,8 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
             "--onnx",
             "--json-out",
             str(out),
+            "--plot",
+            str(tmp_path / "bench.png"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -106,6 +108,7 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
         ("onnx", "stream", 8),
     ]
     assert "torch stream b=8" in text
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])
     assert doc["inputs"].startswith("fashion-mnist validation")
 
