@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     backbone = create_backbone(args.model)
-    splits = load_splits(DataSpec(limit=args.limit), backbone.img_size[0], backbone.in_chans)
+    splits = load_splits(DataSpec(limit=args.limit), preprocess=backbone.preprocess())
     specs = load_search_space(args.space).candidate_heads(backbone.depth)
     cfg = HeadTrainConfig(epochs=args.epochs, batch_size=args.batch_size)
     print(

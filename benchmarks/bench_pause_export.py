@@ -41,9 +41,9 @@ def main() -> None:
     )
     bb = paused.backbone
     data = DataSpec.from_dict(paused.manifest["meta"]["data"])
-    val = load_splits(data, bb.img_size[0], bb.in_chans).val
+    val = load_splits(data, preprocess=bb.preprocess()).val
     n = args.batch_size * args.batches
-    x_all = bb.input_transform()(torch.from_numpy(val.x[:n]))
+    x_all = bb.input_transform()(val.batch(np.arange(min(n, len(val)))))
     y_all = torch.from_numpy(np.asarray(val.y[:n], dtype=np.int64))
     batches = [
         (x_all[i : i + args.batch_size], y_all[i : i + args.batch_size])

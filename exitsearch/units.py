@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["format_flops", "format_ms"]
+__all__ = ["format_bytes", "format_flops", "format_ms"]
 
 _PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
 
@@ -17,3 +17,12 @@ def format_flops(value: float, digits: int = 4) -> str:
 
 def format_ms(value: float) -> str:
     return f"{value:.3g} ms"
+
+
+def format_bytes(value: float) -> str:
+    """``1536`` -> ``1.5 KiB``; binary units as ``free`` and ``top`` show them."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

@@ -9,6 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from exitsearch.backbone.spec import BackboneSpec
+from exitsearch.data.preprocess import Preprocess
 from exitsearch.data.transforms import InputTransform
 
 __all__ = ["Backbone"]
@@ -29,10 +30,20 @@ class Backbone(nn.Module):
         (4, (2, 17, 192))
     """
 
-    def __init__(self, model: VisionTransformer, spec: BackboneSpec) -> None:
+    def __init__(
+        self,
+        model: VisionTransformer,
+        spec: BackboneSpec,
+        preprocess: dict | None = None,
+        record: dict | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
+        # Overrides of timm's data config (a preset's, or what a checkpoint's training recorded)
+        self.preprocess_overrides = dict(preprocess or {})
+        # backbone.json written by `exitsearch backbone train` next to the checkpoint, if any
+        self.record = record
 
     # ----------------------------------------------------------------- structure
     @property
@@ -82,15 +93,13 @@ class Backbone(nn.Module):
     def in_chans(self) -> int:
         return int(self.model.patch_embed.proj.in_channels)
 
+    def preprocess(self) -> Preprocess:
+        """The model's own preprocessing: timm's data config, fitted to its size and channels."""
+        return Preprocess.for_model(self.model, **self.preprocess_overrides)
+
     def input_transform(self) -> InputTransform:
-        """How uint8 images become this backbone's input (size, channels, mean/std)."""
-        cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        mean = tuple(cfg.get("mean", (0.5, 0.5, 0.5)))
-        std = tuple(cfg.get("std", (0.5, 0.5, 0.5)))
-        if len(mean) < self.in_chans:  # e.g. a 4-channel override of a 3-channel config
-            mean = mean + (mean[-1],) * (self.in_chans - len(mean))
-            std = std + (std[-1],) * (self.in_chans - len(std))
-        return InputTransform(self.img_size, self.in_chans, mean, std)
+        """How uint8 batches at the model's size become its input (channels, mean/std)."""
+        return self.preprocess().input_transform()
 
     # ------------------------------------------------------------------- forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:

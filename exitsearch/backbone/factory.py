@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -42,6 +44,7 @@ def resolve_spec(spec: BackboneSpec) -> BackboneSpec:
         overrides={**base.overrides, **spec.overrides},
         checkpoint=spec.checkpoint or base.checkpoint,
         pretrained=spec.pretrained,
+        preprocess={**base.preprocess, **spec.preprocess},
     )
 
 
@@ -107,7 +110,24 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
         )
     if spec.checkpoint:
         load_weights(model, spec.checkpoint)
-    return Backbone(model.eval(), spec)
+    record = checkpoint_record(spec.checkpoint)
+    preprocess = dict(spec.preprocess)
+    if record is not None and isinstance(record.get("preprocess"), dict):
+        preprocess = {**record["preprocess"], **preprocess}
+    preprocess.pop("input_size", None)  # the model's own size and channels decide
+    return Backbone(model.eval(), spec, preprocess, record)
+
+
+def checkpoint_record(checkpoint: str | None) -> dict[str, Any] | None:
+    """The ``backbone.json`` that ``exitsearch backbone train`` wrote beside ``checkpoint``."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint).parent / "backbone.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "spec" in doc else None
 
 
 def _check_overrides(ov: dict[str, Any]) -> None:

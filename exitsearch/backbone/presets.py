@@ -44,6 +44,8 @@ PRESETS: dict[str, Preset] = {
                 "num_heads": 3,
                 "depth": 12,
             },
+            # The embedded model takes its 28-px training images as they are (no resize, no crop).
+            preprocess={"crop_pct": 1.0, "interpolation": "bilinear"},
         ),
         data="fashion-mnist",
         description="12-block ViT (width 96, 7x7 patches of 4 px) trained on Fashion-MNIST",

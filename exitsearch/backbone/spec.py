@@ -37,12 +37,15 @@ class BackboneSpec:
         overrides: constructor arguments passed to ``timm.create_model``.
         checkpoint: path of a safetensors file or torch state dict to load after creation.
         pretrained: load timm's pretrained weights (needs the network or a local cache).
+        preprocess: overrides of timm's data config (``crop_pct``, ``interpolation``, ``mean``,
+            ``std``...), see :class:`exitsearch.data.Preprocess`.
     """
 
     model: str
     overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     pretrained: bool = False
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.overrides) - set(ALLOWED_OVERRIDES))
@@ -52,7 +55,10 @@ class BackboneSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.preprocess:  # keys of artifacts written before the field existed stay
+            d.pop("preprocess")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
@@ -61,6 +67,7 @@ class BackboneSpec:
             overrides=dict(d.get("overrides", {})),
             checkpoint=d.get("checkpoint"),
             pretrained=bool(d.get("pretrained", False)),
+            preprocess=dict(d.get("preprocess") or {}),
         )
 
 

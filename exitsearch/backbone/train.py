@@ -24,8 +24,10 @@ from exitsearch._io import (
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.loader import iterate_batches
 from exitsearch.data.splits import DataSplits
-from exitsearch.data.transforms import augment, iterate_batches
+from exitsearch.data.transforms import Augment
+from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError, ConfigError, TrainingDivergedError
 from exitsearch.optim import adamw, warmup_cosine
 from exitsearch.progress import NullProgress, Progress
@@ -48,7 +50,8 @@ class BackboneTrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    augment: bool = True
+    # True/False, or which light augmentations: "crop,flip", "crop", "flip", "none"
+    augment: bool | str = True
     seed: int = 0
     eval_batch_size: int = 512
 
@@ -59,16 +62,23 @@ class BackboneTrainConfig:
             raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"`lr > 0` must hold, but got lr={self.lr}")
+        Augment.parse(self.augment)  # raises on an unknown augmentation
 
 
 @torch.no_grad()
-def evaluate_accuracy(backbone: Backbone, data: Any, batch_size: int = 512) -> float:
-    """Top-1 accuracy of the backbone's own exit on an :class:`ArrayDataset`."""
-    backbone.eval()
+def evaluate_accuracy(
+    backbone: Backbone, data: Any, batch_size: int = 512, device: str | Runtime | None = None
+) -> float:
+    """Top-1 accuracy of the backbone's own exit on a dataset (on ``device``, default CPU)."""
+    rt = resolve_device(device or "cpu")
+    backbone.eval().to(rt.device)
     transform = backbone.input_transform()
     correct = 0
-    for _, x, y in iterate_batches(data, batch_size):
-        correct += int((backbone(transform(x)).argmax(-1) == y).sum())
+    for _, x, y in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
+        x, y = rt.to(x, y)
+        with rt.autocast():
+            logits = backbone(transform(x))
+        correct += int((logits.argmax(-1) == y).sum())
     return correct / max(len(data), 1)
 
 
@@ -80,6 +90,7 @@ def train_backbone(
     *,
     progress: Progress | None = None,
     command: str | None = None,
+    device: str | Runtime | None = None,
 ) -> dict[str, Any]:
     """Train ``backbone`` on ``splits.train``; resume from ``out_dir`` if a checkpoint is there.
 
@@ -101,8 +112,11 @@ def train_backbone(
             f"the data has {splits.num_classes} classes but the backbone predicts "
             f"{backbone.num_classes}; pass the override num_classes={splits.num_classes}"
         )
-    model = backbone.model
+    rt = resolve_device(device or "cpu")
+    model = backbone.model.to(rt.device)
     transform = backbone.input_transform()
+    augment = Augment.parse(config.augment)
+    scaler = rt.grad_scaler()
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -150,15 +164,23 @@ def train_backbone(
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         for b, (_, x, y) in enumerate(
-            iterate_batches(splits.train, config.batch_size, shuffle=True, generator=gen)
+            iterate_batches(
+                splits.train,
+                config.batch_size,
+                shuffle=True,
+                generator=gen,
+                pin_memory=rt.pin_memory,
+            )
         ):
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            if config.augment:
+            if augment.enabled:
                 x = augment(x, gen)
-            logits = model(transform(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            x, y = rt.to(x, y)
+            with rt.autocast():
+                logits = model(transform(x))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 progress.finish(task)
                 raise TrainingDivergedError(
@@ -166,14 +188,16 @@ def train_backbone(
                     f"of epoch {epoch} in {out} is kept (try a lower --lr)"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.item() * len(y)
             seen += len(y)
             progress.advance(task, 1, loss=loss_sum / seen)
         progress.finish(task)
-        val_acc = evaluate_accuracy(backbone, splits.val, config.eval_batch_size)
+        val_acc = evaluate_accuracy(backbone, splits.val, config.eval_batch_size, rt)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -187,6 +211,7 @@ def train_backbone(
         )
         tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
         tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        tensors = {k: v.detach().cpu() for k, v in tensors.items()}
         write_epoch_checkpoint(
             out,
             tensors,
@@ -195,13 +220,17 @@ def train_backbone(
         )
 
     model.eval()
-    test_acc = evaluate_accuracy(backbone, splits.test, config.eval_batch_size)
+    test_acc = evaluate_accuracy(backbone, splits.test, config.eval_batch_size, rt)
+    model.to("cpu")
     save_safetensors(out / MODEL_FILE, model.state_dict())
     meta = {
         "spec": {**backbone.spec.to_dict(), "checkpoint": None},
         "describe": backbone.describe(),
         "config": asdict(config),
-        "data": splits.spec.to_dict(),
+        # the split decides which samples later runs may validate on (exitsearch run refuses
+        # validation samples this training used); the preprocessing is what the weights expect
+        "data": {**splits.spec.to_dict(), "source": _absolute(splits.spec), "split": splits.spec.split},
+        "preprocess": backbone.preprocess().to_dict(),
         "data_fingerprint": splits.fingerprint(),
         "val_acc": history[-1]["val_acc"] if history else None,
         "test_acc": test_acc,
@@ -211,3 +240,9 @@ def train_backbone(
     }
     atomic_write_json(out / META_FILE, meta)
     return meta
+
+
+def _absolute(spec: Any) -> str:
+    """The data source as an absolute path (names such as ``fashion-mnist`` stay)."""
+    p = Path(spec.source)
+    return str(p.resolve()) if p.exists() else spec.source

@@ -1,23 +1,25 @@
-"""From uint8 image batches to model input, and the light augmentation used in training."""
+"""The device-side half of preprocessing, and the light training augmentation.
+
+Loaders deliver uint8 ``N x C x H x W`` batches at the model's size (see
+:mod:`exitsearch.data.preprocess`); :class:`InputTransform` scales them to [0, 1], maps channels
+and normalises with the model's mean and std, on whatever device the batch is on.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exitsearch.data.sources import ArrayDataset
-from exitsearch.errors import DataError
+from exitsearch.errors import ConfigError, DataError
 
-__all__ = ["InputTransform", "augment", "iterate_batches"]
+__all__ = ["AUGMENTATIONS", "Augment", "InputTransform", "augment"]
 
 
 @dataclass(frozen=True)
 class InputTransform:
-    """Scale to [0, 1], match channels and size to the backbone, normalise with its mean/std."""
+    """Scale to [0, 1], match channels to the backbone, normalise with its mean/std."""
 
     img_size: tuple[int, int]
     in_chans: int
@@ -50,9 +52,56 @@ class InputTransform:
                 )
         if tuple(x.shape[-2:]) != tuple(self.img_size):
             x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False)
-        mean = torch.tensor(self.mean[: self.in_chans], dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std[: self.in_chans], dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        mean = torch.tensor(self.mean[: self.in_chans], dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std[: self.in_chans], dtype=x.dtype, device=x.device)
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+AUGMENTATIONS = ("crop", "flip")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which light augmentations training applies (on uint8 batches, at the model's size).
+
+    ``crop``: a random crop after zero padding by ``pad`` pixels; ``flip``: random horizontal
+    flips (turn it off for digits, text and anything whose label a mirror changes).
+    """
+
+    crop: bool = True
+    flip: bool = True
+    pad: int = 2
+
+    @classmethod
+    def parse(cls, text: str | bool | None) -> Augment:
+        """``"crop,flip"``, ``"crop"``, ``"flip"``, ``"none"`` (or a bool: all or none)."""
+        if text is None or text is True:
+            return cls()
+        if text is False:
+            return cls(False, False)
+        parts = {p.strip().lower() for p in str(text).split(",") if p.strip()}
+        if parts in ({"none"}, {"off"}, set()):
+            return cls(False, False)
+        if parts in ({"all"}, {"on"}):
+            return cls()
+        unknown = parts - set(AUGMENTATIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown augmentation {', '.join(sorted(unknown))}; expected a comma-separated "
+                f"list of {', '.join(AUGMENTATIONS)}, or none"
+            )
+        return cls(crop="crop" in parts, flip="flip" in parts)
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop or self.flip
+
+    def __str__(self) -> str:
+        on = [n for n in AUGMENTATIONS if getattr(self, n)]
+        return ",".join(on) if on else "none"
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment(x, generator, pad=self.pad if self.crop else 0, flip=self.flip)
 
 
 def augment(
@@ -71,21 +120,3 @@ def augment(
         mask = torch.rand(n, generator=generator) < 0.5
         out[mask] = out[mask].flip(-1)
     return out
-
-
-def iterate_batches(
-    data: ArrayDataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    start: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(index, x_uint8, y)`` batches; ``start`` skips the first ``start`` batches."""
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    x = torch.from_numpy(data.x)
-    y = torch.from_numpy(np.asarray(data.y, dtype=np.int64))
-    for b in range(start, (n + batch_size - 1) // batch_size):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        yield idx, x[idx], y[idx]

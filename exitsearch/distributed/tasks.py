@@ -132,9 +132,7 @@ def train_shard_task(job: ShardJob) -> dict[str, Any]:
 
     _threads(job.threads)
     backbone = _load_backbone(job.backbone, job.weights, job.weights_sha256)
-    splits = load_splits(
-        DataSpec.from_dict(dict(job.data)), backbone.img_size[0], backbone.in_chans
-    )
+    splits = load_splits(DataSpec.from_dict(dict(job.data)), preprocess=backbone.preprocess())
     if splits.fingerprint() != job.data_fingerprint:
         raise DataError(
             f"node {node_id()} reads different data than the driver for {dict(job.data)}; "

@@ -123,10 +123,10 @@ def bench_inputs(
         try:
             spec = DataSpec.from_dict(dict(data))
             bb = model.backbone
-            splits = load_splits(spec, image_size=bb.img_size[0], channels=bb.in_chans)
+            splits = load_splits(spec, preprocess=bb.preprocess())
             val = splits.val
             take = np.arange(min(n, len(val)))
-            x = bb.input_transform()(torch.from_numpy(val.x[take]))
+            x = bb.input_transform()(val.batch(take))
             y = torch.from_numpy(np.asarray(val.y[take], dtype=np.int64))
             return x, y, f"{spec.source} validation ({len(take)} images)"
         except (DataError, ConfigError, TypeError, ValueError):

@@ -32,6 +32,7 @@ from exitsearch.export.bundle import (
     MANIFEST,
     RECIPE_FILE,
     _doc_checksum,
+    check_replaceable_bundle,
     export_bundle,
     load_bundle,
     read_manifest,
@@ -186,11 +187,12 @@ def finetune(
                 f"{out / BUNDLE_DIR}: already exists from another recipe; choose another "
                 "output folder or overwrite it"
             )
+        check_replaceable_bundle(out / BUNDLE_DIR)
     model = _load_source(recipe, bundle)
     config = model.config
     net = MultiExitNet.from_heads(model.backbone, model.heads, config)
     bb = net.backbone
-    splits = load_splits(recipe.data, image_size=bb.img_size[0], channels=bb.in_chans)
+    splits = load_splits(recipe.data, preprocess=bb.preprocess())
     costs = cost_model(bb, config)
     settings = recipe.training
     before = source_predictions(
@@ -294,6 +296,7 @@ def _export(
         read_manifest(tmp)  # every checksum holds
         dest = out / BUNDLE_DIR
         if dest.exists():
+            check_replaceable_bundle(dest)
             old = out / f".{BUNDLE_DIR}.old-{os.getpid()}"
             os.replace(dest, old)
             os.replace(tmp, dest)

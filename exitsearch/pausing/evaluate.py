@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitsearch.data.sources import ArrayDataset
+from exitsearch.data.loader import iterate_batches
+from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.splits import DataSplits
-from exitsearch.data.transforms import iterate_batches
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.pause import PauseMode, PausingViT
@@ -103,7 +103,7 @@ def timing_batch(model: Any, data: ArrayDataset, batch_size: int = 64) -> torch.
     if len(data) < 1:
         raise ConfigError("cannot time a configuration on an empty split")
     n = min(batch_size, len(data))
-    x = torch.from_numpy(data.x[:n])
+    x = data.batch(np.arange(n))
     if n < batch_size:  # repeat images so that every configuration is timed at batch_size
         x = x.repeat(math.ceil(batch_size / n), 1, 1, 1)[:batch_size]
     return model.backbone.input_transform()(x)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from exitsearch.data.preprocess import Preprocess
 from exitsearch.data.splits import DataSpec, DataSplits, load_splits
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.evaluate import PauseEvaluation, evaluate_pause_config
@@ -74,10 +75,10 @@ def _model(folder: str) -> PaumerModel:
     return _MODELS[key]
 
 
-def cached_splits(data: Mapping[str, Any], img_size: int, channels: int) -> DataSplits:
-    key = json.dumps([dict(data), img_size, channels], sort_keys=True)
+def cached_splits(data: Mapping[str, Any], preprocess: Preprocess) -> DataSplits:
+    key = json.dumps([dict(data), preprocess.to_dict()], sort_keys=True)
     if key not in _SPLITS:
-        _SPLITS[key] = load_splits(DataSpec.from_dict(dict(data)), img_size, channels)
+        _SPLITS[key] = load_splits(DataSpec.from_dict(dict(data)), preprocess=preprocess)
     return _SPLITS[key]
 
 
@@ -85,7 +86,7 @@ def run_pause_job(job: PauseJob) -> dict[str, Any]:
     """Evaluate one job in this process; returns ``PauseEvaluation.to_dict()``."""
     model = _model(job.model_dir)
     bb = model.backbone
-    data = cached_splits(job.data, bb.img_size[0], bb.in_chans).get(job.split)
+    data = cached_splits(job.data, bb.preprocess()).get(job.split)
     ev = evaluate_pause_config(
         model,
         data,

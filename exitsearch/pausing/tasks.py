@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.data.sources import ArrayDataset
+from exitsearch.data.loader import iterate_batches
+from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.transforms import augment as augment_images
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.metrics import Accuracy, MeanIoU, Metric
@@ -136,13 +136,7 @@ class ClassificationTask(PauseTask):
         generator: torch.Generator | None = None,
         augment: bool = False,
     ) -> Iterator[TaskBatch]:
-        n = len(data)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        x = torch.from_numpy(data.x)
-        y = torch.from_numpy(np.asarray(data.y, dtype=np.int64))
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
+        for idx, xb, yb in iterate_batches(data, batch_size, shuffle=shuffle, generator=generator):
             if augment:
                 xb = augment_images(xb, _required(generator))
             yield TaskBatch(idx, xb, yb, yb[:, None].expand(-1, self.num_patches))
@@ -184,6 +178,11 @@ class SegmentationTask(PauseTask):
         """Pixel labels ``(N, 1, H, W)`` uint8 of ``data`` (cached by content)."""
         key = data.fingerprint()
         if key not in self._masks:
+            if not isinstance(data, ArrayDataset):
+                raise ConfigError(
+                    "the segmentation task derives pixel labels from Fashion-MNIST images held "
+                    f"in memory; {data.origin} is a file source"
+                )
             if data.x.shape[1] != 1:
                 raise ConfigError(
                     "the segmentation task derives labels from single-channel Fashion-MNIST "

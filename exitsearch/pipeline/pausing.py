@@ -154,7 +154,7 @@ def run_pause_predict_job(job: PausePredictJob) -> dict[str, Any]:
 
     model, bank = _loaded(job.model_dir)
     bb = model.backbone
-    splits = cached_splits(job.data, bb.img_size[0], bb.in_chans)
+    splits = cached_splits(job.data, bb.preprocess())
     if splits.fingerprint() != job.data_fingerprint:
         raise DataError(
             f"this worker reads different data than the driver for {dict(job.data)}; every node "

@@ -7,7 +7,7 @@ weights, data split, candidate heads, settings), see :mod:`exitsearch.pipeline.c
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import SearchSpace, load_search_space
-from exitsearch.search.storage import open_storage
+from exitsearch.search.storage import check_storage, open_storage
 from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettings, run_search
 from exitsearch.training.bank import HeadBank
 from exitsearch.training.heads import SUMMARY, WEIGHTS, HeadTrainConfig, train_heads
@@ -78,6 +78,10 @@ class RunSettings:
     # CPU; with ray_address they run as Ray tasks instead).
     paumer: str | None = None
     pause_workers: int | None = None
+    # Validation samples that the backbone's recorded training split used for training are
+    # refused unless this is set (the user knows the overlap and accepts optimistic fronts).
+    allow_overlap: bool = False
+    device: str = "auto"
 
 
 @dataclass
@@ -105,7 +109,8 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     progress = progress or NullProgress()
     space = load_search_space(settings.space)
     backbone = create_backbone(settings.backbone)
-    splits = load_splits(settings.data, backbone.img_size[0], backbone.in_chans)
+    splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
+    settings = replace(settings, data=splits.spec)  # the split rule adopted from the backbone
     backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)
     if splits.num_classes != backbone.num_classes:
         raise ConfigError(
@@ -115,6 +120,64 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     candidates = space.candidate_heads(backbone.depth)
     store = StageStore(settings.run_dir / schema.CACHE_DIR, progress)
     return RunContext(settings, backbone, splits, space, candidates, store, progress)
+
+
+def load_run_splits(
+    spec: DataSpec, backbone: Backbone, allow_overlap: bool = False, progress: Progress | None = None
+) -> DataSplits:
+    """The run's splits, in the backbone's preprocessing, checked against its training split.
+
+    A backbone trained by ``exitsearch backbone train`` records its data and split; on the same
+    data the run uses the same split rule, and validation samples the backbone was trained on
+    are refused (the front would be measured on training data).
+
+    Raises:
+        DataError: the run's validation split overlaps the backbone's training samples.
+    """
+    from exitsearch.data import open_source, split_overlap
+    from exitsearch.errors import DataError
+
+    source = open_source(spec)
+    recorded = recorded_split(backbone, spec)
+    if recorded is not None:
+        spec = replace(spec, split=recorded.split)
+        overlap = split_overlap(source, spec, recorded)
+        if overlap and not allow_overlap:
+            held = recorded.val_size if recorded.val_size is not None else "1/6 of the"
+            raise DataError(
+                f"{overlap} validation samples of this run were in the backbone's training set "
+                f"(it held out {held} samples with split seed {recorded.seed}); use --split-seed "
+                f"{recorded.seed} with --val-size at most that, or pass --allow-overlap"
+            )
+        if overlap and progress is not None:
+            progress.log(
+                f"warning: {overlap} validation samples were in the backbone's training set "
+                "(--allow-overlap): validation accuracy will be optimistic"
+            )
+    return load_splits(spec, preprocess=backbone.preprocess(), source=source)
+
+
+def recorded_split(backbone: Backbone, spec: DataSpec) -> DataSpec | None:
+    """The split the backbone's training recorded, when it was trained on the same data."""
+    record = backbone.record or {}
+    data = record.get("data")
+    if not isinstance(data, dict) or "source" not in data:
+        return None
+    try:
+        recorded = DataSpec.from_record(data)
+    except (ConfigError, TypeError):
+        return None
+    return recorded if _same_source(recorded, spec) else None
+
+
+def _same_source(a: DataSpec, b: DataSpec) -> bool:
+    if a.source == b.source == "fashion-mnist":
+        return _resolved(a.data_dir) == _resolved(b.data_dir)
+    return _resolved(a.source) == _resolved(b.source)
+
+
+def _resolved(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 # ------------------------------------------------------------------------ stages
@@ -239,7 +302,13 @@ def stage_heads(ctx: RunContext) -> HeadBank:
             result = train_heads_on_cluster(ctx, folder)
         else:
             result = train_heads(
-                ctx.backbone, ctx.splits, ctx.candidates, cfg, folder, progress=ctx.progress
+                ctx.backbone,
+                ctx.splits,
+                ctx.candidates,
+                cfg,
+                folder,
+                progress=ctx.progress,
+                device=ctx.settings.device,
             )
         ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
         for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):
@@ -264,7 +333,9 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
     folder = ctx.store.lookup("predict", key)
     if folder is None:
         t0 = time.perf_counter()
-        preds = predict(ctx.backbone, bank, ctx.splits, progress=ctx.progress)
+        preds = predict(
+            ctx.backbone, bank, ctx.splits, progress=ctx.progress, device=ctx.settings.device
+        )
         folder = ctx.store.folder("predict", key)
         preds.save(folder)
         ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
@@ -372,6 +443,8 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
                 f"budget {settings.budget!r} is in milliseconds, which needs a latency table: add "
                 "--latency-device cpu (or cuda) and --latency-batch-size N, or give FLOPs or percent"
             )
+    if settings.storage is not None:  # a user's own file is refused before any work
+        check_storage(settings.storage)
     # -- pause configurations as a search dimension (exitsearch.pipeline.pausing) --
     from exitsearch.pipeline.pausing import run_pause_pipeline, space_pauses
 

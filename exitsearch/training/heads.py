@@ -33,8 +33,9 @@ from exitsearch._io import (
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.loader import iterate_batches
 from exitsearch.data.splits import DataSplits
-from exitsearch.data.transforms import iterate_batches
+from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.progress import NullProgress, Progress
@@ -145,8 +146,13 @@ def train_heads(
     out_dir: str | Path,
     *,
     progress: Progress | None = None,
+    device: str | Runtime | None = None,
 ) -> HeadTrainResult:
     """Train every head of ``specs`` on ``splits.train`` with ``backbone`` frozen.
+
+    The backbone runs once per batch; each head's loss is back-propagated on its own, so only
+    one head's activations are held at a time next to the shared hidden states. ``device``
+    (default: the CPU) decides where, and in which precision (:mod:`exitsearch.device`).
 
     Writes ``checkpoint.safetensors``/``checkpoint.json`` after each epoch (resume) and
     ``heads.safetensors`` (best weights of every head) plus ``heads.json`` (figures) at the end.
@@ -166,14 +172,16 @@ def train_heads(
         raise ConfigError(
             f"head(s) {', '.join(bad)} lie beyond the {backbone.depth}-block backbone"
         )
+    rt = resolve_device(device or "cpu")
     ctx = HeadContext.from_backbone(backbone)
-    bank = HeadBank(specs, ctx, seed=config.seed)
-    backbone.eval().requires_grad_(False)
+    bank = HeadBank(specs, ctx, seed=config.seed).to(rt.device)
+    backbone.eval().requires_grad_(False).to(rt.device)
     transform = backbone.input_transform()
     upto = bank.max_location
     optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
     statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
-    best = {k: v.detach().clone() for k, v in bank.state_dict().items()}
+    best = _cpu(bank.state_dict())
+    progress.log(_memory_plan(backbone, bank, config, rt))
     identity = sha256_of(
         "heads-train-v1",
         backbone.weights_checksum(),
@@ -190,6 +198,7 @@ def train_heads(
                 bank.load_state_dict(
                     {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
                 )
+                bank.to(rt.device)
                 best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
                 for i, opt in enumerate(optimizers):
                     opt.load_state_dict(
@@ -203,13 +212,17 @@ def train_heads(
         except (CacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             # A damaged checkpoint must not block every rerun: say so and train afresh.
             progress.log(f"heads: checkpoint in {out} is damaged ({exc}); starting afresh")
-            bank = HeadBank(specs, ctx, seed=config.seed)
+            bank = HeadBank(specs, ctx, seed=config.seed).to(rt.device)
             optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
             statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
-            best = {k: v.detach().clone() for k, v in bank.state_dict().items()}
+            best = _cpu(bank.state_dict())
             start_epoch, passes = 0, 0
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    if rt.amp_dtype is not None:
+        autocast: Any = rt.autocast()
+    else:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    scaler = rt.grad_scaler()
     t_start = time.perf_counter()
     n_train = (
         len(splits.train)
@@ -228,14 +241,17 @@ def train_heads(
         progress.start(task, steps)
         loss_sums = dict.fromkeys(active, 0.0)
         seen = 0
-        batches = iterate_batches(splits.train, config.batch_size, shuffle=True, generator=gen)
+        batches = iterate_batches(
+            splits.train, config.batch_size, shuffle=True, generator=gen, pin_memory=rt.pin_memory
+        )
         for b, (_, x, y) in enumerate(batches):
             if b >= steps:
                 break
-            with torch.no_grad():
+            x, y = rt.to(x, y)
+            with torch.no_grad(), rt.autocast():
                 states = backbone.hidden_states(transform(x), upto=upto)
             passes += 1
-            total = None
+            stepped = []
             for i in list(active):
                 head, spec = bank.heads[i], bank.specs[i]
                 # Dropout draws from the global generator: a seed per head, epoch and batch makes
@@ -255,17 +271,20 @@ def train_heads(
                     active.remove(i)
                     continue
                 loss_sums[i] += float(loss.detach()) * len(y)
-                total = loss if total is None else total + loss
-            if total is not None:
-                total.backward()
-                for i in active:
-                    optimizers[i].step()
-                    optimizers[i].zero_grad(set_to_none=True)
+                # Heads share no parameters: one backward per head gives the gradients of the
+                # summed loss while holding one head's activations at a time.
+                scaler.scale(loss).backward()
+                stepped.append(i)
+            for i in stepped:
+                scaler.step(optimizers[i])
+                optimizers[i].zero_grad(set_to_none=True)
+            if stepped:
+                scaler.update()
             seen += len(y)
             progress.advance(task, 1, heads=len(active))
         progress.finish(task)
         val_loss, val_acc = _validate(
-            backbone, bank, splits, config, active, transform, upto, autocast
+            backbone, bank, splits, config, active, transform, upto, autocast, rt
         )
         passes += math.ceil(len(splits.val) / config.eval_batch_size)
         for i in active:
@@ -290,6 +309,8 @@ def train_heads(
     for st in statuses:
         if st.state == "training":
             st.state = "finished"
+    bank.to("cpu")
+    backbone.to("cpu")
     bank.load_state_dict(best)
     bank.eval()
     result = HeadTrainResult(bank, statuses, time.perf_counter() - t_start, passes)
@@ -298,6 +319,24 @@ def train_heads(
         out / SUMMARY, {"identity": identity, "config": asdict(config), **result.summary()}
     )
     return result
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+
+def _memory_plan(backbone: Backbone, bank: HeadBank, config: HeadTrainConfig, rt: Runtime) -> str:
+    """One line on what head training holds in memory: hidden states, head weights and state."""
+    from exitsearch.units import format_bytes
+
+    itemsize = 2 if rt.amp_dtype is not None else 4
+    states = config.batch_size * backbone.num_tokens * backbone.embed_dim * bank.max_location
+    params = sum(p.numel() for p in bank.parameters())
+    return (
+        f"heads: {len(bank)} heads in one group on {rt.describe()}: one backbone pass per batch "
+        f"holds {format_bytes(states * itemsize)} of hidden states (batch {config.batch_size}); "
+        f"head weights, gradients and Adam state {format_bytes(params * 4 * 4)}"
+    )
 
 
 def _status(saved: dict[str, Any]) -> HeadStatus:
@@ -319,7 +358,7 @@ def _diverge(
     prefix = f"heads.{i}."
     bank.heads[i].load_state_dict(
         {k[len(prefix) :]: v for k, v in best.items() if k.startswith(prefix)}
-    )
+    )  # load_state_dict copies onto the head's own device
     progress.log(
         f"head {st.key}: loss became non-finite at epoch {epoch + 1}, batch {batch + 1}; "
         "stopped and restored to its best weights, the others train on"
@@ -327,12 +366,14 @@ def _diverge(
 
 
 @torch.no_grad()
-def _validate(backbone, bank, splits, config, active, transform, upto, autocast):  # type: ignore[no-untyped-def]
+def _validate(backbone, bank, splits, config, active, transform, upto, autocast, rt):  # type: ignore[no-untyped-def]
     bank.eval()
     loss = dict.fromkeys(active, 0.0)
     correct = dict.fromkeys(active, 0)
-    for _, x, y in iterate_batches(splits.val, config.eval_batch_size):
-        states = backbone.hidden_states(transform(x), upto=upto)
+    for _, x, y in iterate_batches(splits.val, config.eval_batch_size, pin_memory=rt.pin_memory):
+        x, y = rt.to(x, y)
+        with rt.autocast():
+            states = backbone.hidden_states(transform(x), upto=upto)
         for i in active:
             with autocast:
                 logits = bank.heads[i](states[bank.specs[i].location - 1]).float()
@@ -372,7 +413,7 @@ def _after_epoch(
         st.bad_epochs = st.since_decay = 0
         prefix = f"heads.{i}."
         for k, v in bank.heads[i].state_dict().items():
-            best[prefix + k] = v.detach().clone()
+            best[prefix + k] = v.detach().to("cpu", copy=True)
         return
     st.bad_epochs += 1
     st.since_decay += 1
@@ -402,6 +443,7 @@ def _checkpoint(
         t, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"opt{i}")
         tensors.update(t)
         metas.append(meta)
+    tensors = _cpu(tensors)
     write_epoch_checkpoint(
         out,
         tensors,

@@ -20,8 +20,9 @@ import torch
 
 from exitsearch._io import atomic_path, atomic_write_json, read_json
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.loader import iterate_batches
 from exitsearch.data.splits import DataSplits
-from exitsearch.data.transforms import iterate_batches
+from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError
 from exitsearch.heads import HeadSpec
 from exitsearch.progress import NullProgress, Progress
@@ -129,11 +130,17 @@ def predict(
     names: tuple[str, ...] = ("val", "test"),
     batch_size: int = 1000,
     progress: Progress | None = None,
+    device: str | Runtime | None = None,
 ) -> Predictions:
-    """Run the backbone once per batch and every head of ``bank`` on its location's state."""
+    """Run the backbone once per batch and every head of ``bank`` on its location's state.
+
+    Outputs are written into preallocated arrays per split, so memory grows with the number of
+    samples only by a few numbers per sample and head. ``device`` defaults to the CPU.
+    """
     progress = progress or NullProgress()
-    backbone.eval()
-    bank.eval()
+    rt = resolve_device(device or "cpu")
+    backbone.eval().to(rt.device)
+    bank.eval().to(rt.device)
     transform = backbone.input_transform()
     out: dict[str, SplitPredictions] = {}
     rows = len(bank) + 1
@@ -146,18 +153,24 @@ def predict(
         unc = np.full((rows, n), np.nan, np.float32)
         task = f"predict {name}"
         progress.start(task, math.ceil(n / batch_size))
-        for idx, x, _ in iterate_batches(data, batch_size):
-            states = backbone.hidden_states(transform(x))
+        for idx, x, _ in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
+            with rt.autocast():
+                states = backbone.hidden_states(transform(rt.to(x)))
             cols = idx.numpy()
             for i, (spec, head) in enumerate(bank):
-                logits = head(states[spec.location - 1])
-                c, e, p = exit_statistics(logits)
-                conf[i, cols], ent[i, cols], pred[i, cols] = c.numpy(), e.numpy(), p.numpy()
+                with rt.autocast():
+                    logits = head(states[spec.location - 1]).float()
+                c, e, p = (t.cpu().numpy() for t in exit_statistics(logits))
+                conf[i, cols], ent[i, cols], pred[i, cols] = c, e, p
                 if head.uncertainty is not None:
-                    unc[i, cols] = head.uncertainty(logits.float()).numpy()
-            c, e, p = exit_statistics(backbone.final_head(states[-1]))
-            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c.numpy(), e.numpy(), p.numpy()
+                    unc[i, cols] = head.uncertainty(logits).cpu().numpy()
+            with rt.autocast():
+                final = backbone.final_head(states[-1]).float()
+            c, e, p = (t.cpu().numpy() for t in exit_statistics(final))
+            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c, e, p
             progress.advance(task)
         progress.finish(task)
         out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
+    backbone.to("cpu")
+    bank.to("cpu")
     return Predictions(list(bank.specs), out, backbone.num_classes)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exitsearch.data import ArrayDataset, load_image_folder, load_npz
+from exitsearch.data import ArrayDataset, Preprocess, load_image_folder, load_npz
 from exitsearch.errors import DataError
 
 
@@ -148,67 +148,93 @@ def _write_images(root: Path, per_class: dict[str, int], size: int = 10, mode: s
             Image.fromarray(arr).save(root / name / f"img{i}.png")
 
 
+def _folder(path, size, channels):
+    """The folder's splits with images preprocessed to ``size`` squares (no crop)."""
+    src = load_image_folder(path)
+    p = Preprocess((channels, size, size), mean=(0.5,) * channels, std=(0.5,) * channels)
+    wrap = lambda d: None if d is None else d.with_preprocess(p)  # noqa: E731
+    return wrap(src.train), wrap(src.test)
+
+
+def _pixels(ds):
+    return ds.batch(np.arange(len(ds))).numpy()
+
+
 def test_image_folder_without_test_split(tmp_path):
     _write_images(tmp_path, {"dog": 2, "cat": 3})
     (tmp_path / "cat" / "notes.txt").write_text("not an image, ignored")
-    train, test = load_image_folder(tmp_path, image_size=6, channels=1)
+    train, test = _folder(tmp_path, 6, 1)
     assert test is None
     assert train.classes == ("cat", "dog")  # sorted folder names are the classes
-    assert train.x.shape == (5, 1, 6, 6) and train.x.dtype == np.uint8
+    assert _pixels(train).shape == (5, 1, 6, 6) and _pixels(train).dtype == np.uint8
     assert train.y.tolist() == [0, 0, 0, 1, 1]
+    assert train.ids().tolist()[:2] == ["cat/img0.png", "cat/img1.png"]
 
 
 def test_image_folder_pixels_are_the_images(tmp_path):
     (tmp_path / "a").mkdir()
     arr = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
     Image.fromarray(arr).save(tmp_path / "a" / "x.png")
-    train, _ = load_image_folder(tmp_path, image_size=8, channels=1)
-    assert np.array_equal(train.x[0, 0], arr)
+    train, _ = _folder(tmp_path, 8, 1)
+    assert np.array_equal(_pixels(train)[0, 0], arr)
 
 
 def test_image_folder_with_train_and_test(tmp_path):
     _write_images(tmp_path / "train", {"a": 3, "b": 2}, mode="RGB")
     _write_images(tmp_path / "test", {"a": 1, "b": 1}, mode="RGB")
-    train, test = load_image_folder(tmp_path, image_size=4, channels=3)
-    assert train.x.shape == (5, 3, 4, 4)
-    assert test is not None and test.x.shape == (2, 3, 4, 4)
+    train, test = _folder(tmp_path, 4, 3)
+    assert _pixels(train).shape == (5, 3, 4, 4)
+    assert test is not None and _pixels(test).shape == (2, 3, 4, 4)
     assert test.classes == train.classes == ("a", "b")
     assert test.y.tolist() == [0, 1]
 
 
+def test_image_folder_train_and_val_is_imagenet_layout(tmp_path):
+    _write_images(tmp_path / "train", {"a": 3, "b": 2})
+    _write_images(tmp_path / "val", {"a": 1, "b": 1})
+    src = load_image_folder(tmp_path)
+    assert src.val is None and src.test is not None and len(src.test) == 2
+    _write_images(tmp_path / "test", {"a": 2, "b": 2})
+    src = load_image_folder(tmp_path)
+    assert len(src.val) == 2 and len(src.test) == 4
+
+
 def test_image_folder_grey_to_rgb(tmp_path):
     _write_images(tmp_path, {"a": 1, "b": 1}, mode="L")
-    train, _ = load_image_folder(tmp_path, image_size=5, channels=3)
-    assert train.x.shape == (2, 3, 5, 5)
-    assert np.array_equal(train.x[:, 0], train.x[:, 1])
+    train, _ = _folder(tmp_path, 5, 3)
+    px = _pixels(train)
+    assert px.shape == (2, 3, 5, 5)
+    assert np.array_equal(px[:, 0], px[:, 1])
 
 
 def test_unreadable_image_names_the_file(tmp_path):
     _write_images(tmp_path, {"a": 2, "b": 1})
     bad = tmp_path / "b" / "broken.png"
     bad.write_bytes(b"\x89PNG but then nothing useful")
+    train, _ = _folder(tmp_path, 4, 1)  # indexing reads names only; decoding finds it
     with pytest.raises(DataError, match=re.escape(str(bad))):
-        load_image_folder(tmp_path, image_size=4, channels=1)
+        _pixels(train)
 
 
 def test_test_folder_with_other_classes(tmp_path):
     _write_images(tmp_path / "train", {"a": 1, "b": 1})
     _write_images(tmp_path / "test", {"a": 1, "c": 1})
     with pytest.raises(DataError, match="differ"):
-        load_image_folder(tmp_path, image_size=4, channels=1)
+        load_image_folder(tmp_path)
 
 
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        load_image_folder(tmp_path / "missing", 4, 1)
+        load_image_folder(tmp_path / "missing")
     with pytest.raises(DataError, match="no class sub-folders"):
-        load_image_folder(tmp_path, 4, 1)
+        load_image_folder(tmp_path)
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataError, match="hold no images"):
-        load_image_folder(tmp_path, 4, 1)
+        load_image_folder(tmp_path)
     _write_images(tmp_path / "more", {"a": 1})
+    train, _ = _folder(tmp_path / "more", 4, 1)
     with pytest.raises(DataError, match="1 or 3"):
-        load_image_folder(tmp_path / "more", 4, 2)
+        train.with_preprocess(Preprocess((2, 4, 4), mean=(0.5,) * 2, std=(0.5,) * 2)).batch([0])
 
 
 # ---------------------------------------------------------------------------- ArrayDataset

@@ -104,7 +104,7 @@ def test_image_folder_source(tmp_path):
             Image.fromarray(np.full((9, 9), 40 * i, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
     s = load_splits(DataSpec(source=str(tmp_path)), image_size=4, channels=1)
     assert len(s.train) + len(s.val) + len(s.test) == 12
-    assert s.train.x.shape[1:] == (1, 4, 4)
+    assert s.train.batch([0, 1]).shape == (2, 1, 4, 4)
     assert s.classes == ("a", "b")
 
 
@@ -112,6 +112,7 @@ def test_spec_kinds_and_round_trip():
     assert DataSpec().kind == "fashion-mnist"
     assert DataSpec(source="x/y.npz").kind == "npz"
     assert DataSpec(source="x/images").kind == "folder"
+    assert DataSpec(source="x/shard-000000.tar").kind == "folder"  # not there: the catch-all
     spec = DataSpec(source="a.npz", val_size=10, seed=3, limit=5)
     assert DataSpec.from_dict(spec.to_dict()) == spec
 

@@ -1,0 +1,119 @@
+"""Where models run and in which precision: one place for device, autocast and data transfer.
+
+``--device auto`` takes the first GPU when there is one. On CUDA, compute runs under autocast in
+bfloat16 where the GPU supports it and in float16 with a gradient scaler otherwise; batches are
+copied from pinned memory without blocking. On the CPU everything stays float32 (the results the
+tests pin are float32 results).
+
+Example:
+    >>> from exitsearch.device import resolve_device
+    >>> rt = resolve_device("cpu")
+    >>> rt.device.type, rt.amp_dtype is None
+    ('cpu', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from exitsearch.errors import ConfigError
+
+__all__ = ["DEVICE_HELP", "Runtime", "resolve_device"]
+
+DEVICE_HELP = "Where models run: auto (a GPU when there is one), cpu, cuda or cuda:N."
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A device and the precision used on it.
+
+    Attributes:
+        device: the torch device.
+        amp_dtype: autocast dtype (``bfloat16`` or ``float16`` on CUDA), ``None`` for float32.
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.is_cuda
+
+    @property
+    def name(self) -> str:
+        if self.is_cuda:
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
+
+    def autocast(self) -> Any:
+        """Autocast context for forward passes (a no-op in float32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled only for float16 (bfloat16 and float32 need none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+
+    def to(self, *tensors: torch.Tensor) -> Any:
+        """Move tensors to the device (non-blocking from pinned memory)."""
+        moved = tuple(t.to(self.device, non_blocking=self.is_cuda) for t in tensors)
+        return moved if len(moved) != 1 else moved[0]
+
+    def describe(self) -> str:
+        precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+        return f"{self.name}, {precision[self.amp_dtype]}"
+
+    @contextmanager
+    def placed(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """Keep ``modules`` on the device for the block, back on the CPU afterwards."""
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            if self.is_cuda:
+                for m in modules:
+                    m.to("cpu")
+
+
+def resolve_device(spec: str | torch.device | Runtime | None = "auto", *, amp: bool = True) -> Runtime:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a :class:`Runtime`.
+
+    Raises:
+        ConfigError: an unknown device, or CUDA asked for where there is none.
+    """
+    if isinstance(spec, Runtime):
+        return spec
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return Runtime(torch.device("cpu"))
+    if device.type != "cuda":
+        raise ConfigError(f"unsupported device {spec!r}; expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} asked for, but this machine has no usable CUDA GPU")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {spec!r} asked for, but there are only {torch.cuda.device_count()} GPUs"
+        )
+    device = torch.device("cuda", index)
+    if not amp:
+        return Runtime(device)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Runtime(device, dtype)
