@@ -80,7 +80,32 @@ def data_spec(
 
 RunOpt = Annotated[
     str | None,
-    typer.Option("--run", help="Run folder (default: results/<model>-<data>)."),
+    typer.Option("--run", help="Run folder (default: runs/<model>-<data>)."),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where models run: auto (a GPU when there is one), cpu, cuda or cuda:N; "
+        "mixed precision on CUDA (bfloat16 where supported, float16 otherwise).",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Processes decoding images per data loader (default: one per CPU, up to 8; "
+        "0 decodes in this process).",
+    ),
+]
+AllowOverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Accept validation samples that the backbone's recorded training used "
+        "(validation accuracy is then optimistic).",
+    ),
 ]
 SpaceOpt = Annotated[
     str,
@@ -113,10 +138,18 @@ Bf16Opt = Annotated[bool, typer.Option("--bf16/--fp32", help="Run heads under bf
 
 
 def run_folder(run: str | None, model: str, data: str) -> Path:
+    """``--run``, or ``runs/<model>-<data>`` (never the committed reference runs in results/)."""
     if run:
         return Path(run)
     data_name = data if data == "fashion-mnist" else Path(data).stem
-    return Path("results") / f"{model}-{data_name}"
+    return Path("runs") / f"{model}-{data_name}"
+
+
+def use_workers(workers: int | None) -> None:
+    """Apply ``--workers`` to every data loader of this process."""
+    from exitsearch.data import set_default_workers
+
+    set_default_workers(workers)
 
 
 def head_config(

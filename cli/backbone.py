@@ -10,20 +10,23 @@ from exitsearch_cli._options import (
     CheckpointOpt,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     LimitOpt,
     ModelOpt,
     OverrideOpt,
     PretrainedOpt,
     SplitSeedOpt,
     ValSizeOpt,
+    WorkersOpt,
     backbone_spec,
     data_spec,
+    use_workers,
 )
 from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET, PRESETS, create_backbone, list_backbones
 from exitsearch.backbone.train import BackboneTrainConfig, train_backbone
-from exitsearch.data import load_splits
+from exitsearch.data import Augment, load_splits
 
 app = typer.Typer(help="Train, fine-tune and list backbones.", no_args_is_help=True)
 
@@ -49,7 +52,19 @@ def train(
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine decay).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, augmentation.")] = 0,
-    augment: Annotated[bool, typer.Option(help="Random crop and flip.")] = True,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="Light augmentations: crop,flip (default), crop, flip or none. Leave out flip "
+            "for digits, text and anything a mirror changes.",
+        ),
+    ] = "crop,flip",
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="No augmentation (same as --augment none).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
 ) -> None:
     """Train or fine-tune a backbone; checkpoints each epoch and resumes when rerun."""
     import torch
@@ -59,8 +74,9 @@ def train(
     if from_scratch and spec.model in PRESETS:
         spec = PRESETS[spec.model].spec
     bb = create_backbone(spec)
+    use_workers(workers)
     splits = load_splits(
-        data_spec(data, data_dir, val_size, split_seed, limit), bb.img_size[0], bb.in_chans
+        data_spec(data, data_dir, val_size, split_seed, limit), preprocess=bb.preprocess()
     )
     cfg = BackboneTrainConfig(
         epochs=epochs,
@@ -68,10 +84,12 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,
-        augment=augment,
+        augment="none" if no_augment else str(Augment.parse(augment)),
     )
     with RichProgress() as progress:
-        meta = train_backbone(bb, splits, cfg, out, progress=progress, command=invocation())
+        meta = train_backbone(
+            bb, splits, cfg, out, progress=progress, command=invocation(), device=device
+        )
     console.print(
         f"validation accuracy {meta['val_acc']:.4f}, test accuracy {meta['test_acc']:.4f}; "
         f"weights in {out}/model.safetensors"

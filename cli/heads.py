@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 from exitsearch_cli._console import RichProgress, console, handle_errors
 from exitsearch_cli._options import (
+    AllowOverlapOpt,
     Bf16Opt,
     CheckpointOpt,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     HeadBatchOpt,
     HeadEpochsOpt,
     HeadLimitOpt,
@@ -25,10 +27,12 @@ from exitsearch_cli._options import (
     SpaceOpt,
     SplitSeedOpt,
     ValSizeOpt,
+    WorkersOpt,
     backbone_spec,
     data_spec,
     head_config,
     run_folder,
+    use_workers,
 )
 from rich.markup import escape
 from rich.table import Table
@@ -63,6 +67,8 @@ def _settings(
     head_train_limit,
     bf16,
     seed,
+    device="auto",
+    allow_overlap=False,
 ) -> RunSettings:  # type: ignore[no-untyped-def]
     return RunSettings(
         run_dir=run_folder(run_dir, model, data),
@@ -70,6 +76,8 @@ def _settings(
         data=data_spec(data, data_dir, val_size, split_seed, limit),
         space=space,
         heads=head_config(head_epochs, head_batch_size, head_lr, head_train_limit, bf16, seed),
+        device=device,
+        allow_overlap=allow_overlap,
     )
 
 
@@ -114,6 +122,9 @@ def train(
         int | None,
         typer.Option("--head-shards", help="With --ray-address: shards (default: cluster CPUs)."),
     ] = None,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
 ) -> None:
     """Train every candidate head at every candidate location in one loop, backbone frozen.
 
@@ -138,7 +149,10 @@ def train(
         head_train_limit,
         bf16,
         seed,
+        device,
+        allow_overlap,
     )
+    use_workers(workers)
     if ray_address is not None:  # sharded over a Ray cluster (exitsearch.distributed)
         from exitsearch.distributed.cluster import probe
 
@@ -182,6 +196,9 @@ def predict(
     head_train_limit: HeadLimitOpt = None,
     bf16: Bf16Opt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed the heads were trained with.")] = 0,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
 ) -> None:
     """Cache every trained head's per-sample outputs on validation and test, and report them.
 
@@ -209,6 +226,9 @@ def predict(
         predict=True,
         ray_address=os.environ.get("RAY_ADDRESS"),
         head_shards=None,
+        device=device,
+        workers=workers,
+        allow_overlap=allow_overlap,
     )
 
 

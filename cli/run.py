@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 from exitsearch_cli._console import RichProgress, console, err_console, handle_errors
 from exitsearch_cli._options import (
+    AllowOverlapOpt,
     Bf16Opt,
     CheckpointOpt,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     HeadBatchOpt,
     HeadEpochsOpt,
     HeadLimitOpt,
@@ -25,10 +27,12 @@ from exitsearch_cli._options import (
     SpaceOpt,
     SplitSeedOpt,
     ValSizeOpt,
+    WorkersOpt,
     backbone_spec,
     data_spec,
     head_config,
     run_folder,
+    use_workers,
 )
 from rich.markup import escape
 from rich.table import Table
@@ -159,6 +163,9 @@ def run(
             "(default: one per CPU; with --ray-address they are Ray tasks).",
         ),
     ] = None,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
 ) -> None:
     """Profile, train heads once, predict, search the budget-aware Pareto front, and report."""
     if ray_address is not None:  # fail before any work when the cluster cannot be reached
@@ -181,6 +188,7 @@ def run(
         if run_dir is None:
             run_dir = str(run_folder(None, f"paumer-{Path(paumer).name}", data))
     # --
+    use_workers(workers)
     folder = run_folder(run_dir, model, data)
     settings = RunSettings(
         run_dir=folder,
@@ -199,6 +207,8 @@ def run(
         head_shards=head_shards,
         paumer=paumer,
         pause_workers=pause_workers,
+        allow_overlap=allow_overlap,
+        device=device,
     )
     with RichProgress(enabled=not as_json) as progress:
         result = run_pipeline(settings, progress)

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import ConfigError
+from exitsearch.export.inputs import ModelInputs
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.export.staged import BOOKKEEPING, ExitOutput, Flight, Outputs, Staged, Tick
 from exitsearch.heads import HeadContext
@@ -163,6 +165,9 @@ class MultiExitModel(Staged, Anytime, nn.Module):
         self.point_index: int | None = None
         self.manifest: dict[str, Any] | None = None  # set when loaded from a bundle
         self.source: Path | None = None
+        # The preprocessing raw images get (a bundle sets the one it was searched with)
+        self.preprocess: Preprocess = backbone.preprocess()
+        self.check_inputs = True  # refuse tensors of the wrong shape or value range
         locs = list(config.locations)
         starts = [0, *locs]
         self._segments = list(zip(starts[:-1], locs, strict=True))
@@ -210,10 +215,55 @@ class MultiExitModel(Staged, Anytime, nn.Module):
 
     # ----------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> ExitOutput:
-        """Run ``x`` (B, C, H, W), already transformed to the backbone's input, with
-        per-sample exits. Runs under ``torch.inference_mode``."""
+        """Run ``x`` (B, C, H, W), already normalised to the backbone's input, with
+        per-sample exits. Runs under ``torch.inference_mode``.
+
+        Raises:
+            ConfigError: ``x`` has the wrong shape or channels, is uint8, or its values are not
+                normalised (e.g. images scaled to [0, 1]); ``predict`` takes raw images.
+        """
+        if self.check_inputs:
+            self.inputs.check(x)
         with torch.inference_mode():
             return self.run(x)
+
+    @property
+    def inputs(self) -> ModelInputs:
+        cached = self.__dict__.get("_inputs")
+        if cached is None or cached.preprocess != self.preprocess:
+            cached = ModelInputs(self.preprocess)
+            self.__dict__["_inputs"] = cached
+        return cached
+
+    def predict(self, inputs: Any, batch_size: int = 64, tick: Tick | None = None) -> ExitOutput:
+        """Stream mode over many inputs, every stage run on ``batch_size`` samples.
+
+        Args:
+            inputs: raw images (PIL images, file paths, uint8 ``(N, C, H, W)`` tensors or
+                arrays; the bundle's preprocessing is applied: resize, centre crop, mean/std),
+                normalised ``(N, C, H, W)`` float tensors, or an iterable of either (e.g. a
+                data loader's batches).
+            batch_size: samples per stage run (and per input chunk).
+            tick: profiling hook, as in :meth:`run`.
+
+        Returns:
+            One row per input, in input order.
+
+        Raises:
+            ConfigError: an input of the wrong kind, shape or value range.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        device = next(self.parameters()).device
+        batches = (
+            x.to(device)
+            for x in (
+                self.inputs.stream(inputs, batch_size)
+                if self.check_inputs
+                else self.inputs._batches(inputs, batch_size)
+            )
+        )
+        return super().predict(batches, batch_size, tick)
 
     def _enter(self, x: torch.Tensor, first_row: int, tick: Tick | None) -> Flight:
         """The stem on a batch whose samples are output rows ``first_row, first_row + 1, ...``."""

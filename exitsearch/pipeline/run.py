@@ -397,10 +397,48 @@ def resolve_budget(
     note = None
     if flops >= costs.backbone_flops:
         note = (
-            f"budget {text} ({format_flops(flops)}) is above the backbone's own cost "
-            f"({format_flops(costs.backbone_flops)}): every configuration fits, the whole front is returned"
+            f"budget {text} ({format_flops(flops)}) is {flops / costs.backbone_flops:.3g}x the "
+            f"backbone's own cost ({format_flops(costs.backbone_flops)} per sample): every "
+            "configuration fits and the whole front is returned; a budget is useful below the "
+            "backbone's cost (e.g. --budget 50%)"
         )
     return budget, BudgetConstraint(flops, budget.kind), note
+
+
+def affordable_heads(
+    candidates: list[HeadSpec],
+    profile: BackboneProfile,
+    head_flops: dict[str, int],
+    constraint: BudgetConstraint,
+) -> tuple[list[HeadSpec], list[HeadSpec]]:
+    """Split the candidates into those worth training under the budget and those that are not.
+
+    Under a ``max`` budget an exit whose own cost (backbone up to its block plus the head)
+    exceeds the budget can never be reached by a feasible configuration. Under a ``mean`` budget
+    a head that costs more than the whole budget by itself is skipped too (it could only fit
+    if nearly every sample left before it). Budgets in milliseconds skip nothing here.
+    """
+    if constraint.flops is None:
+        return list(candidates), []
+    limit = constraint.flops
+    kept, skipped = [], []
+    for spec in candidates:
+        own = head_flops[spec.key]
+        reach = profile.cumulative(spec.location) + own
+        too_costly = reach > limit if constraint.kind is BudgetKind.MAX else own > limit
+        (skipped if too_costly else kept).append(spec)
+    if not kept:  # the budget check before already said the cheapest exit; keep them all
+        return list(candidates), []
+    return kept, skipped
+
+
+def skipped_reason(constraint: BudgetConstraint) -> str:
+    from exitsearch.units import format_flops
+
+    budget = format_flops(constraint.flops or 0)
+    if constraint.kind is BudgetKind.MAX:
+        return f"reaching their exit costs more than the max budget of {budget} per sample"
+    return f"each head alone costs more than the mean budget of {budget} per sample"
 
 
 def _search_or_explain(*args: Any, **kwargs: Any) -> SearchResult:
@@ -469,6 +507,17 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             settings.budget, settings.budget_kind, costs, cheapest, cheapest_ms
         )
         notes = [note] if note else []
+        if note:  # said before the long stages start, not only in the final report
+            progress.log(f"note: {note}")
+        kept, skipped = affordable_heads(ctx.candidates, profile, head_flops, constraint)
+        if skipped:
+            skip_note = (
+                f"{len(skipped)} of {len(ctx.candidates)} candidate heads not trained: "
+                + skipped_reason(constraint)
+            )
+            progress.log(f"note: {skip_note}")
+            notes.append(skip_note)
+            ctx.candidates = kept
         bank = stage_heads(ctx)
         preds = stage_predict(ctx, bank)
         ev = Evaluator(preds, "val", costs)
