@@ -13,14 +13,13 @@ from exitsearch.errors import ConfigError
 from exitsearch.export import bundle_from_run, export_bundle, read_manifest
 from exitsearch.export.onnx import EXPORTERS
 from exitsearch.profile import UNIT
+from exitsearch.report.schema import EXPORT_DIR
 from exitsearch.units import format_flops
 
 
 @handle_errors
 def export(
-    run: Annotated[
-        str, typer.Argument(help="Run folder of `exitsearch search` (holds pareto.json).")
-    ],
+    run: Annotated[str, typer.Argument(help="Run folder of `exitsearch run` (holds pareto.json).")],
     config: Annotated[
         int | None,
         typer.Option("--config", help="id of the front member to export (see pareto.json)."),
@@ -57,7 +56,7 @@ def export(
     if onnx_exporter not in EXPORTERS:
         raise ConfigError(f"--onnx-exporter takes {' or '.join(EXPORTERS)}, got {onnx_exporter!r}")
     sel = bundle_from_run(run, config)
-    dest = Path(out) if out else Path(run) / "export" / f"config-{sel.config_id}"
+    dest = Path(out) if out else Path(run) / EXPORT_DIR / f"config-{sel.config_id}"
     path = export_bundle(
         dest,
         sel.backbone,

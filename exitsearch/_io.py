@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from exitsearch.errors import CacheError
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it (Linux); os.umask's set-and-restore otherwise."""
     try:
         with open("/proc/self/status") as fh:
@@ -41,6 +41,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_file",
+    "current_umask",
     "derive_seed",
     "file_sha256",
     "load_safetensors",
@@ -49,6 +51,33 @@ __all__ = [
     "sha256_of",
     "write_epoch_checkpoint",
 ]
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work, that a result file can be written at ``path``.
+
+    Called by commands that measure first and write last (``profile --save``, ``bench
+    --json-out``), so that a wrong path costs nothing instead of the whole measurement.
+
+    Raises:
+        ConfigError: ``path`` is a folder, a file stands where one of its folders belongs, or
+            its folder exists but cannot be written.
+    """
+    from exitsearch.errors import ConfigError
+
+    p = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError(f"{option} takes a file name, got an empty one")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder; {option} takes a file name")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{parent}: is a file, where a folder of {option} {p} belongs")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{parent}: cannot write there (read-only or no permission)")
+            break
+    return p
 
 
 @contextmanager
@@ -62,7 +91,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp creates 0600 and some writers recreate the file: set the mode last.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)

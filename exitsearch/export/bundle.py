@@ -33,7 +33,13 @@ import torch
 import yaml
 from torch import nn
 
-from exitsearch._io import atomic_write_json, atomic_write_text, file_sha256, save_safetensors
+from exitsearch._io import (
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    file_sha256,
+    save_safetensors,
+)
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
@@ -51,6 +57,7 @@ __all__ = [
     "MANIFEST",
     "ONNX_DIR",
     "RECIPE_FILE",
+    "check_replaceable_bundle",
     "export_bundle",
     "load",
     "load_bundle",
@@ -115,8 +122,10 @@ def export_bundle(
             a pause configuration (not supported).
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out}: already exists; choose another folder or overwrite it")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise BundleError(f"{out}: already exists; choose another folder or overwrite it")
+        check_replaceable_bundle(out)
     if config.pause:
         if onnx:
             raise ConfigError(
@@ -145,6 +154,8 @@ def export_bundle(
     _clean_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        # mkdtemp makes the folder 0700; the bundle gets what mkdir would give it (the umask's).
+        os.chmod(tmp, 0o777 & ~current_umask())
         save_safetensors(tmp / BACKBONE_FILE, backbone.model.state_dict())
         save_safetensors(
             tmp / HEADS_FILE,
@@ -172,6 +183,48 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_replaceable_bundle(path: Path) -> None:
+    """Check that ``--overwrite`` may remove ``path``: a bundle exitsearch wrote, nothing more.
+
+    A folder counts as one when its ``exitsearch.json`` is a bundle manifest and every file in
+    it is one the manifest lists (or the manifest itself), so a folder of the user's own files,
+    a plain file, a link, or a bundle the user added files to is never deleted.
+
+    Raises:
+        BundleError: ``path`` is anything else; the message says what was found.
+    """
+    if path.is_symlink() or not path.is_dir():
+        kind = "a link" if path.is_symlink() else "a file"
+        raise BundleError(
+            f"{path}: is {kind}, not a bundle; --overwrite replaces only a bundle exitsearch "
+            "wrote, so move it away or choose another --out"
+        )
+    try:
+        doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(doc["files"]) if doc.get("format") == "exitsearch-bundle" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    if listed is None:
+        raise BundleError(
+            f"{path}: not an exitsearch bundle (no bundle manifest {MANIFEST}); --overwrite "
+            "replaces only a bundle exitsearch wrote, so move it away or choose another --out"
+        )
+    foreign = sorted(
+        p.relative_to(path).as_posix()
+        for p in path.rglob("*")
+        if (p.is_file() or p.is_symlink())
+        and p.relative_to(path).as_posix() not in listed | {MANIFEST}
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise BundleError(
+            f"{path}: holds files exitsearch did not write ({shown}); --overwrite would delete "
+            "them, so move them away first or choose another --out"
+        )
 
 
 def _heads_in_exit_order(heads: HeadsArg, config: ExitConfig) -> list[nn.Module]:

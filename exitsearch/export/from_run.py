@@ -69,7 +69,7 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
     """
     run = Path(run_dir)
     ppath = run / PARETO_JSON
-    pareto = _read(ppath, f"is {run} a run folder of `exitsearch search`?")
+    pareto = _read(ppath, f"is {run} a run folder of `exitsearch run`?")
     schema = pareto.get("schema", 1)
     if isinstance(schema, int) and schema > PARETO_SCHEMA:
         raise BundleError(

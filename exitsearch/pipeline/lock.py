@@ -5,26 +5,57 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from pathlib import Path
 from types import TracebackType
 
-from exitsearch.errors import RunFolderBusyError
+from exitsearch.errors import ConfigError, RunFolderBusyError
+from exitsearch.report.schema import CACHE_DIR, EXPORT_DIR
 
 __all__ = ["RunLock", "sweep_temp_files"]
 
 
+# What :func:`tempfile.mkstemp` / ``mkdtemp`` make of ``prefix=".<name>."``, ``suffix=".tmp"``
+# (exitsearch._io.atomic_path, exitsearch.export.bundle): eight characters of its alphabet.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_STAGE_FOLDER = re.compile(r"^[a-z][a-z0-9_]*-[0-9a-f]{16}$")
+
+
+def _own_temp_places(folder: Path) -> list[tuple[Path, bool]]:
+    """``(place, recursive)`` for every place where exitsearch writes into a run folder."""
+    places = [(folder, False), (folder / CACHE_DIR, False), (folder / EXPORT_DIR, False)]
+    cache = folder / CACHE_DIR
+    if cache.is_dir():
+        places += [
+            (stage, True)
+            for stage in sorted(cache.iterdir())
+            if stage.is_dir() and not stage.is_symlink() and _STAGE_FOLDER.match(stage.name)
+        ]
+    return places
+
+
 def sweep_temp_files(folder: Path) -> int:
     """Remove temporary files that killed writers left (``.<name>.<random>.tmp``, see
-    :func:`exitsearch._io.atomic_path`). Only safe while holding the folder's lock."""
+    :func:`exitsearch._io.atomic_path`). Only safe while holding the folder's lock.
+
+    Only names exitsearch itself makes, and only where it writes them: the run folder, its
+    ``cache/`` and ``export/`` folders (not below them), and inside its cache's stage folders.
+    A user's own ``.*.tmp`` file anywhere else in the run folder is left alone.
+    """
     removed = 0
-    for tmp in folder.rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed += 1
-        elif tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed += 1
+    for place, recursive in _own_temp_places(folder):
+        if not place.is_dir() or place.is_symlink():
+            continue
+        for tmp in place.rglob(".*.tmp") if recursive else place.glob(".*.tmp"):
+            if not _TEMP_NAME.match(tmp.name) or tmp.is_symlink():
+                continue
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+            elif tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
     return removed
 
 
@@ -36,6 +67,7 @@ class RunLock:
 
     Raises:
         RunFolderBusyError: another live process holds the folder.
+        ConfigError: the folder's path is (or runs through) a file.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -44,6 +76,15 @@ class RunLock:
         self._created = False
 
     def __enter__(self) -> RunLock:
+        folder = self.path.parent
+        blocker = next(
+            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None
+        )
+        if blocker is not None:
+            raise ConfigError(
+                f"{blocker}: is a file, where the run folder {folder} needs a folder; choose "
+                "another --run"
+            )
         self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

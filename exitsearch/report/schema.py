@@ -43,3 +43,4 @@ HEADS_CSV = "heads.csv"
 RUN_JSON = "run.json"
 STUDY_DB = "study.db"
 CACHE_DIR = "cache"
+EXPORT_DIR = "export"  # bundles of `exitsearch export RUN` without --out

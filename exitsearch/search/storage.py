@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -12,9 +13,10 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
 
+from exitsearch._redact import redact
 from exitsearch.errors import ConfigError
 
-__all__ = ["open_storage", "storage_url"]
+__all__ = ["check_storage", "open_storage", "storage_url"]
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -49,6 +51,54 @@ def storage_url(spec: str | Path) -> str:
     return f"sqlite:///{Path(text).resolve()}"
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_storage_file(path: Path, journal: bool) -> None:
+    """Refuse, before anything is written, a file that is neither Optuna's nor SQLite's.
+
+    An empty or missing file is fine (a new study); a folder, or a file of the user's that
+    holds anything else (a text log, notes), is never appended to or overwritten.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; --storage takes a file (.db, .log) or a URL")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    what = "an Optuna journal" if journal else "a SQLite database"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.readline(1 << 16) if journal else fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the storage file ({exc.strerror})") from None
+    if journal:
+        try:
+            record = json.loads(head)
+            ok = isinstance(record, dict) and "op_code" in record
+        except ValueError:
+            ok = False
+    else:
+        ok = head == _SQLITE_MAGIC
+    if not ok:
+        raise ConfigError(
+            f"{path}: exists and is not {what} of Optuna's; exitsearch will not write into "
+            "it, so choose another --storage file (or a new name)"
+        )
+
+
+def check_storage(spec: str | Path) -> None:
+    """Check a storage file without opening it: call before any work that precedes the search.
+
+    Raises:
+        ConfigError: ``spec`` names a folder, or a file that is neither an Optuna journal nor a
+            SQLite database (exitsearch never writes into a user's other files).
+    """
+    url = storage_url(spec)
+    if "://" not in url:
+        _check_storage_file(Path(url), journal=True)
+    elif url.startswith("sqlite:///"):
+        _check_storage_file(Path(url.removeprefix("sqlite:///")), journal=False)
+
+
 def open_storage(spec: str | Path) -> BaseStorage:
     """Open (creating if needed) the storage that ``spec`` names.
 
@@ -61,6 +111,7 @@ def open_storage(spec: str | Path) -> BaseStorage:
         ConfigError: the storage cannot be opened.
     """
     url = storage_url(spec)
+    check_storage(spec)
     try:
         if url.endswith((".log", ".jsonl")) and "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +137,5 @@ def open_storage(spec: str | Path) -> BaseStorage:
         ImportError,
         sqlalchemy.exc.SQLAlchemyError,
     ) as exc:
-        raise ConfigError(
-            f"cannot open Optuna storage {url}: {' '.join(str(exc).split())[:300]}"
-        ) from None
+        detail = redact(" ".join(str(exc).split()))[:300]
+        raise ConfigError(f"cannot open Optuna storage {redact(url)}: {detail}") from None
