@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import typer
@@ -19,10 +25,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from exitsearch.errors import ExitSearchError
+from exitsearch._redact import redact
+from exitsearch.errors import ConfigError, ExitSearchError
 
-__all__ = ["RichProgress", "console", "err_console", "handle_errors", "invocation"]
+__all__ = [
+    "OneLineErrorGroup",
+    "RichProgress",
+    "console",
+    "err_console",
+    "handle_errors",
+    "invocation",
+    "print_error",
+    "set_debug",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,34 +48,229 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 USER_ERROR = 2
+INTERNAL_ERROR = 1
+TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+DEBUG_ENV = "EXITSEARCH_DEBUG"
+_debug = False
+
+
+def set_debug(enabled: bool) -> None:
+    """``--debug``: let errors through with their traceback instead of one line."""
+    global _debug
+    _debug = enabled
+
+
+def debug_enabled() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that it stops the command the same clean way."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and exit status 2; Ctrl-C into status 130."""
+    """Turn every error into one line on stderr and a non-zero exit status.
+
+    Library errors (and what the operating system refuses: a full disk, a read-only folder, a
+    file where a folder belongs) exit with 2; Ctrl-C with 130 and SIGTERM with 143, both after
+    saying that the finished work is kept; anything else is a bug, reported in one line that
+    says how to see its traceback (``--debug`` or ``EXITSEARCH_DEBUG=1``), exit status 1.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _catch_sigterm()
         try:
+            check_shared_options(kwargs)
             return fn(*args, **kwargs)
-        except ExitSearchError as exc:
-            err_console.print(
-                f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(code=USER_ERROR) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Terminated:
+            err_console.print("terminated; finished work is kept, rerun the command to resume")
+            raise typer.Exit(code=TERMINATED) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished work is kept, rerun the command to resume")
             raise typer.Exit(code=130) from None
+        except ExitSearchError as exc:
+            if debug_enabled():
+                raise
+            print_error(str(exc))
+            raise typer.Exit(code=USER_ERROR) from None
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            print_error(describe_os_error(exc))
+            raise typer.Exit(code=USER_ERROR) from None
+        except MemoryError:
+            if debug_enabled():
+                raise
+            print_error(
+                "out of memory; use smaller batch sizes or --limit, or a machine with more memory"
+            )
+            raise typer.Exit(code=USER_ERROR) from None
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            text = _one_line(str(exc))
+            text = text if len(text) <= 200 else text[:200] + "..."
+            print_error(
+                f"unexpected {type(exc).__name__}: {text} -- a bug in exitsearch, not in your "
+                f"input; rerun with --debug (exitsearch --debug COMMAND ...) or {DEBUG_ENV}=1 to "
+                "see the traceback"
+            )
+            raise typer.Exit(code=INTERNAL_ERROR) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in 0 .. 2**32 - 1
+_SEED_OPTIONS = ("seed", "split_seed")
+
+
+def check_shared_options(params: dict[str, Any]) -> None:
+    """Options several commands share, checked once for all before any work.
+
+    Seeds must lie in 0 .. 2**32 - 1 (what numpy's and torch's generators take, so a seed that
+    works for the split also works for the heads trained later); ``--head-shards`` needs a
+    cluster to shard over.
+
+    Raises:
+        ConfigError: a seed out of range, or ``--head-shards`` below 1 or without a cluster.
+    """
+    for name in _SEED_OPTIONS:
+        value = params.get(name)
+        if value is not None and not 0 <= value <= SEED_MAX:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must lie in 0..{SEED_MAX} (2**32 - 1), got {value}"
+            )
+    shards = params.get("head_shards")
+    if shards is not None:
+        if shards < 1:
+            raise ConfigError(f"--head-shards takes a positive integer, got {shards}")
+        if "ray_address" in params and not params["ray_address"]:
+            raise ConfigError(
+                "--head-shards splits head training over a Ray cluster, and no cluster is given: "
+                "add --ray-address HOST:PORT (or set RAY_ADDRESS), or leave --head-shards out"
+            )
+
+
+def _catch_sigterm() -> Any:
+    """Route SIGTERM to :class:`Terminated` for the command's duration; the old handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file system or the limits of this process",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a folder, where a file is expected",
+    errno.ENOTDIR: "a file is in the way, where a folder is expected",
+    errno.EEXIST: "already exists",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "name too long",
+}
+_OS_ADVICE = {
+    errno.ENOSPC: "; free some space (or write elsewhere) and rerun: finished work is kept",
+    errno.EDQUOT: "; free some space (or write elsewhere) and rerun: finished work is kept",
+    errno.EROFS: "; write elsewhere (--out, --run) or make it writable",
+    errno.EACCES: "; write elsewhere (--out, --run) or make it writable",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for what the operating system refused: the path, what went wrong, what to do."""
+    what = _OS_ERRORS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+    where = exc.filename if exc.filename is not None else None
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
+        # mkdir onto a file, or a path through one: name the file that is in the way
+        blocker = next(
+            (
+                p
+                for p in (Path(os.fsdecode(where)), *Path(os.fsdecode(where)).parents)
+                if p.exists() and not p.is_dir()
+            ),
+            None,
+        )
+        if blocker is not None:
+            return (
+                f"{blocker}: is a file, where a folder is expected; move it or choose another path"
+            )
+    text = f"{where}: {what}" if where is not None else f"{what}"
+    if exc.filename2 is not None:
+        text += f" (with {exc.filename2})"
+    return text + _OS_ADVICE.get(exc.errno or 0, "")
+
+
+def print_error(message: str) -> None:
+    """The one ``error:`` line; passwords of URLs in it are masked."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(_one_line(redact(message)))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def invocation() -> str:
-    """The command line as typed, for recording how an artifact was made."""
-    return "exitsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The command line as typed (passwords masked), for recording how an artifact was made."""
+    return "exitsearch " + " ".join(shlex.quote(redact(a)) for a in sys.argv[1:])
+
+
+class OneLineErrorGroup(TyperGroup):
+    """The top-level command: a usage error (unknown option, a value out of range) is one
+    ``error:`` line and exit status 2, like every other error, not a framed panel."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except TyperException as exc:
+            if not standalone_mode:
+                raise
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help())  # the command's help, as typer shows it
+                sys.exit(exc.exit_code)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print_error(exc.format_message() + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            err_console.print("aborted")
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 class RichProgress:

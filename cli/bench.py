@@ -11,7 +11,7 @@ from exitsearch_cli.profile import parse_batch_sizes
 from rich import box
 from rich.table import Table
 
-from exitsearch._io import atomic_write_json
+from exitsearch._io import atomic_write_json, check_output_file
 from exitsearch.errors import ConfigError
 from exitsearch.export import benchmark, load_bundle, load_onnx_bundle
 from exitsearch.export.bench import BenchReport
@@ -74,6 +74,14 @@ def bench(
 
     Shows the measured speed-up next to the one the FLOPs predict, with a per-part profile."""
     sizes = parse_batch_sizes(batch_size)
+    if repeats < 1 or warmup < 0 or stream_repeats < 1:
+        raise ConfigError(
+            "--repeats and --stream-repeats must be at least 1 and --warmup at least 0, got "
+            f"{repeats}, {stream_repeats} and {warmup}"
+        )
+    for path, option in ((json_out, "--json-out"), (plot, "--plot")):
+        if path is not None:  # before the measurement, which a wrong path would throw away
+            check_output_file(path, option)
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads takes a positive integer, got {threads}")

@@ -10,7 +10,7 @@ from exitsearch_cli._console import console, err_console, handle_errors
 from exitsearch_cli._options import CheckpointOpt, OverrideOpt, PretrainedOpt, backbone_spec
 from rich.table import Table
 
-from exitsearch._io import atomic_write_json
+from exitsearch._io import atomic_write_json, check_output_file
 from exitsearch.backbone import DEFAULT_PRESET, create_backbone
 from exitsearch.errors import ConfigError
 from exitsearch.profile import UNIT, measure_latency, profile_backbone
@@ -55,6 +55,12 @@ def profile(
 ) -> None:
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
     sizes = parse_batch_sizes(batch_size) if latency else []
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}"
+        )
+    if save:  # before the measurement, which a wrong path would otherwise throw away
+        check_output_file(save, "--save")
     bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
     prof = profile_backbone(bb)
     tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]

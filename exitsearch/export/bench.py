@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exitsearch._memory import check_fits_in_memory
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
 from exitsearch.profile.latency import resolve_device
@@ -137,6 +138,19 @@ def bench_inputs(
     return x, None, f"random normal ({n} inputs; the bundle's data is not available)"
 
 
+def _check_batch_memory(model: MultiExitModel, batch_size: int) -> None:
+    """Refuse a batch whose inputs and one block's activations cannot fit in memory."""
+    bb = model.backbone
+    per_sample = 4 * bb.in_chans * bb.img_size[0] * bb.img_size[1]  # float32 input
+    # tokens of a block: input, attention output, and the MLP's 4x-wide hidden layer
+    per_sample += 4 * bb.num_tokens * bb.embed_dim * 6
+    check_fits_in_memory(
+        batch_size * per_sample,
+        f"batch size {batch_size}",
+        "choose a smaller --batch-size",
+    )
+
+
 def benchmark(
     model: MultiExitModel,
     batch_sizes: Sequence[int] = (1, 64),
@@ -167,6 +181,7 @@ def benchmark(
             "`repeats >= 1`, `warmup >= 0` and `stream_repeats >= 1` must hold, got "
             f"({repeats=}, {warmup=}, {stream_repeats=})"
         )
+    _check_batch_memory(model, max(batch_sizes))
     dev = resolve_device(device)
     model = model.to(dev).eval()
     pool, labels, described = inputs or bench_inputs(model, max(batch_sizes) * repeats)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from exitsearch._memory import check_fits_in_memory
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.errors import ConfigError
 
@@ -116,6 +117,21 @@ def measure_latency(
     """Time the stem, each block and the head of ``backbone`` at ``batch_size`` on ``device``."""
     if batch_size < 1:
         raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"`repeats >= 1` and `warmup >= 0` must hold, but got ({repeats=}, {warmup=})"
+        )
+    check_fits_in_memory(
+        # the input, and every block's tokens kept for timing the blocks one by one
+        batch_size
+        * 4
+        * (
+            backbone.in_chans * backbone.img_size[0] * backbone.img_size[1]
+            + (backbone.depth + 1) * backbone.num_tokens * backbone.embed_dim
+        ),
+        f"latency at batch size {batch_size}",
+        "choose a smaller --batch-size",
+    )
     dev = resolve_device(device)
     bb = backbone.to(dev).eval()
     x = torch.randn(batch_size, bb.in_chans, *bb.img_size, device=dev)

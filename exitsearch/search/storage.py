@@ -64,7 +64,7 @@ def _check_storage_file(path: Path, journal: bool) -> None:
         raise ConfigError(f"{path}: is a folder; --storage takes a file (.db, .log) or a URL")
     if not path.exists() or path.stat().st_size == 0:
         return
-    what = "an Optuna journal" if journal else "a SQLite database"
+    what = "an Optuna journal" if journal else "an Optuna SQLite database"
     try:
         with open(path, "rb") as fh:
             head = fh.readline(1 << 16) if journal else fh.read(len(_SQLITE_MAGIC))
@@ -80,8 +80,8 @@ def _check_storage_file(path: Path, journal: bool) -> None:
         ok = head == _SQLITE_MAGIC
     if not ok:
         raise ConfigError(
-            f"{path}: exists and is not {what} of Optuna's; exitsearch will not write into "
-            "it, so choose another --storage file (or a new name)"
+            f"{path}: exists and is not {what}; exitsearch writes into no other file, so "
+            "choose another --storage file (or a new name)"
         )
 
 

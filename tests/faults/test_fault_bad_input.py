@@ -498,7 +498,7 @@ SPACES = [
     (
         "param-the-head-lacks",
         "heads: {mlp: {params: {bogus: 1}}}\nuncertainty: false\ncriteria: [confidence]\n",
-        "head mlp@1: MLPHead.__init__() got an unexpected keyword argument 'bogus'",
+        "head mlp[bogus=1]@1: MLPHead.__init__() got an unexpected keyword argument 'bogus'",
     ),
 ]
 
@@ -508,7 +508,7 @@ def test_malformed_search_spaces(world: World, tmp_path: Path, text: str, fragme
     space = _text(tmp_path / "space.yaml", text)
     run_dir = tmp_path / "run"
     line = assert_user_error(_invoke(world.run_args(run_dir, "--space", str(space))), fragment)
-    if "head mlp@1" not in line:  # the head's own constructor does not know the file
+    if "head mlp[bogus=1]@1" not in line:  # the head's own constructor does not know the file
         assert str(space) in line
     assert_nothing_half(run_dir)
     assert not (run_dir / schema.CACHE_DIR).exists()
