@@ -69,7 +69,10 @@ class Preprocess:
         """timm's resolved data config of ``model``, fitted to its real input size and channels.
 
         A model built with an ``img_size`` or ``in_chans`` override keeps its pretrained config's
-        interpolation, crop and statistics; mean and std are cut or extended to its channels.
+        interpolation and statistics (mean and std cut or extended to its channels); one whose
+        ``img_size`` differs from the pretrained resolution takes images whole (``crop_pct`` 1):
+        the pretrained centre crop belongs to that resolution, and data at the model's own size
+        then pass unchanged.
         """
         from timm.data import resolve_model_data_config
 
@@ -78,10 +81,14 @@ class Preprocess:
         chans = int(model.patch_embed.proj.in_channels)
         mean = _fit(tuple(float(v) for v in cfg.get("mean", (0.5,) * 3)), chans)
         std = _fit(tuple(float(v) for v in cfg.get("std", (0.5,) * 3)), chans)
+        input_size = (chans, int(size[0]), int(size[1]))
+        pretrained_size = tuple(int(v) for v in cfg.get("input_size", input_size))
         fields = {
-            "input_size": (chans, int(size[0]), int(size[1])),
+            "input_size": input_size,
             "interpolation": str(cfg.get("interpolation", "bilinear")),
-            "crop_pct": float(cfg.get("crop_pct", 1.0)),
+            "crop_pct": (
+                float(cfg.get("crop_pct", 1.0)) if pretrained_size[1:] == input_size[1:] else 1.0
+            ),
             "crop_mode": str(cfg.get("crop_mode", "center")),
             "mean": mean,
             "std": std,

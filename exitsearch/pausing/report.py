@@ -184,7 +184,7 @@ def score_configurations(
     first = next(iter(models.values()))
     bb = first.backbone
     x = timing_batch(
-        first, cached_splits(data.to_dict(), bb.img_size[0], bb.in_chans).get(split), batch_size
+        first, cached_splits(data.to_dict(), bb.preprocess()).get(split), batch_size
     )
     task = f"time {len(rows)} configurations ({repeats} interleaved rounds)"
     progress.start(task, None)
@@ -279,7 +279,7 @@ def run_paumer_report(
         "beyond_table1": [c.key for c in configs if c.key not in table1],
         "models": {s.name: {"dir": s.model_dir, "mode": s.mode} for s in series}
         | ({BASELINE: {"dir": baseline_dir, "mode": "none"}} if baseline_dir else {}),
-        "num_samples": len(cached_splits(data.to_dict(), bb.img_size[0], bb.in_chans).get(split)),
+        "num_samples": len(cached_splits(data.to_dict(), bb.preprocess()).get(split)),
         "command": command,
         **dict(more_settings or {}),
     }

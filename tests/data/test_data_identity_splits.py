@@ -115,7 +115,7 @@ def test_webdataset_shards_read_like_the_folder(tmp_path):
 
 def test_broken_shard_is_one_line(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 40)
-    with pytest.raises(DataError, match="bad.tar"):
+    with pytest.raises(DataError, match=r"bad\.tar"):
         load_shards(tmp_path / "bad.tar")
 
 
