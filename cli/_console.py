@@ -186,8 +186,8 @@ _OS_ERRORS = {
 _OS_ADVICE = {
     errno.ENOSPC: "; free some space (or write elsewhere) and rerun: finished work is kept",
     errno.EDQUOT: "; free some space (or write elsewhere) and rerun: finished work is kept",
-    errno.EROFS: "; write elsewhere (--out, --run) or make it writable",
-    errno.EACCES: "; write elsewhere (--out, --run) or make it writable",
+    errno.EROFS: "; write elsewhere (the command's --out or --run) or make it writable",
+    errno.EACCES: "; write elsewhere (the command's --out or --run) or make it writable",
 }
 
 

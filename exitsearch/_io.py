@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from exitsearch.errors import CacheError
@@ -95,6 +97,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except OSError as exc:
+        # A full disk while writing names no file, or the temporary one: name the result.
+        if exc.errno is not None and exc.filename in (None, str(tmp), tmp):
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -157,7 +164,16 @@ def save_safetensors(
 ) -> None:
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(plain, str(tmp), metadata=dict(metadata) if metadata else None)
+        except SafetensorError as exc:
+            # safetensors reports a failed write (a full disk) as its own error with the OS's
+            # code in the text: hand it on as the OSError it is.
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            errnum = int(code[1])
+            raise OSError(errnum, os.strerror(errnum), str(path)) from None
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

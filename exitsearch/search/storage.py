@@ -78,6 +78,14 @@ def _check_storage_file(path: Path, journal: bool) -> None:
             ok = False
     else:
         ok = head == _SQLITE_MAGIC
+        if ok:
+            tables = _sqlite_tables(path)
+            if tables and not tables & {"studies", "alembic_version"}:
+                raise ConfigError(
+                    f"{path}: a SQLite database of another program (tables: "
+                    f"{', '.join(sorted(tables)[:5])}); exitsearch adds no tables to it, so "
+                    "choose another --storage file (or a new name)"
+                )
     if not ok:
         raise ConfigError(
             f"{path}: exists and is not {what}; exitsearch writes into no other file, so "
@@ -85,18 +93,41 @@ def _check_storage_file(path: Path, journal: bool) -> None:
         )
 
 
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of a SQLite file, read-only; empty when it cannot be read (a damaged study
+    is reported when it is opened)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+    return {str(name) for (name,) in rows}
+
+
 def check_storage(spec: str | Path) -> None:
-    """Check a storage file without opening it: call before any work that precedes the search.
+    """Check a storage before any work that precedes the search.
+
+    A file is read, never written: it must be missing, empty, an Optuna journal, or a SQLite
+    database that holds an Optuna study or nothing. A database server is connected to, so that a
+    wrong URL or an unreachable server fails before heads are trained.
 
     Raises:
-        ConfigError: ``spec`` names a folder, or a file that is neither an Optuna journal nor a
-            SQLite database (exitsearch never writes into a user's other files).
+        ConfigError: ``spec`` names a folder, a file of another kind or program (exitsearch never
+            writes into a user's other files), or a server that cannot be reached.
     """
     url = storage_url(spec)
     if "://" not in url:
         _check_storage_file(Path(url), journal=True)
     elif url.startswith("sqlite:///"):
         _check_storage_file(Path(url.removeprefix("sqlite:///")), journal=False)
+    else:
+        storage = open_storage(spec)
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def open_storage(spec: str | Path) -> BaseStorage:
@@ -111,7 +142,10 @@ def open_storage(spec: str | Path) -> BaseStorage:
         ConfigError: the storage cannot be opened.
     """
     url = storage_url(spec)
-    check_storage(spec)
+    if "://" not in url:
+        _check_storage_file(Path(url), journal=True)
+    elif url.startswith("sqlite:///"):
+        _check_storage_file(Path(url.removeprefix("sqlite:///")), journal=False)
     try:
         if url.endswith((".log", ".jsonl")) and "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Used as a script by the fault-injection tests (``python fault_cli.py ARGS...``), never imported
 by pytest. ``EXITSEARCH_FAULT=PATTERN:N:SIGNAL:WHEN`` makes the process send itself ``SIGNAL``
-(``KILL`` or ``INT``) at the ``N``-th ``os.replace`` onto a file or folder whose name matches the
+(``KILL``, ``INT`` or ``TERM``; ``BUG`` raises an exception exitsearch does not expect instead) at the ``N``-th ``os.replace`` onto a file or folder whose name matches the
 glob ``PATTERN``: ``before`` the rename (a write cut in the middle, its temporary copy already
 complete on disk) or ``after`` it (the file in place, the code after it not yet run). Every
 result file of exitsearch is put in place with ``os.replace`` (``exitsearch._io``,
@@ -19,12 +19,18 @@ import signal
 import sys
 from pathlib import Path
 
-_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT}
+_SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
+BUG = "BUG"  # instead of a signal: raise an exception exitsearch does not expect (a bug)
+
+
+class InjectedBug(RuntimeError):
+    """What ``BUG`` raises: an exception no part of exitsearch handles on purpose."""
 
 
 def arm(spec: str) -> None:
     pattern, nth, sig_name, when = spec.split(":")
-    target, sig = int(nth), _SIGNALS[sig_name]
+    target = int(nth)
+    sig = None if sig_name == BUG else _SIGNALS[sig_name]
     if when not in ("before", "after"):
         raise SystemExit(f"EXITSEARCH_FAULT: WHEN must be before or after, got {when!r}")
     real_replace = os.replace
@@ -37,11 +43,16 @@ def arm(spec: str) -> None:
             seen += 1
             hit = seen == target
         if hit and when == "before":
-            os.kill(os.getpid(), sig)
+            fire()
         result = real_replace(src, dst, *args, **kwargs)
         if hit and when == "after":
-            os.kill(os.getpid(), sig)
+            fire()
         return result
+
+    def fire() -> None:
+        if sig is None:
+            raise InjectedBug(f"injected at os.replace onto {pattern} #{target}")
+        os.kill(os.getpid(), sig)
 
     os.replace = replace
 
