@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -273,6 +274,26 @@ class OneLineErrorGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+PLAIN_EVERY = 30.0
+
+
+def plain_status(clock: list[float], now: float) -> str:
+    """``12/40 steps, 1m05s elapsed, about 2m31s left`` from [start, last, done, total]."""
+    start, _, done, total = clock
+    elapsed = now - start
+    text = f"{done:.0f}/{total:.0f}" if total else f"{done:.0f}"
+    text += f" steps, {_duration(elapsed)} elapsed"
+    if total and done:
+        text += f", about {_duration(elapsed / done * (total - done))} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
 class RichProgress:
     """Implements :class:`exitsearch.progress.Progress` with rich progress bars."""
 
@@ -289,6 +310,10 @@ class RichProgress:
             transient=False,
         )
         self._tasks: dict[str, Any] = {}
+        # Without a terminal (a log file, CI), rich draws nothing until the end: a plain line
+        # with the time left is printed at least every PLAIN_EVERY seconds instead.
+        self._plain = enabled and not err_console.is_terminal
+        self._clock: dict[str, list[float]] = {}  # task -> [start, last line, done, total]
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -299,6 +324,8 @@ class RichProgress:
 
     def start(self, task: str, total: int | None) -> None:
         self._tasks[task] = self._progress.add_task(escape(task), total=total, info="")
+        now = time.monotonic()
+        self._clock[task] = [now, now, 0.0, float(total or 0)]
 
     def advance(self, task: str, steps: int = 1, **info: float | str) -> None:
         if task not in self._tasks:
@@ -307,6 +334,15 @@ class RichProgress:
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
         )
         self._progress.update(self._tasks[task], advance=steps, info=escape(text))
+        if self._plain and task in self._clock:
+            clock = self._clock[task]
+            clock[2] += steps
+            now = time.monotonic()
+            if now - clock[1] >= PLAIN_EVERY:
+                clock[1] = now
+                err_console.print(
+                    escape(f"{task}: {plain_status(clock, now)} {text}"), highlight=False
+                )
 
     def finish(self, task: str) -> None:
         # A bar that ended early (early stopping, an interruption) stays where it stopped.

@@ -84,7 +84,7 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,
-        augment="none" if no_augment else str(Augment.parse(augment)),
+        augment=_augment_setting("none" if no_augment else augment),
     )
     with RichProgress() as progress:
         meta = train_backbone(
@@ -107,3 +107,9 @@ def list_(
         preset = PRESETS.get(name)
         table.add_row(name, "preset" if preset else "timm", preset.description if preset else "")
     console.print(table)
+
+
+def _augment_setting(text: str) -> bool | str:
+    """True (all) and False (none) as before per-part choices existed; a part list otherwise."""
+    aug = Augment.parse(text)
+    return aug.enabled if str(aug) in ("crop,flip", "none") else str(aug)

@@ -28,9 +28,10 @@ from exitsearch.data.loader import iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import Augment
 from exitsearch.device import Runtime, resolve_device
-from exitsearch.errors import CacheError, ConfigError, TrainingDivergedError
+from exitsearch.errors import CacheError, ConfigError
 from exitsearch.optim import adamw, warmup_cosine
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.loop import EpochLoop, epoch_seed
 
 __all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
 
@@ -112,11 +113,12 @@ def train_backbone(
             f"the data has {splits.num_classes} classes but the backbone predicts "
             f"{backbone.num_classes}; pass the override num_classes={splits.num_classes}"
         )
-    rt = resolve_device(device or "cpu")
-    model = backbone.model.to(rt.device)
+    loop = EpochLoop(device, progress, lambda epoch: _kept(epoch, out))
+    rt = loop.rt
+    loop.place(backbone.model)
+    model = backbone.model
     transform = backbone.input_transform()
     augment = Augment.parse(config.augment)
-    scaler = rt.grad_scaler()
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -157,46 +159,30 @@ def train_backbone(
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch + 1)  # dropout / drop-path, if enabled
+        gen = loop.generator(config.seed, epoch)
+        torch.manual_seed(epoch_seed(config.seed, epoch) + 1)  # dropout / drop-path, if enabled
         task = f"epoch {epoch + 1}/{config.epochs}"
-        progress.start(task, steps_per_epoch)
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        for b, (_, x, y) in enumerate(
-            iterate_batches(
-                splits.train,
-                config.batch_size,
-                shuffle=True,
-                generator=gen,
-                pin_memory=rt.pin_memory,
-            )
+        for b, x, y in loop.batches(
+            splits.train,
+            config.batch_size,
+            generator=gen,
+            transform=transform,
+            task=task,
+            augment=augment,
         ):
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            if augment.enabled:
-                x = augment(x, gen)
-            x, y = rt.to(x, y)
-            with rt.autocast():
-                logits = model(transform(x))
+            with loop.autocast():
+                logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                progress.finish(task)
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {b + 1}; the checkpoint "
-                    f"of epoch {epoch} in {out} is kept (try a lower --lr)"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
+            loop.check(loss, epoch, b)
+            loop.optimise(loss, opt, clip=(model.parameters(), 1.0))
             loss_sum += loss.item() * len(y)
             seen += len(y)
-            progress.advance(task, 1, loss=loss_sum / seen)
-        progress.finish(task)
+            loop.advance(task, loss=loss_sum / seen)
         val_acc = evaluate_accuracy(backbone, splits.val, config.eval_batch_size, rt)
         history.append(
             {
@@ -240,6 +226,10 @@ def train_backbone(
     }
     atomic_write_json(out / META_FILE, meta)
     return meta
+
+
+def _kept(epoch: int, out: Path) -> str:
+    return f"the checkpoint of epoch {epoch} in {out} is kept (try a lower --lr)"
 
 
 def _absolute(spec: Any) -> str:

@@ -41,6 +41,7 @@ from exitsearch._io import (
     save_safetensors,
 )
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
+from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
 from exitsearch.export.runtime import ExitCosts, MultiExitModel
@@ -264,6 +265,8 @@ def _manifest(
             "weights_sha256": backbone.weights_checksum(),
             "depth": backbone.depth,
             "num_classes": backbone.num_classes,
+            # timm's data config: how raw images become input (exitsearch.load(...).predict)
+            "preprocess": model.preprocess.to_dict(),
             "input": {
                 "img_size": list(transform.img_size),
                 "in_chans": transform.in_chans,
@@ -500,9 +503,35 @@ def load_bundle(
     if config.pause:
         aux = _load_aux(root, doc, backbone)
     model = MultiExitModel(backbone, heads, config, points, costs, aux_decoder=aux)
+    model.preprocess = _preprocess(bdoc, backbone)
+    backbone.preprocess_overrides = {  # finetuning and bench read it through the backbone
+        k: v for k, v in model.preprocess.to_dict().items() if k != "input_size"
+    }
     model.manifest = doc
     model.source = root
     return model.to(device).eval()
+
+
+def _preprocess(bdoc: Mapping[str, Any], backbone: Backbone) -> Preprocess:
+    """The bundle's preprocessing; bundles written before it was recorded resized without a
+    crop (bilinear) and normalised with the ``input`` section's mean and std."""
+    if isinstance(bdoc.get("preprocess"), dict):
+        try:
+            return Preprocess.from_dict(bdoc["preprocess"])
+        except ConfigError as exc:
+            raise BundleError(f"malformed preprocessing in the manifest ({exc})") from None
+    inp = bdoc.get("input") or {}
+    base = backbone.preprocess()
+    try:
+        return Preprocess(
+            base.input_size,
+            interpolation="bilinear",
+            crop_pct=1.0,
+            mean=tuple(float(v) for v in inp.get("mean", base.mean))[: base.channels],
+            std=tuple(float(v) for v in inp.get("std", base.std))[: base.channels],
+        )
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise BundleError(f"malformed input section in the manifest ({exc})") from None
 
 
 def _load_aux(root: Path, doc: Mapping[str, Any], backbone: Backbone) -> nn.Module:

@@ -136,7 +136,9 @@ class MultiExitNet(nn.Module):
         self.eval()
         transform = self.backbone.input_transform()
         correct = torch.zeros(self.num_exits + 1, dtype=torch.int64)
+        device = next(self.parameters()).device
         for _, x, y in iterate_batches(data, batch_size):
+            x, y = x.to(device), y.to(device)
             states = self.hidden_states(transform(x))
             for k in range(self.num_exits):
                 correct[k] += int((self.exit_logits(states, k).argmax(-1) == y).sum())

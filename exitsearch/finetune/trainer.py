@@ -30,12 +30,14 @@ from exitsearch._io import (
     sha256_of,
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
-from exitsearch.data import DataSplits, augment, iterate_batches
+from exitsearch.data import Augment, DataSplits
+from exitsearch.device import Runtime
 from exitsearch.errors import CheckpointError, ConfigError, TrainingDivergedError
 from exitsearch.finetune.base import Batch, FinetuneStrategy, Phase
 from exitsearch.finetune.net import MultiExitNet
 from exitsearch.finetune.settings import TrainSettings
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.loop import EpochLoop
 
 __all__ = ["TrainingLog", "load_checkpoint", "train_configuration"]
 
@@ -112,6 +114,12 @@ def _remove_tensors(work: Path, keep: str | None = None) -> None:
             old.unlink(missing_ok=True)
 
 
+def _drop_grads(params: Any) -> None:
+    """Parameters a strategy keeps fixed this step lose their gradients before the update."""
+    for q in params:
+        q.grad = None
+
+
 def _optimizer(
     net: MultiExitNet, phase: Phase, settings: TrainSettings
 ) -> tuple[torch.optim.Optimizer, list[float]]:
@@ -150,6 +158,7 @@ def train_configuration(
     *,
     progress: Progress | None = None,
     discard_stale: bool = False,
+    device: str | Runtime | None = None,
 ) -> TrainingLog:
     """Train ``net`` with ``strategy`` on ``splits.train``; resume from ``work_dir`` if it holds
     a checkpoint of the same training, skip training if that checkpoint is complete.
@@ -218,6 +227,9 @@ def train_configuration(
                 f"{strategy.name}: resuming after epoch {start_epoch} of {total} from {work}"
             )
     work.mkdir(parents=True, exist_ok=True)
+    loop = EpochLoop(device, progress, lambda epoch: _kept(epoch, work))
+    loop.place(net)
+    aug = Augment.parse(settings.augment)
     transform = net.backbone.input_transform()
     steps = math.ceil(len(splits.train) / settings.batch_size)
     opt: torch.optim.Optimizer | None = None
@@ -234,48 +246,45 @@ def train_configuration(
                 opt.load_state_dict(unflatten_optimizer_state(saved_opt[1], saved_opt[2]))
             saved_opt = None
         _set_trainable(net, phase)
-        gen = torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch))
+        gen = loop.generator(settings.seed, epoch)
         task = f"{strategy.name}: {phase.name} epoch {local + 1}/{phase.epochs}"
-        progress.start(task, steps)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        try:
-            with _seeded(_epoch_seed(settings.seed, epoch) + 1):
-                batches = iterate_batches(
-                    splits.train, settings.batch_size, shuffle=True, generator=gen
-                )
-                for b, (_, x, y) in enumerate(batches):
-                    step = local * steps + b
-                    factor = _cosine(step, phase.epochs * steps)
-                    for group, lr in zip(opt.param_groups, base_lrs, strict=True):
-                        group["lr"] = lr * factor
-                    if settings.augment:
-                        x = augment(x, gen)
-                    batch = Batch(transform(x), y, p, step, epoch, gen)
+        with _seeded(_epoch_seed(settings.seed, epoch) + 1):
+            batches = loop.batches(
+                splits.train,
+                settings.batch_size,
+                generator=gen,
+                transform=transform,
+                task=task,
+                augment=aug,
+            )
+            for b, x, y in batches:
+                step = local * steps + b
+                factor = _cosine(step, phase.epochs * steps)
+                for group, lr in zip(opt.param_groups, base_lrs, strict=True):
+                    group["lr"] = lr * factor
+                batch = Batch(x, y, p, step, epoch, gen)
+                with loop.autocast():
                     terms = strategy.loss(net, batch)
-                    loss = terms["loss"]
-                    if not torch.isfinite(loss):
-                        raise TrainingDivergedError(
-                            f"{strategy.name}: loss became {loss.item()} in {phase.name}, "
-                            f"epoch {epoch + 1}, step {b + 1}; {_kept(epoch, work)}"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for q in strategy.skip_update(net, batch):
-                        q.grad = None
-                    if settings.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(
-                            [q for q in phase.parameters if q.grad is not None],
-                            settings.grad_clip,
-                        )
-                    opt.step()
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(y)
-                        counts[k] = counts.get(k, 0) + len(y)
-                    progress.advance(task, 1, loss=sums["loss"] / counts["loss"])
-        finally:
-            progress.finish(task)
+                loss = terms["loss"]
+                loop.check(loss, epoch, b, who=strategy.name, phase=phase.name)
+                loop.optimise(
+                    loss,
+                    opt,
+                    before_step=lambda batch=batch: _drop_grads(strategy.skip_update(net, batch)),
+                    clip=None
+                    if settings.grad_clip is None
+                    else (
+                        lambda phase=phase: [q for q in phase.parameters if q.grad is not None],
+                        settings.grad_clip,
+                    ),
+                )
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(y)
+                    counts[k] = counts.get(k, 0) + len(y)
+                loop.advance(task, loss=sums["loss"] / counts["loss"])
         bad = [n for n, q in net.named_parameters() if not torch.isfinite(q).all()]
         if bad:
             raise TrainingDivergedError(
@@ -322,6 +331,7 @@ def train_configuration(
         _remove_tensors(work, keep=name)
     net.requires_grad_(True)
     net.eval()
+    loop.release(net)
     return TrainingLog(
         history,
         [{"name": ph.name, "epochs": ph.epochs} for ph in phases],

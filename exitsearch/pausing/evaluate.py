@@ -93,8 +93,10 @@ def evaluate_metric(
     transform = model.backbone.input_transform()
     metric = model.task.new_metric()
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     for batch in model.task.batches(data, batch_size):
-        metric.update(model.predict(transform(batch.images), pause, mode, gen), batch.target)
+        out = model.predict(transform(batch.images.to(device)), pause, mode, gen)
+        metric.update(out.cpu(), batch.target)
     return metric.value()
 
 

@@ -148,10 +148,14 @@ def assemble(
 Scorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator | None], torch.Tensor]
 _SCORERS: dict[PauseMode, Scorer] = {
     PauseMode.ENTROPY: lambda patches, logits, gen: token_entropy(logits),  # type: ignore[arg-type]
-    PauseMode.RANDOM: lambda patches, logits, gen: torch.rand(
-        patches.shape[:2], generator=gen, device=patches.device
-    ),
+    PauseMode.RANDOM: lambda patches, logits, gen: _uniform(patches, gen),
 }
+
+
+def _uniform(patches: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Uniform scores, drawn where the generator lives (the same draws on any device)."""
+    where = gen.device if gen is not None else patches.device
+    return torch.rand(patches.shape[:2], generator=gen, device=where).to(patches.device)
 # Modes whose choice needs the auxiliary decoder at inference.
 _NEEDS_AUX = frozenset({PauseMode.ENTROPY})
 

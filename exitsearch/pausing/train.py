@@ -33,12 +33,14 @@ from exitsearch._io import (
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.data.splits import DataSplits
-from exitsearch.errors import ConfigError, TrainingDivergedError
+from exitsearch.device import Runtime
+from exitsearch.errors import ConfigError
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.evaluate import evaluate_metric
 from exitsearch.pausing.model import PaumerModel
 from exitsearch.pausing.pause import PauseMode
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.loop import EpochLoop
 
 __all__ = ["TRAIN_MODES", "PauseTrainConfig", "train_paumer"]
 
@@ -111,6 +113,10 @@ def _checksum(module: torch.nn.Module) -> str:
     return sha256_of(*(t for _, t in sorted(module.state_dict().items())))
 
 
+def _kept(epoch: int, out: Path) -> str:
+    return f"the checkpoint of epoch {epoch} in {out} is kept (try a lower --lr)"
+
+
 def train_paumer(
     model: PaumerModel,
     splits: DataSplits,
@@ -120,6 +126,7 @@ def train_paumer(
     progress: Progress | None = None,
     command: str | None = None,
     init: dict[str, Any] | None = None,
+    device: str | Runtime | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``splits.train``; resume from ``out_dir`` if a checkpoint is there.
 
@@ -140,6 +147,8 @@ def train_paumer(
     progress = progress or NullProgress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    loop = EpochLoop(device, progress, lambda epoch: _kept(epoch, out))
+    loop.place(model)
     task = model.task
     bb = model.backbone
     low, high = config.layer_range(bb.depth)
@@ -194,7 +203,7 @@ def train_paumer(
     probe = PauseConfig({(low + high) // 2: 0.5})
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        gen = loop.generator(config.seed, epoch)
         name = f"epoch {epoch + 1}/{config.epochs}"
         progress.start(name, steps_per_epoch)
         t0 = time.perf_counter()
@@ -207,31 +216,29 @@ def train_paumer(
             step = epoch * steps_per_epoch + b
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            x = transform(batch.images)
-            if pausing:
-                layer = int(torch.randint(low, high + 1, (1,), generator=gen))
-                u = float(torch.rand((), generator=gen))
-                tau = config.fraction_low + (config.fraction_high - config.fraction_low) * u
-                res = model(x, PauseConfig({layer: tau}), mode, generator=gen, return_aux=True)
-                main = task.loss(res.logits, batch.target)
-                aux = task.aux_loss(
-                    res.states.aux_logits[layer], res.states.aux_index[layer], batch.aux_target
-                )
-                loss = main + config.aux_weight * aux
-            else:
-                main = task.loss(model.predict(x), batch.target)
-                aux = torch.zeros(())
-                loss = main
+            x = transform(loop.rt.to(batch.images))
+            target = loop.rt.to(batch.target)
+            with loop.autocast():
+                if pausing:
+                    layer = int(torch.randint(low, high + 1, (1,), generator=gen))
+                    u = float(torch.rand((), generator=gen))
+                    tau = config.fraction_low + (config.fraction_high - config.fraction_low) * u
+                    res = model(x, PauseConfig({layer: tau}), mode, generator=gen, return_aux=True)
+                    main = task.loss(res.logits.float(), target)
+                    aux = task.aux_loss(
+                        res.states.aux_logits[layer].float(),
+                        res.states.aux_index[layer],
+                        loop.rt.to(batch.aux_target),
+                    )
+                    loss = main + config.aux_weight * aux
+                else:
+                    main = task.loss(model.predict(x).float(), target)
+                    aux = torch.zeros((), device=main.device)
+                    loss = main
             if not torch.isfinite(loss):
                 progress.finish(name)
-                raise TrainingDivergedError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {b + 1}; the checkpoint "
-                    f"of epoch {epoch} in {out} is kept (try a lower --lr)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loop.check(loss, epoch, b)
+            loop.optimise(loss, opt, clip=(model.parameters(), 1.0))
             n = len(batch.index)
             for key, value in (("loss", loss), ("main", main), ("aux", aux)):
                 sums[key] += float(value.detach()) * n
@@ -262,13 +269,14 @@ def train_paumer(
         )
         tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
         tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-        save_safetensors(out / CKPT_FILE, tensors)
+        save_safetensors(out / CKPT_FILE, tensors)  # (moved to the CPU there)
         atomic_write_json(
             state_path,
             {"identity": identity, "epoch": epoch + 1, "history": history, "optimizer": opt_meta},
         )
 
     model.eval()
+    loop.release(model)
     meta = {
         "task": model.spec.task,
         "metric": model.task.new_metric().name,
