@@ -397,10 +397,10 @@ def resolve_budget(
     note = None
     if flops >= costs.backbone_flops:
         note = (
-            f"budget {text} ({format_flops(flops)}) is {flops / costs.backbone_flops:.3g}x the "
-            f"backbone's own cost ({format_flops(costs.backbone_flops)} per sample): every "
-            "configuration fits and the whole front is returned; a budget is useful below the "
-            "backbone's cost (e.g. --budget 50%)"
+            f"budget {text} ({format_flops(flops)}) is at or above the backbone's own cost "
+            f"({format_flops(costs.backbone_flops)} per sample; the budget is "
+            f"{flops / costs.backbone_flops:.3g}x that): every configuration fits and the whole "
+            "front is returned; a budget saves compute only below it (e.g. --budget 50%)"
         )
     return budget, BudgetConstraint(flops, budget.kind), note
 

@@ -35,11 +35,12 @@ from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.loader import iterate_batches
 from exitsearch.data.splits import DataSplits
-from exitsearch.device import Runtime, resolve_device
+from exitsearch.device import Runtime
 from exitsearch.errors import CacheError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
+from exitsearch.training.loop import EpochLoop
 
 __all__ = ["HeadStatus", "HeadTrainConfig", "HeadTrainResult", "train_heads"]
 
@@ -172,7 +173,8 @@ def train_heads(
         raise ConfigError(
             f"head(s) {', '.join(bad)} lie beyond the {backbone.depth}-block backbone"
         )
-    rt = resolve_device(device or "cpu")
+    loop = EpochLoop(device, progress)
+    rt = loop.rt
     ctx = HeadContext.from_backbone(backbone)
     bank = HeadBank(specs, ctx, seed=config.seed).to(rt.device)
     backbone.eval().requires_grad_(False).to(rt.device)
@@ -222,7 +224,6 @@ def train_heads(
         autocast: Any = rt.autocast()
     else:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
-    scaler = rt.grad_scaler()
     t_start = time.perf_counter()
     n_train = (
         len(splits.train)
@@ -235,23 +236,22 @@ def train_heads(
         if not active:
             break
         bank.train()
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-
+        gen = loop.generator(config.seed, epoch)
         task = f"heads epoch {epoch + 1}/{config.epochs}"
-        progress.start(task, steps)
         loss_sums = dict.fromkeys(active, 0.0)
         seen = 0
-        batches = iterate_batches(
-            splits.train, config.batch_size, shuffle=True, generator=gen, pin_memory=rt.pin_memory
+        batches = loop.batches(
+            splits.train,
+            config.batch_size,
+            generator=gen,
+            transform=transform,
+            task=task,
+            limit=steps,
         )
-        for b, (_, x, y) in enumerate(batches):
-            if b >= steps:
-                break
-            x, y = rt.to(x, y)
-            with torch.no_grad(), rt.autocast():
-                states = backbone.hidden_states(transform(x), upto=upto)
+        for b, x, y in batches:
+            with torch.no_grad(), loop.autocast():
+                states = backbone.hidden_states(x, upto=upto)
             passes += 1
-            stepped = []
             for i in list(active):
                 head, spec = bank.heads[i], bank.specs[i]
                 # Dropout draws from the global generator: a seed per head, epoch and batch makes
@@ -271,18 +271,12 @@ def train_heads(
                     active.remove(i)
                     continue
                 loss_sums[i] += float(loss.detach()) * len(y)
-                # Heads share no parameters: one backward per head gives the gradients of the
-                # summed loss while holding one head's activations at a time.
-                scaler.scale(loss).backward()
-                stepped.append(i)
-            for i in stepped:
-                scaler.step(optimizers[i])
-                optimizers[i].zero_grad(set_to_none=True)
-            if stepped:
-                scaler.update()
+                # Heads share no parameters and read detached states: stepping each head right
+                # after its own backward gives what one backward of the summed loss gives, while
+                # holding one head's activations at a time.
+                loop.optimise(loss, optimizers[i])
             seen += len(y)
-            progress.advance(task, 1, heads=len(active))
-        progress.finish(task)
+            loop.advance(task, heads=len(active))
         val_loss, val_acc = _validate(
             backbone, bank, splits, config, active, transform, upto, autocast, rt
         )
