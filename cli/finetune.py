@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 import yaml
 from exitsearch_cli._console import RichProgress, console, handle_errors
-from exitsearch_cli._options import DataDirOpt, LimitOpt, ValSizeOpt
+from exitsearch_cli._options import (
+    DataDirOpt,
+    DeviceOpt,
+    LimitOpt,
+    ValSizeOpt,
+    WorkersOpt,
+    use_workers,
+)
 from rich.markup import escape
 from rich.table import Table
 
@@ -175,6 +182,8 @@ def finetune(
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
 ) -> None:
     """Fine-tune a bundle's configuration with one strategy and write a new bundle.
 
@@ -219,10 +228,13 @@ def finetune(
     dest = (
         Path(out)
         if out
-        else Path("results") / "finetune" / Path(plan.source.bundle).name / plan.strategy
+        else Path("runs") / "finetune" / Path(plan.source.bundle).name / plan.strategy
     )
     with RichProgress(enabled=progress) as bar:
-        result = run_finetune(plan, dest, bundle=source, progress=bar, overwrite=overwrite)
+        use_workers(workers)
+        result = run_finetune(
+            plan, dest, bundle=source, progress=bar, overwrite=overwrite, device=device
+        )
     _print_report(result.report, result.bundle)
 
 
@@ -258,6 +270,8 @@ def finetune_compare(
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
 ) -> None:
     """Run every fine-tuning strategy on one bundle and compare their fronts.
 
@@ -271,7 +285,8 @@ def finetune_compare(
         if not dot or not field:
             raise ConfigError(f"--set takes STRATEGY.key=value in a comparison, got {key!r}")
         per.setdefault(name, {})[field] = value
-    dest = Path(out) if out else Path("results") / "finetune" / Path(bundle).resolve().name
+    dest = Path(out) if out else Path("runs") / "finetune" / Path(bundle).resolve().name
+    use_workers(workers)
     with RichProgress(enabled=progress) as bar:
         doc = compare_strategies(
             bundle,
@@ -282,6 +297,7 @@ def finetune_compare(
             per,
             progress=bar,
             overwrite=overwrite,
+            device=device,
         )
     budget = doc["budget"]["mean_flops"] if doc["budget"] else float("nan")
     table = Table(

@@ -13,14 +13,17 @@ from exitsearch_cli._options import (
     CheckpointOpt,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     LimitOpt,
     ModelOpt,
     OverrideOpt,
     PretrainedOpt,
     SplitSeedOpt,
     ValSizeOpt,
+    WorkersOpt,
     backbone_spec,
     data_spec,
+    use_workers,
 )
 from rich.table import Table
 
@@ -145,6 +148,8 @@ def train(
     ] = 2,
     label_smoothing: Annotated[float, typer.Option(help="Of the main loss.")] = 0.0,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
 ) -> None:
     """Train one model for many pause configurations (paper 003 §2.2); resumes when rerun."""
     import torch
@@ -180,12 +185,20 @@ def train(
     if init_from:
         init_from_paumer(pm, init_from)
         start = {"paumer": init_from}
+    use_workers(workers)
     splits = load_splits(
-        data_spec(data, data_dir, val_size, split_seed, limit), bb.img_size[0], bb.in_chans
+        data_spec(data, data_dir, val_size, split_seed, limit), preprocess=bb.preprocess()
     )
     with RichProgress() as progress:
         meta = train_paumer(
-            pm, splits, cfg, out, progress=progress, command=invocation(), init=start
+            pm,
+            splits,
+            cfg,
+            out,
+            progress=progress,
+            command=invocation(),
+            init=start,
+            device=device,
         )
     console.print(
         f"validation {meta['metric']} {meta['val_metric']:.4f} without pausing after "

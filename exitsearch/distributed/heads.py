@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ def train_heads_sharded(
     threads: int | None = 1,
     max_retries: int = 3,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> HeadTrainResult:
     """Train ``specs`` as Ray tasks, one per shard, and merge them (needs a Ray connection).
 
@@ -191,6 +192,8 @@ def train_heads_sharded(
         num_cpus, threads: logical CPUs each shard task reserves; torch threads inside it.
         max_retries: resubmissions of a shard whose node died (it restarts from scratch and
             gives the same weights).
+        device: ``cpu``, ``cuda`` (each shard task requests one GPU), or ``auto`` (``cuda``
+            when the cluster has GPUs).
 
     Writes ``heads.safetensors`` and ``heads.json`` into ``out_dir`` like ``train_heads``.
     """
@@ -203,8 +206,16 @@ def train_heads_sharded(
     t0 = time.perf_counter()
     weights_ref = ray.put(backbone_bytes(backbone))
     jobs = shard_jobs(backbone, data, splits, groups, config, weights=weights_ref, threads=threads)
+    gpu = device.startswith("cuda") or (
+        device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    )
+    if gpu:
+        jobs = [replace(job, device="cuda") for job in jobs]
     remote = ray.remote(train_shard_task).options(
-        num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False
+        num_cpus=num_cpus,
+        num_gpus=1 if gpu else 0,
+        max_retries=max_retries,
+        retry_exceptions=False,
     )
     task = f"heads: {len(specs)} heads in {len(groups)} shard(s) on the cluster"
     progress.start(task, len(groups))

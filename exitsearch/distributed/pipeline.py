@@ -44,4 +44,5 @@ def train_heads_on_cluster(ctx: RunContext, folder: Path) -> HeadTrainResult:
             folder,
             shards=len(groups),
             progress=ctx.progress,
+            device=settings.device,
         )

@@ -94,6 +94,7 @@ class ShardJob:
     threads: int | None = 1
     out_dir: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # "cuda" when the task was given a GPU
 
 
 def _load_backbone(spec: Mapping[str, Any], weights: Any, sha: str) -> Any:
@@ -141,10 +142,10 @@ def train_shard_task(job: ShardJob) -> dict[str, Any]:
     specs = [HeadSpec.from_dict(dict(s)) for s in job.specs]
     config = HeadTrainConfig(**dict(job.config))
     if job.out_dir is not None:
-        result = train_heads(backbone, splits, specs, config, job.out_dir)
+        result = train_heads(backbone, splits, specs, config, job.out_dir, device=job.device)
     else:
         with tempfile.TemporaryDirectory(prefix=f"exitsearch-shard{job.index}-") as tmp:
-            result = train_heads(backbone, splits, specs, config, tmp)
+            result = train_heads(backbone, splits, specs, config, tmp, device=job.device)
     state = {k: v.contiguous() for k, v in result.bank.state_dict().items()}
     return {
         "index": job.index,

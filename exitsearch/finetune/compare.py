@@ -32,6 +32,7 @@ def compare_strategies(
     hyperparameters: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     progress: Progress | None = None,
+    device: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``bundle`` with each of ``strategies`` into ``out_dir/<strategy>/`` and write
@@ -75,6 +76,7 @@ def compare_strategies(
                 progress=progress,
                 overwrite=overwrite,
                 source_cache=out / SOURCE_CACHE,
+                device=device,
             )
         except TrainingDivergedError as exc:
             failures[name] = f"diverged: {' '.join(str(exc).split())}"

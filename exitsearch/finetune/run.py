@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exitsearch._io import atomic_write_json, atomic_write_text, file_sha256, read_json, sha256_of
+from exitsearch._io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+    file_sha256,
+    read_json,
+    sha256_of,
+)
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BundleError, CacheError, ConfigError
 from exitsearch.export import MultiExitModel
@@ -155,6 +162,7 @@ def finetune(
     progress: Progress | None = None,
     overwrite: bool = False,
     source_cache: str | os.PathLike[str] | None = None,
+    device: str | None = None,
 ) -> FinetuneResult:
     """Run ``recipe`` into ``out_dir`` (layout in the module docstring).
 
@@ -171,11 +179,12 @@ def finetune(
     Raises:
         BundleError: the source is missing, altered, or not the recipe's; ``out_dir`` holds the
             result of another recipe (without ``overwrite``).
-        ConfigError: see :func:`~exitsearch.finetune.trainer.train_configuration`.
+        ConfigError: see :func:`~exitsearch.finetune.trainer.train_configuration`; also
+            ``out_dir`` (or a folder above it) is a file.
         TrainingDivergedError: the loss became non-finite; the last good checkpoint stays.
     """
     progress = progress or NullProgress()
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "--out")  # before fine-tuning, not after it
     report_path = out / REPORT_JSON
     if (out / BUNDLE_DIR).exists():
         done = _finished(out, recipe)
@@ -212,6 +221,7 @@ def finetune(
         out / CHECKPOINT_DIR,
         progress=progress,
         discard_stale=overwrite,
+        device=device,
     )
     after = predict(bb, net.bank, splits, batch_size=settings.eval_batch_size, progress=progress)
     after.save(out / PREDICTIONS_DIR)
