@@ -59,7 +59,7 @@ def profile(
         raise ConfigError(
             f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}"
         )
-    if save:  # before the measurement, which a wrong path would otherwise throw away
+    if save is not None:  # before measuring: a wrong path would throw the measurement away
         check_output_file(save, "--save")
     bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
     prof = profile_backbone(bb)

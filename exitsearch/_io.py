@@ -44,6 +44,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_output_file",
+    "check_output_folder",
     "current_umask",
     "derive_seed",
     "file_sha256",
@@ -78,6 +79,26 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
                 raise ConfigError(f"{parent}: is a file, where a folder of {option} {p} belongs")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ConfigError(f"{parent}: cannot write there (read-only or no permission)")
+            break
+    return p
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work, that ``path`` is or can become a folder.
+
+    Raises:
+        ConfigError: ``path`` or one of the folders above it is a file.
+    """
+    from exitsearch.errors import ConfigError
+
+    p = Path(path)
+    for place in (p, *p.parents):
+        if place.exists() or place.is_symlink():
+            if not place.is_dir():
+                raise ConfigError(
+                    f"{place}: is a file, where a folder is expected ({option} {p}); move it or "
+                    "choose another path"
+                )
             break
     return p
 

@@ -162,7 +162,6 @@ def finetune(
     progress: Progress | None = None,
     overwrite: bool = False,
     source_cache: str | os.PathLike[str] | None = None,
-    device: str | None = None,
 ) -> FinetuneResult:
     """Run ``recipe`` into ``out_dir`` (layout in the module docstring).
 
@@ -221,7 +220,6 @@ def finetune(
         out / CHECKPOINT_DIR,
         progress=progress,
         discard_stale=overwrite,
-        device=device,
     )
     after = predict(bb, net.bank, splits, batch_size=settings.eval_batch_size, progress=progress)
     after.save(out / PREDICTIONS_DIR)
