@@ -162,6 +162,7 @@ def finetune(
     progress: Progress | None = None,
     overwrite: bool = False,
     source_cache: str | os.PathLike[str] | None = None,
+    device: str | None = None,
 ) -> FinetuneResult:
     """Run ``recipe`` into ``out_dir`` (layout in the module docstring).
 
@@ -220,6 +221,7 @@ def finetune(
         out / CHECKPOINT_DIR,
         progress=progress,
         discard_stale=overwrite,
+        device=device,
     )
     after = predict(bb, net.bank, splits, batch_size=settings.eval_batch_size, progress=progress)
     after.save(out / PREDICTIONS_DIR)
