@@ -203,8 +203,12 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CacheError(f"{p}: file is missing")
     try:
         return load_file(str(p))
-    except Exception as exc:  # safetensors raises its own SafetensorError and OSError
-        raise CacheError(f"{p}: not a readable safetensors file ({exc})") from None
+    except Exception:  # safetensors raises its own SafetensorError and OSError
+        from exitsearch._mismatch import unreadable_safetensors
+
+        raise CacheError(
+            f"{p}: not a readable safetensors file ({unreadable_safetensors(p)})"
+        ) from None
 
 
 def sha256_of(*parts: Any) -> str:

@@ -40,6 +40,7 @@ from exitsearch._io import (
     file_sha256,
     save_safetensors,
 )
+from exitsearch._mismatch import state_mismatch, unreadable_safetensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import BundleError, ConfigError
@@ -333,8 +334,10 @@ def _aux_from_run(meta: Mapping[str, Any], backbone: Backbone) -> nn.Module:
     aux = AuxDecoder(int(dim), int(classes))
     try:
         aux.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise BundleError(f"{path}: {str(exc).splitlines()[0]}") from None
+    except RuntimeError:
+        raise BundleError(
+            f"{path}: does not fit an auxiliary decoder ({state_mismatch(aux, state)})"
+        ) from None
     if int(dim) != backbone.embed_dim:
         raise BundleError(
             f"{path}: a decoder of width {dim} for a backbone of {backbone.embed_dim}"
@@ -494,10 +497,10 @@ def load_bundle(
         sub = {name[len(f"{k}.") :]: t for name, t in state.items() if name.startswith(f"{k}.")}
         try:
             head.load_state_dict(sub, strict=True)
-        except RuntimeError as exc:
+        except RuntimeError:
             raise BundleError(
                 f"{root / HEADS_FILE}: weights of exit {k} ({s.key}) do not fit its head "
-                f"({str(exc).splitlines()[0]})"
+                f"({state_mismatch(head, sub)})"
             ) from None
     aux = None
     if config.pause:
@@ -560,16 +563,18 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path))
-    except Exception as exc:  # SafetensorError, OSError
-        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+    except Exception:  # SafetensorError, OSError
+        raise BundleError(
+            f"{path}: not a readable safetensors file ({unreadable_safetensors(path)})"
+        ) from None
 
 
 def _load_state(module: nn.Module, path: Path) -> None:
     state = _read_safetensors(path)
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise BundleError(
             f"{path}: weights do not fit the architecture in {MANIFEST} "
-            f"({str(exc).splitlines()[0]})"
+            f"({state_mismatch(module, state)})"
         ) from None

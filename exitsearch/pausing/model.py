@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from exitsearch._io import atomic_write_json, load_safetensors, read_json, save_safetensors
+from exitsearch._mismatch import state_mismatch
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.backbone.checkpoint import load_state_dict_file
 from exitsearch.backbone.factory import create_backbone, resolve_spec
@@ -172,9 +173,9 @@ def load_paumer(folder: str | Path) -> PaumerModel:
     state = load_safetensors(root / MODEL_FILE)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise CheckpointError(
-            f"{root / MODEL_FILE}: does not fit its spec ({str(exc).splitlines()[0]})"
+            f"{root / MODEL_FILE}: does not fit its spec ({state_mismatch(model, state)})"
         ) from None
     return model.eval()
 
@@ -218,8 +219,8 @@ def init_from_paumer(model: PaumerModel, folder: str | Path) -> dict[str, Any]:
     state = load_safetensors(root / MODEL_FILE)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise CheckpointError(
-            f"{root / MODEL_FILE}: does not fit this model ({str(exc).splitlines()[0]})"
+            f"{root / MODEL_FILE}: does not fit this model ({state_mismatch(model, state)})"
         ) from None
     return meta

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from exitsearch._io import atomic_write_json, read_json, sha256_of
+from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.data import DataSpec, DataSplits, load_splits
-from exitsearch.errors import BudgetError, CacheError, ConfigError
+from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.profile import profile_heads
 from exitsearch.pipeline.cache import StageStore
@@ -109,6 +110,13 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     progress = progress or NullProgress()
     space = load_search_space(settings.space)
     backbone = create_backbone(settings.backbone)
+    bad = nonfinite_tensors(backbone.model)
+    if bad:
+        raise CheckpointError(
+            f"{settings.backbone.checkpoint or settings.backbone.model}: the backbone's weights "
+            f"hold NaN or infinity ({len(bad)} tensors, first {bad[0]!r}); no exit can be "
+            "trained on them: use a checkpoint saved before training diverged"
+        )
     splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
     settings = replace(settings, data=splits.spec)  # the split rule adopted from the backbone
     backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)

@@ -418,3 +418,105 @@ def test_an_unexpected_exception(tiny_run: TinyRun, tmp_path: Path, how: str, mo
             "InjectedBug: injected at os.replace" in done.stderr.strip().splitlines()[-1]
         )
     assert partial_results(run) == [] and own_temp_files(run) == []
+
+
+# ------------------------------------------------- weights, said in exitsearch's words
+TORCH_WORDS = ("Error(s) in loading state_dict", "Error while deserializing", "HeaderTooLarge")
+
+
+def _nan_checkpoint(path: Path, value: float) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from exitsearch.backbone import create_backbone
+
+    tiny = dict(
+        img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=4, num_heads=2
+    )
+    bb = create_backbone(TINY_MODEL[1], **tiny)
+    state = {k: v.contiguous().clone() for k, v in bb.model.state_dict().items()}
+    state["blocks.1.mlp.fc1.weight"][0, 0] = value
+    save_file(state, str(path))
+    del torch
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_checkpoint_with_non_finite_weights(tiny_run: TinyRun, tmp_path: Path, value: float):
+    ckpt = _nan_checkpoint(tmp_path / "w.safetensors", value)
+    run = tmp_path / "run"
+    line = assert_error(
+        invoke(tiny_run.run_args(run, "--checkpoint", str(ckpt))), "hold NaN or infinity"
+    )
+    assert str(ckpt) in line and "blocks.1.mlp.fc1.weight" in line
+    assert "larger budget" not in line
+    no_stage(run)
+
+
+def _forge(bundle: Path, name: str, data: bytes) -> None:
+    """Replace one file of a bundle and record its checksum, as a hand-edited bundle would."""
+    import hashlib
+    import json
+
+    (bundle / name).write_bytes(data)
+    doc = json.loads((bundle / "exitsearch.json").read_text())
+    doc.pop("manifest_sha256", None)
+    doc["files"][name] = hashlib.sha256(data).hexdigest()
+    (bundle / "exitsearch.json").write_text(json.dumps(doc))
+
+
+def _safetensors_bytes(**tensors) -> bytes:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save
+
+    return save(tensors)
+
+
+def _heads_of_another_shape(bundle: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(bundle / "heads.safetensors"))
+    first = sorted(k for k in state if k.startswith("0."))[0]
+    import torch
+
+    state[first] = torch.zeros(*(s + 1 for s in state[first].shape))
+    _forge(bundle, "heads.safetensors", _safetensors_bytes(**state))
+
+
+def _backbone_with_an_extra_tensor(bundle: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(bundle / "backbone.safetensors"))
+    state["extra.weight"] = torch.zeros(2)
+    _forge(bundle, "backbone.safetensors", _safetensors_bytes(**state))
+
+
+WEIGHTS = [
+    ("heads-other-shape", _heads_of_another_shape, "do not fit its head (tensor '"),
+    ("backbone-extra-tensor", _backbone_with_an_extra_tensor, "unexpected 'extra.weight'"),
+    (
+        "heads-cut-short",
+        lambda b: _forge(b, "heads.safetensors", (b / "heads.safetensors").read_bytes()[:100]),
+        "not a readable safetensors file (its header is cut short",
+    ),
+    (
+        "heads-empty",
+        lambda b: _forge(b, "heads.safetensors", b""),
+        "not a readable safetensors file (the file is empty)",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "fragment"), [w[1:] for w in WEIGHTS], ids=[w[0] for w in WEIGHTS]
+)
+def test_weights_that_do_not_fit_are_explained(
+    tiny_run: TinyRun, tmp_path: Path, damage, fragment: str
+):
+    import shutil
+
+    bundle = Path(shutil.copytree(tiny_run.bundle, tmp_path / "bundle"))
+    damage(bundle)
+    line = assert_error(invoke(["bench", str(bundle), "--batch-size", "2"]), fragment)
+    assert not any(words in line for words in TORCH_WORDS), line
