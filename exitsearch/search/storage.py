@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -35,7 +36,9 @@ def _open_server(url: str, attempts: int = 5) -> RDBStorage:
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, heartbeat_interval=10, grace_period=30)
+            with warnings.catch_warnings():  # heartbeats are "experimental": not the user's news
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=10, grace_period=30)
         except sqlalchemy.exc.IntegrityError:
             if attempt == attempts - 1:
                 raise

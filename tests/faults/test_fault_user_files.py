@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TinyRun, invoke
 from fault_user_files import USER_FILES, UserTree
-from fault_world import one_line_error, temp_files
+from fault_world import one_line_error, run_cli, temp_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -290,3 +290,14 @@ def test_no_fault_touches_a_file_of_mine(tiny_run: TinyRun, tmp_path_factory, tr
     )
     assert {p: p.read_bytes() for p in files if p.is_file()} == files
     assert (mine / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_a_storage_password_in_a_real_process(tiny_run: TinyRun, tmp_path: Path):
+    """The real command, warnings and all: one line on stderr, the password masked."""
+    run = tmp_path / "run"
+    done = run_cli(tiny_run.run_args(run, "--storage", "postgresql://ann:hunter2@127.0.0.1:1/x"))
+    assert done.returncode == 2, done.stderr
+    line = one_line_error(done.stderr)
+    assert "postgresql://ann:***@127.0.0.1:1/x" in line, line
+    assert "hunter2" not in done.stderr + done.stdout
