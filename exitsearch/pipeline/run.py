@@ -114,7 +114,8 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     if bad:
         raise CheckpointError(
             f"{settings.backbone.checkpoint or settings.backbone.model}: the backbone's weights "
-            f"hold NaN or infinity ({len(bad)} tensors, first {bad[0]!r}); no exit can be "
+            f"hold NaN or infinity ({len(bad)} tensor{'s' if len(bad) > 1 else ''}, first "
+            f"{bad[0]!r}); no exit can be "
             "trained on them: use a checkpoint saved before training diverged"
         )
     splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
