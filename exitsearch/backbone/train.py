@@ -24,7 +24,7 @@ from exitsearch._io import (
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.data.loader import iterate_batches
+from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import Augment
 from exitsearch.device import Runtime, resolve_device
@@ -75,6 +75,7 @@ def evaluate_accuracy(
     backbone.eval().to(rt.device)
     transform = backbone.input_transform()
     correct = 0
+    batch_size = bounded_batch(batch_size, data)
     for _, x, y in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
         x, y = rt.to(x, y)
         with rt.autocast():

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from exitsearch.data.samples import Samples
 
-__all__ = ["default_workers", "iterate_batches", "set_default_workers"]
+__all__ = ["EVAL_BATCH_BYTES", "bounded_batch", "default_workers", "iterate_batches", "set_default_workers"]
 
 _WORKERS: list[int | None] = [None]
 
@@ -31,6 +31,20 @@ def default_workers() -> int:
     if env is not None and env.strip().isdigit():
         return int(env)
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+EVAL_BATCH_BYTES = 256 * 2**20
+"""Evaluation batches are cut so that their float32 input stays below this many bytes."""
+
+
+def bounded_batch(batch_size: int, data: Samples, limit: int = EVAL_BATCH_BYTES) -> int:
+    """``batch_size``, lowered so that one batch of ``data``'s images as float32 fits ``limit``.
+
+    Evaluation batch sizes suit 28-px images (1,000 of them are 3 MB) but not 224-px ones
+    (1,000 of them are 600 MB as float32); memory then stays bounded whatever the input size.
+    """
+    c, h, w = data.image_shape
+    return max(1, min(batch_size, limit // max(1, c * h * w * 4)))
 
 
 def set_default_workers(n: int | None) -> None:

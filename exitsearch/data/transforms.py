@@ -39,7 +39,9 @@ class InputTransform:
             )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0)
+        # One float copy of the batch, then in place: at 224 px and more a batch of inputs is
+        # hundreds of MB, and each out-of-place step would add another.
+        x = x.to(torch.float32, copy=True).div_(255.0)
         c = x.shape[1]
         if c != self.in_chans:
             if c == 1:
@@ -54,7 +56,9 @@ class InputTransform:
             x = F.interpolate(x, size=self.img_size, mode="bilinear", align_corners=False)
         mean = torch.tensor(self.mean[: self.in_chans], dtype=x.dtype, device=x.device)
         std = torch.tensor(self.std[: self.in_chans], dtype=x.dtype, device=x.device)
-        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        if x.stride(1) == 0:  # grey repeated onto several channels: a view, not writable
+            return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
 AUGMENTATIONS = ("crop", "flip")

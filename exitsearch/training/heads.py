@@ -33,7 +33,7 @@ from exitsearch._io import (
 )
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.data.loader import iterate_batches
+from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
 from exitsearch.errors import CacheError, ConfigError
@@ -280,7 +280,7 @@ def train_heads(
         val_loss, val_acc = _validate(
             backbone, bank, splits, config, active, transform, upto, autocast, rt
         )
-        passes += math.ceil(len(splits.val) / config.eval_batch_size)
+        passes += math.ceil(len(splits.val) / bounded_batch(config.eval_batch_size, splits.val))
         for i in active:
             _after_epoch(
                 statuses[i],
@@ -364,7 +364,8 @@ def _validate(backbone, bank, splits, config, active, transform, upto, autocast,
     bank.eval()
     loss = dict.fromkeys(active, 0.0)
     correct = dict.fromkeys(active, 0)
-    for _, x, y in iterate_batches(splits.val, config.eval_batch_size, pin_memory=rt.pin_memory):
+    batch = bounded_batch(config.eval_batch_size, splits.val)
+    for _, x, y in iterate_batches(splits.val, batch, pin_memory=rt.pin_memory):
         x, y = rt.to(x, y)
         with rt.autocast():
             states = backbone.hidden_states(transform(x), upto=upto)

@@ -20,7 +20,7 @@ import torch
 
 from exitsearch._io import atomic_path, atomic_write_json, read_json
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.data.loader import iterate_batches
+from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError
@@ -147,13 +147,14 @@ def predict(
     for name in names:
         data = splits.get(name)
         n = len(data)
+        batch = bounded_batch(batch_size, data)
         conf = np.empty((rows, n), np.float32)
         ent = np.empty((rows, n), np.float32)
         pred = np.empty((rows, n), np.int32)
         unc = np.full((rows, n), np.nan, np.float32)
         task = f"predict {name}"
-        progress.start(task, math.ceil(n / batch_size))
-        for idx, x, _ in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
+        progress.start(task, math.ceil(n / batch))
+        for idx, x, _ in iterate_batches(data, batch, pin_memory=rt.pin_memory):
             with rt.autocast():
                 states = backbone.hidden_states(transform(rt.to(x)))
             cols = idx.numpy()
