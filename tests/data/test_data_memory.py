@@ -41,7 +41,7 @@ def test_heads_and_predictions_over_a_folder_stay_far_below_the_decoded_dataset(
         "--model", "vit_tiny_patch16_224",
         "-o", f"img_size={SIZE}", "-o", "patch_size=128", "-o", "embed_dim=32",
         "-o", "depth=2", "-o", "num_heads=2", "-o", "num_classes=2",
-        "--data", str(data), "--run", str(tmp_path / "run"), 
+        "--data", str(data), "--run", str(tmp_path / "run"),
         "--head-epochs", "1", "--head-batch-size", "16", "--limit", "48",
         "--workers", "2",
     ]  # fmt: skip
