@@ -520,3 +520,74 @@ def test_weights_that_do_not_fit_are_explained(
     damage(bundle)
     line = assert_error(invoke(["bench", str(bundle), "--batch-size", "2"]), fragment)
     assert not any(words in line for words in TORCH_WORDS), line
+
+
+# ------------------------------------------------------- more signals, more hostility
+@pytest.mark.slow
+def test_sigterm_during_the_search_keeps_every_finished_trial(tiny_run: TinyRun, tmp_path: Path):
+    """SIGTERM once trials are being recorded: the trial in flight is marked, none is lost, and
+    the rerun finishes the study."""
+    import signal
+
+    from fault_world import count_trials, finished_trials, signal_when, start
+
+    run = tiny_run.copy_run(tmp_path / "run")
+    (run / schema.STUDY_DB).unlink()
+    for name in (schema.PARETO_JSON, schema.RUN_JSON):
+        (run / name).unlink()
+    args = tiny_run.run_args(run, "--n-trials", "60")
+    db = run / schema.STUDY_DB
+    done = signal_when(start(args), lambda: count_trials(db) >= 10, signal.SIGTERM)
+    assert done.signalled_at, done.stderr
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == TERMINATED
+    assert "Traceback" not in done.stderr
+    kept = finished_trials(db)
+    assert len(kept) >= 10
+    assert count_trials(db, "RUNNING") == 0  # the trial in flight was settled
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    after = finished_trials(db)
+    assert all(after[n] == kept[n] for n in kept)  # no finished trial lost or changed
+    assert (run / schema.PARETO_JSON).is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_export_leaves_nothing(tiny_run: TinyRun, tmp_path: Path):
+    dest = tmp_path / "out" / "b"
+    done = run_cli(
+        ["export", str(tiny_run.run_dir), "--out", str(dest)],
+        fault="heads.safetensors:1:TERM:before",
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == TERMINATED
+    assert not dest.exists()
+    assert list(dest.parent.iterdir()) == []  # its temporary folder removed too
+
+
+@pytest.mark.slow
+@needs_namespace
+def test_a_run_in_a_read_only_run_folder(tiny_run: TinyRun, tmp_path: Path):
+    run = tiny_run.copy_run(tmp_path / "run")
+    q = shlex.quote(str(run))
+    done = run_in_namespace(
+        f"mount --bind {q} {q}\nmount -o remount,bind,ro {q}", tiny_run.run_args(run)
+    )
+    assert "rc=2" in done.stdout, done.stdout + done.stderr
+    line = one_line_error(done.stderr)
+    assert "read-only file system" in line and str(run) in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where", ["the-run-itself", "its-cache"], ids=["out-is-the-run", "out-is-its-cache"]
+)
+def test_export_onto_the_run_folder_itself(tiny_run: TinyRun, tmp_path: Path, where: str):
+    run = tiny_run.copy_run(tmp_path / "run")
+    out = run if where == "the-run-itself" else run / schema.CACHE_DIR
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    line = assert_error(
+        invoke(["export", str(run), "--out", str(out), "--overwrite"]), "not an exitsearch bundle"
+    )
+    assert str(out) in line
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
