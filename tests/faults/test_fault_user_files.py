@@ -301,3 +301,29 @@ def test_a_storage_password_in_a_real_process(tiny_run: TinyRun, tmp_path: Path)
     line = one_line_error(done.stderr)
     assert "postgresql://ann:***@127.0.0.1:1/x" in line, line
     assert "hunter2" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_bundle_is_created_with_the_users_umask(tiny_run: TinyRun, tmp_path: Path):
+    out = tmp_path / "ft"
+    old = os.umask(0o027)
+    try:
+        args = ["finetune", str(tiny_run.bundle), "-s", "classifier-wise", "--epochs", "1"]
+        result = invoke([*args, "--limit", "100", "--out", str(out), "--no-progress"])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    for p in [out, *out.rglob("*")]:
+        want = 0o750 if p.is_dir() else 0o640
+        assert stat.S_IMODE(p.stat().st_mode) == want, (p, oct(stat.S_IMODE(p.stat().st_mode)))
+
+
+def test_the_recorded_command_line_masks_a_password(monkeypatch: pytest.MonkeyPatch):
+    """What commands record in their result files (``"command"``) shows no password."""
+    from exitsearch_cli._console import invocation
+
+    argv = ["exitsearch", "pause", "search", "RUN", "--storage", "postgresql://u:pw%40x@db/s"]
+    monkeypatch.setattr("sys.argv", argv)
+    recorded = invocation()
+    assert "pw%40x" not in recorded
+    assert recorded.endswith("--storage 'postgresql://u:***@db/s'")
