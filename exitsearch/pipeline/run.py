@@ -16,7 +16,7 @@ from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.data import DataSpec, DataSplits, load_splits
-from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError
+from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.profile import profile_heads
 from exitsearch.pipeline.cache import StageStore
@@ -121,6 +121,11 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
     settings = replace(settings, data=splits.spec)  # the split rule adopted from the backbone
     backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)
+    if splits.num_classes < 2:
+        raise DataError(
+            f"{settings.data.source}: the data has a single class, so every prediction is right "
+            "and every accuracy is 1.0 whatever the exits do; give data of at least two classes"
+        )
     if splits.num_classes != backbone.num_classes:
         raise ConfigError(
             f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}; "

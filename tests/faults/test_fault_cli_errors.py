@@ -591,3 +591,36 @@ def test_export_onto_the_run_folder_itself(tiny_run: TinyRun, tmp_path: Path, wh
     )
     assert str(out) in line
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- data that says nothing
+def _one_class_npz(tmp_path: Path) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "one.npz"
+    np.savez(path, x=rng.integers(0, 256, (240, 28, 28), dtype=np.uint8), y=np.zeros(240, int))
+    return path
+
+
+def _one_class_folder(tmp_path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    (root / "cats").mkdir(parents=True)
+    for i in range(60):
+        pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+        Image.fromarray(pixels, mode="L").save(root / "cats" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("make", [_one_class_npz, _one_class_folder], ids=["npz", "folder"])
+def test_data_of_a_single_class_is_refused(tiny_run: TinyRun, tmp_path: Path, make):
+    data = make(tmp_path)
+    run = tmp_path / "run"
+    args = tiny_run.run_args(run, "--data", str(data), "-o", "num_classes=1", "--val-size", "20")
+    line = assert_error(invoke(args), "the data has a single class")
+    assert str(data) in line
+    assert not list((run / schema.CACHE_DIR).glob("heads-*"))
