@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -56,6 +57,15 @@ __all__ = [
 ]
 
 
+def _is_special(path: Path) -> bool:
+    """A device, FIFO or socket (``/dev/null``): something to write into, never to replace."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
     """Check, before any work, that a result file can be written at ``path``.
 
@@ -71,6 +81,10 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
     p = Path(path)
     if str(path).strip() == "":
         raise ConfigError(f"{option} takes a file name, got an empty one")
+    if _is_special(p):
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{p}: cannot write there (no permission)")
+        return p
     if p.is_dir():
         raise ConfigError(f"{p}: is a folder; {option} takes a file name")
     for parent in p.parents:
@@ -107,6 +121,11 @@ def check_output_folder(path: str | os.PathLike[str], option: str) -> Path:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     final = Path(path)
+    if _is_special(final):
+        # /dev/null, /dev/stdout, a FIFO: written in place. Renaming a file onto one would
+        # replace the device itself (as root, /dev/null would become a regular file).
+        yield final
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)

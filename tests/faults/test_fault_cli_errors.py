@@ -624,3 +624,31 @@ def test_data_of_a_single_class_is_refused(tiny_run: TinyRun, tmp_path: Path, ma
     line = assert_error(invoke(args), "the data has a single class")
     assert str(data) in line
     assert not list((run / schema.CACHE_DIR).glob("heads-*"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["profile", *TINY_MODEL[1:], "--json", "--save", "{fifo}"],
+        ["bench", "{bundle}", "--batch-size", "2", "--repeats", "1", "--json-out", "{fifo}"],
+    ],
+    ids=["profile-save", "bench-json-out"],
+)
+def test_a_result_written_to_a_pipe_leaves_the_pipe(tiny_run: TinyRun, tmp_path: Path, argv):
+    """``--save /dev/null`` and friends: a device or FIFO is written into, never replaced by a
+    renamed file (as root, /dev/null itself would have become a regular file)."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    args = [a.format(fifo=fifo, bundle=tiny_run.bundle) if "{" in a else a for a in argv]
+    result = invoke(args)
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert got and got[0].lstrip().startswith(b"{")
