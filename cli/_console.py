@@ -101,7 +101,7 @@ def handle_errors(fn: F) -> F:
         except ExitSearchError as exc:
             if debug_enabled():
                 raise
-            print_error(str(exc))
+            print_error(message_of(exc))
             raise typer.Exit(code=USER_ERROR) from None
         except OSError as exc:
             if debug_enabled():
@@ -118,7 +118,7 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             if debug_enabled():
                 raise
-            text = _one_line(str(exc))
+            text = _one_line(message_of(exc))
             text = text if len(text) <= 200 else text[:200] + "..."
             print_error(
                 f"unexpected {type(exc).__name__}: {text} -- a bug in exitsearch, not in your "
@@ -214,6 +214,27 @@ def describe_os_error(exc: OSError) -> str:
     if exc.filename2 is not None:
         text += f" (with {exc.filename2})"
     return text + _OS_ADVICE.get(exc.errno or 0, "")
+
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def message_of(exc: BaseException) -> str:
+    """The error's own message, also for one raised in a DataLoader worker process.
+
+    torch re-raises a worker's exception as the same class with the worker's whole traceback
+    as its text ("Caught DataError in DataLoader worker process 0. Original Traceback ...");
+    its last line is the original ``module.Class: message``.
+    """
+    text = str(exc)
+    if _WORKER_TRACEBACK not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    for head in (prefix, f"{type(exc).__qualname__}: "):
+        if last.startswith(head):
+            return last[len(head) :]
+    return last
 
 
 def print_error(message: str) -> None:

@@ -652,3 +652,27 @@ def test_a_result_written_to_a_pipe_leaves_the_pipe(tiny_run: TinyRun, tmp_path:
     assert result.exit_code == 0, result.output
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert got and got[0].lstrip().startswith(b"{")
+
+
+def test_a_decompression_bomb_in_an_image_folder(tiny_run: TinyRun, tmp_path: Path):
+    """An image read in a DataLoader worker: torch re-raises the worker's error with the worker's
+    whole traceback as its text; the user sees only the error's own line."""
+    import numpy as np
+    from PIL import Image
+
+    root = _one_class_folder(tmp_path)
+    (root / "dogs").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+        Image.fromarray(pixels, mode="L").save(root / "dogs" / f"{i}.png")
+    bomb = root / "dogs" / "bomb.png"
+    Image.new("1", (20000, 10000)).save(bomb)  # 200 Mpixels in 24 KiB
+    run = tmp_path / "run"
+    args = tiny_run.run_args(run, "--data", str(root), "-o", "num_classes=2", "--val-size", "20")
+    result = invoke(args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    line = result.stderr.strip().splitlines()[-1]  # after the progress lines of the heads
+    assert line.startswith(f"error: {bomb}: not a readable image"), line
+    assert "decompression bomb" in line
