@@ -11,7 +11,11 @@ Usage::
    forward FLOPs B, heads' forward FLOPs H, a backward pass taken as twice its forward, so head
    training costs B + 3H per training image and B + H per validation image, prediction B + H.
    A stage cannot beat its FLOP ratio by much: prediction cannot beat the backbone's forward.
-2. Peak resident memory of ``exitsearch run`` (the whole pipeline, with small limits) on folders
+2. The prediction cache and the evaluator at ``--evaluator-samples`` validation samples
+   (50,000 by default; a synthetic cache of the default space's 121 heads, as
+   ``bench_search.py`` makes): cache size, save and load time, configurations scored per
+   second, and a 100-trial search with exact threshold refinement.
+3. Peak resident memory of ``exitsearch run`` (the whole pipeline, with small limits) on folders
    of ``--small`` and ``--large`` images, each in a fresh process (``ru_maxrss`` of the process
    and the loader workers it reaped): key ``rss_ratio_large_over_small``.
 
@@ -113,6 +117,50 @@ def throughput(args: argparse.Namespace, data: Path) -> dict:
     }
 
 
+def evaluator_at(n: int) -> dict:
+    import resource
+
+    from bench_search import configs_per_second, synthetic
+
+    from exitsearch.search.evaluator import Evaluator
+    from exitsearch.search.sampling import ConfigSampler
+    from exitsearch.search.study import BudgetConstraint, SearchSettings, run_search
+    from exitsearch.training.predict import Predictions
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    preds, costs = synthetic(n=n)
+    heads = load_search_space("default").candidate_heads(12)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        preds.save(tmp)
+        t_save = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        t0 = time.perf_counter()
+        preds = Predictions.load(tmp)
+        t_load = time.perf_counter() - t0
+    ev = Evaluator(preds, "val", costs)
+    speed = configs_per_second(ev, heads, 12, n=1000)
+    sampler = ConfigSampler(load_search_space("default"), heads, 12)
+    budget = BudgetConstraint(0.5 * costs.backbone_flops)
+    result = run_search(ev, sampler, budget, SearchSettings(n_trials=100, refine=True, seed=0))
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {
+        "samples": n,
+        "heads": len(heads),
+        "cache_mib": size / 2**20,
+        "save_seconds": t_save,
+        "load_seconds": t_load,
+        "configs_per_second": speed["configs_per_second"],
+        "mean_exits": speed["mean_exits"],
+        "search_100_trials_seconds": result.seconds,
+        "refine_seconds": result.refine_seconds,
+        "front_members": len(result.front),
+        "peak_rss_growth_mib": (rss1 - rss0) / 1024,
+    }
+    print(f"evaluator at {n} samples: {json.dumps(out)}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -127,8 +175,17 @@ def main() -> None:
     ap.add_argument("--rss-limit", type=int, default=128, help="--limit of the measured runs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--evaluator-samples", type=int, default=50_000)
+    ap.add_argument("--only-evaluator", action="store_true", help="update only that key")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
+    if args.only_evaluator:
+        doc = json.loads(args.json_out.read_text()) if args.json_out and args.json_out.is_file() else {}
+        doc["evaluator"] = evaluator_at(args.evaluator_samples)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     small = folder(args.work, args.small, args.classes)
     large = folder(args.work, args.large, args.classes)
@@ -142,6 +199,7 @@ def main() -> None:
     }
     if not args.skip_throughput:
         doc["throughput"] = throughput(args, small)
+    doc["evaluator"] = evaluator_at(args.evaluator_samples)
     rss = {}
     for name, data in (("small", small), ("large", large)):
         with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,9 @@ def bench(
     batch_size: Annotated[
         str, typer.Option("--batch-size", help="Comma-separated batch sizes, e.g. 1,64.")
     ] = "1,64",
-    device: Annotated[str, typer.Option(help="Device of the PyTorch runs: cpu or cuda.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="Device of the PyTorch runs: auto, cpu, cuda or cuda:N.")
+    ] = "auto",
     repeats: Annotated[
         int, typer.Option(help="Timed batches per model and batch size (median is reported).")
     ] = 20,
@@ -93,6 +95,9 @@ def bench(
         model.set_operating_point(budget)
     elif point is not None:
         model.set_operating_point(index=point)
+    from exitsearch.device import resolve_device
+
+    device = str(resolve_device(device).device)
     onnx_model = None
     if onnx:
         onnx_model = load_onnx_bundle(bundle, threads=torch.get_num_threads())

@@ -43,7 +43,9 @@ def profile(
     latency: Annotated[
         bool, typer.Option("--latency", help="Also measure latency per block.")
     ] = False,
-    device: Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="Device for --latency: auto, cpu, cuda or cuda:N.")
+    ] = "auto",
     batch_size: Annotated[
         str, typer.Option("--batch-size", help="Batch sizes for --latency, e.g. 1,64.")
     ] = "1",
@@ -63,6 +65,10 @@ def profile(
         check_output_file(save, "--save")
     bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
     prof = profile_backbone(bb)
+    if sizes:
+        from exitsearch.device import resolve_device
+
+        device = str(resolve_device(device).device)
     tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]
     doc = prof.to_json()
     if tables:
