@@ -28,7 +28,9 @@ MAX_IMAGE_PIXELS = 16_384 * 16_384
 """Larger images are refused as possible decompression bombs (PIL's own limit is 89 M)."""
 
 
-def check_labels(y: Any, origin: str, num_classes: int | None = None) -> np.ndarray:
+def check_labels(
+    y: Any, origin: str, num_classes: int | None = None, name: str = "labels"
+) -> np.ndarray:
     """Labels as int64, checked before anything is sized by them.
 
     Raises:
@@ -38,15 +40,20 @@ def check_labels(y: Any, origin: str, num_classes: int | None = None) -> np.ndar
     y = np.asarray(y)
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise DataError(
-            f"{origin}: labels must be a 1-D integer array, got {y.dtype} of shape {y.shape}"
+            f"{origin}: {name} must be a 1-D integer array, got {y.dtype} of shape {y.shape}"
         )
     if y.size == 0:
         return y.astype(np.int64)
     lo, hi = int(y.min()), int(y.max())
-    limit = num_classes if num_classes is not None else MAX_CLASSES
+    where = f" in {name}" if name != "labels" else ""
+    if num_classes is None and hi >= MAX_CLASSES:
+        raise DataError(
+            f"{origin}: labels must lie in 0..{MAX_CLASSES - 1} (one class per value), "
+            f"found {lo}..{hi}{where}"
+        )
+    limit = num_classes if num_classes is not None else hi + 1
     if lo < 0 or hi >= limit:
-        what = f"0..{limit - 1}" if num_classes is not None else f"0..{MAX_CLASSES - 1}"
-        raise DataError(f"{origin}: labels must lie in {what}, found {lo}..{hi}")
+        raise DataError(f"{origin}: labels must lie in 0..{limit - 1}, found {lo}..{hi}{where}")
     return y.astype(np.int64)
 
 
@@ -146,6 +153,8 @@ class Samples(Dataset):
     def batch(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Preprocessed uint8 images at ``index`` as one ``N x C x H x W`` tensor (in-process)."""
         index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return torch.empty((0, *self.image_shape), dtype=torch.uint8)
         return torch.from_numpy(np.stack([self[int(i)][0] for i in index]))
 
     def __getstate__(self) -> dict[str, Any]:

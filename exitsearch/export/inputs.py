@@ -40,8 +40,11 @@ class ModelInputs:
         """Raise :class:`ConfigError` unless ``x`` looks like normalised model input."""
         c, h, w = self.preprocess.input_size
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ConfigError(f"expected a (N, {c}, {h}, {w}) tensor, got {shape}")
+            got = f"Tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ConfigError(
+                f"predict() takes (N, {c}, {h}, {w}) image tensors or arrays, raw images, or an "
+                f"iterable of them; got {got}"
+            )
         if tuple(x.shape[1:]) != (c, h, w):
             raise ConfigError(
                 f"expected inputs of shape (N, {c}, {h}, {w}) (the model's channels and size), "
@@ -64,7 +67,8 @@ class ModelInputs:
                 f"{self._lo:.3g}..{self._hi:.3g} (pixels 0..255 as floats?); pass raw images "
                 "to predict(), or normalise with the model's mean and std"
             )
-        if self._lo < -0.25 and lo >= 0.0 and hi <= 1.0:
+        # Images in [0, 1] span a good part of it; a constant batch (zeros, say) proves nothing
+        if self._lo < -0.25 and lo >= 0.0 and hi <= 1.0 and hi - lo >= 0.2:
             raise ConfigError(
                 f"inputs lie in [0, 1] ({lo:.3g}..{hi:.3g}): images scaled but not normalised "
                 f"(normalised inputs span {self._lo:.3g}..{self._hi:.3g}); pass raw images to "

@@ -43,14 +43,14 @@ def load_npz(path: str | Path) -> tuple[ArrayDataset, ArrayDataset | None]:
                 )
             if "x_test" in names and "y_test" not in names:
                 raise DataError(f"{p}: has x_test but no y_test")
-            labels = {k: check_labels(npz[k], f"{p}: {k}") for k in ("y", "y_test") if k in names}
+            labels = {k: check_labels(npz[k], str(p), name=k) for k in ("y", "y_test") if k in names}
             if "classes" in names:
                 classes = tuple(str(c) for c in npz["classes"])
             else:
                 top = max((int(v.max()) for v in labels.values() if v.size), default=-1)
                 classes = tuple(str(i) for i in range(top + 1))
             for key, y in labels.items():
-                labels[key] = check_labels(y, f"{p}: {key}", len(classes))
+                labels[key] = check_labels(y, str(p), len(classes), name=key)
             train = ArrayDataset(
                 _to_nchw(npz["x"], p, "x"),
                 labels["y"],
