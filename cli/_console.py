@@ -337,13 +337,19 @@ class RichProgress:
         self._clock: dict[str, list[float]] = {}  # task -> [start, last line, done, total]
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
+        # The live display starts with the first bar: a command that fails before any work
+        # (a bad option) would otherwise print its empty display, a blank line, before the error.
+        self._live = False
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._live:
+            self._progress.stop()
 
     def start(self, task: str, total: int | None) -> None:
+        if not getattr(self, "_live", True):
+            self._progress.start()
+            self._live = True
         self._tasks[task] = self._progress.add_task(escape(task), total=total, info="")
         now = time.monotonic()
         self._clock[task] = [now, now, 0.0, float(total or 0)]

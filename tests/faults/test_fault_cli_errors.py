@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import TinyRun, invoke
+from fault_tiny_run import TinyRun, invoke
 from fault_user_files import USER_FILES, namespaces_work, run_in_namespace
 from fault_world import TINY_MODEL, one_line_error, partial_results, run_cli, temp_files
 
@@ -676,3 +676,13 @@ def test_a_decompression_bomb_in_an_image_folder(tiny_run: TinyRun, tmp_path: Pa
     line = result.stderr.strip().splitlines()[-1]  # after the progress lines of the heads
     assert line.startswith(f"error: {bomb}: not a readable image"), line
     assert "decompression bomb" in line
+
+
+@pytest.mark.slow
+def test_an_error_before_any_work_is_the_only_output(tiny_run: TinyRun, tmp_path: Path):
+    """The real process: no blank line from an empty progress display before the error line,
+    nothing on stdout."""
+    done = run_cli(tiny_run.run_args(_a_file(tmp_path)))  # refused inside the command
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, repr(done.stderr)

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import TinyRun, invoke
+from fault_tiny_run import TinyRun, invoke
 from fault_user_files import USER_FILES, UserTree
 from fault_world import one_line_error, run_cli, temp_files
 from hypothesis import HealthCheck, given, settings
