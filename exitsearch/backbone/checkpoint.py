@@ -32,8 +32,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
         try:
             state = load_file(str(p))
-        except Exception as exc:  # SafetensorError, OSError
-            raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from None
+        except Exception:  # SafetensorError, OSError: their text names no cause a user can act on
+            from exitsearch._mismatch import unreadable_safetensors
+
+            raise CheckpointError(
+                f"{p}: not a readable safetensors file ({unreadable_safetensors(p)})"
+            ) from None
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
