@@ -14,8 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,18 +71,6 @@ class Runtime:
     def describe(self) -> str:
         precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
         return f"{self.name}, {precision[self.amp_dtype]}"
-
-    @contextmanager
-    def placed(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """Keep ``modules`` on the device for the block, back on the CPU afterwards."""
-        for m in modules:
-            m.to(self.device)
-        try:
-            yield
-        finally:
-            if self.is_cuda:
-                for m in modules:
-                    m.to("cpu")
 
 
 def resolve_device(spec: str | torch.device | Runtime | None = "auto", *, amp: bool = True) -> Runtime:

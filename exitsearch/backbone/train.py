@@ -31,7 +31,7 @@ from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError, ConfigError
 from exitsearch.optim import adamw, warmup_cosine
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.loop import EpochLoop, epoch_seed
+from exitsearch.training.loop import EpochLoop, epoch_seed, kept_in
 
 __all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
 
@@ -114,7 +114,7 @@ def train_backbone(
             f"the data has {splits.num_classes} classes but the backbone predicts "
             f"{backbone.num_classes}; pass the override num_classes={splits.num_classes}"
         )
-    loop = EpochLoop(device, progress, lambda epoch: _kept(epoch, out))
+    loop = EpochLoop(device, progress, kept_in(out))
     rt = loop.rt
     loop.place(backbone.model)
     model = backbone.model
@@ -228,9 +228,6 @@ def train_backbone(
     atomic_write_json(out / META_FILE, meta)
     return meta
 
-
-def _kept(epoch: int, out: Path) -> str:
-    return f"the checkpoint of epoch {epoch} in {out} is kept (try a lower --lr)"
 
 
 def _absolute(spec: Any) -> str:

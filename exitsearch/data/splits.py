@@ -166,11 +166,11 @@ def split_index(source: SourceData, spec: DataSpec) -> SplitIndex:
         raise DataError(f"{source.train.origin}: {exc}") from None
 
 
-def split_overlap(source: SourceData, run: DataSpec, recorded: DataSpec) -> int:
+def split_overlap(source: SourceData, run: SplitIndex | DataSpec, recorded: DataSpec) -> int:
     """How many of ``run``'s validation samples were training samples under ``recorded``."""
     if source.val is not None:
         return 0
-    mine = split_index(source, run)
+    mine = run if isinstance(run, SplitIndex) else split_index(source, run)
     theirs = split_index(source, recorded)
     return int(np.isin(mine.val, theirs.train).sum())
 
@@ -216,11 +216,13 @@ def load_splits(
     *,
     preprocess: Preprocess | None = None,
     source: SourceData | None = None,
+    index: SplitIndex | None = None,
 ) -> DataSplits:
     """Open the data that ``spec`` names and split it deterministically.
 
     ``preprocess`` is the model's own (``Backbone.preprocess()``); without one, images are
     resized to ``image_size`` with ``channels`` channels (bilinear, no crop, mean/std 0.5).
+    ``source`` and ``index`` skip opening the data and splitting it again when the caller did.
 
     Raises:
         DataError: files missing, unreadable or inconsistent, or too few samples to split.
@@ -229,7 +231,7 @@ def load_splits(
         size = (image_size, image_size) if isinstance(image_size, int) else image_size
         preprocess = Preprocess((channels, *size), mean=(0.5,) * channels, std=(0.5,) * channels)
     source = source if source is not None else open_source(spec)
-    idx = split_index(source, spec)
+    idx = index if index is not None else split_index(source, spec)
     full = source.train
     train, val = full.subset(idx.train), (source.val or full.subset(idx.val))
     test = source.test if idx.test is None else full.subset(idx.test)

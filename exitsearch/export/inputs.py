@@ -78,11 +78,12 @@ class ModelInputs:
     # ------------------------------------------------------------------ conversion
     def stream(self, inputs: Any, batch_size: int) -> Iterator[torch.Tensor]:
         """Normalised, checked batches of at most ``batch_size`` from whatever was passed."""
-        for batch in self._batches(inputs, batch_size):
+        for batch in self.batches(inputs, batch_size):
             self.check(batch)
             yield batch
 
-    def _batches(self, inputs: Any, b: int) -> Iterator[torch.Tensor]:
+    def batches(self, inputs: Any, b: int) -> Iterator[torch.Tensor]:
+        """Normalised batches of at most ``b`` from whatever was passed, unchecked."""
         if _is_image_like(inputs):
             inputs = [inputs]
         if isinstance(inputs, torch.Tensor | np.ndarray):

@@ -260,7 +260,7 @@ class MultiExitModel(Staged, Anytime, nn.Module):
             for x in (
                 self.inputs.stream(inputs, batch_size)
                 if self.check_inputs
-                else self.inputs._batches(inputs, batch_size)
+                else self.inputs.batches(inputs, batch_size)
             )
         )
         return super().predict(batches, batch_size, tick)

@@ -40,7 +40,7 @@ from exitsearch.pausing.evaluate import evaluate_metric
 from exitsearch.pausing.model import PaumerModel
 from exitsearch.pausing.pause import PauseMode
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.loop import EpochLoop
+from exitsearch.training.loop import EpochLoop, kept_in
 
 __all__ = ["TRAIN_MODES", "PauseTrainConfig", "train_paumer"]
 
@@ -113,9 +113,6 @@ def _checksum(module: torch.nn.Module) -> str:
     return sha256_of(*(t for _, t in sorted(module.state_dict().items())))
 
 
-def _kept(epoch: int, out: Path) -> str:
-    return f"the checkpoint of epoch {epoch} in {out} is kept (try a lower --lr)"
-
 
 def train_paumer(
     model: PaumerModel,
@@ -147,7 +144,7 @@ def train_paumer(
     progress = progress or NullProgress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loop = EpochLoop(device, progress, lambda epoch: _kept(epoch, out))
+    loop = EpochLoop(device, progress, kept_in(out))
     loop.place(model)
     task = model.task
     bb = model.backbone

@@ -148,14 +148,16 @@ def load_run_splits(
     Raises:
         DataError: the run's validation split overlaps the backbone's training samples.
     """
-    from exitsearch.data import open_source, split_overlap
+    from exitsearch.data import open_source, split_index, split_overlap
     from exitsearch.errors import DataError
 
     source = open_source(spec)
     recorded = recorded_split(backbone, spec)
+    index = None
     if recorded is not None:
         spec = replace(spec, split=recorded.split)
-        overlap = split_overlap(source, spec, recorded)
+        index = split_index(source, spec)
+        overlap = split_overlap(source, index, recorded)
         if overlap and not allow_overlap:
             held = recorded.val_size if recorded.val_size is not None else "1/6 of the"
             raise DataError(
@@ -168,7 +170,7 @@ def load_run_splits(
                 f"warning: {overlap} validation samples were in the backbone's training set "
                 "(--allow-overlap): validation accuracy will be optimistic"
             )
-    return load_splits(spec, preprocess=backbone.preprocess(), source=source)
+    return load_splits(spec, preprocess=backbone.preprocess(), source=source, index=index)
 
 
 def recorded_split(backbone: Backbone, spec: DataSpec) -> DataSpec | None:

@@ -28,12 +28,17 @@ from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import TrainingDivergedError
 from exitsearch.progress import NullProgress, Progress
 
-__all__ = ["EpochLoop", "epoch_seed"]
+__all__ = ["EpochLoop", "epoch_seed", "kept_in"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s generator (shuffling, augmentation, sampled choices)."""
     return seed * 100_003 + epoch
+
+
+def kept_in(out: Any) -> Callable[[int], str]:
+    """The usual answer to "which checkpoint stays": the last finished epoch's, in ``out``."""
+    return lambda epoch: f"the checkpoint of epoch {epoch} in {out} is kept (try a lower --lr)"
 
 
 class EpochLoop:

@@ -47,8 +47,9 @@ def test_npz_gives_a_dataset_or_one_data_error(n, shape, xdtype, labels, ydtype,
     # accepted: what was loaded is consistent and sized by the data, not by label values
     assert len(train) == n == len(labels)
     assert train.x.ndim == 4 and train.x.dtype == np.uint8
-    assert train.num_classes <= max(int(np.max(y)) + 1 if y.size else 0, 0) or train.num_classes == 0
-    assert train.y.min(initial=0) >= 0 and train.y.max(initial=0) < max(train.num_classes, 1)
+    # classes inferred from the labels: exactly 0..max, and every label within them
+    assert train.num_classes == (int(y.astype(np.int64).max()) + 1 if y.size else 0)
+    assert np.array_equal(train.y, y.astype(np.int64))
     assert (test is not None) == with_test
 
 

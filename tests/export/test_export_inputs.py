@@ -50,7 +50,12 @@ def test_larger_raw_images_are_resized_by_the_preprocessing(world: World, model)
     raw = _raw_val(world, 8)
     big = np.repeat(np.repeat(raw, 2, axis=2), 2, axis=3)  # 56 px
     out = model.predict(big, batch_size=8)
-    assert out.logits.shape == (8, 10)
+    # what timm's transform makes of each 56-px image, normalised, run through forward
+    tf = model.preprocess.image_transform()
+    small = np.stack([tf(Image.fromarray(a[0])) for a in big])
+    assert small.shape == (8, 1, 28, 28)
+    ref = model(model.inputs._normalise(torch.from_numpy(small)))
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.exit_index, ref.exit_index)
 
 
 @pytest.mark.parametrize(
