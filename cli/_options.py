@@ -9,7 +9,9 @@ import typer
 
 from exitsearch.backbone import DEFAULT_PRESET, BackboneSpec, parse_overrides
 from exitsearch.data import DataSpec
+from exitsearch.errors import ConfigError
 from exitsearch.training.heads import HeadTrainConfig
+from exitsearch.units import parse_bytes
 
 ModelOpt = Annotated[
     str,
@@ -124,6 +126,14 @@ HeadEpochsOpt = Annotated[
 HeadBatchOpt = Annotated[
     int, typer.Option("--head-batch-size", help="Batch size of head training.")
 ]
+HeadMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--head-memory",
+        help="Memory head training may plan for (e.g. 6GB; default: half of what is available, "
+        "of the GPU on CUDA); heads that do not fit together train in groups.",
+    ),
+]
 HeadLrOpt = Annotated[
     float, typer.Option("--head-lr", help="Initial Adam learning rate of every head.")
 ]
@@ -150,6 +160,16 @@ def use_workers(workers: int | None) -> None:
     from exitsearch.data import set_default_workers
 
     set_default_workers(workers)
+
+
+def parse_head_memory(text: str | None) -> int | None:
+    """``--head-memory`` in bytes (None: planned from the memory available)."""
+    if text is None:
+        return None
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise ConfigError(f"--head-memory: {exc}") from None
 
 
 def head_config(

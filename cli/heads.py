@@ -19,6 +19,7 @@ from exitsearch_cli._options import (
     HeadEpochsOpt,
     HeadLimitOpt,
     HeadLrOpt,
+    HeadMemoryOpt,
     LimitOpt,
     ModelOpt,
     OverrideOpt,
@@ -31,6 +32,7 @@ from exitsearch_cli._options import (
     backbone_spec,
     data_spec,
     head_config,
+    parse_head_memory,
     run_folder,
     use_workers,
 )
@@ -69,6 +71,7 @@ def _settings(
     seed,
     device="auto",
     allow_overlap=False,
+    head_memory=None,
 ) -> RunSettings:  # type: ignore[no-untyped-def]
     return RunSettings(
         run_dir=run_folder(run_dir, model, data),
@@ -78,6 +81,7 @@ def _settings(
         heads=head_config(head_epochs, head_batch_size, head_lr, head_train_limit, bf16, seed),
         device=device,
         allow_overlap=allow_overlap,
+        head_memory=parse_head_memory(head_memory),
     )
 
 
@@ -103,6 +107,7 @@ def train(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of head initialisation and shuffling.")
     ] = 0,
+    head_memory: HeadMemoryOpt = None,
     predict: Annotated[
         bool,
         typer.Option(
@@ -128,7 +133,7 @@ def train(
 ) -> None:
     """Train every candidate head at every candidate location in one loop, backbone frozen.
 
-    One backbone forward per batch feeds all heads (classifier-wise training, paper 000);
+    One backbone forward per batch feeds all heads (classifier-wise training, as in Multi-Exit ViT);
     checkpoints each epoch and resumes when rerun.
     """
     settings = _settings(
@@ -151,6 +156,7 @@ def train(
         seed,
         device,
         allow_overlap,
+        head_memory,
     )
     use_workers(workers)
     if ray_address is not None:  # sharded over a Ray cluster (exitsearch.distributed)
@@ -196,6 +202,7 @@ def predict(
     head_train_limit: HeadLimitOpt = None,
     bf16: Bf16Opt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed the heads were trained with.")] = 0,
+    head_memory: HeadMemoryOpt = None,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = None,
     allow_overlap: AllowOverlapOpt = False,
@@ -223,6 +230,7 @@ def predict(
         head_train_limit,
         bf16,
         seed,
+        head_memory,
         predict=True,
         ray_address=os.environ.get("RAY_ADDRESS"),
         head_shards=None,

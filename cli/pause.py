@@ -1,4 +1,4 @@
-"""``exitsearch pause ...``: PAUMER patch pausing (paper 003) - train, evaluate, report."""
+"""``exitsearch pause ...``: PAUMER patch pausing - train, evaluate, report."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from exitsearch.pausing.report import (
 from exitsearch.pausing.train import TRAIN_MODES, PauseTrainConfig, train_paumer
 
 app = typer.Typer(
-    help="PAUMER patch pausing (paper 003): one training for many pause configurations "
+    help="PAUMER patch pausing: one training for many pause configurations "
     "{layer: fraction of the patch tokens paused after that block}; evaluate them by "
     "inference. Costs are FLOPs counted as multiply-accumulates (1 MAC = 1 FLOP, fvcore).",
     no_args_is_help=True,
@@ -151,7 +151,7 @@ def train(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = None,
 ) -> None:
-    """Train one model for many pause configurations (paper 003 §2.2); resumes when rerun."""
+    """Train one model for many pause configurations (PAUMER §2.2); resumes when rerun."""
     import torch
 
     from exitsearch.pausing.tasks import list_tasks
@@ -246,7 +246,7 @@ def evaluate(
             "--config",
             "-c",
             help="Pause configuration layer:fraction,... e.g. 3:0.2,5:0.4 (repeatable; "
-            "'table1' adds paper 003's Table 1). No pausing is always included.",
+            "'table1' adds PAUMER's Table 1). No pausing is always included.",
         ),
     ] = None,
     mode: Annotated[str, typer.Option(help="entropy or random pausing.")] = "entropy",
@@ -327,7 +327,7 @@ def report(
     ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Reproduce paper 003's experiment: metric against measured images/s for Table 1."""
+    """Reproduce PAUMER's experiment: metric against measured images/s for Table 1."""
     _threads(threads)
     series = [
         ReportSeries(n, d, m)

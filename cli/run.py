@@ -19,6 +19,7 @@ from exitsearch_cli._options import (
     HeadEpochsOpt,
     HeadLimitOpt,
     HeadLrOpt,
+    HeadMemoryOpt,
     LimitOpt,
     ModelOpt,
     OverrideOpt,
@@ -31,6 +32,7 @@ from exitsearch_cli._options import (
     backbone_spec,
     data_spec,
     head_config,
+    parse_head_memory,
     run_folder,
     use_workers,
 )
@@ -109,6 +111,7 @@ def run(
     ] = None,
     head_epochs: HeadEpochsOpt = 8,
     head_batch_size: HeadBatchOpt = 256,
+    head_memory: HeadMemoryOpt = None,
     head_lr: HeadLrOpt = 1e-3,
     head_train_limit: HeadLimitOpt = None,
     bf16: Bf16Opt = False,
@@ -209,6 +212,7 @@ def run(
         pause_workers=pause_workers,
         allow_overlap=allow_overlap,
         device=device,
+        head_memory=parse_head_memory(head_memory),
     )
     with RichProgress(enabled=not as_json) as progress:
         result = run_pipeline(settings, progress)

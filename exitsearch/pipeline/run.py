@@ -83,6 +83,9 @@ class RunSettings:
     # refused unless this is set (the user knows the overlap and accepts optimistic fronts).
     allow_overlap: bool = False
     device: str = "auto"
+    # Bytes head training may plan for (None: half of what is available); heads that do not
+    # fit together train in groups (exitsearch.training.groups). The heads do not depend on it.
+    head_memory: int | None = None
 
 
 @dataclass
@@ -325,6 +328,7 @@ def stage_heads(ctx: RunContext) -> HeadBank:
                 folder,
                 progress=ctx.progress,
                 device=ctx.settings.device,
+                memory=ctx.settings.head_memory,
             )
         ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
         for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):

@@ -40,6 +40,7 @@ from exitsearch.errors import CacheError, ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
+from exitsearch.training.groups import HeadGroupPlan, plan_head_groups
 from exitsearch.training.loop import EpochLoop
 
 __all__ = ["HeadStatus", "HeadTrainConfig", "HeadTrainResult", "train_heads"]
@@ -148,12 +149,16 @@ def train_heads(
     *,
     progress: Progress | None = None,
     device: str | Runtime | None = None,
+    memory: int | None = None,
 ) -> HeadTrainResult:
     """Train every head of ``specs`` on ``splits.train`` with ``backbone`` frozen.
 
     The backbone runs once per batch; each head's loss is back-propagated on its own, so only
     one head's activations are held at a time next to the shared hidden states. ``device``
     (default: the CPU) decides where, and in which precision (:mod:`exitsearch.device`).
+    Heads that do not fit in ``memory`` bytes together (default: half the memory available) train
+    in groups, each on its own passes over the data (:mod:`exitsearch.training.groups`); a head
+    trains the same in any group.
 
     Writes ``checkpoint.safetensors``/``checkpoint.json`` after each epoch (resume) and
     ``heads.safetensors`` (best weights of every head) plus ``heads.json`` (figures) at the end.
@@ -176,14 +181,11 @@ def train_heads(
     loop = EpochLoop(device, progress)
     rt = loop.rt
     ctx = HeadContext.from_backbone(backbone)
-    bank = HeadBank(specs, ctx, seed=config.seed).to(rt.device)
+    bank = HeadBank(specs, ctx, seed=config.seed)
     backbone.eval().requires_grad_(False).to(rt.device)
     transform = backbone.input_transform()
-    upto = bank.max_location
-    optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
     statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
     best = _cpu(bank.state_dict())
-    progress.log(_memory_plan(backbone, bank, config, rt))
     identity = sha256_of(
         "heads-train-v1",
         backbone.weights_checksum(),
@@ -191,34 +193,33 @@ def train_heads(
         [s.to_dict() for s in specs],
         asdict(config),
     )
-    start_epoch, passes = 0, 0
+    plan = plan_head_groups(backbone, bank, config.batch_size, rt, memory)
+    start_group, start_epoch, passes = 0, 0, 0
+    resumed: dict[str, Any] | None = None
     if (out / STATE).is_file():
         try:
-            saved = read_json(out / STATE)
-            if saved.get("identity") == identity:
-                tensors = load_safetensors(out / saved.get("weights", CKPT))
-                bank.load_state_dict(
-                    {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
-                )
-                bank.to(rt.device)
-                best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-                for i, opt in enumerate(optimizers):
-                    opt.load_state_dict(
-                        unflatten_optimizer_state(tensors, saved["optimizers"][i], prefix=f"opt{i}")
-                    )
-                statuses = [_status(s) for s in saved["statuses"]]
-                start_epoch, passes = int(saved["epoch"]), int(saved["backbone_passes"])
-                progress.log(f"heads: resuming after epoch {start_epoch} of {config.epochs}")
-            else:
-                progress.log("heads: checkpoint belongs to other inputs; starting afresh")
+            resumed = _resume(out, identity, bank, best, statuses)
         except (CacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             # A damaged checkpoint must not block every rerun: say so and train afresh.
             progress.log(f"heads: checkpoint in {out} is damaged ({exc}); starting afresh")
-            bank = HeadBank(specs, ctx, seed=config.seed).to(rt.device)
-            optimizers = [torch.optim.Adam(h.parameters(), lr=config.lr) for h in bank.heads]
+            bank = HeadBank(specs, ctx, seed=config.seed)
             statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
             best = _cpu(bank.state_dict())
-            start_epoch, passes = 0, 0
+        else:
+            if resumed is None:
+                progress.log("heads: checkpoint belongs to other inputs; starting afresh")
+            else:
+                if [list(g) for g in resumed["groups"]] != [list(g) for g in plan.groups]:
+                    # The heads do not depend on the grouping; the checkpoint's one is kept so
+                    # that its group resumes where it stopped.
+                    plan = plan_head_groups(
+                        backbone, bank, config.batch_size, rt, memory, fixed=resumed["groups"]
+                    )
+                start_group, start_epoch = resumed["group"], resumed["epoch"]
+                passes = resumed["backbone_passes"]
+                group = f"group {start_group + 1} of {len(plan)} " if len(plan) > 1 else ""
+                progress.log(f"heads: resuming {group}after epoch {start_epoch} of {config.epochs}")
+    progress.log(plan.describe(specs))
 
     if rt.amp_dtype is not None:
         autocast: Any = rt.autocast()
@@ -231,75 +232,101 @@ def train_heads(
         else min(config.train_limit, len(splits.train))
     )
     steps = math.ceil(n_train / config.batch_size)
-    for epoch in range(start_epoch, config.epochs):
-        active = [i for i, st in enumerate(statuses) if st.state == "training"]
-        if not active:
-            break
-        bank.train()
-        gen = loop.generator(config.seed, epoch)
-        task = f"heads epoch {epoch + 1}/{config.epochs}"
-        loss_sums = dict.fromkeys(active, 0.0)
-        seen = 0
-        batches = loop.batches(
-            splits.train,
-            config.batch_size,
-            generator=gen,
-            transform=transform,
-            task=task,
-            limit=steps,
-        )
-        for b, x, y in batches:
-            with torch.no_grad(), loop.autocast():
-                states = backbone.hidden_states(x, upto=upto)
-            passes += 1
-            for i in list(active):
-                head, spec = bank.heads[i], bank.specs[i]
-                # Dropout draws from the global generator: a seed per head, epoch and batch makes
-                # a head's training independent of the other heads (shards equal the joint run)
-                # and a resumed run continue exactly as the uninterrupted one.
-                torch.manual_seed(derive_seed(config.seed, spec.key, epoch, b))
-                with autocast:
-                    logits = head(states[spec.location - 1])
-                loss = F.cross_entropy(logits.float(), y)
-                if head.uncertainty is not None:
-                    u = head.uncertainty(logits.detach().float())
-                    loss = loss + config.uncertainty_weight * F.mse_loss(
-                        u, head.uncertainty.target(logits, y)
+    for g in range(start_group, len(plan)):
+        group = plan.groups[g]
+        for i in group:
+            bank.heads[i].to(rt.device)  # on CUDA only the group's heads wait on the GPU
+        optimizers = {i: torch.optim.Adam(bank.heads[i].parameters(), lr=config.lr) for i in group}
+        first = 0
+        if resumed is not None and g == start_group:
+            first = start_epoch
+            for i, opt in optimizers.items():
+                meta = resumed["optimizers"].get(i)
+                if meta is not None:
+                    opt.load_state_dict(
+                        unflatten_optimizer_state(resumed["tensors"], meta, prefix=f"opt{i}")
                     )
-                if not torch.isfinite(loss):
-                    _diverge(bank, i, statuses[i], best, progress, epoch, b)
-                    active.remove(i)
-                    continue
-                loss_sums[i] += float(loss.detach()) * len(y)
-                # Heads share no parameters and read detached states: stepping each head right
-                # after its own backward gives what one backward of the summed loss gives, while
-                # holding one head's activations at a time.
-                loop.optimise(loss, optimizers[i])
-            seen += len(y)
-            loop.advance(task, heads=len(active))
-        val_loss, val_acc = _validate(
-            backbone, bank, splits, config, active, transform, upto, autocast, rt
-        )
-        passes += math.ceil(len(splits.val) / bounded_batch(config.eval_batch_size, splits.val))
-        for i in active:
-            _after_epoch(
-                statuses[i],
-                bank,
-                i,
-                best,
-                optimizers[i],
-                config,
-                epoch,
-                loss_sums[i] / max(seen, 1),
-                val_loss[i],
-                val_acc[i],
+            resumed = None  # its tensors are not needed any more
+        upto = max(bank.specs[i].location for i in group)
+        label = f"heads group {g + 1}/{len(plan)} epoch" if len(plan) > 1 else "heads epoch"
+        for epoch in range(first, config.epochs):
+            active = [i for i in group if statuses[i].state == "training"]
+            if not active:
+                break
+            bank.train()
+            gen = loop.generator(config.seed, epoch)
+            task = f"{label} {epoch + 1}/{config.epochs}"
+            loss_sums = dict.fromkeys(active, 0.0)
+            seen = 0
+            states: list[torch.Tensor] = []
+            batches = loop.batches(
+                splits.train,
+                config.batch_size,
+                generator=gen,
+                transform=transform,
+                task=task,
+                limit=steps,
             )
-        _checkpoint(out, identity, epoch + 1, bank, best, optimizers, statuses, passes)
-        done = sum(st.state != "training" for st in statuses)
-        progress.log(
-            f"heads epoch {epoch + 1}: best validation accuracy {max(st.best_acc for st in statuses):.4f}, "
-            f"{len(statuses) - done} of {len(statuses)} heads still training"
-        )
+            for b, x, y in batches:
+                with torch.no_grad(), loop.autocast():
+                    states = backbone.hidden_states(x, upto=upto)
+                passes += 1
+                for i in list(active):
+                    head, spec = bank.heads[i], bank.specs[i]
+                    # Dropout draws from the global generator: a seed per head, epoch and batch
+                    # makes a head's training independent of the other heads (groups and shards
+                    # equal the joint run) and a resumed run continue exactly as the
+                    # uninterrupted one.
+                    torch.manual_seed(derive_seed(config.seed, spec.key, epoch, b))
+                    with autocast:
+                        logits = head(states[spec.location - 1])
+                    loss = F.cross_entropy(logits.float(), y)
+                    if head.uncertainty is not None:
+                        u = head.uncertainty(logits.detach().float())
+                        loss = loss + config.uncertainty_weight * F.mse_loss(
+                            u, head.uncertainty.target(logits, y)
+                        )
+                    if not torch.isfinite(loss):
+                        _diverge(bank, i, statuses[i], best, progress, epoch, b)
+                        active.remove(i)
+                        continue
+                    loss_sums[i] += float(loss.detach()) * len(y)
+                    # Heads share no parameters and read detached states: stepping each head
+                    # right after its own backward gives what one backward of the summed loss
+                    # gives, while holding one head's activations at a time.
+                    loop.optimise(loss, optimizers[i])
+                seen += len(y)
+                loop.advance(task, heads=len(active))
+            del states
+            val_loss, val_acc = _validate(
+                backbone, bank, splits, config, active, transform, upto, autocast, rt
+            )
+            passes += math.ceil(len(splits.val) / bounded_batch(config.eval_batch_size, splits.val))
+            for i in active:
+                _after_epoch(
+                    statuses[i],
+                    bank,
+                    i,
+                    best,
+                    optimizers[i],
+                    config,
+                    epoch,
+                    loss_sums[i] / max(seen, 1),
+                    val_loss[i],
+                    val_acc[i],
+                )
+            _checkpoint(out, identity, plan, g, epoch + 1, bank, best, optimizers, statuses, passes)
+            done = sum(statuses[i].state != "training" for i in group)
+            progress.log(
+                f"{label} {epoch + 1}: best validation accuracy "
+                f"{max(statuses[i].best_acc for i in group):.4f}, "
+                f"{len(group) - done} of {len(group)} heads still training"
+            )
+        for i in group:
+            if statuses[i].state == "training":
+                statuses[i].state = "finished"
+            bank.heads[i].to("cpu")
+        del optimizers  # the group's gradients and Adam state go with it
     for st in statuses:
         if st.state == "training":
             st.state = "finished"
@@ -315,22 +342,48 @@ def train_heads(
     return result
 
 
+def _resume(
+    out: Path,
+    identity: str,
+    bank: HeadBank,
+    best: dict[str, torch.Tensor],
+    statuses: list[HeadStatus],
+) -> dict[str, Any] | None:
+    """Load the epoch checkpoint into ``bank``, ``best`` and ``statuses``; None when it belongs
+    to other inputs. Returns the group, epoch, passes, grouping and optimiser states to resume."""
+    saved = read_json(out / STATE)
+    if saved.get("identity") != identity:
+        return None
+    tensors = load_safetensors(out / saved.get("weights", CKPT))
+    keys = [s.key for s in bank.specs]
+    groups = [[keys.index(k) for k in g] for g in saved.get("groups") or [keys]]
+    group = int(saved.get("group", 0))
+    own = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
+    wanted = {f"heads.{i}." for i in groups[group]}
+    missing = [k for k in bank.state_dict() if k[: k.index(".", 6) + 1] in wanted and k not in own]
+    if missing:
+        raise KeyError(f"no weights for {missing[0]}")
+    bank.load_state_dict(own, strict=False)
+    saved_best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if saved_best.keys() != best.keys():
+        raise KeyError("the best weights do not match the heads")
+    best.update(saved_best)
+    metas = saved["optimizers"]
+    if isinstance(metas, list):  # one group: a state per head, in order
+        metas = dict(enumerate(metas))
+    statuses[:] = [_status(s) for s in saved["statuses"]]
+    return {
+        "group": group,
+        "groups": groups,
+        "epoch": int(saved["epoch"]),
+        "backbone_passes": int(saved["backbone_passes"]),
+        "optimizers": {int(i): m for i, m in metas.items()},
+        "tensors": tensors,
+    }
+
+
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
-
-
-def _memory_plan(backbone: Backbone, bank: HeadBank, config: HeadTrainConfig, rt: Runtime) -> str:
-    """One line on what head training holds in memory: hidden states, head weights and state."""
-    from exitsearch.units import format_bytes
-
-    itemsize = 2 if rt.amp_dtype is not None else 4
-    states = config.batch_size * backbone.num_tokens * backbone.embed_dim * bank.max_location
-    params = sum(p.numel() for p in bank.parameters())
-    return (
-        f"heads: {len(bank)} heads in one group on {rt.describe()}: one backbone pass per batch "
-        f"holds {format_bytes(states * itemsize)} of hidden states (batch {config.batch_size}); "
-        f"head weights, gradients and Adam state {format_bytes(params * 4 * 4)}"
-    )
 
 
 def _status(saved: dict[str, Any]) -> HeadStatus:
@@ -424,27 +477,35 @@ def _after_epoch(
 def _checkpoint(
     out: Path,
     identity: str,
+    plan: HeadGroupPlan,
+    group: int,
     epoch: int,
     bank: HeadBank,
     best: dict[str, torch.Tensor],
-    optimizers: list[torch.optim.Optimizer],
+    optimizers: dict[int, torch.optim.Optimizer],
     statuses: list[HeadStatus],
     passes: int,
 ) -> None:
-    tensors = {f"bank.{k}": v for k, v in bank.state_dict().items()}
+    """The group's current weights and Adam state, and every head's best weights and status."""
+    tensors = {
+        f"bank.heads.{i}.{k}": v
+        for i in plan.groups[group]
+        for k, v in bank.heads[i].state_dict().items()
+    }
     tensors.update({f"best.{k}": v for k, v in best.items()})
-    metas = []
-    for i, opt in enumerate(optimizers):
+    metas = {}
+    for i, opt in optimizers.items():
         t, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"opt{i}")
         tensors.update(t)
-        metas.append(meta)
-    tensors = _cpu(tensors)
+        metas[str(i)] = meta
     write_epoch_checkpoint(
         out,
         tensors,
         STATE,
         {
             "identity": identity,
+            "group": group,
+            "groups": plan.keys(bank.specs),
             "epoch": epoch,
             "backbone_passes": passes,
             "statuses": [asdict(s) for s in statuses],
