@@ -2,8 +2,9 @@
 
 ``--device auto`` takes the first GPU when there is one. On CUDA, compute runs under autocast in
 bfloat16 where the GPU supports it and in float16 with a gradient scaler otherwise; batches are
-copied from pinned memory without blocking. On the CPU everything stays float32 (the results the
-tests pin are float32 results).
+copied from pinned memory without blocking, and image batches and convolution weights (the patch
+embedding, the CNN exit heads) take the channels-last layout that tensor cores read fastest. On
+the CPU everything stays float32 and contiguous (the results the tests pin are float32 results).
 
 Example:
     >>> from exitsearch.device import resolve_device
@@ -63,10 +64,28 @@ class Runtime:
         """A gradient scaler, enabled only for float16 (bfloat16 and float32 need none)."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether image batches and convolution weights take the channels-last layout."""
+        return self.is_cuda
+
     def to(self, *tensors: torch.Tensor) -> Any:
-        """Move tensors to the device (non-blocking from pinned memory)."""
-        moved = tuple(t.to(self.device, non_blocking=self.is_cuda) for t in tensors)
+        """Move tensors to the device (non-blocking from pinned memory); image batches (4-D)
+        in channels-last layout on CUDA."""
+        moved = tuple(self._move(t) for t in tensors)
         return moved if len(moved) != 1 else moved[0]
+
+    def _move(self, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and t.dim() == 4:
+            return t.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return t.to(self.device, non_blocking=self.is_cuda)
+
+    def place(self, *modules: torch.nn.Module) -> None:
+        """Move ``modules`` to the device; on CUDA their convolution weights go channels-last."""
+        for m in modules:
+            m.to(self.device)
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
 
     def describe(self) -> str:
         precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

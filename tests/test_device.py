@@ -47,6 +47,27 @@ def test_cuda_uses_mixed_precision_and_pinned_copies():
         assert (x @ x).dtype == rt.amp_dtype
 
 
+def test_cpu_keeps_tensors_and_weights_contiguous():
+    rt = resolve_device("cpu")
+    conv = torch.nn.Conv2d(3, 8, 4, stride=4)
+    rt.place(conv)
+    assert not rt.channels_last
+    assert rt.to(torch.zeros(2, 3, 8, 8)).is_contiguous()
+    assert conv.weight.is_contiguous()
+
+
+@cuda
+def test_cuda_puts_images_and_convolutions_channels_last():
+    rt = resolve_device("cuda")
+    conv = torch.nn.Conv2d(3, 8, 4, stride=4)
+    rt.place(conv)
+    x = rt.to(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    assert x[0].is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        assert conv(x[0]).shape == (2, 8, 2, 2)
+
+
 @cuda
 def test_heads_trained_on_cuda_match_the_cpu_closely(tiny_splits, make_tiny, tmp_path):
     from exitsearch.heads import HeadSpec

@@ -64,8 +64,7 @@ class EpochLoop:
     # --------------------------------------------------------------------- placement
     def place(self, *modules: torch.nn.Module) -> None:
         """Move ``modules`` to the device (before their optimisers are built)."""
-        for m in modules:
-            m.to(self.rt.device)
+        self.rt.place(*modules)
 
     def release(self, *modules: torch.nn.Module) -> None:
         """Move ``modules`` back to the CPU (for saving and for the stages that follow)."""

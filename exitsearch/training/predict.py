@@ -139,8 +139,7 @@ def predict(
     """
     progress = progress or NullProgress()
     rt = resolve_device(device or "cpu")
-    backbone.eval().to(rt.device)
-    bank.eval().to(rt.device)
+    rt.place(backbone.eval(), bank.eval())
     transform = backbone.input_transform()
     out: dict[str, SplitPredictions] = {}
     rows = len(bank) + 1
