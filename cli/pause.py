@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from rich.table import Table
 from exitsearch._io import read_json
 from exitsearch.backbone import DEFAULT_PRESET, create_backbone
 from exitsearch.data import DataSpec, load_splits
+from exitsearch.device import resolve_device
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.config import PauseConfig, paper_table1
 from exitsearch.pausing.model import (
@@ -478,10 +479,11 @@ def search(
         typer.Option(help=f"JSON file for the search result (default: REPORT/{SEARCH_JSON})."),
     ] = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Search pause configurations (Optuna, trials by inference on validation) for the best
     metric per FLOPs; with --report, add the front to the Table 1 report at measured images/s."""
-    from exitsearch.distributed.cluster import ray_cluster
+    from exitsearch.distributed.cluster import ray_cluster, task_device
     from exitsearch.distributed.executors import LocalExecutor, RayExecutor
     from exitsearch.distributed.pause_search import (
         PauseSearchSettings,
@@ -510,14 +512,22 @@ def search(
         else PauseSpace.for_depth(depth, taus=tau_list, mode=mode)
     )
     settings = PauseSearchSettings(
-        strategy=strategy, n_trials=n_trials, seed=seed, population_size=population
+        strategy=strategy,
+        n_trials=n_trials,
+        seed=seed,
+        population_size=population,
+        device=device if ray_address else resolve_device(device).device.type,
     )
     data = _model_data(model_dir, limit, data_dir)
     prev = _previous_report(report) if report else None
     with RichProgress() as progress, ray_cluster(ray_address) as info:
         if info is not None:
             progress.log(f"pause search: {info.describe()}")
-        executor = RayExecutor() if info is not None else LocalExecutor(workers, threads=1)
+        if info is not None:  # each trial a Ray task, with a GPU of its own on cuda
+            settings = replace(settings, device=task_device(device))
+            executor: Any = RayExecutor(num_gpus=1 if settings.device == "cuda" else 0)
+        else:
+            executor = LocalExecutor(workers, threads=1)
         try:
             result = run_pause_search(
                 model_dir,

@@ -35,6 +35,7 @@ __all__ = [
     "probe",
     "ray_cluster",
     "resolve_address",
+    "task_device",
 ]
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
@@ -238,3 +239,25 @@ def _ray_initialized() -> bool:
 
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
+
+
+def task_device(device: str) -> str:
+    """The device of tasks on the connected cluster: ``cuda`` (each task then requests one GPU)
+    or ``cpu``. ``auto`` takes ``cuda`` when the cluster has a GPU.
+
+    Raises:
+        ClusterError: CUDA asked for on a cluster without a GPU (its tasks would wait forever).
+    """
+    import ray
+
+    text = device.strip().lower()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if text == "auto":
+        return "cuda" if gpus > 0 else "cpu"
+    if text.startswith("cuda"):
+        if gpus <= 0:
+            raise ClusterError(
+                f"--device {device} asked for, but the Ray cluster has no GPU; use --device cpu"
+            )
+        return "cuda"  # a task sees only the GPU Ray gave it
+    return "cpu"

@@ -113,6 +113,7 @@ class RayExecutor:
     Args:
         max_retries: resubmissions of a task whose worker or node died.
         num_cpus: logical CPUs each task reserves (how many run at once per node).
+        num_gpus: GPUs each task requests (1 for trials on ``cuda``; 0 runs them on CPUs).
         threads: torch threads inside each task.
         runner: the evaluation (top-level function of a ``PauseJob``).
         ship: ship model folders through the object store (False: nodes share the path).
@@ -126,6 +127,7 @@ class RayExecutor:
         *,
         max_retries: int = 3,
         num_cpus: float = 1,
+        num_gpus: float = 0,
         threads: int | None = 1,
         runner: Runner = run_pause_job,
         ship: bool = True,
@@ -143,6 +145,7 @@ class RayExecutor:
         self.ship = ship
         self._remote = ray.remote(pause_trial_task).options(
             num_cpus=num_cpus,
+            num_gpus=num_gpus,
             max_retries=max_retries,
             retry_exceptions=False,
             scheduling_strategy=scheduling_strategy,

@@ -199,6 +199,8 @@ def train_heads_sharded(
     """
     import ray
 
+    from exitsearch.distributed.cluster import task_device
+
     progress = progress or NullProgress()
     if shards is None:
         shards = max(1, int(ray.cluster_resources().get("CPU", 1) // max(num_cpus, 1e-9)))
@@ -206,9 +208,7 @@ def train_heads_sharded(
     t0 = time.perf_counter()
     weights_ref = ray.put(backbone_bytes(backbone))
     jobs = shard_jobs(backbone, data, splits, groups, config, weights=weights_ref, threads=threads)
-    gpu = device.startswith("cuda") or (
-        device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
-    )
+    gpu = task_device(device) == "cuda"
     if gpu:
         jobs = [replace(job, device="cuda") for job in jobs]
     remote = ray.remote(train_shard_task).options(

@@ -126,6 +126,8 @@ class PauseSearchSettings:
             Part of what determines the trials, so it does not follow the cluster's size.
         split: the split the metric is measured on (the search sees validation only).
         eval_batch_size: images per forward pass of an evaluation (does not change metrics).
+        device: where trials run (``cpu``, ``cuda``, ``cuda:N``, ``auto`` for the worker's GPU
+            when it has one); with Ray, each trial then requests a GPU.
     """
 
     strategy: str = "nsga2"
@@ -135,6 +137,7 @@ class PauseSearchSettings:
     batch_size: int | None = None
     split: str = "val"
     eval_batch_size: int = 256
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -305,6 +308,7 @@ def run_pause_search(
             eval_batch_size=settings.eval_batch_size,
             seed=settings.seed,
             label=str(trial.number),
+            device=settings.device,
         )
         return _Plan(trial, config, flops, job)
 

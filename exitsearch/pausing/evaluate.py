@@ -24,6 +24,7 @@ import torch
 from exitsearch.data.loader import iterate_batches
 from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.splits import DataSplits
+from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.pause import PauseMode, PausingViT
@@ -101,14 +102,15 @@ def evaluate_metric(
 
 
 def timing_batch(model: Any, data: ArrayDataset, batch_size: int = 64) -> torch.Tensor:
-    """The model input of the first ``batch_size`` images of ``data`` (the timing inputs)."""
+    """The model input of the first ``batch_size`` images of ``data`` (the timing inputs), on
+    the model's device."""
     if len(data) < 1:
         raise ConfigError("cannot time a configuration on an empty split")
     n = min(batch_size, len(data))
     x = data.batch(np.arange(n))
     if n < batch_size:  # repeat images so that every configuration is timed at batch_size
         x = x.repeat(math.ceil(batch_size / n), 1, 1, 1)[:batch_size]
-    return model.backbone.input_transform()(x)
+    return model.backbone.input_transform()(x.to(next(model.parameters()).device))
 
 
 CLOCKS: dict[str, Callable[[], float]] = {
@@ -243,6 +245,7 @@ def predict_under_pause(
     batch_size: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    device: str | Runtime | None = None,
 ) -> Predictions:
     """Exit-head predictions under one pause configuration, in the cache format of
     :func:`exitsearch.training.predict.predict` (rows: the bank's heads, then the final exit).
@@ -255,17 +258,21 @@ def predict_under_pause(
         model: a :class:`PausingViT` (final exit: the backbone's own head) or a classification
             ``PaumerModel``.
 
+        device: where the model and heads run (default: the CPU), under its precision; the
+            pausing decisions' random draws come from the CPU generator either way.
+
     Raises:
         ConfigError: the model's main head is not a classifier.
     """
     progress = progress or NullProgress()
+    rt = resolve_device(device or "cpu")
     vit: PausingViT = model.vit if hasattr(model, "vit") else model
     if getattr(model, "decoder", None) is not None:
         raise ConfigError("exit heads classify images; this model's task is not classification")
     head = model.head if hasattr(model, "head") else vit.backbone.final_head
     cfg = vit.resolve(pause)
-    model.eval()
-    bank.eval()
+    model.eval().to(rt.device)
+    bank.eval().to(rt.device)
     transform = vit.backbone.input_transform()
     locations = sorted({s.location for s in bank.specs})
     gen = torch.Generator().manual_seed(seed)
@@ -280,17 +287,18 @@ def predict_under_pause(
         unc = np.full((rows, n), np.nan, np.float32)
         task = f"predict {name} under pause {cfg.label}"
         progress.start(task, math.ceil(n / batch_size))
-        for idx, x, _ in iterate_batches(data, batch_size):
-            res = vit.forward_states(transform(x), cfg, locations, mode, gen)
+        for idx, x, _ in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
             cols = idx.numpy()
-            for i, (spec, exit_head) in enumerate(bank):
-                logits = exit_head(res.states[spec.location])
-                c, e, p = exit_statistics(logits)
-                conf[i, cols], ent[i, cols], pred[i, cols] = c.numpy(), e.numpy(), p.numpy()
-                if exit_head.uncertainty is not None:
-                    unc[i, cols] = exit_head.uncertainty(logits.float()).numpy()
-            c, e, p = exit_statistics(head(res.final))
-            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c.numpy(), e.numpy(), p.numpy()
+            with rt.autocast():
+                res = vit.forward_states(transform(rt.to(x)), cfg, locations, mode, gen)
+                for i, (spec, exit_head) in enumerate(bank):
+                    logits = exit_head(res.states[spec.location])
+                    c, e, p = (t.cpu().numpy() for t in exit_statistics(logits))
+                    conf[i, cols], ent[i, cols], pred[i, cols] = c, e, p
+                    if exit_head.uncertainty is not None:
+                        unc[i, cols] = exit_head.uncertainty(logits.float()).float().cpu().numpy()
+                c, e, p = (t.cpu().numpy() for t in exit_statistics(head(res.final)))
+                conf[-1, cols], ent[-1, cols], pred[-1, cols] = c, e, p
             progress.advance(task)
         progress.finish(task)
         out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)

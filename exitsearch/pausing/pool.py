@@ -24,6 +24,7 @@ import torch
 
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.data.splits import DataSpec, DataSplits, load_splits
+from exitsearch.device import resolve_device
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.evaluate import PauseEvaluation, evaluate_pause_config
 from exitsearch.pausing.model import MODEL_FILE, PaumerModel, load_paumer
@@ -43,6 +44,8 @@ class PauseJob:
         pause: ``PauseConfig.to_dict()`` (``{}``: no pausing).
         mode: ``entropy`` or ``random``.
         label: free text carried into the result.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:N``, ``auto``); on CUDA under
+            the device's mixed precision (:mod:`exitsearch.device`).
     """
 
     model_dir: str
@@ -58,6 +61,7 @@ class PauseJob:
     seed: int = 0
     label: str = ""
     clock: str = "wall"
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,22 +88,24 @@ def cached_splits(data: Mapping[str, Any], preprocess: Preprocess) -> DataSplits
 
 def run_pause_job(job: PauseJob) -> dict[str, Any]:
     """Evaluate one job in this process; returns ``PauseEvaluation.to_dict()``."""
-    model = _model(job.model_dir)
+    rt = resolve_device(job.device)
+    model = _model(job.model_dir).to(rt.device)
     bb = model.backbone
     data = cached_splits(job.data, bb.preprocess()).get(job.split)
-    ev = evaluate_pause_config(
-        model,
-        data,
-        PauseConfig.from_dict(job.pause),
-        job.mode,
-        batch_size=job.batch_size,
-        eval_batch_size=job.eval_batch_size,
-        warmup=job.warmup,
-        repeats=job.repeats,
-        seed=job.seed,
-        measure=job.measure,
-        clock=job.clock,
-    )
+    with rt.autocast():
+        ev = evaluate_pause_config(
+            model,
+            data,
+            PauseConfig.from_dict(job.pause),
+            job.mode,
+            batch_size=job.batch_size,
+            eval_batch_size=job.eval_batch_size,
+            warmup=job.warmup,
+            repeats=job.repeats,
+            seed=job.seed,
+            measure=job.measure,
+            clock=job.clock,
+        )
     return {**ev.to_dict(), "label": job.label}
 
 

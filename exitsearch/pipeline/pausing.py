@@ -51,6 +51,7 @@ import optuna
 
 from exitsearch._io import atomic_write_json, file_sha256, read_json, save_safetensors, sha256_of
 from exitsearch.backbone import BackboneSpec
+from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
 from exitsearch.pausing.config import PauseConfig
 from exitsearch.progress import NullProgress, Progress
@@ -107,6 +108,7 @@ class PausePredictJob:
         pause: ``PauseConfig.to_dict()``.
         mode: ``entropy`` or ``random``.
         names: the splits to predict.
+        device: where the model and heads run (``cpu``, ``cuda``...).
     """
 
     model_dir: str
@@ -118,6 +120,7 @@ class PausePredictJob:
     batch_size: int = 500
     seed: int = 0
     label: str = ""
+    device: str = "cpu"
 
 
 _LOADED: dict[tuple[str, int], Any] = {}
@@ -169,6 +172,7 @@ def run_pause_predict_job(job: PausePredictJob) -> dict[str, Any]:
         names=tuple(job.names),
         batch_size=job.batch_size,
         seed=job.seed,
+        device=job.device,
     )
     return {
         "pause": PauseConfig.from_dict(job.pause).key,
@@ -277,6 +281,7 @@ class _PausePredictor:
         self.model_dir = model_dir
         self.mode = mode
         self.executor = executor
+        self.device = _trial_device(ctx.settings)
         self.memo: dict[tuple[str, str], Predictions] = {}
         self.folders: dict[tuple[str, str], Path] = {}
         self.computed = 0
@@ -326,6 +331,7 @@ class _PausePredictor:
                 (split,),
                 seed=ctx.settings.search.seed,
                 label=cfg.key,
+                device=self.device,
             )
             for cfg in configs
         ]
@@ -359,11 +365,21 @@ class _PausePredictor:
         return out
 
 
+def _trial_device(settings: RunSettings) -> str:
+    """Where pause predictions run: the run's device here, or a GPU per Ray task on CUDA."""
+    if settings.ray_address is not None:
+        from exitsearch.distributed.cluster import task_device
+
+        return task_device(settings.device)
+    return str(resolve_device(settings.device).device)
+
+
 def _executor(settings: RunSettings) -> Any:
     from exitsearch.distributed.executors import LocalExecutor, RayExecutor
 
     if settings.ray_address is not None:
-        return RayExecutor(runner=run_pause_predict_job, threads=1)
+        gpus = 1 if _trial_device(settings) == "cuda" else 0
+        return RayExecutor(runner=run_pause_predict_job, threads=1, num_gpus=gpus)
     workers = settings.pause_workers or (os.cpu_count() or 1)
     return LocalExecutor(max(1, workers), threads=1, runner=run_pause_predict_job)
 

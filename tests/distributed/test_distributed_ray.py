@@ -73,6 +73,17 @@ def test_connects_by_address(ray_world: RayWorld):
     assert ray.is_initialized()
 
 
+def test_tasks_take_a_gpu_only_where_the_cluster_has_one(ray_world: RayWorld):
+    from exitsearch.distributed.cluster import ClusterError, task_device
+
+    assert ray.cluster_resources().get("GPU", 0) == 0  # this test cluster has none
+    assert task_device("auto") == "cpu"
+    assert task_device("cpu") == "cpu"
+    for asked in ("cuda", "cuda:1"):  # a GPU task on a cluster without one would wait forever
+        with pytest.raises(ClusterError, match=r"has no GPU; use --device cpu$"):
+            task_device(asked)
+
+
 @pytest.fixture(scope="module")
 def sharded(ray_world: RayWorld, fmnist, tmp_path_factory):
     torch.manual_seed(1)
