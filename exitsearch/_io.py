@@ -53,7 +53,6 @@ __all__ = [
     "read_json",
     "save_safetensors",
     "sha256_of",
-    "write_epoch_checkpoint",
 ]
 
 
@@ -252,23 +251,6 @@ def _feed(h: Any, part: Any) -> None:
     else:
         h.update(b"j")
         h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
-
-
-def write_epoch_checkpoint(
-    folder: Path, tensors: Mapping[str, torch.Tensor], state_file: str, state: dict[str, Any]
-) -> None:
-    """Save an epoch's tensors under a name of their own, then the JSON that points at them.
-
-    The JSON is written last, so a crash at any point leaves the previous epoch's pair intact:
-    resuming never combines weights of one epoch with the state of another. Older weight files
-    are removed afterwards.
-    """
-    name = f"checkpoint-epoch{state['epoch']}.safetensors"
-    save_safetensors(folder / name, tensors)
-    atomic_write_json(folder / state_file, {**state, "weights": name})
-    for old in folder.glob("checkpoint-epoch*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
 
 
 def derive_seed(*parts: object) -> int:

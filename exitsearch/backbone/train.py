@@ -15,22 +15,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from exitsearch._io import (
-    atomic_write_json,
-    load_safetensors,
-    read_json,
-    save_safetensors,
-    write_epoch_checkpoint,
-)
-from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
+from exitsearch._io import atomic_write_json, save_safetensors
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import Augment
 from exitsearch.device import Runtime, resolve_device
-from exitsearch.errors import CacheError, ConfigError
+from exitsearch.errors import ConfigError
 from exitsearch.optim import adamw, warmup_cosine
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.checkpoint import EpochCheckpoint, Resumed, flatten_training_state
 from exitsearch.training.loop import EpochLoop, epoch_seed, kept_in
 
 __all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
@@ -131,32 +125,23 @@ def train_backbone(
         "config": asdict(config),
         "data": splits.fingerprint(),
     }
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        try:
-            saved = read_json(state_path)
-        except CacheError as exc:
-            saved = None
-            progress.log(f"checkpoint in {out} is damaged ({exc}); training afresh")
-        if saved is not None and saved.get("identity") != identity:
-            raise ConfigError(
-                f"{out} holds a checkpoint of another training (model, data or settings differ); "
-                "choose another --out folder or delete it"
-            )
-        if saved is not None:
-            try:
-                tensors = load_safetensors(out / saved.get("weights", CKPT_FILE))
-                model.load_state_dict(
-                    {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-                )
-                opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
-                start_epoch = int(saved["epoch"])
-                history = list(saved["history"])
-                progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
-            except (CacheError, KeyError, RuntimeError, ValueError) as exc:
-                progress.log(f"checkpoint in {out} is damaged ({exc}); training afresh")
+    checkpoint = EpochCheckpoint(
+        out,
+        STATE_FILE,
+        identity,
+        progress=progress,
+        legacy_weights=CKPT_FILE,
+        other="another training (model, data or settings differ)",
+        remedy="choose another --out folder or delete it",
+    )
+
+    def restore(saved: Resumed) -> tuple[int, list[dict[str, float]]]:
+        saved.restore(opt, model=model)
+        return saved.epoch, list(saved.state["history"])
+
+    start_epoch, history = checkpoint.load(restore) or (0, [])
+    if start_epoch:
+        progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -196,15 +181,8 @@ def train_backbone(
         progress.log(
             f"epoch {epoch + 1}: loss {loss_sum / seen:.4f}, validation accuracy {val_acc:.4f}"
         )
-        tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
-        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-        tensors = {k: v.detach().cpu() for k, v in tensors.items()}
-        write_epoch_checkpoint(
-            out,
-            tensors,
-            STATE_FILE,
-            {"identity": identity, "epoch": epoch + 1, "history": history, "optimizer": opt_meta},
-        )
+        tensors, opt_meta = flatten_training_state(opt, model=model)
+        checkpoint.save(epoch + 1, tensors, {"history": history, "optimizer": opt_meta})
 
     model.eval()
     test_acc = evaluate_accuracy(backbone, splits.test, config.eval_batch_size, rt)

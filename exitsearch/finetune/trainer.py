@@ -22,14 +22,7 @@ from typing import Any
 
 import torch
 
-from exitsearch._io import (
-    atomic_write_json,
-    load_safetensors,
-    read_json,
-    save_safetensors,
-    sha256_of,
-)
-from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
+from exitsearch._io import load_safetensors, read_json, sha256_of
 from exitsearch.data import Augment, DataSplits
 from exitsearch.device import Runtime
 from exitsearch.errors import CheckpointError, ConfigError, TrainingDivergedError
@@ -37,6 +30,7 @@ from exitsearch.finetune.base import Batch, FinetuneStrategy, Phase
 from exitsearch.finetune.net import MultiExitNet
 from exitsearch.finetune.settings import TrainSettings
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.checkpoint import EpochCheckpoint, Resumed, flatten_training_state
 from exitsearch.training.loop import EpochLoop
 
 __all__ = ["TrainingLog", "load_checkpoint", "train_configuration"]
@@ -44,6 +38,9 @@ __all__ = ["TrainingLog", "load_checkpoint", "train_configuration"]
 STATE_JSON = "state.json"
 STATE_TENSORS = "state-epoch{epoch}.safetensors"
 _NO_DECAY = ("pos_embed", "cls_token", "dist_token", "reg_token")
+
+# The phase whose optimiser a checkpoint saved, and that optimiser's state_dict.
+_SavedOptimizer = tuple[int, dict[str, Any]]
 
 
 @dataclass
@@ -106,12 +103,6 @@ def load_checkpoint(work_dir: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{work_dir}: no fine-tuning checkpoint here")
     path = Path(work_dir) / read_json(state)["tensors"]
     return {k[4:]: v for k, v in load_safetensors(path).items() if k.startswith("net.")}
-
-
-def _remove_tensors(work: Path, keep: str | None = None) -> None:
-    for old in work.glob(STATE_TENSORS.format(epoch="*")):
-        if old.name != keep:
-            old.unlink(missing_ok=True)
 
 
 def _drop_grads(params: Any) -> None:
@@ -199,29 +190,30 @@ def train_configuration(
         # reshape: sha256_of cannot hash 0-d tensors wider than a byte (num_batches_tracked)
         *[x for k, v in sorted(net.state_dict().items()) for x in (k, v.reshape(-1))],
     )
+    checkpoint = EpochCheckpoint(
+        work,
+        STATE_JSON,
+        identity,
+        on_mismatch="restart" if discard_stale else "refuse",
+        who=strategy.name,
+        progress=progress,
+        weights=STATE_TENSORS,
+        weights_key="tensors",
+        other="another fine-tuning (strategy, settings, data or starting weights differ)",
+    )
+
+    def restore(saved: Resumed) -> tuple[int, float, list[dict[str, Any]], _SavedOptimizer]:
+        optimizer = (int(saved.state["optimizer_phase"]), saved.optimizer_state())
+        seconds, history = float(saved.state["seconds"]), list(saved.state["history"])
+        saved.restore(net=net)
+        return saved.epoch, seconds, history, optimizer
+
     history: list[dict[str, Any]] = []
     start_epoch, seconds = 0, 0.0
-    saved_opt: tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None = None
-    state_path = work / STATE_JSON
-    if state_path.is_file():
-        saved = read_json(state_path)
-        if saved.get("identity") != identity and discard_stale:
-            progress.log(
-                f"{strategy.name}: discarding the checkpoint of another training in {work}"
-            )
-            state_path.unlink()
-            _remove_tensors(work)
-        elif saved.get("identity") != identity:
-            raise ConfigError(
-                f"{work} holds a checkpoint of another fine-tuning (strategy, settings, data or "
-                "starting weights differ); choose another output folder or delete it"
-            )
-    if state_path.is_file():
-        tensors = load_safetensors(work / saved["tensors"])
-        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        start_epoch, seconds = int(saved["epoch"]), float(saved["seconds"])
-        history = list(saved["history"])
-        saved_opt = (int(saved["optimizer_phase"]), tensors, saved["optimizer"])
+    saved_opt: _SavedOptimizer | None = None
+    resumed = checkpoint.load(restore)
+    if resumed is not None:
+        start_epoch, seconds, history, saved_opt = resumed
         if start_epoch < total:
             progress.log(
                 f"{strategy.name}: resuming after epoch {start_epoch} of {total} from {work}"
@@ -243,7 +235,7 @@ def train_configuration(
             opt, base_lrs = _optimizer(net, phase, settings)
             opt_phase = p
             if saved_opt is not None and saved_opt[0] == p:
-                opt.load_state_dict(unflatten_optimizer_state(saved_opt[1], saved_opt[2]))
+                opt.load_state_dict(saved_opt[1])
             saved_opt = None
         _set_trainable(net, phase)
         gen = loop.generator(settings.seed, epoch)
@@ -310,17 +302,12 @@ def train_configuration(
             + " ".join(f"{a:.3f}" for a in accs[:-1])
             + f", final {accs[-1]:.3f}"
         )
-        tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
-        tensors.update({f"net.{k}": v for k, v in net.state_dict().items()})
-        name = STATE_TENSORS.format(epoch=epoch + 1)
-        save_safetensors(work / name, tensors)
-        atomic_write_json(
-            state_path,
+        tensors, opt_meta = flatten_training_state(opt, net=net)
+        checkpoint.save(
+            epoch + 1,
+            tensors,
             {
-                "identity": identity,
-                "tensors": name,
                 "strategy": strategy.name,
-                "epoch": epoch + 1,
                 "epochs": total,
                 "optimizer_phase": p,
                 "optimizer": opt_meta,
@@ -328,7 +315,6 @@ def train_configuration(
                 "seconds": seconds,
             },
         )
-        _remove_tensors(work, keep=name)
     net.requires_grad_(True)
     net.eval()
     loop.release(net)

@@ -24,14 +24,7 @@ from typing import Any
 
 import torch
 
-from exitsearch._io import (
-    atomic_write_json,
-    load_safetensors,
-    read_json,
-    save_safetensors,
-    sha256_of,
-)
-from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
+from exitsearch._io import sha256_of
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
 from exitsearch.errors import ConfigError
@@ -40,6 +33,7 @@ from exitsearch.pausing.evaluate import evaluate_metric
 from exitsearch.pausing.model import PaumerModel
 from exitsearch.pausing.pause import PauseMode
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.training.checkpoint import EpochCheckpoint, Resumed, flatten_training_state
 from exitsearch.training.loop import EpochLoop, kept_in
 
 __all__ = ["TRAIN_MODES", "PauseTrainConfig", "train_paumer"]
@@ -180,21 +174,23 @@ def train_paumer(
         "initial_weights": _checksum(model),
         "init": init,
     }
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        saved = read_json(state_path)
-        if saved.get("identity") != identity:
-            raise ConfigError(
-                f"{out} holds a checkpoint of another training (model, data, start weights or "
-                "settings differ); choose another --out folder or delete it"
-            )
-        tensors = load_safetensors(out / CKPT_FILE)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(unflatten_optimizer_state(tensors, saved["optimizer"]))
-        start_epoch = int(saved["epoch"])
-        history = list(saved["history"])
+    checkpoint = EpochCheckpoint(
+        out,
+        STATE_FILE,
+        identity,
+        progress=progress,
+        weights=CKPT_FILE,
+        legacy_weights=CKPT_FILE,
+        other="another training (model, data, start weights or settings differ)",
+        remedy="choose another --out folder or delete it",
+    )
+
+    def restore(saved: Resumed) -> tuple[int, list[dict[str, Any]]]:
+        saved.restore(opt, model=model)
+        return saved.epoch, list(saved.state["history"])
+
+    start_epoch, history = checkpoint.load(restore) or (0, [])
+    if start_epoch:
         progress.log(f"resuming from epoch {start_epoch} of {config.epochs} in {out}")
 
     probe = PauseConfig({(low + high) // 2: 0.5})
@@ -264,13 +260,8 @@ def train_paumer(
             f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, validation {metric} "
             f"{record['val_metric']:.4f}{probe_text}"
         )
-        tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
-        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-        save_safetensors(out / CKPT_FILE, tensors)  # (moved to the CPU there)
-        atomic_write_json(
-            state_path,
-            {"identity": identity, "epoch": epoch + 1, "history": history, "optimizer": opt_meta},
-        )
+        tensors, opt_meta = flatten_training_state(opt, model=model)
+        checkpoint.save(epoch + 1, tensors, {"history": history, "optimizer": opt_meta})
 
     model.eval()
     loop.release(model)

@@ -23,23 +23,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from exitsearch._io import (
-    atomic_write_json,
-    derive_seed,
-    load_safetensors,
-    read_json,
-    sha256_of,
-    write_epoch_checkpoint,
-)
+from exitsearch._io import atomic_write_json, derive_seed, sha256_of
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
-from exitsearch.errors import CacheError, ConfigError
+from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
+from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
 from exitsearch.training.groups import HeadGroupPlan, plan_head_groups
 from exitsearch.training.loop import EpochLoop
 
@@ -195,30 +189,32 @@ def train_heads(
     )
     plan = plan_head_groups(backbone, bank, config.batch_size, rt, memory)
     start_group, start_epoch, passes = 0, 0, 0
-    resumed: dict[str, Any] | None = None
-    if (out / STATE).is_file():
-        try:
-            resumed = _resume(out, identity, bank, best, statuses)
-        except (CacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            # A damaged checkpoint must not block every rerun: say so and train afresh.
-            progress.log(f"heads: checkpoint in {out} is damaged ({exc}); starting afresh")
-            bank = HeadBank(specs, ctx, seed=config.seed)
-            statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
-            best = _cpu(bank.state_dict())
-        else:
-            if resumed is None:
-                progress.log("heads: checkpoint belongs to other inputs; starting afresh")
-            else:
-                if [list(g) for g in resumed["groups"]] != [list(g) for g in plan.groups]:
-                    # The heads do not depend on the grouping; the checkpoint's one is kept so
-                    # that its group resumes where it stopped.
-                    plan = plan_head_groups(
-                        backbone, bank, config.batch_size, rt, memory, fixed=resumed["groups"]
-                    )
-                start_group, start_epoch = resumed["group"], resumed["epoch"]
-                passes = resumed["backbone_passes"]
-                group = f"group {start_group + 1} of {len(plan)} " if len(plan) > 1 else ""
-                progress.log(f"heads: resuming {group}after epoch {start_epoch} of {config.epochs}")
+    checkpoint = EpochCheckpoint(
+        out,
+        STATE,
+        identity,
+        on_mismatch="restart",
+        who="heads",
+        progress=progress,
+        legacy_weights=CKPT,
+    )
+    resumed = checkpoint.load(lambda saved: _resume(saved, bank, best, statuses))
+    if checkpoint.damaged is not None:
+        # A partly loaded checkpoint: back to the heads' initial state.
+        bank = HeadBank(specs, ctx, seed=config.seed)
+        statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
+        best = _cpu(bank.state_dict())
+    elif resumed is not None:
+        if [list(g) for g in resumed["groups"]] != [list(g) for g in plan.groups]:
+            # The heads do not depend on the grouping; the checkpoint's one is kept so
+            # that its group resumes where it stopped.
+            plan = plan_head_groups(
+                backbone, bank, config.batch_size, rt, memory, fixed=resumed["groups"]
+            )
+        start_group, start_epoch = resumed["group"], resumed["epoch"]
+        passes = resumed["backbone_passes"]
+        group = f"group {start_group + 1} of {len(plan)} " if len(plan) > 1 else ""
+        progress.log(f"heads: resuming {group}after epoch {start_epoch} of {config.epochs}")
     progress.log(plan.describe(specs))
 
     if rt.amp_dtype is not None:
@@ -315,7 +311,7 @@ def train_heads(
                     val_loss[i],
                     val_acc[i],
                 )
-            _checkpoint(out, identity, plan, g, epoch + 1, bank, best, optimizers, statuses, passes)
+            _checkpoint(checkpoint, plan, g, epoch + 1, bank, best, optimizers, statuses, passes)
             done = sum(statuses[i].state != "training" for i in group)
             progress.log(
                 f"{label} {epoch + 1}: best validation accuracy "
@@ -343,18 +339,14 @@ def train_heads(
 
 
 def _resume(
-    out: Path,
-    identity: str,
+    resumed: Resumed,
     bank: HeadBank,
     best: dict[str, torch.Tensor],
     statuses: list[HeadStatus],
-) -> dict[str, Any] | None:
-    """Load the epoch checkpoint into ``bank``, ``best`` and ``statuses``; None when it belongs
-    to other inputs. Returns the group, epoch, passes, grouping and optimiser states to resume."""
-    saved = read_json(out / STATE)
-    if saved.get("identity") != identity:
-        return None
-    tensors = load_safetensors(out / saved.get("weights", CKPT))
+) -> dict[str, Any]:
+    """Load the epoch checkpoint into ``bank``, ``best`` and ``statuses``. Returns the group,
+    epoch, passes, grouping and optimiser states to resume."""
+    saved, tensors = resumed.state, resumed.tensors
     keys = [s.key for s in bank.specs]
     groups = [[keys.index(k) for k in g] for g in saved.get("groups") or [keys]]
     group = int(saved.get("group", 0))
@@ -475,8 +467,7 @@ def _after_epoch(
 
 
 def _checkpoint(
-    out: Path,
-    identity: str,
+    checkpoint: EpochCheckpoint,
     plan: HeadGroupPlan,
     group: int,
     epoch: int,
@@ -498,15 +489,12 @@ def _checkpoint(
         t, meta = flatten_optimizer_state(opt.state_dict(), prefix=f"opt{i}")
         tensors.update(t)
         metas[str(i)] = meta
-    write_epoch_checkpoint(
-        out,
+    checkpoint.save(
+        epoch,
         tensors,
-        STATE,
         {
-            "identity": identity,
             "group": group,
             "groups": plan.keys(bank.specs),
-            "epoch": epoch,
             "backbone_passes": passes,
             "statuses": [asdict(s) for s in statuses],
             "optimizers": metas,
