@@ -18,6 +18,7 @@ On CUDA the group's heads live on the GPU and the others wait on the CPU.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,16 +108,17 @@ def activation_bytes(head: torch.nn.Module, sample: torch.Tensor) -> int:
         seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
         return t
 
-    was_training = head.training
-    head.train()
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            head(sample)
-    finally:
-        head.train(was_training)
+    # On a copy, with the random state restored: the measurement must not move a batch norm's
+    # statistics, a head's own counters or the dropout draws of the training that follows.
+    probe = copy.deepcopy(head).train()
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        probe(sample)
     # Parameters are saved too (a linear layer keeps its weight), and so is the input, which the
     # plan counts with the hidden states: neither is an activation of the head.
-    shared = {p.untyped_storage().data_ptr() for p in head.parameters()}
+    shared = {p.untyped_storage().data_ptr() for p in probe.parameters()}
     shared.add(sample.untyped_storage().data_ptr())
     kept = sum(b for (ptr, _), b in seen.items() if ptr not in shared)
     return -(-kept // len(sample))

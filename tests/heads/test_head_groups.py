@@ -88,6 +88,17 @@ def test_activation_estimate_is_per_sample_and_counts_no_weights(world):
     assert vit >= tokens * tokens * 4
 
 
+def test_planning_leaves_heads_and_the_random_state_alone(world):
+    backbone, _ = world
+    bank = _bank(backbone)
+    before = {k: v.clone() for k, v in bank.state_dict().items()}
+    rng = torch.get_rng_state()
+    plan_head_groups(backbone, bank, 32, CPU, limit=1 << 40)
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = bank.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_plan_packs_heads_by_location_within_the_limit(world):
     backbone, _ = world
     bank = _bank(backbone)
