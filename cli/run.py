@@ -36,6 +36,7 @@ from exitsearch_cli._options import (
     run_folder,
     use_workers,
 )
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -246,6 +247,28 @@ def _params(exit_spec: dict) -> str:
 MAX_ROWS = 15
 
 
+def _compact_exits(exits: list[dict]) -> str:
+    """``cnn_add@1-4,6 mlp@9``: runs of one head type at consecutive locations folded."""
+    groups: list[tuple[str, list[int]]] = []
+    for e in exits:
+        name = f"{e['type']}{_params(e)}"
+        if groups and groups[-1][0] == name:
+            groups[-1][1].append(int(e["location"]))
+        else:
+            groups.append((name, [int(e["location"])]))
+    parts = []
+    for name, locations in groups:
+        runs: list[list[int]] = []
+        for loc in locations:
+            if runs and loc == runs[-1][-1] + 1:
+                runs[-1].append(loc)
+            else:
+                runs.append([loc])
+        spans = ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+        parts.append(f"{name}@{spans}")
+    return " ".join(parts)
+
+
 def _thinned(front: list[dict], rows: int) -> list[dict]:
     """At most ``rows`` members, evenly spaced along the cost-ordered front, the cheapest, the
     most accurate and the recommended one always among them."""
@@ -265,31 +288,44 @@ def print_front(doc: dict) -> None:
         else "Pareto front (no budget)"
     )
     table = Table(
-        title=f"{title}; backbone {format_flops(bb['flops'])}, test accuracy {bb['test_accuracy']:.4f}"
+        title=f"{title}; backbone {format_flops(bb['flops'])}, accuracy "
+        f"{bb['val_accuracy']:.4f} on validation, {bb['test_accuracy']:.4f} on test",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     pausing = any(m["config"].get("pause") for m in doc["front"])
-    cols = ["id", "val acc", "test acc", "mean MFLOPs", "max MFLOPs", "speed-up", "exits"]
-    cols += ["criterion", *(["pause"] if pausing else [])]
+    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", "speed", "exits; criterion"]
     for col in cols:
-        table.add_column(col, justify="left" if col in ("exits", "criterion", "pause") else "right")
+        table.add_column(
+            col,
+            justify="left" if col.startswith("exits") else "right",
+            overflow="fold",
+            ratio=1 if col.startswith("exits") else None,
+            min_width=16 if col.startswith("exits") else None,
+        )
     shown = _thinned(doc["front"], MAX_ROWS)
     for m in shown:
         style = "bold green" if m["recommended"] else None
-        pause = [",".join(f"{k}:{v:g}" for k, v in m["config"]["pause"].items()) or "-"]
+        v = m["val"]
+        half = max(v["accuracy"] - v["accuracy_low"], v["accuracy_high"] - v["accuracy"])
+        gain = v["vs_backbone"]
+        sure = "*" if gain["low"] > 0 or gain["high"] < 0 else ""
+        config = _compact_exits(m["config"]["exits"])
+        config = (config or "-") + f"; {m['config']['criterion']}" + (
+            ", cut" if m["config"]["cut"] else ""
+        )
+        if pausing:
+            pause = ",".join(f"{k}:{v:g}" for k, v in m["config"]["pause"].items()) or "none"
+            config += f"; pause {pause}"
         table.add_row(
             f"{m['id']}{' *' if m['recommended'] else ''}",
-            f"{m['val']['accuracy']:.4f}",
+            f"{v['accuracy']:.4f}",
+            f"{half * 100:.2f}",
+            f"{gain['difference'] * 100:+.2f}{sure}",
             f"{m['test']['accuracy']:.4f}",
-            f"{m['val']['mean_flops'] / 1e6:.2f}",
-            f"{m['val']['max_flops'] / 1e6:.2f}",
+            f"{v['mean_flops'] / 1e6:.2f}",
             f"{m['speedup']:.2f}x",
-            escape(
-                " ".join(f"{e['type']}{_params(e)}@{e['location']}" for e in m["config"]["exits"])
-                or "-"
-            ),
-            f"{m['config']['criterion']} ({m['config']['threshold_mode'].replace('_', '-')})"
-            + (", cut" if m["config"]["cut"] else ""),
-            *(pause if pausing else []),
+            escape(config),
             style=style,
         )
     console.print(table)
@@ -299,6 +335,12 @@ def print_front(doc: dict) -> None:
             "pareto.csv lists all",
             highlight=False,
         )
+    console.print(
+        "±95%: half-width of the 95 % interval of the validation accuracy, in points; gain: "
+        "validation accuracy minus the backbone's on the same samples, in points (* when its 95 % "
+        "interval excludes 0); speed: the backbone's FLOPs over the mean",
+        highlight=False,
+    )
     base = Table(
         title="baselines (same evaluator, same caches): hypervolume of the searched front / baseline's"
     )
@@ -316,8 +358,9 @@ def print_front(doc: dict) -> None:
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])
     console.print(
-        f"recommended (most accurate within budget): id {rec['id']}: {escape(rec['description'])}; validation "
-        f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at {rec['val']['mean_flops'] / 1e6:.2f} "
-        f"MFLOPs ({rec['speedup']:.2f}x)",
+        f"recommended ({doc.get('recommendation_rule', 'most accurate within budget')}): "
+        f"id {rec['id']}: {escape(rec['description'])}; validation "
+        f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at "
+        f"{rec['val']['mean_flops'] / 1e6:.2f} MFLOPs ({rec['speedup']:.2f}x)",
         highlight=False,
     )

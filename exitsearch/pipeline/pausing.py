@@ -788,7 +788,9 @@ def write_pause_report(
         _placement_curves,
         _plot_pareto,
         _write_pareto_csv,
+        front_member,
         hv_reference,
+        recommend,
     )
     from exitsearch.search.baselines import score_baselines
 
@@ -798,26 +800,17 @@ def write_pause_report(
     ev_val = {k: Evaluator(p, "val", costs) for k, p in vals.items()}
     ev_test = {k: Evaluator(p, "test", costs) for k, p in tests.items()}
     ref = hv_reference(plain.num_classes, constraint, scale)
-    members = []
+    plain_val, plain_test = Evaluator(plain, "val", costs), Evaluator(plain, "test", costs)
+    backbone_ok = (plain_val.backbone_correct(), plain_test.backbone_correct())
+    members, correct = [], []
     for i, p in enumerate(result.front):
         key = PauseConfig(dict(p.config.pause)).key
-        ve, te = ev_val[key].evaluate(p.config), ev_test[key].evaluate(p.config)
-        members.append(
-            {
-                "id": i,
-                "config": p.config.to_dict(),
-                "placement": p.config.placement_key,
-                "description": p.config.describe() + (f" | pause {key}" if key else ""),
-                "pause": key,
-                "val": ve.to_dict(),
-                "test": te.to_dict(),
-                "speedup": ve.speedup,
-                "recommended": False,
-            }
-        )
-    recommended = max(members, key=lambda m: (m["val"]["accuracy"], -m["val"]["mean_flops"]))
-    recommended["recommended"] = True
-    plain_val, plain_test = Evaluator(plain, "val", costs), Evaluator(plain, "test", costs)
+        member = front_member(i, p.config, ev_val[key], ev_test[key], backbone_ok, pause=key)
+        if key:
+            member["description"] += f" | pause {key}"
+        members.append(member)
+        correct.append(ev_val[key].correct_of(p.config))
+    recommended, uncertainty_notes = recommend(members, correct)
     baselines = score_baselines(plain_val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = _hv(result.front, ref, scale)
     base_docs = []
@@ -938,7 +931,7 @@ def write_pause_report(
             "on_front": sorted(on_front, key=lambda k: (k != "", k)),
             "predicted_by_this_run": predictor.computed,
         },
-        "notes": notes,
+        "notes": [*notes, *uncertainty_notes],
         "stage_keys": ctx.keys,
         "timings": ctx.timings,
     }

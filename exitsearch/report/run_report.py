@@ -7,12 +7,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from exitsearch._io import atomic_path, atomic_write_json
 from exitsearch.budget import Budget
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
+from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.intervals import paired_difference, wilson_interval
 from exitsearch.search.pareto import hypervolume, pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_placement
 from exitsearch.search.study import BudgetConstraint, SearchResult
@@ -22,7 +26,7 @@ from exitsearch.units import format_flops
 if TYPE_CHECKING:
     from exitsearch.pipeline.run import RunContext
 
-__all__ = ["hv_reference", "write_report"]
+__all__ = ["front_member", "hv_reference", "recommend", "write_report"]
 
 
 def hv_reference(
@@ -53,23 +57,10 @@ def write_report(
     scale = float(costs.backbone_flops)
     val, test = Evaluator(preds, "val", costs), Evaluator(preds, "test", costs)
     ref = hv_reference(preds.num_classes, constraint, scale)
-    members = []
-    for i, p in enumerate(result.front):
-        ve, te = val.evaluate(p.config), test.evaluate(p.config)
-        members.append(
-            {
-                "id": i,
-                "config": p.config.to_dict(),
-                "placement": p.config.placement_key,
-                "description": p.config.describe(),
-                "val": ve.to_dict(),
-                "test": te.to_dict(),
-                "speedup": ve.speedup,
-                "recommended": False,
-            }
-        )
-    recommended = max(members, key=lambda m: (m["val"]["accuracy"], -m["val"]["mean_flops"]))
-    recommended["recommended"] = True
+    backbone_ok = (val.backbone_correct(), test.backbone_correct())
+    members = [front_member(i, p.config, val, test, backbone_ok) for i, p in enumerate(result.front)]
+    recommended, more = recommend(members, [val.correct_of(p.config) for p in result.front])
+    notes = [*notes, *more]
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = _hv(result.front, ref, scale)
     base_docs = []
@@ -125,6 +116,9 @@ def write_report(
         },
         "front": members,
         "recommended": recommended["id"],
+        "recommendation_rule": RECOMMENDATION_RULE,
+        "intervals": "95 %: Wilson score for accuracy; Newcombe's paired hybrid score for the "
+        "difference to the backbone on the same samples",
         "baselines": base_docs,
         "hypervolume": {
             "front": front_hv,
@@ -182,6 +176,85 @@ def write_report(
     return doc
 
 
+RECOMMENDATION_RULE = (
+    "the member whose gain over the backbone has the highest 95 % lower bound on validation "
+    "(paired, same samples); the cheaper one on ties"
+)
+
+
+def _how_sure(correct: np.ndarray, backbone_correct: np.ndarray) -> dict[str, Any]:
+    """95 % interval of the accuracy, and the paired difference to the backbone."""
+    low, high = wilson_interval(int(correct.sum()), correct.size)
+    return {
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "vs_backbone": paired_difference(correct, backbone_correct).to_dict(),
+    }
+
+
+def front_member(
+    i: int,
+    config: ExitConfig,
+    val: Evaluator,
+    test: Evaluator,
+    backbone_ok: tuple[np.ndarray, np.ndarray],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One front member's document: its configuration, and its scores on validation and test
+    with their 95 % intervals and paired differences to the backbone."""
+    ve, te = val.evaluate(config), test.evaluate(config)
+    return {
+        "id": i,
+        "config": config.to_dict(),
+        "placement": config.placement_key,
+        "description": config.describe(),
+        **extra,
+        "val": ve.to_dict() | _how_sure(val.correct_of(config), backbone_ok[0]),
+        "test": te.to_dict() | _how_sure(test.correct_of(config), backbone_ok[1]),
+        "speedup": ve.speedup,
+        "recommended": False,
+    }
+
+
+def recommend(
+    members: list[dict[str, Any]], correct: list[np.ndarray]
+) -> tuple[dict[str, Any], list[str]]:
+    """Mark the member :data:`RECOMMENDATION_RULE` chooses; return it and the notes on what the
+    validation split cannot tell (``correct``: each member's per-sample outcomes)."""
+    recommended = max(
+        members, key=lambda m: (m["val"]["vs_backbone"]["low"], -m["val"]["mean_flops"])
+    )
+    recommended["recommended"] = True
+    return recommended, _uncertainty_notes(members, correct, recommended)
+
+
+def _uncertainty_notes(
+    members: list[dict[str, Any]], correct: list[np.ndarray], recommended: dict[str, Any]
+) -> list[str]:
+    """What the validation split cannot tell: members apart, or a gain from noise."""
+    notes = []
+    n = correct[0].size
+    best = max(range(len(members)), key=lambda i: members[i]["val"]["accuracy"])
+    cheapest = min(range(len(members)), key=lambda i: members[i]["val"]["mean_flops"])
+    if best != cheapest:
+        d = paired_difference(correct[best], correct[cheapest])
+        if not d.significant:
+            notes.append(
+                f"validation has {n} samples, too few to tell the front's members apart: the most "
+                f"accurate and the cheapest differ by {d.difference * 100:+.2f} points (95 % "
+                f"interval {d.low * 100:+.2f} to {d.high * 100:+.2f}); use more validation data "
+                "before trusting the ordering"
+            )
+    gain = recommended["val"]["vs_backbone"]
+    if gain["difference"] > 0 and gain["low"] <= 0:
+        notes.append(
+            f"the recommended configuration's gain over the backbone on validation "
+            f"({gain['difference'] * 100:+.2f} points, 95 % interval {gain['low'] * 100:+.2f} to "
+            f"{gain['high'] * 100:+.2f}) is within noise; expect no gain on new data"
+        )
+    return notes
+
+
 def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
     """Each front placement's own Pareto-optimal threshold settings (operating points)."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -211,6 +284,11 @@ def _write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
         "id",
         "recommended",
         "val_accuracy",
+        "val_accuracy_low",
+        "val_accuracy_high",
+        "val_gain_vs_backbone",
+        "val_gain_low",
+        "val_gain_high",
         "test_accuracy",
         "mean_flops",
         "p95_flops",
@@ -229,6 +307,11 @@ def _write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
                     "id": m["id"],
                     "recommended": m["recommended"],
                     "val_accuracy": m["val"]["accuracy"],
+                    "val_accuracy_low": m["val"]["accuracy_low"],
+                    "val_accuracy_high": m["val"]["accuracy_high"],
+                    "val_gain_vs_backbone": m["val"]["vs_backbone"]["difference"],
+                    "val_gain_low": m["val"]["vs_backbone"]["low"],
+                    "val_gain_high": m["val"]["vs_backbone"]["high"],
                     "test_accuracy": m["test"]["accuracy"],
                     "mean_flops": m["val"]["mean_flops"],
                     "p95_flops": m["val"]["p95_flops"],

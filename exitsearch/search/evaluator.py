@@ -175,6 +175,11 @@ class Evaluator:
             **ms_stats,
         )
 
+    def correct_of(self, config: ExitConfig) -> np.ndarray:
+        """Whether each sample is right under the configuration (bool, n): for paired tests."""
+        idx = self.exit_index(config)
+        return self.correct[self.outcome_rows(config)[idx], self._cols].astype(bool)
+
     def quick(self, config: ExitConfig) -> tuple[float, float, float]:
         """``(accuracy, mean FLOPs, max FLOPs)`` only: the search's inner loop."""
         idx = self._first_firing(config)
@@ -189,6 +194,10 @@ class Evaluator:
         else:
             right = int(self.correct[rows[idx], self._cols].sum())
         return right / self.n, float(counts @ flops) / self.n, float(flops[counts > 0].max())
+
+    def backbone_correct(self) -> np.ndarray:
+        """Whether each sample is right at the backbone's own final exit (bool, n)."""
+        return self.correct[self._final].astype(bool)
 
     def backbone(self) -> Evaluation:
         """The backbone alone: every sample through every block to the final exit."""

@@ -39,6 +39,7 @@ from exitsearch.report import schema
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.intervals import paired_difference, wilson_interval
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.study import SearchSettings
 from exitsearch.training.heads import SUMMARY, HeadTrainConfig
@@ -257,7 +258,23 @@ def test_front_is_within_budget_and_rescored_on_val_and_test(first):
             for key in ("accuracy", "mean_flops", "p95_flops", "max_flops", "speedup"):
                 assert m[name][key] == pytest.approx(want[key], rel=1e-12), (name, key)
             assert sum(m[name]["exit_counts"]) == LIMIT
-    best = max(front, key=lambda m: (m["val"]["accuracy"], -m["val"]["mean_flops"]))
+    # each member's intervals, recomputed from its per-sample outcomes
+    bb_ok = val.correct[-1].astype(bool)
+    for m in front:
+        ok = val.correct_of(ExitConfig.from_dict(m["config"]))
+        low, high = wilson_interval(int(ok.sum()), ok.size)
+        assert (m["val"]["accuracy_low"], m["val"]["accuracy_high"]) == (low, high)
+        assert low <= m["val"]["accuracy"] <= high
+        gain = paired_difference(ok, bb_ok)
+        assert m["val"]["vs_backbone"]["difference"] == pytest.approx(
+            m["val"]["accuracy"] - doc["backbone"]["val_accuracy"], abs=1e-12
+        )
+        assert (m["val"]["vs_backbone"]["low"], m["val"]["vs_backbone"]["high"]) == (
+            gain.low,
+            gain.high,
+        )
+    # the recommendation: the highest lower bound of the gain over the backbone, cheaper on ties
+    best = max(front, key=lambda m: (m["val"]["vs_backbone"]["low"], -m["val"]["mean_flops"]))
     assert doc["recommended"] == best["id"]
     assert [m["recommended"] for m in front].count(True) == 1
     # the validation front is non-dominated

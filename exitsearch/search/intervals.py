@@ -1,0 +1,93 @@
+"""How sure a validation accuracy is: 95 % intervals for one accuracy and for a paired difference.
+
+A front member's validation accuracy is a proportion of ``n`` samples; the Wilson score interval
+gives its uncertainty without the normal approximation's failures near 0 and 1. Its difference to
+the backbone is measured on the same samples, so the two are paired: the interval of the
+difference uses only the samples where they disagree, by Newcombe's hybrid score method (method 10
+of Newcombe, "Improved confidence intervals for the difference between binomial proportions based
+on paired data", Statistics in Medicine 1998), which combines the two Wilson intervals with the
+correlation of the paired outcomes.
+
+These intervals speak of the samples the validation split could have held, not of thresholds that
+were chosen on it: a member picked for being best on validation is optimistic by more than its
+interval says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Z95", "PairedDifference", "paired_difference", "wilson_interval"]
+
+Z95 = 1.959963984540054  # the two-sided 95 % quantile of the standard normal
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (``(0, 1)`` for ``n = 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Accuracy of A minus accuracy of B on the same samples, with its 95 % interval.
+
+    Attributes:
+        difference: ``(only_a - only_b) / n``.
+        low, high: the interval's bounds.
+        only_a, only_b: samples A gets right and B wrong, and the reverse.
+        n: samples.
+    """
+
+    difference: float
+    low: float
+    high: float
+    only_a: int
+    only_b: int
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0: the two differ on samples like these."""
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "difference": self.difference,
+            "low": self.low,
+            "high": self.high,
+            "only_member": self.only_a,
+            "only_other": self.only_b,
+        }
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDifference:
+    """Newcombe's hybrid score interval of ``mean(a) - mean(b)`` for paired 0/1 outcomes."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired outcomes need two vectors of one length, got {a.shape}, {b.shape}")
+    n = a.size
+    if n == 0:
+        return PairedDifference(0.0, -1.0, 1.0, 0, 0, 0)
+    both = int(np.count_nonzero(a & b))
+    only_a = int(np.count_nonzero(a & ~b))
+    only_b = int(np.count_nonzero(~a & b))
+    neither = n - both - only_a - only_b
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson_interval(both + only_a, n, z)
+    l2, u2 = wilson_interval(both + only_b, n, z)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins > 0 else 0.0
+    d = p1 - p2
+    lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return PairedDifference(d, max(-1.0, d - lower), min(1.0, d + upper), only_a, only_b, n)
