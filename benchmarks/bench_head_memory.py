@@ -10,7 +10,8 @@ Usage::
 2. Estimate against measurement: for each head batch, a fresh process trains one head of each
    default type at the deepest candidate location of ViT-S (the group reads 11 hidden states)
    for one batch, and reports its peak resident memory during training (``VmHWM``, reset just
-   before) above what it held then (``VmRSS``); next to it, the plan's estimate for that group.
+   before) above what it held then (``VmRSS``); next to it, the plan's estimate for that group;
+   then the same for all 121 default heads at the default head batch of 256.
 """
 
 from __future__ import annotations
@@ -88,11 +89,16 @@ def _reset_peak() -> None:
         fh.write("5")
 
 
-def measure(batch: int) -> dict:
-    """Run in a fresh process: one batch of training of one head per type at location 11."""
+def measure(batch: int, every: bool = False) -> dict:
+    """Run in a fresh process: one batch of training of the heads at location 11 (``every``:
+    of all 121 default candidates)."""
     torch.set_num_threads(2)
     backbone = _backbone("vit_small_patch16_224")
-    specs = [s for s in load_search_space("default").candidate_heads(12) if s.location == 11]
+    specs = [
+        s
+        for s in load_search_space("default").candidate_heads(12)
+        if every or s.location == 11
+    ]
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch + 32, 3, 224, 224), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (batch + 32,), generator=gen)
@@ -112,7 +118,7 @@ def measure(batch: int) -> dict:
     peak = _status("VmHWM")
     return {
         "batch": batch,
-        "heads": [s.key for s in specs],
+        "heads": [s.key for s in specs] if not every else f"all {len(specs)} default candidates",
         "estimated_bytes": plan.group_bytes[0] + plan.shared_bytes,
         "measured_peak_above_start_bytes": peak - before,
         "seconds": time.perf_counter() - t0,
@@ -123,15 +129,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--measure", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--every", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure is not None:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.every)))
         return
     doc: dict = {"machine": platform.machine(), "torch": torch.__version__, "plans": plans()}
     doc["estimate_vs_measured"] = []
-    for batch in (32, 256):
+    for batch, every in ((32, False), (256, False), (256, True)):
         out = subprocess.run(
-            [sys.executable, __file__, "--measure", str(batch)],
+            [sys.executable, __file__, "--measure", str(batch)] + (["--every"] if every else []),
             check=True,
             capture_output=True,
             text=True,
