@@ -92,8 +92,12 @@ class ExitConfig:
         )
 
     def describe(self) -> str:
+        """``confidence: mlp@3 conf>=0.9, vit@6 always (cut)``: each exit with the comparison
+        its threshold makes, ``always``/``never`` for thresholds outside the criterion's range."""
+        crit = create_criterion(self.criterion)
         parts = [
-            f"{s.variant}@{s.location}{f'>={t:.4g}' if not self.cut or i < len(self.exits) - 1 else ''}"
+            f"{s.variant}@{s.location}"
+            + (f" {crit.describe_threshold(t)}" if not self.cut or i < len(self.exits) - 1 else "")
             for i, (s, t) in enumerate(zip(self.exits, self.thresholds, strict=True))
         ]
         tail = " (cut)" if self.cut else " -> final"

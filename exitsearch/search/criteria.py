@@ -54,6 +54,22 @@ class ExitCriterion(abc.ABC):
     name: str = ""
     integer: bool = False
     needs_uncertainty: bool = False
+    # What a threshold is compared with, how (">=" or "<="), and the range that quantity can take.
+    quantity: str = ""
+    comparison: str = ">="
+    value_range: tuple[float, float] = (-np.inf, np.inf)
+
+    def describe_threshold(self, threshold: float) -> str:
+        """``conf>=0.9``, ``entropy<=0.2``; ``always``/``never`` outside the quantity's range."""
+        low, high = self.value_range
+        t = float(threshold)
+        if self.comparison == ">=":
+            always, never = t <= low, t > high
+        else:
+            always, never = t >= high, t < low
+        if always or never:
+            return "always" if always else "never"
+        return f"{self.quantity}{self.comparison}{t:.4g}"
 
     @abc.abstractmethod
     def readiness(
@@ -94,6 +110,10 @@ class ExitCriterion(abc.ABC):
 
 @register_criterion("confidence")
 class Confidence(ExitCriterion):
+    quantity = "conf"
+    comparison = ">="
+    value_range = (0.0, 1.0)
+
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
         return confidence
 
@@ -106,6 +126,10 @@ class Confidence(ExitCriterion):
 
 @register_criterion("entropy")
 class Entropy(ExitCriterion):
+    quantity = "entropy"
+    comparison = "<="
+    value_range = (0.0, 1.0)
+
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
         return -entropy
 
@@ -118,6 +142,10 @@ class Entropy(ExitCriterion):
 
 @register_criterion("uncertainty")
 class Uncertainty(ExitCriterion):
+    quantity = "u"
+    comparison = "<="
+    value_range = (0.0, 1.0)
+
     needs_uncertainty = True
 
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
@@ -135,6 +163,10 @@ class Uncertainty(ExitCriterion):
 @register_criterion("patience")
 class Patience(ExitCriterion):
     """Readiness at exit k = how many exits directly before k predicted the same label as k."""
+
+    quantity = "same"
+    comparison = ">="
+    value_range = (0.0, np.inf)
 
     integer = True
 

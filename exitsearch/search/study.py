@@ -194,6 +194,47 @@ def front_of(
     return sorted(chosen, key=lambda p: (p.mean_flops, -p.accuracy))
 
 
+def simplify(config: ExitConfig, ev: Evaluator) -> ExitConfig:
+    """``config`` without the early exits no validation sample leaves at.
+
+    An exit nobody reaches, or that fires for nobody who reaches it, changes no prediction; the
+    samples that pass it no longer pay for its head. Patience counts agreeing exits, so its
+    exits all stay; a cut model keeps its last exit, where it ends.
+    """
+    if config.criterion == "patience" or not config.exits:
+        return config
+    counts = np.bincount(ev.exit_index(config), minlength=len(config.exits) + 1)
+    last = len(config.exits) - 1
+    keep = [k for k in range(len(config.exits)) if counts[k] > 0 or (config.cut and k == last)]
+    if len(keep) == len(config.exits):
+        return config
+    return ExitConfig(
+        tuple(config.exits[k] for k in keep),
+        config.criterion,
+        tuple(config.thresholds[k] for k in keep),
+        config.threshold_mode,
+        config.cut,
+        config.pause,
+    )
+
+
+def simple_front(
+    front: Sequence[CurvePoint], budget: BudgetConstraint, ev: Evaluator
+) -> list[CurvePoint]:
+    """The front with each member :func:`simplify`-ed and members that became equal merged
+    (same accuracy and cost: the one with fewer exits stays)."""
+    points = []
+    for p in front:
+        config = simplify(p.config, ev)
+        if config is p.config:
+            points.append(p)
+        else:
+            acc, mean, _ = ev.quick(config)
+            points.append(CurvePoint(config, acc, mean))
+    points.sort(key=lambda p: len(p.config.exits))  # stable: among equals the simplest first
+    return front_of(points, budget, ev)
+
+
 def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
     """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -323,7 +364,7 @@ def run_search(
         for c, t in zip(configs, complete, strict=True)
     ]
     if not settings.refine:
-        result.front = front_of(raw, budget, ev)
+        result.front = simple_front(front_of(raw, budget, ev), budget, ev)
         return result
     t1 = time.perf_counter()
     placements = _placements_to_refine(raw, budget, ev, settings)
@@ -338,7 +379,7 @@ def run_search(
         points += refine_placement(ev, config, per_exit=per_exit)
         progress.advance("refine")
     progress.finish("refine")
-    result.front = front_of(points, budget, ev)
+    result.front = simple_front(front_of(points, budget, ev), budget, ev)
     result.refine_seconds = time.perf_counter() - t1
     result.placements_refined = len(placements)
     return result
