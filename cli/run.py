@@ -233,7 +233,7 @@ def run(
     print_front(doc)
     console.print(
         f"files in {folder}/: {schema.PARETO_JSON}, {schema.PARETO_CSV}, {schema.PARETO_PNG}, "
-        f"{schema.PLACEMENTS_JSON}, {schema.HEADS_CSV}, {schema.HEADS_PNG}, {schema.STUDY_DB} (Optuna study "
+        f"{schema.PLACEMENTS_JSON}, {schema.BASELINES_JSON}, {schema.HEADS_CSV}, {schema.HEADS_PNG}, {schema.STUDY_DB} (Optuna study "
         f"{doc['search']['study_name']})",
         highlight=False,
     )
@@ -347,14 +347,16 @@ def print_front(doc: dict) -> None:
     for col in ("baseline", "points", "best val acc", "ratio"):
         base.add_column(col, justify="left" if col == "baseline" else "right")
     for b in doc["baselines"]:
-        best = max((p["val"]["accuracy"] for p in b["points"]), default=float("nan"))
+        best = b["best_val_accuracy"]
         if b["ratio"] is not None:
             ratio = f"{b['ratio']:.3f}"
         elif not b["points"]:
             ratio = "inf (no point within budget)"
         else:
             ratio = "inf (baseline covers no area)"
-        base.add_row(b["name"], str(len(b["points"])), f"{best:.4f}", ratio)
+        base.add_row(
+            b["name"], str(b["points"]), "-" if best is None else f"{best:.4f}", ratio
+        )
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])
     console.print(

@@ -178,10 +178,19 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON, whole or not at all (``indent=None``: compact, for large files)."""
+    separators = (",", ":") if indent is None else None
     atomic_write_text(
         path,
-        json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n",
+        json.dumps(
+            _finite(obj),
+            indent=indent,
+            separators=separators,
+            default=_json_default,
+            allow_nan=False,
+        )
+        + "\n",
     )
 
 

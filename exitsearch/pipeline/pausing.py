@@ -788,6 +788,7 @@ def write_pause_report(
         _placement_curves,
         _plot_pareto,
         _write_pareto_csv,
+        baseline_documents,
         front_member,
         hv_reference,
         recommend,
@@ -813,28 +814,7 @@ def write_pause_report(
     recommended, uncertainty_notes = recommend(members, correct)
     baselines = score_baselines(plain_val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = _hv(result.front, ref, scale)
-    base_docs = []
-    for b in baselines:
-        hv = _hv(b.front, ref, scale)
-        base_docs.append(
-            {
-                "name": b.name,
-                "description": b.description,
-                "hypervolume": hv,
-                "ratio": (front_hv / hv) if hv > 0 else None,
-                "points": [
-                    {
-                        "config": q.config.to_dict(),
-                        "val": {"accuracy": q.accuracy, "mean_flops": q.mean_flops},
-                        "test": {
-                            "accuracy": plain_test.quick(q.config)[0],
-                            "mean_flops": plain_test.quick(q.config)[1],
-                        },
-                    }
-                    for q in b.front
-                ],
-            }
-        )
+    base_docs, base_fronts = baseline_documents(baselines, plain_test, ref, scale, front_hv)
     placements: dict[str, Any] = {}
     for key in dict.fromkeys(m["pause"] for m in members):
         pts = [p for p in result.front if PauseConfig(dict(p.config.pause)).key == key]
@@ -937,6 +917,7 @@ def write_pause_report(
     }
     atomic_write_json(run_dir / schema.PARETO_JSON, doc)
     atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements)
+    atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
     _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
     _plot_pareto(
         run_dir / schema.PARETO_PNG,

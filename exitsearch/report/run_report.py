@@ -63,28 +63,7 @@ def write_report(
     notes = [*notes, *more]
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = _hv(result.front, ref, scale)
-    base_docs = []
-    for b in baselines:
-        hv = _hv(b.front, ref, scale)
-        base_docs.append(
-            {
-                "name": b.name,
-                "description": b.description,
-                "hypervolume": hv,
-                "ratio": (front_hv / hv) if hv > 0 else None,
-                "points": [
-                    {
-                        "config": p.config.to_dict(),
-                        "val": {"accuracy": p.accuracy, "mean_flops": p.mean_flops},
-                        "test": {
-                            "accuracy": test.quick(p.config)[0],
-                            "mean_flops": test.quick(p.config)[1],
-                        },
-                    }
-                    for p in b.front
-                ],
-            }
-        )
+    base_docs, base_fronts = baseline_documents(baselines, test, ref, scale, front_hv)
     placements = _placement_curves(val, result.front)
     bb_val, bb_test = val.backbone(), test.backbone()
     doc = {
@@ -141,6 +120,7 @@ def write_report(
     }
     atomic_write_json(run_dir / schema.PARETO_JSON, doc)
     atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements)
+    atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
     _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
     _plot_pareto(
         run_dir / schema.PARETO_PNG,
@@ -255,8 +235,84 @@ def _uncertainty_notes(
     return notes
 
 
+def baseline_documents(
+    baselines: list[Any],
+    test: Evaluator,
+    ref: tuple[float, float],
+    scale: float,
+    front_hv: float,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each baseline's summary for ``pareto.json`` and its own front for ``baselines.json``."""
+    summaries, fronts = [], {}
+    for b in baselines:
+        hv = _hv(b.front, ref, scale)
+        summaries.append(
+            {
+                "name": b.name,
+                "description": b.description,
+                "hypervolume": hv,
+                "ratio": (front_hv / hv) if hv > 0 else None,
+                "points": len(b.front),
+                "best_val_accuracy": max((p.accuracy for p in b.front), default=None),
+            }
+        )
+        fronts[b.name] = columns_of(b.front, test)
+    return summaries, fronts
+
+
+def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
+    """A front as columns: its placements once, then per point the placement's index, the
+    thresholds and the scores on validation and test (``baselines.json``)."""
+    placements: dict[str, int] = {}
+    configs: list[dict[str, Any]] = []
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "placement",
+            "thresholds",
+            "threshold_mode",
+            "val_accuracy",
+            "val_mean_flops",
+            "test_accuracy",
+            "test_mean_flops",
+        )
+    }
+    for p in points:
+        key = p.config.placement_key
+        if key not in placements:
+            placements[key] = len(configs)
+            doc = p.config.to_dict()
+            configs.append({k: v for k, v in doc.items() if k not in ("thresholds", "threshold_mode")})
+        test_acc, test_mean, _ = test.quick(p.config)
+        for k, v in (
+            ("placement", placements[key]),
+            ("thresholds", list(p.config.thresholds)),
+            ("threshold_mode", p.config.threshold_mode),
+            ("val_accuracy", p.accuracy),
+            ("val_mean_flops", p.mean_flops),
+            ("test_accuracy", test_acc),
+            ("test_mean_flops", test_mean),
+        ):
+            cols[k].append(v)
+    return {"placements": configs, **cols}
+
+
+# Operating points kept per placement: enough to switch between along its curve, few enough that
+# placements.json stays small (a refined placement has hundreds of Pareto-optimal settings).
+MAX_OPERATING_POINTS = 64
+
+
+def _spread(points: list[CurvePoint], most: int) -> list[CurvePoint]:
+    """At most ``most`` of the cost-ordered ``points``, evenly spaced, both ends kept."""
+    if len(points) <= most:
+        return points
+    picks = sorted({round(i * (len(points) - 1) / (most - 1)) for i in range(most)})
+    return [points[i] for i in picks]
+
+
 def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
-    """Each front placement's own Pareto-optimal threshold settings (operating points)."""
+    """Each front placement's own Pareto-optimal threshold settings (operating points), at
+    most :data:`MAX_OPERATING_POINTS` spread over its cost range."""
     out: dict[str, list[dict[str, Any]]] = {}
     seen = {}
     for p in front:
@@ -264,8 +320,9 @@ def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[
     for key, config in seen.items():
         pts = refine_placement(ev, config, per_exit=True)
         mask = pareto_mask([q.accuracy for q in pts], [q.mean_flops for q in pts])
-        chosen = sorted(
-            (q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops
+        chosen = _spread(
+            sorted((q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops),
+            MAX_OPERATING_POINTS,
         )
         out[key] = [
             {

@@ -3,7 +3,7 @@
 ``pareto.json`` (schema version :data:`PARETO_SCHEMA`)::
 
     {
-      "schema": 1,
+      "schema": 2,
       "run": "<run name>",
       "unit": "FLOPs (MACs)",
       "backbone": {"spec": BackboneSpec.to_dict(), "weights_sha256": str,
@@ -14,18 +14,28 @@
                     "predictions": "<folder>", "profile": "<profile.json>"},
       "front": [                       # cheapest first
         {"id": int, "config": ExitConfig.to_dict(), "placement": ExitConfig.placement_key,
-         "val": Evaluation.to_dict(), "test": Evaluation.to_dict(),
+         "val": Evaluation.to_dict() | Intervals, "test": Evaluation.to_dict() | Intervals,
          "speedup": float, "recommended": bool}
-      ],
-      "recommended": int | null,       # id of the most accurate member within budget
-      "baselines": [{"name": str, "description": str, "points": [{"config":..., "val":..., "test":...}],
-                     "hypervolume": float, "ratio": float}],
+      ],                               # Intervals: {"accuracy_low", "accuracy_high" (Wilson 95 %),
+                                       #   "vs_backbone": {"difference", "low", "high", ...}}
+      "recommended": int | null,       # see "recommendation_rule"
+      "recommendation_rule": str,
+      "baselines": [{"name": str, "description": str, "points": int, "best_val_accuracy": float,
+                     "hypervolume": float, "ratio": float}],   # their fronts: baselines.json
       "hypervolume": {"front": float, "reference": {"accuracy": float, "cost_fraction": float}},
       "search": {"strategy": str, "n_trials": int, "seconds": float, ...}
     }
 
+``baselines.json``: each baseline's own front as columns (written without indentation)::
+
+    {"<name>": {"placements": [ExitConfig.to_dict() without thresholds, ...],
+                "placement": [int, ...], "thresholds": [[...], ...], "threshold_mode": [...],
+                "val_accuracy": [...], "val_mean_flops": [...],
+                "test_accuracy": [...], "test_mean_flops": [...]}}
+
 ``placements.json``: for every placement on the front, its own Pareto-optimal threshold
-settings on validation (the operating points an exported bundle can switch between)::
+settings on validation (the operating points an exported bundle can switch between; at most 64,
+spread over the cost range)::
 
     {"<placement key>": [{"thresholds": [...], "threshold_mode": str,
                           "val_accuracy": float, "mean_flops": float}, ...]}   # cheapest first
@@ -33,11 +43,12 @@ settings on validation (the operating points an exported bundle can switch betwe
 
 from __future__ import annotations
 
-PARETO_SCHEMA = 1
+PARETO_SCHEMA = 2
 PARETO_JSON = "pareto.json"
 PARETO_CSV = "pareto.csv"
 PARETO_PNG = "pareto.png"
 PLACEMENTS_JSON = "placements.json"
+BASELINES_JSON = "baselines.json"
 HEADS_PNG = "heads.png"
 HEADS_CSV = "heads.csv"
 RUN_JSON = "run.json"

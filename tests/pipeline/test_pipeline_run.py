@@ -179,6 +179,7 @@ def test_run_folder_holds_every_file_of_the_schema(first):
         schema.PARETO_CSV,
         schema.PARETO_PNG,
         schema.PLACEMENTS_JSON,
+        schema.BASELINES_JSON,
         schema.HEADS_PNG,
         schema.HEADS_CSV,
         schema.RUN_JSON,
@@ -226,7 +227,7 @@ def test_pareto_json_has_the_documented_keys(first):
     for m in doc["front"]:
         assert {"id", "config", "placement", "val", "test", "speedup", "recommended"} <= set(m)
     for b in doc["baselines"]:
-        assert {"name", "description", "points", "hypervolume", "ratio"} <= set(b)
+        assert {"name", "description", "points", "best_val_accuracy", "hypervolume", "ratio"} <= set(b)
     assert {"front", "reference"} <= set(doc["hypervolume"])
     assert set(doc["hypervolume"]["reference"]) == {"accuracy", "cost_fraction"}
     assert {"strategy", "n_trials", "seconds"} <= set(doc["search"])
@@ -289,6 +290,7 @@ def test_front_is_within_budget_and_rescored_on_val_and_test(first):
     for points in placements.values():
         costs_of = [p["mean_flops"] for p in points]
         assert costs_of == sorted(costs_of)
+        assert 1 <= len(points) <= 64
         assert {"thresholds", "threshold_mode", "val_accuracy", "mean_flops"} <= set(points[0])
 
 
@@ -310,19 +312,25 @@ def test_baselines_and_hypervolume_ratios(first):
     # exits after 2..3 with confidence (no predictors); no lph/gah heads, so no LGViT baseline
     assert names == ["backbone", "paper002@1", "paper002@2", "paper002@3", "paper000-mlp", "mevit"]
     backbone = doc["baselines"][0]
-    assert backbone["points"] == [] and backbone["ratio"] is None  # 100% > 70%
+    assert backbone["points"] == 0 and backbone["ratio"] is None  # 100% > 70%
+    preds = Predictions.load(run_dir / doc["artifacts"]["predictions"])
+    test = Evaluator(preds, "test", _cost_model(run_dir, doc))
+    fronts = read_json(run_dir / schema.BASELINES_JSON)  # each baseline's own front, as columns
+    assert list(fronts) == names
     with_area = 0
     for b in doc["baselines"]:
-        hv = hypervolume(
-            [p["val"]["accuracy"] for p in b["points"]],
-            [p["val"]["mean_flops"] / scale for p in b["points"]],
-            0.1,
-            0.7,
-        )
+        f = fronts[b["name"]]
+        assert len(f["val_accuracy"]) == b["points"]
+        assert b["best_val_accuracy"] == max(f["val_accuracy"], default=None)
+        hv = hypervolume(f["val_accuracy"], [c / scale for c in f["val_mean_flops"]], 0.1, 0.7)
         assert b["hypervolume"] == pytest.approx(hv, rel=1e-12, abs=1e-15)
-        for p in b["points"]:
-            assert p["val"]["mean_flops"] <= doc["budget"]["flops"] * (1 + 1e-12)
-            assert set(p["test"]) == {"accuracy", "mean_flops"}
+        assert all(c <= doc["budget"]["flops"] * (1 + 1e-12) for c in f["val_mean_flops"])
+        for i in range(b["points"]):  # every point re-scores to what the file says
+            config = ExitConfig.from_dict(
+                f["placements"][f["placement"][i]]
+                | {"thresholds": f["thresholds"][i], "threshold_mode": f["threshold_mode"][i]}
+            )
+            assert test.quick(config)[:2] == (f["test_accuracy"][i], f["test_mean_flops"][i])
         if hv > 0:
             with_area += 1
             assert b["ratio"] == pytest.approx(front_hv / hv, rel=1e-12)
