@@ -262,6 +262,17 @@ def _feed(h: Any, part: Any) -> None:
         h.update(json.dumps(part, sort_keys=True, default=_json_default).encode())
 
 
+def portable_path(path: str | os.PathLike[str] | None) -> str | None:
+    """``path`` relative to the working directory, for files that are shared or committed: a
+    result must not carry the absolute paths of the machine that wrote it."""
+    if path is None:
+        return None
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows): the name is all that can be said
+        return Path(path).name
+
+
 def derive_seed(*parts: object) -> int:
     """A 31-bit seed from any values, stable across processes and machines."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exitsearch._io import portable_path
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
@@ -114,7 +115,7 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
     heads, head_training = _heads(run / heads_rel, backbone, config)
     meta = {
         "run": pareto.get("run"),
-        "run_dir": str(run),
+        "run_dir": portable_path(run),
         "config_id": config_id,
         "recommended": pareto.get("recommended") == config_id,
         "placement": member.get("placement") or config.placement_key,

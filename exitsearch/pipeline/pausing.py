@@ -49,7 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from exitsearch._io import atomic_write_json, file_sha256, read_json, save_safetensors, sha256_of
+from exitsearch._io import (
+    atomic_write_json,
+    file_sha256,
+    portable_path,
+    read_json,
+    save_safetensors,
+    sha256_of,
+)
 from exitsearch.backbone import BackboneSpec
 from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
@@ -854,7 +861,8 @@ def write_pause_report(
         "unit": "FLOPs (MACs)",
         "backbone": {
             "spec": ctx.settings.backbone.to_dict(),
-            "resolved": ctx.backbone.spec.to_dict(),
+            "resolved": ctx.backbone.spec.to_dict()
+            | {"checkpoint": portable_path(ctx.backbone.spec.checkpoint)},
             "weights_sha256": ctx.backbone.weights_checksum(),
             "flops": costs.backbone_flops,
             "val_accuracy": bb_val.accuracy,

@@ -488,6 +488,53 @@ class PipelineResult:
     report: dict[str, Any]
 
 
+STUDY_OWNER_ATTR = "exitsearch_owner"
+STUDY_OWNERS = "studies.json"
+
+
+def claim_study(
+    storage: Any, study_name: str, cache_dir: Path, progress: Progress, fresh: bool = False
+) -> None:
+    """Continue a study of the run folder's ``study.db`` only if this folder's caches wrote it
+    (``fresh``: replace it whoever wrote it).
+
+    A ``study.db`` copied in from elsewhere (another machine's run, a committed result) holds
+    trials this run did not make; resuming it would report them as if they were. Each study
+    this folder starts gets a random token, kept in the study and in the folder's cache
+    (``studies.json``); a study whose token the cache does not know is started afresh.
+    """
+    import secrets
+
+    import optuna
+
+    owners_path = cache_dir / STUDY_OWNERS
+    try:
+        owners = read_json(owners_path) if owners_path.is_file() else {}
+    except CacheError:
+        owners = {}
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        study = None
+    if study is not None:
+        token = study.user_attrs.get(STUDY_OWNER_ATTR)
+        if not fresh and token is not None and owners.get(study_name) == token:
+            return
+        if not fresh:
+            progress.log(
+                f"search: the study {study_name} in {schema.STUDY_DB} was not started by this "
+                "run folder (its cache does not know it); starting the search afresh"
+            )
+        optuna.delete_study(study_name=study_name, storage=storage)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, directions=["maximize", "minimize"]
+    )
+    token = secrets.token_hex(8)
+    study.set_user_attr(STUDY_OWNER_ATTR, token)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(owners_path, {**owners, study_name: token})
+
+
 def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> PipelineResult:
     """Run every stage (reusing valid ones) and write the report into the run folder."""
     from exitsearch.report.run_report import write_report
@@ -560,6 +607,13 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             ctx.keys.get("latency"),
         )
         ctx.keys["search"] = search_key
+        study_name = f"search-{search_key[:12]}"
+        resume = settings.resume
+        if settings.storage is None:  # the run folder's own study.db
+            claim_study(
+                storage, study_name, settings.run_dir / schema.CACHE_DIR, progress, fresh=not resume
+            )
+            resume = True
         t0 = time.perf_counter()
         result = _search_or_explain(
             ev,
@@ -567,8 +621,8 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             constraint,
             settings.search,
             storage=storage,
-            study_name=f"search-{search_key[:12]}",
-            resume=settings.resume,
+            study_name=study_name,
+            resume=resume,
             seed_placements=seeds,
             progress=progress,
             exclusive=settings.storage is None,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exitsearch._io import atomic_path, atomic_write_json
+from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
@@ -72,7 +72,8 @@ def write_report(
         "unit": "FLOPs (MACs)",
         "backbone": {
             "spec": ctx.settings.backbone.to_dict(),
-            "resolved": ctx.backbone.spec.to_dict(),
+            "resolved": ctx.backbone.spec.to_dict()
+            | {"checkpoint": portable_path(ctx.backbone.spec.checkpoint)},
             "weights_sha256": ctx.backbone.weights_checksum(),
             "flops": costs.backbone_flops,
             "val_accuracy": bb_val.accuracy,

@@ -167,10 +167,12 @@ class SearchResult:
     refine_seconds: float = 0.0
     placements_refined: int = 0
     study_name: str | None = None
+    ran_now: int = 0  # trials this call ran (the others were kept from an earlier run)
 
     @property
     def trials_per_second(self) -> float:
-        return self.n_trials / self.seconds if self.seconds > 0 else float("nan")
+        """Trials run by this call per second; NaN when it ran none (nothing to measure)."""
+        return self.ran_now / self.seconds if self.ran_now and self.seconds > 0 else float("nan")
 
 
 def front_of(
@@ -323,6 +325,7 @@ def run_search(
         return acc, mean / scale
 
     task = "search"
+    before = len(study.get_trials(deepcopy=False))
     progress.start(task, settings.n_trials)
     progress.advance(task, done)
     t0 = time.perf_counter()
@@ -344,6 +347,7 @@ def run_search(
     ]
     result = SearchResult(
         front=[],
+        ran_now=max(0, len(trials) - before),
         n_trials=sum(1 for t in trials if not t.system_attrs.get(INTERRUPTED)),
         n_failed=len(failed),
         seconds=seconds,

@@ -421,6 +421,28 @@ def test_rerun_reuses_every_stage_and_gives_the_same_front(first, copy_of_first,
     assert _doc(copy_of_first)["front"] == _doc(first_dir)["front"]
 
 
+def test_a_study_db_from_elsewhere_is_not_resumed(first, copy_of_first, space_file):
+    """A study.db copied without the caches that made it (a committed result, another
+    machine's run) holds trials this folder did not make: the search starts afresh."""
+    result, _, _ = first
+    assert result.report["search"]["trials_per_second"] > 0
+    shutil.rmtree(copy_of_first / schema.CACHE_DIR)
+    progress = RecordingProgress()
+    again = _run(_settings(copy_of_first, space_file), progress)
+    logs = "\n".join(progress.logs)
+    assert "was not started by this run folder" in logs
+    assert "finished trial(s) kept" not in logs
+    assert again.search.n_trials == N_TRIALS and again.search.ran_now == N_TRIALS
+    # the same seed gives the same trials, hence the same front
+    assert _doc(copy_of_first)["front"] == _doc(first[2])["front"]
+    # a third run on the folder resumes its own study and runs nothing: no rate to report
+    progress = RecordingProgress()
+    third = _run(_settings(copy_of_first, space_file), progress)
+    assert f"search: {N_TRIALS} finished trial(s) kept, 0 to go" in progress.logs
+    assert math.isnan(third.report["search"]["trials_per_second"])
+    assert _doc(copy_of_first)["search"]["trials_per_second"] is None  # JSON: null, never 1e9
+
+
 def test_new_split_seed_retrains_heads_but_reuses_the_profile(first, copy_of_first, space_file):
     result, _, _ = first
     progress = RecordingProgress()
