@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +39,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from exitsearch._io import to_json
 from exitsearch.backbone import DEFAULT_PRESET
 from exitsearch.errors import ConfigError
 from exitsearch.pipeline.run import RunSettings, run_pipeline
@@ -219,7 +219,7 @@ def run(
         result = run_pipeline(settings, progress)
     doc = result.report
     if as_json:
-        typer.echo(json.dumps(doc))
+        typer.echo(to_json(doc))
         return
     for note in doc["notes"]:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -178,20 +178,18 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (non-finite floats as null), as every result file and ``--json`` write it;
+    ``indent=None`` is compact."""
+    separators = (",", ":") if indent is None else None
+    return json.dumps(
+        _finite(obj), indent=indent, separators=separators, default=_json_default, allow_nan=False
+    )
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON, whole or not at all (``indent=None``: compact, for large files)."""
-    separators = (",", ":") if indent is None else None
-    atomic_write_text(
-        path,
-        json.dumps(
-            _finite(obj),
-            indent=indent,
-            separators=separators,
-            default=_json_default,
-            allow_nan=False,
-        )
-        + "\n",
-    )
+    atomic_write_text(path, to_json(obj, indent) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

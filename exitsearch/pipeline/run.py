@@ -488,6 +488,43 @@ class PipelineResult:
     report: dict[str, Any]
 
 
+# Below this many validation samples a front says nothing; below the second, little.
+MIN_VALIDATION = 10
+FEW_VALIDATION = 200
+
+
+def check_validation_size(n: int, origin: str) -> None:
+    """Refuse a search on fewer than :data:`MIN_VALIDATION` validation samples."""
+    if n < MIN_VALIDATION:
+        raise DataError(
+            f"{origin}: validation has {n} sample{'s' if n != 1 else ''}; a front fitted to so few "
+            f"says nothing about new data: give at least {MIN_VALIDATION} (thousands for a front "
+            "worth trusting) with --val-size or more data"
+        )
+
+
+def validation_notes(ev: Evaluator, num_classes: int) -> list[str]:
+    """What the run should say before searching: few validation samples, a backbone at chance."""
+    from exitsearch.search.intervals import wilson_interval
+
+    notes = []
+    if ev.n < FEW_VALIDATION:
+        notes.append(
+            f"validation has only {ev.n} samples: accuracies are uncertain by several points "
+            "(see the intervals) and thresholds fitted to them may not hold on new data"
+        )
+    backbone_ok = ev.backbone_correct()
+    low, high = wilson_interval(int(backbone_ok.sum()), ev.n)
+    chance = 1.0 / num_classes
+    if low <= chance:
+        notes.append(
+            f"the backbone is no better than chance on validation (accuracy "
+            f"{backbone_ok.mean():.4f}, chance {chance:.4f}, 95 % interval {low:.4f} to "
+            f"{high:.4f}): no exit configuration can be trusted; train or fine-tune it first"
+        )
+    return notes
+
+
 STUDY_OWNER_ATTR = "exitsearch_owner"
 STUDY_OWNERS = "studies.json"
 
@@ -558,6 +595,7 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
     # --
     with RunLock(settings.run_dir):
         ctx = prepare(settings, progress)
+        check_validation_size(len(ctx.splits.val), ctx.splits.val.origin)
         profile, head_flops = stage_profile(ctx)
         latency = stage_latency(ctx)
         costs = CostModel(profile, head_flops, *(latency or (None, {})))
@@ -588,6 +626,9 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
         bank = stage_heads(ctx)
         preds = stage_predict(ctx, bank)
         ev = Evaluator(preds, "val", costs)
+        for note in validation_notes(ev, preds.num_classes):
+            progress.log(f"note: {note}")
+            notes.append(note)
         sampler = ConfigSampler(ctx.space, ctx.candidates, ctx.backbone.depth)
         seeds = (
             [c for _, _, c in baseline_placements(ctx.candidates, ctx.backbone.depth)]
