@@ -936,6 +936,7 @@ def write_pause_report(
         scale,
         ctx,
         bb_val.accuracy,
+        plain_val,
     )
     rows = head_table(plain, costs.profile, dict(costs.head_flops))
     write_heads_csv(rows, run_dir / schema.HEADS_CSV)

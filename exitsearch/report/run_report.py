@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
-from exitsearch.budget import Budget
+from exitsearch.budget import Budget, BudgetKind
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.config import ExitConfig
@@ -132,6 +131,7 @@ def write_report(
         scale,
         ctx,
         bb_val.accuracy,
+        val,
     )
     rows = head_table(preds, costs.profile, dict(costs.head_flops))
     write_heads_csv(rows, run_dir / schema.HEADS_CSV)
@@ -391,15 +391,25 @@ def _plot_pareto(
     scale: float,
     ctx: RunContext,
     backbone_acc: float,
+    val: Evaluator,
 ) -> None:
+    """Accuracy against cost (``val`` scores the baselines' worst cases): trials, every baseline (own colour and marker), the searched front
+    on validation and re-scored on test, the recommendation, the budget and the backbone. Under
+    a max budget the cost axis is each configuration's worst case, the cost the budget limits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    worst = constraint.kind is BudgetKind.MAX
+    what = "max" if worst else "mean"
+
+    def cost_of(config: ExitConfig, mean_flops: float) -> float:
+        return (val.quick(config)[2] if worst else mean_flops) / 1e6
+
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=120)
     trials = [t for t in result.trials if t.get("feasible")]
-    if trials:
+    if trials and not worst:  # trials record their mean cost only
         ax.scatter(
             [t["mean_flops"] / 1e6 for t in trials],
             [t["accuracy"] for t in trials],
@@ -408,21 +418,31 @@ def _plot_pareto(
             label=f"search trials ({len(result.trials)})",
             zorder=1,
         )
-    styles = defaultdict(lambda: dict(lw=1.0, alpha=0.8))
     cmap = plt.get_cmap("tab20")
+    markers = "os^vD<>phP*X8"
     for i, b in enumerate(x for x in baselines if x.front):
-        xs = [p.mean_flops / 1e6 for p in b.front]
+        xs = [cost_of(p.config, p.mean_flops) for p in b.front]
         ys = [p.accuracy for p in b.front]
+        style = {"color": cmap(i % 20), "marker": markers[i % len(markers)], "label": b.name}
         if len(xs) == 1:
-            ax.scatter(
-                xs, ys, marker="*", s=160, color="gold", edgecolors="black", zorder=4, label=b.name
-            )
+            ax.scatter(xs, ys, s=60, edgecolors="black", zorder=4, **style)
         else:
-            ax.step(xs, ys, where="post", color=cmap(i % 20), label=b.name, **styles[b.name])
-    fx = [m["val"]["mean_flops"] / 1e6 for m in members]
+            order = np.argsort(xs)
+            ax.plot(
+                np.asarray(xs)[order],
+                np.asarray(ys)[order],
+                drawstyle="steps-post",
+                lw=1.0,
+                alpha=0.85,
+                markevery=max(1, len(xs) // 8),
+                markersize=5,
+                **style,
+            )
+    fx = [m["val"]["max_flops" if worst else "mean_flops"] / 1e6 for m in members]
+    by_cost = sorted(range(len(members)), key=lambda i: (fx[i], -members[i]["val"]["accuracy"]))
     ax.step(
-        fx,
-        [m["val"]["accuracy"] for m in members],
+        [fx[i] for i in by_cost],
+        np.maximum.accumulate([members[i]["val"]["accuracy"] for i in by_cost]),
         where="post",
         color="black",
         lw=2.2,
@@ -439,7 +459,7 @@ def _plot_pareto(
     )
     rec = next(m for m in members if m["recommended"])
     ax.scatter(
-        [rec["val"]["mean_flops"] / 1e6],
+        [rec["val"]["max_flops" if worst else "mean_flops"] / 1e6],
         [rec["val"]["accuracy"]],
         s=140,
         marker="D",
@@ -450,23 +470,32 @@ def _plot_pareto(
         label="recommended",
     )
     if constraint.flops is not None and constraint.flops < 1.5 * scale:
+        text = f"{ctx.settings.budget} = " if ctx.settings.budget else ""
         ax.axvline(
             constraint.flops / 1e6,
             color="crimson",
             ls="--",
             lw=1,
-            label=f"budget ({constraint.kind.value})",
+            label=f"budget {text}{format_flops(constraint.flops)} ({what} cost)",
         )
-    ax.axhline(backbone_acc, color="0.4", ls=":", lw=1)
+    ax.axhline(
+        backbone_acc,
+        color="0.4",
+        ls=":",
+        lw=1,
+        label=f"backbone alone (validation {backbone_acc:.4f}, {format_flops(scale)})",
+    )
     accs = [m["val"]["accuracy"] for m in members]
+    accs += [p.accuracy for b in baselines for p in b.front]  # every plotted point in view
     ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(max(accs), backbone_acc) + 0.01))
-    ax.set_xlabel(f"mean cost per sample (MFLOPs; backbone {format_flops(scale)})")
+    ax.set_xlabel(f"{what} cost per sample (MFLOPs; backbone {format_flops(scale)})")
     ax.set_ylabel("accuracy")
     ax.set_title(
-        f"{ctx.settings.backbone.model}: accuracy against mean cost ({ctx.space.name} space)"
+        f"{ctx.settings.backbone.model}: accuracy against {what} cost ({ctx.space.name} space)"
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    # outside the axes: the legend never covers a curve
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
