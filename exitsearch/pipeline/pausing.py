@@ -764,6 +764,7 @@ def _search_result(run: PauseRunResult, merged: list[CurvePoint], key: str) -> S
         trials += [dict(t, pause=f.config.key) for t in r.trials]
         out.n_trials += r.n_trials
         out.n_failed += r.n_failed
+        out.ran_now += r.ran_now
         out.seconds += r.seconds
         out.refine_seconds += r.refine_seconds
         out.placements_refined += r.placements_refined
@@ -791,6 +792,7 @@ def write_pause_report(
     ``pause`` section (the configurations, their costs and fronts, the auxiliary decoder)."""
     from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
     from exitsearch.report.run_report import (
+        _finite_or_none,
         _hv,
         _placement_curves,
         _plot_pareto,
@@ -895,7 +897,7 @@ def write_pause_report(
             "n_trials": result.n_trials,
             "failed_trials": result.n_failed,
             "seconds": result.seconds,
-            "trials_per_second": result.trials_per_second,
+            "trials_per_second": _finite_or_none(result.trials_per_second),
             "refine_seconds": result.refine_seconds,
             "placements_refined": result.placements_refined,
             "seed": ctx.settings.search.seed,

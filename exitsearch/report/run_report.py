@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from exitsearch.pipeline.run import RunContext
 
 __all__ = ["front_member", "hv_reference", "recommend", "write_report"]
+
+
+def _finite_or_none(x: float) -> float | None:
+    """A rate for the report: None where there is nothing to measure (NaN)."""
+    return x if math.isfinite(x) else None
 
 
 def hv_reference(
@@ -108,7 +114,7 @@ def write_report(
             "n_trials": result.n_trials,
             "failed_trials": result.n_failed,
             "seconds": result.seconds,
-            "trials_per_second": result.trials_per_second,
+            "trials_per_second": _finite_or_none(result.trials_per_second),
             "refine_seconds": result.refine_seconds,
             "placements_refined": result.placements_refined,
             "seed": ctx.settings.search.seed,
