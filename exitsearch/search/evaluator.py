@@ -69,6 +69,7 @@ class Evaluator:
         self._readiness: dict[str, np.ndarray] = {}
         self._criteria: dict[str, ExitCriterion] = {}
         self._correct_u16 = self.correct.astype(np.uint16)
+        self._halves: tuple[Evaluator, Evaluator] | None = None
 
     # ---------------------------------------------------------------- internals
     def rows(self, config: ExitConfig) -> np.ndarray:
@@ -194,6 +195,29 @@ class Evaluator:
         else:
             right = int(self.correct[rows[idx], self._cols].sum())
         return right / self.n, float(counts @ flops) / self.n, float(flops[counts > 0].max())
+
+    def subset(self, columns: np.ndarray, name: str) -> Evaluator:
+        """An evaluator on the samples ``columns`` of this split only."""
+        sp = self.sp
+        part = SplitPredictions(
+            sp.labels[columns],
+            sp.confidence[:, columns],
+            sp.entropy[:, columns],
+            sp.pred[:, columns],
+            sp.uncertainty[:, columns],
+        )
+        preds = Predictions(self.predictions.heads, {name: part}, self.predictions.num_classes)
+        return Evaluator(preds, name, self.costs)
+
+    def halves(self) -> tuple[Evaluator, Evaluator]:
+        """Evaluators on the even and the odd samples (cross-fitting), made once."""
+        if self._halves is None:
+            even = np.arange(self.n) % 2 == 0
+            self._halves = (
+                self.subset(np.nonzero(even)[0], f"{self.split}-even"),
+                self.subset(np.nonzero(~even)[0], f"{self.split}-odd"),
+            )
+        return self._halves
 
     def backbone_correct(self) -> np.ndarray:
         """Whether each sample is right at the backbone's own final exit (bool, n)."""

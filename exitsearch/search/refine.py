@@ -10,7 +10,9 @@ thresholds were sampled:
   every distinct outcome in O(E n log(E n)).
 * :func:`refine_per_exit`: per-exit thresholds by coordinate ascent on
   ``accuracy - lambda * cost`` for a range of trade-offs lambda; each one-exit step is an exact
-  sweep over that exit's distinct readiness values.
+  sweep over that exit's distinct readiness values. Fitted this exactly, E thresholds follow the
+  validation samples' noise: :func:`refine_placement` keeps them only for placements where
+  two-fold cross-fitting shows they beat one shared threshold on held-out samples.
 
 Chosen thresholds lie halfway between neighbouring readiness values, never on one, so the
 exported runtime, whose floating-point results may differ in the last bits, takes the same
@@ -27,7 +29,13 @@ from exitsearch.search.config import ExitConfig
 from exitsearch.search.criteria import ExitCriterion, create_criterion
 from exitsearch.search.evaluator import Evaluator
 
-__all__ = ["CurvePoint", "refine_per_exit", "refine_placement", "shared_curve"]
+__all__ = [
+    "CurvePoint",
+    "per_exit_generalises",
+    "refine_per_exit",
+    "refine_placement",
+    "shared_curve",
+]
 
 
 @dataclass(frozen=True)
@@ -182,9 +190,46 @@ def refine_per_exit(
     return list(out.values())
 
 
+# Below this many samples per half, per-exit thresholds are not cross-fitted, and not used.
+MIN_HALF = 100
+
+
+def per_exit_generalises(
+    ev: Evaluator, config: ExitConfig, lambdas: np.ndarray | None = None
+) -> bool:
+    """Whether per-exit thresholds beat one shared threshold on samples they were not fitted on.
+
+    Two-fold cross-fitting: both families are fitted on the even samples and scored on the odd
+    ones, then the other way round; for each trade-off lambda, the per-exit choice and the
+    shared choice are compared by ``accuracy - lambda * cost`` out of fold. Per-exit refinement
+    fits E thresholds exactly to validation; where that gains nothing on held-out samples, its
+    extra validation accuracy is noise that new data will not repeat.
+    """
+    if ev.n < 2 * MIN_HALF:
+        return False
+    lambdas = np.logspace(-3.5, 0.5, 17) if lambdas is None else lambdas
+    scale = float(ev.costs.backbone_flops)
+    even, odd = ev.halves()
+    gain = 0.0
+    for fit, held_out in ((even, odd), (odd, even)):
+        per_exit = refine_per_exit(fit, config, lambdas)
+        shared = shared_curve(fit, config)
+        if not per_exit:
+            return False
+        for lam in lambdas:
+            scores = []
+            for family in (per_exit, shared):
+                chosen = max(family, key=lambda p: p.accuracy - lam * p.mean_flops / scale)
+                acc, mean, _ = held_out.quick(chosen.config)
+                scores.append(acc - lam * mean / scale)
+            gain += scores[0] - scores[1]
+    return gain > 0
+
+
 def refine_placement(ev: Evaluator, config: ExitConfig, per_exit: bool = True) -> list[CurvePoint]:
-    """Shared-threshold curve plus (if allowed) per-exit refinement of one placement."""
+    """Shared-threshold curve plus (if allowed, and where it generalises) per-exit refinement of
+    one placement (:func:`per_exit_generalises`)."""
     points = shared_curve(ev, config)
-    if per_exit and len(config.exits) > 1:
+    if per_exit and len(config.exits) > 1 and per_exit_generalises(ev, config):
         points += refine_per_exit(ev, config)
     return points

@@ -8,7 +8,12 @@ from search_brute import BACKBONE, brute_evaluate
 
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.criteria import create_criterion
-from exitsearch.search.refine import refine_per_exit, refine_placement, shared_curve
+from exitsearch.search.refine import (
+    per_exit_generalises,
+    refine_per_exit,
+    refine_placement,
+    shared_curve,
+)
 
 LAMBDAS = np.array([0.0, 0.003, 0.03, 0.1, 0.3, 1.0, 3.0])
 
@@ -210,3 +215,64 @@ def test_refine_of_a_cut_single_exit_is_empty_and_placement_adds_the_curve(world
             477.0,
         )
     }
+
+
+# --------------------------------------------------------------- per-exit cross-fitting
+def _rescaled(world, key: str, factor: float):
+    """The world with one head's confidences shrunk: same ranking, another scale."""
+    from exitsearch.search.evaluator import Evaluator
+    from exitsearch.training.predict import Predictions, SplitPredictions
+
+    row = world.preds.row(key)
+    splits = {}
+    for name, sp in world.preds.splits.items():
+        conf = sp.confidence.copy()
+        conf[row] *= factor
+        splits[name] = SplitPredictions(sp.labels, conf, sp.entropy, sp.pred, sp.uncertainty)
+    preds = Predictions(world.preds.heads, splits, world.preds.num_classes)
+    return Evaluator(preds, "val", world.costs)
+
+
+def test_per_exit_thresholds_are_kept_where_one_shared_threshold_cannot_serve(make_world):
+    """Exit 1's confidences live on another scale than exit 3's: one shared threshold cannot
+    suit both, per-exit thresholds can, and do on held-out samples too."""
+    world = make_world(seed=3, n_val=2000)
+    config = _config(world, ("linear@1+u", "linear@3+u", "linear@5+u"), "confidence", False)
+    ev = _rescaled(world, "linear@3+u", 0.3)
+    assert per_exit_generalises(ev, config)
+    modes = {p.config.threshold_mode for p in refine_placement(ev, config)}
+    assert modes == {"shared", "per_exit"}
+
+
+def test_per_exit_thresholds_are_dropped_where_they_only_fit_noise(make_world):
+    """Too few samples to cross-fit: only the shared curve is kept; otherwise the decision is
+    the sign of the out-of-fold gain, recomputed here."""
+    small = make_world(seed=4, n_val=150)
+    config = _config(small, ("linear@1+u", "mlp@2", "linear@3+u"), "confidence", False)
+    assert not per_exit_generalises(small.ev(), config)
+    assert {p.config.threshold_mode for p in refine_placement(small.ev(), config)} == {"shared"}
+    # the gate compares out-of-fold objectives it can recompute: per-exit loses here
+    world = make_world(seed=5, n_val=600)
+    ev = world.ev()
+    one = _config(world, ("linear@4+u", "linear@5+u"), "confidence", False)
+    even, odd = ev.halves()
+    assert even.n + odd.n == ev.n and abs(even.n - odd.n) <= 1
+    assert per_exit_generalises(ev, one) == (_out_of_fold_gain(ev, one) > 0)
+
+
+def _out_of_fold_gain(ev, config) -> float:
+    lambdas = np.logspace(-3.5, 0.5, 17)
+    scale = float(ev.costs.backbone_flops)
+    total = 0.0
+    even, odd = ev.halves()
+    for fit, held in ((even, odd), (odd, even)):
+        families = (refine_per_exit(fit, config, lambdas), shared_curve(fit, config))
+        for lam in lambdas:
+            s = [
+                (lambda a, m, _: a - lam * m / scale)(
+                    *held.quick(max(f, key=lambda p: p.accuracy - lam * p.mean_flops / scale).config)
+                )
+                for f in families
+            ]
+            total += s[0] - s[1]
+    return total
