@@ -1,6 +1,6 @@
 """The files of a run folder (``results/<run>/``) and the keys they hold.
 
-``pareto.json`` (schema version :data:`PARETO_SCHEMA`)::
+``pareto.json`` (schema version :data:`PARETO_SCHEMA`; written without indentation)::
 
     {
       "schema": 2,
