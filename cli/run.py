@@ -351,9 +351,9 @@ def print_front(doc: dict) -> None:
         if b["ratio"] is not None:
             ratio = f"{b['ratio']:.3f}"
         elif not b["points"]:
-            ratio = "inf (no point within budget)"
+            ratio = "inf: none in budget"
         else:
-            ratio = "inf (baseline covers no area)"
+            ratio = "inf: no area"
         base.add_row(
             b["name"], str(b["points"]), "-" if best is None else f"{best:.4f}", ratio
         )

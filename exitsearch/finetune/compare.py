@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from exitsearch._io import portable_path
 from exitsearch.data import DataSpec
 from exitsearch.errors import TrainingDivergedError
 from exitsearch.finetune.registry import get_strategy_class
@@ -83,4 +84,4 @@ def compare_strategies(
             progress.log(failures[name])
             continue
         reports[name] = result.report
-    return write_comparison(reports, out, failures, title=f"fine-tuning strategies on {bundle}")
+    return write_comparison(reports, out, failures, title=f"fine-tuning strategies on {portable_path(bundle)}")

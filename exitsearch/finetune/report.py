@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exitsearch._io import atomic_path, atomic_write_json
+from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.export.points import OperatingPoint
 from exitsearch.finetune.evaluate import refit_operating_points, score_placement
 from exitsearch.profile import UNIT
@@ -75,7 +75,7 @@ def finetune_report(
         "schema": REPORT_SCHEMA,
         "strategy": recipe.strategy,
         "hyperparameters": dict(recipe.hyperparameters),
-        "recipe": recipe.to_dict(),
+        "recipe": _portable(recipe.to_dict()),
         "recipe_identity": recipe.identity,
         "bundle": "bundle",
         "unit": UNIT,
@@ -100,6 +100,14 @@ def finetune_report(
         },
         "after": score_placement(after, costs, config, points, budget),
     }
+
+
+def _portable(recipe_doc: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with its source bundle relative to the working directory: a report is a
+    result, shared or committed; the bundle's own train.yaml keeps the absolute path."""
+    source = dict(recipe_doc["source"])
+    source["bundle"] = portable_path(source["bundle"])
+    return {**recipe_doc, "source": source}
 
 
 def _row(
@@ -179,7 +187,7 @@ def write_comparison(
         },
         "failures": failures,
     }
-    atomic_write_json(out / COMPARISON_JSON, doc)
+    atomic_write_json(out / COMPARISON_JSON, doc, indent=None)
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]

@@ -263,7 +263,7 @@ def finetune(
         default=default,
     )
     # The report first: a bundle in place always has its report next to it.
-    atomic_write_json(report_path, report)
+    atomic_write_json(report_path, report, indent=None)
     _export(out, net, new_config, points, predicted, meta, exit_costs_of(costs, config), recipe)
     return FinetuneResult(out, report)
 

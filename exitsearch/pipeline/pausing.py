@@ -801,6 +801,7 @@ def write_pause_report(
         front_member,
         hv_reference,
         recommend,
+        write_run_record,
     )
     from exitsearch.search.baselines import score_baselines
 
@@ -947,21 +948,7 @@ def write_pause_report(
         run_dir / schema.HEADS_PNG,
         f"{len(plain.heads)} exit heads on {ctx.settings.backbone.model} (no pausing)",
     )
-    atomic_write_json(
-        run_dir / schema.RUN_JSON,
-        {
-            "backbone": ctx.settings.backbone.to_dict(),
-            "data": ctx.settings.data.to_dict(),
-            "space": ctx.settings.space,
-            "budget": ctx.settings.budget,
-            "budget_kind": ctx.settings.budget_kind,
-            "heads": ctx.settings.heads.__dict__,
-            "search": ctx.settings.search.__dict__,
-            "paumer": paumer.source,
-            "stage_keys": ctx.keys,
-            "timings": ctx.timings,
-        },
-    )
+    write_run_record(run_dir, ctx, paumer=paumer.source)
     return doc
 
 

@@ -280,19 +280,11 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
 
 def _machine() -> str:
     """What a latency table depends on besides the model: processor and thread count."""
-    import platform
-
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    return f"{cpu}|{torch.get_num_threads()} threads"
+    from exitsearch.report.run_report import machine_name
+
+    return f"{machine_name()}|{torch.get_num_threads()} threads"
 
 
 def stage_heads(ctx: RunContext) -> HeadBank:

@@ -146,6 +146,13 @@ def write_report(
         run_dir / schema.HEADS_PNG,
         f"{len(preds.heads)} exit heads on {ctx.settings.backbone.model}",
     )
+    write_run_record(run_dir, ctx)
+    return doc
+
+
+def write_run_record(run_dir: Path, ctx: Any, **extra: Any) -> None:
+    """``run.json``: the settings, stage keys and timings of the run, and the software and
+    machine it ran on (what a same-seed rerun elsewhere may differ by)."""
     atomic_write_json(
         run_dir / schema.RUN_JSON,
         {
@@ -156,11 +163,47 @@ def write_report(
             "budget_kind": ctx.settings.budget_kind,
             "heads": ctx.settings.heads.__dict__,
             "search": ctx.settings.search.__dict__,
+            **extra,
             "stage_keys": ctx.keys,
             "timings": ctx.timings,
+            "environment": environment(),
         },
     )
-    return doc
+
+
+def environment() -> dict[str, Any]:
+    """Processor, thread count and library versions: what results may depend on besides the
+    command and its seed."""
+    import platform
+
+    import numpy
+    import optuna
+    import timm
+    import torch
+
+    return {
+        "machine": machine_name(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def machine_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
+            )
+    except OSError:
+        return cpu
 
 
 RECOMMENDATION_RULE = (

@@ -4,12 +4,14 @@ Each baseline is a placement whose threshold is swept exactly (:func:`shared_cur
 front to compare the search's front with (hypervolume ratio).
 
 * ``backbone``: the backbone alone.
-* ``paper002@m``: one linear exit after block m = L/4, L/2, 3L/4 (3, 6, 9 for L = 12), paper 002.
-* ``paper000-<head>``: exits of one head type at every candidate location (paper 000).
+* ``ryu@m``: one linear exit after block m = L/4, L/2, 3L/4 (3, 6, 9 for L = 12), as Ryu's
+  "Make Vision Transformer Faster with Multi-Exit Architecture" places it.
+* ``multiexit-vit-<head>``: exits of one head type at every candidate location (Multi-Exit ViT,
+  Bakhtiarnia et al.).
 * ``lgvit-uniform``: exits after blocks L/3, L/2, 2L/3, 5L/6 (4, 6, 8, 10 for L = 12), local
-  heads in the shallow half, global heads in the deep half, LGViT's default mappings (paper 001).
+  heads in the shallow half, global heads in the deep half, LGViT's default mappings.
 * ``mevit``: linear exits after blocks L/2 .. L-1 (6..11 for L = 12) with MEViT's uncertainty
-  criterion when predictors were trained, confidence otherwise (paper 004).
+  criterion when predictors were trained, confidence otherwise.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def baseline_placements(heads: list[HeadSpec], depth: int) -> list[tuple[str, st
 
     for m in sorted({max(1, round(depth * f)) for f in (0.25, 0.5, 0.75)}):
         add(
-            f"paper002@{m}",
-            f"paper 002: one linear exit after block {m}",
+            f"ryu@{m}",
+            f"Ryu: one linear exit after block {m}",
             [_pick(by_loc, m, "linear")],
         )
     locations = sorted(by_loc)
@@ -73,7 +75,7 @@ def baseline_placements(heads: list[HeadSpec], depth: int) -> list[tuple[str, st
         exits = [_pick(by_loc, m, t) for m in locations]
         exits = [e for e in exits if e is not None]
         if len(exits) == len(locations):
-            add(f"paper000-{t}", f"paper 000: {t} exits at every location", exits)
+            add(f"multiexit-vit-{t}", f"Multi-Exit ViT: {t} exits at every location", exits)
     lg_locs = sorted(
         {max(1, min(depth - 1, round(depth * f))) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)}
     )

@@ -149,7 +149,7 @@ def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
     out = " ".join(result.stdout.split())
     assert "Pareto front within budget 70% (mean)" in out
     assert "recommended (the member whose gain over the backbone has the highest 95 % lower" in out
-    assert "baselines" in out and "paper002@2" in out
+    assert "baselines" in out and "ryu@2" in out
     for name in (schema.PARETO_JSON, schema.PARETO_CSV, schema.STUDY_DB):
         assert name in out
         assert (run_dir / name).is_file()

@@ -110,7 +110,11 @@ def test_the_report_compares_before_and_after_at_the_same_cost(lgvit_run, ft_wor
 
 def test_train_yaml_is_the_recipe(lgvit_run):
     recipe = Recipe.from_yaml(lgvit_run.bundle / "train.yaml")
-    assert recipe.to_dict() == lgvit_run.report["recipe"]
+    reported = lgvit_run.report["recipe"]
+    # the report, a result to share, names the source bundle relative to the working directory
+    assert not Path(reported["source"]["bundle"]).is_absolute()
+    assert Path(reported["source"]["bundle"]).resolve() == Path(recipe.source.bundle).resolve()
+    assert {**recipe.to_dict(), "source": reported["source"]} == reported
     assert recipe.identity == lgvit_run.report["recipe_identity"]
     read_manifest(lgvit_run.bundle)  # the rewritten recipe's checksums hold
 

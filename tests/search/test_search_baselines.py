@@ -24,8 +24,8 @@ def _keys(config):
 
 def test_baseline_names(placements):
     expected = (
-        ["paper002@3", "paper002@6", "paper002@9"]
-        + [f"paper000-{t}" for t in PAPER000_HEADS]
+        ["ryu@3", "ryu@6", "ryu@9"]
+        + [f"multiexit-vit-{t}" for t in PAPER000_HEADS]
         + ["lgvit-uniform", "mevit"]
     )
     assert list(placements) == expected
@@ -33,14 +33,14 @@ def test_baseline_names(placements):
 
 @pytest.mark.parametrize("m", [3, 6, 9])  # L/4, L/2, 3L/4 of 12 blocks
 def test_paper002_one_linear_exit(placements, m):
-    _, config = placements[f"paper002@{m}"]
+    _, config = placements[f"ryu@{m}"]
     assert _keys(config) == [f"linear@{m}+u"]
     assert config.criterion == "confidence"
 
 
 @pytest.mark.parametrize("head", PAPER000_HEADS)
 def test_paper000_one_type_at_every_location(placements, head):
-    _, config = placements[f"paper000-{head}"]
+    _, config = placements[f"multiexit-vit-{head}"]
     assert _keys(config) == [f"{head}@{m}+u" for m in range(1, 12)]
     assert config.criterion == "confidence"
 
@@ -62,15 +62,15 @@ def test_mevit_linear_exits_with_uncertainty(placements):
 def test_mevit_without_predictors_falls_back_to_confidence():
     heads = [HeadSpec("linear", m) for m in range(1, 12)]
     found = {name: config for name, _, config in baseline_placements(heads, 12)}
-    assert set(found) == {"paper002@3", "paper002@6", "paper002@9", "mevit"}
+    assert set(found) == {"ryu@3", "ryu@6", "ryu@9", "mevit"}
     assert found["mevit"].criterion == "confidence"
 
 
 def test_missing_heads_leave_baselines_out():
     heads = [HeadSpec("linear", 6), HeadSpec("mlp", 6)]
     names = [name for name, _, _ in baseline_placements(heads, 12)]
-    # only paper002@6 is complete; one location is "every location" for paper000-mlp
-    assert names == ["paper002@6", "paper000-mlp"]
+    # only ryu@6 is complete; one location is "every location" for multiexit-vit-mlp
+    assert names == ["ryu@6", "multiexit-vit-mlp"]
 
 
 def test_score_baselines_fronts_are_feasible_shared_curves(world):
