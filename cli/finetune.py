@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from exitsearch_cli._console import RichProgress, console, handle_errors
 from exitsearch_cli._options import (
     DataDirOpt,
@@ -17,23 +16,17 @@ from exitsearch_cli._options import (
     WorkersOpt,
     use_workers,
 )
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from exitsearch.data import DataSpec
 from exitsearch.errors import ConfigError
-from exitsearch.export import read_manifest
-from exitsearch.finetune import (
-    PAPER_STRATEGIES,
-    Recipe,
-    TrainSettings,
-    compare_strategies,
-    list_strategies,
-    make_recipe,
-)
-from exitsearch.finetune.run import finetune as run_finetune
-from exitsearch.profile import UNIT
+from exitsearch.finetune import PAPER_STRATEGIES
 from exitsearch.units import format_flops
+
+if TYPE_CHECKING:
+    from exitsearch.data import DataSpec
+    from exitsearch.finetune import TrainSettings
 
 __all__ = ["finetune", "finetune_compare"]
 
@@ -73,6 +66,8 @@ ProgressOpt = Annotated[
 
 
 def _settings(**given: Any) -> TrainSettings:
+    from exitsearch.finetune import TrainSettings
+
     return TrainSettings(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -85,6 +80,9 @@ def _data(
     limit: int | None,
 ) -> DataSpec:
     """The bundle's data spec with the options given on the command line replacing its fields."""
+    from exitsearch.data import DataSpec
+    from exitsearch.export import read_manifest
+
     meta = (read_manifest(bundle).get("meta") or {}).get("data")
     base = DataSpec.from_dict(meta).to_dict() if isinstance(meta, dict) else DataSpec().to_dict()
     given = {
@@ -99,6 +97,8 @@ def _data(
 
 def _assignments(items: list[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values are read as YAML (``0.5``, ``true``, ``[1, 0.5]``)."""
+    import yaml
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -112,6 +112,8 @@ def _assignments(items: list[str] | None) -> dict[str, Any]:
 
 
 def _print_report(report: dict[str, Any], bundle: Path) -> None:
+    from exitsearch.profile import UNIT
+
     before, after = report["before"], report["after"]
     console.print(f"[bold]bundle[/] {escape(str(bundle))}", highlight=False)
     for note in report.get("notes", []):
@@ -137,7 +139,7 @@ def _print_report(report: dict[str, Any], bundle: Path) -> None:
         f"at the source configuration's cost ({format_flops(budget)} per sample, {UNIT}, "
         f"chosen on validation): test accuracy {bm['test']['accuracy']:.4f} -> "
         f"{am['test']['accuracy']:.4f} (mean cost {format_flops(am['test']['mean_flops'])}); "
-        f"{len(after['operating_points'])} operating point(s) in the new bundle; trained "
+        f"{after.get('points', len(after['operating_points']))} operating point(s) in the new bundle; trained "
         f"{report['training']['epochs']} epoch(s) in {report['training']['seconds']:.0f} s",
         highlight=False,
     )
@@ -189,6 +191,9 @@ def finetune(
 
     Trains its exits, heads and backbone, re-fits its thresholds on validation and write a new bundle plus a report. Interrupted runs
     resume from the last epoch when rerun."""
+    from exitsearch.finetune import Recipe, list_strategies, make_recipe
+    from exitsearch.finetune.run import finetune as run_finetune
+
     if recipe is not None:
         given = {
             "--strategy": strategy,
@@ -276,6 +281,9 @@ def finetune_compare(
     """Run every fine-tuning strategy on one bundle and compare their fronts.
 
     Same data, epochs and seed for each; writes comparison.csv/.json and comparison.png (each front against classifier-wise) to --out."""
+    from exitsearch.finetune import compare_strategies
+    from exitsearch.profile import UNIT
+
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if not names:
         raise ConfigError("--strategies names no strategy")
@@ -301,22 +309,30 @@ def finetune_compare(
         )
     budget = doc["budget"]["mean_flops"] if doc["budget"] else float("nan")
     table = Table(
-        title=f"test accuracy at the source configuration's cost ({format_flops(budget)}, {UNIT})"
+        title=f"test accuracy at the source configuration's cost ({format_flops(budget)}, {UNIT})",
+        box=box.SIMPLE_HEAD,
     )
-    for col in ("strategy", "epochs", "seconds", "val acc", "test acc", "mean cost", "final test"):
+    table.add_column("strategy", justify="left", no_wrap=True)
+    for col in ("epochs", "s", "val acc", "test acc", "MFLOPs", "final test"):
         table.add_column(col, justify="right")
     for row in doc["rows"]:
+        name = "source" if row["status"] == "reference" else row["strategy"]
         if "matched_test_accuracy" not in row:
-            table.add_row(escape(row["strategy"]), escape(row["status"]), "", "", "", "", "")
+            table.add_row(escape(name), escape(row["status"]), "", "", "", "", "")
             continue
         table.add_row(
-            escape(row["strategy"]),
+            escape(name),
             "" if row.get("epochs") is None else str(row["epochs"]),
             "" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}",
             f"{row['matched_val_accuracy']:.4f}",
             f"{row['matched_test_accuracy']:.4f}",
-            format_flops(row["matched_test_mean_flops"]),
+            f"{row['matched_test_mean_flops'] / 1e6:.2f}",
             f"{row['final_test_accuracy']:.4f}",
         )
     console.print(table)
+    console.print(
+        "source: the bundle without fine-tuning; s: training seconds; MFLOPs: mean cost per "
+        "test sample at the operating point chosen on validation; final test: the last exit's",
+        highlight=False,
+    )
     console.print(f"[bold]comparison[/] {escape(str(dest))}/comparison.{{csv,json,png}}")

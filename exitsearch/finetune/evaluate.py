@@ -23,9 +23,13 @@ from exitsearch.profile import profile_backbone
 from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
-from exitsearch.search.pareto import hypervolume, pareto_mask
+from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import refine_placement
 from exitsearch.training.predict import Predictions
+
+# Operating points a report lists (the bundle keeps them all): evenly spread over the cost range,
+# with the point matched to the budget.
+REPORTED_POINTS = 64
 
 __all__ = [
     "cost_model",
@@ -78,24 +82,27 @@ def score_placement(
     points: Sequence[OperatingPoint],
     budget: float,
 ) -> dict[str, Any]:
-    """Per-exit and final accuracy, every operating point on validation and test, the point
-    matched to ``budget`` and the validation hypervolume (reference: chance accuracy and the
-    backbone's cost)."""
+    """Per-exit and final accuracy, the operating points on validation and test (at most
+    :data:`REPORTED_POINTS` of them and the matched one; ``index``: the position among all
+    ``points``, which the bundle keeps), the point matched to ``budget`` and the validation
+    hypervolume of all points (reference: chance accuracy and the backbone's cost)."""
     val, test = Evaluator(predictions, "val", costs), Evaluator(predictions, "test", costs)
     scale = float(costs.backbone_flops)
+    m = matched_point(points, budget, costs)
     rows = []
-    for p in points:
+    for i in spread(len(points), REPORTED_POINTS, keep=(m,)):
+        p = points[i]
         cfg = config.with_thresholds(p.thresholds, p.threshold_mode)
         t_acc, t_flops, _ = test.quick(cfg)
         rows.append(
             {
+                "index": i,
                 "thresholds": list(p.thresholds),
                 "threshold_mode": p.threshold_mode,
                 "val": {"accuracy": p.val_accuracy, "mean_flops": p.mean_flops},
                 "test": {"accuracy": t_acc, "mean_flops": t_flops},
             }
         )
-    m = matched_point(points, budget, costs)
     matched_cfg = config.with_thresholds(points[m].thresholds, points[m].threshold_mode)
     val_acc = predictions.splits["val"].accuracy()
     test_acc = predictions.splits["test"].accuracy()
@@ -105,6 +112,7 @@ def score_placement(
             for i, s in enumerate(predictions.heads)
         ],
         "final": {"val_accuracy": float(val_acc[-1]), "test_accuracy": float(test_acc[-1])},
+        "points": len(points),
         "operating_points": rows,
         "matched": {
             "index": m,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ class Recipe:
             if extra:
                 raise ConfigError(f"unknown key(s) in `source`: {', '.join(map(repr, extra))}")
             data = _section(doc, "data", where)
-            data_keys = {"source", "data_dir", "val_size", "seed", "limit"}
+            data_keys = {f.name for f in fields(DataSpec)}
             if set(data) - data_keys:
                 raise ConfigError(
                     f"unknown key(s) in `data`: {', '.join(map(repr, sorted(set(data) - data_keys)))}; "

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REPORT_SCHEMA", "finetune_report", "write_comparison"]
 
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2
 COMPARISON_JSON = "comparison.json"
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_PNG = "comparison.png"
@@ -133,7 +133,8 @@ def _row(
             "final_test_accuracy": side["final"]["test_accuracy"],
             "exit_val_accuracy": " ".join(f"{e['val_accuracy']:.4f}" for e in side["exits"]),
             "exit_test_accuracy": " ".join(f"{e['test_accuracy']:.4f}" for e in side["exits"]),
-            "operating_points": len(side["operating_points"]),
+            # reports of schema 1 listed every point
+            "operating_points": side.get("points", len(side["operating_points"])),
         }
     )
     return row

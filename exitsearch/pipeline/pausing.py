@@ -927,7 +927,7 @@ def write_pause_report(
         "timings": ctx.timings,
     }
     atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
-    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements)
+    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
     atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
     _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
     _plot_pareto(

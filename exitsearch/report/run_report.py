@@ -17,7 +17,7 @@ from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.intervals import paired_difference, wilson_interval
-from exitsearch.search.pareto import hypervolume, pareto_mask
+from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import CurvePoint, refine_placement
 from exitsearch.search.study import BudgetConstraint, SearchResult
 from exitsearch.training.predict import Predictions
@@ -125,7 +125,7 @@ def write_report(
         "timings": ctx.timings,
     }
     atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
-    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements)
+    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
     atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
     _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
     _plot_pareto(
@@ -336,7 +336,7 @@ def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
         test_acc, test_mean, _ = test.quick(p.config)
         for k, v in (
             ("placement", placements[key]),
-            ("thresholds", list(p.config.thresholds)),
+            ("thresholds", _thresholds_column(p.config)),
             ("threshold_mode", p.config.threshold_mode),
             ("val_accuracy", p.accuracy),
             ("val_mean_flops", p.mean_flops),
@@ -347,17 +347,27 @@ def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
     return {"placements": configs, **cols}
 
 
+def config_of_column(columns: dict[str, Any], i: int) -> ExitConfig:
+    """Point ``i`` of a front written by :func:`columns_of`, as the configuration it scores."""
+    placement = columns["placements"][columns["placement"][i]]
+    thresholds = columns["thresholds"][i]
+    if not isinstance(thresholds, list):  # one shared threshold for every exit
+        thresholds = [thresholds] * len(placement["exits"])
+    return ExitConfig.from_dict(
+        placement | {"thresholds": thresholds, "threshold_mode": columns["threshold_mode"][i]}
+    )
+
+
+def _thresholds_column(config: ExitConfig) -> float | list[float]:
+    """A shared threshold once, per-exit thresholds as a list."""
+    if config.threshold_mode == "shared":
+        return float(config.thresholds[0])
+    return [float(t) for t in config.thresholds]
+
+
 # Operating points kept per placement: enough to switch between along its curve, few enough that
 # placements.json stays small (a refined placement has hundreds of Pareto-optimal settings).
 MAX_OPERATING_POINTS = 64
-
-
-def _spread(points: list[CurvePoint], most: int) -> list[CurvePoint]:
-    """At most ``most`` of the cost-ordered ``points``, evenly spaced, both ends kept."""
-    if len(points) <= most:
-        return points
-    picks = sorted({round(i * (len(points) - 1) / (most - 1)) for i in range(most)})
-    return [points[i] for i in picks]
 
 
 def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
@@ -370,10 +380,10 @@ def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[
     for key, config in seen.items():
         pts = refine_placement(ev, config, per_exit=True)
         mask = pareto_mask([q.accuracy for q in pts], [q.mean_flops for q in pts])
-        chosen = _spread(
-            sorted((q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops),
-            MAX_OPERATING_POINTS,
+        optimal = sorted(
+            (q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops
         )
+        chosen = [optimal[i] for i in spread(len(optimal), MAX_OPERATING_POINTS)]
         out[key] = [
             {
                 "thresholds": list(q.config.thresholds),

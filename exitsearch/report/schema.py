@@ -29,13 +29,14 @@
 ``baselines.json``: each baseline's own front as columns (written without indentation)::
 
     {"<name>": {"placements": [ExitConfig.to_dict() without thresholds, ...],
-                "placement": [int, ...], "thresholds": [[...], ...], "threshold_mode": [...],
+                "placement": [int, ...], "threshold_mode": ["shared" | "per_exit", ...],
+                "thresholds": [float | [float, ...], ...],   # shared: one number; per exit: a list
                 "val_accuracy": [...], "val_mean_flops": [...],
                 "test_accuracy": [...], "test_mean_flops": [...]}}
 
 ``placements.json``: for every placement on the front, its own Pareto-optimal threshold
 settings on validation (the operating points an exported bundle can switch between; at most 64,
-spread over the cost range)::
+spread over the cost range; written without indentation)::
 
     {"<placement key>": [{"thresholds": [...], "threshold_mode": str,
                           "val_accuracy": float, "mean_flops": float}, ...]}   # cheapest first

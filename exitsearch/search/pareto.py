@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["hypervolume", "pareto_mask"]
+__all__ = ["hypervolume", "pareto_mask", "spread"]
 
 
 def pareto_mask(accuracy: Sequence[float], cost: Sequence[float]) -> np.ndarray:
@@ -48,3 +48,12 @@ def hypervolume(
     # Sweep cost upwards: between c[i] and c[i+1] the best accuracy available is acc[i].
     edges = np.append(c, ref_cost)
     return float(np.sum((edges[1:] - edges[:-1]) * (acc - ref_accuracy)))
+
+
+def spread(n: int, most: int, keep: Sequence[int] = ()) -> list[int]:
+    """Indices of at most ``most`` (plus ``keep``) of ``n`` cost-ordered points, evenly spaced,
+    both ends kept: enough to draw or switch between along a curve."""
+    if n <= most:
+        return list(range(n))
+    picks = {round(i * (n - 1) / (most - 1)) for i in range(most)}
+    return sorted(picks | set(keep))

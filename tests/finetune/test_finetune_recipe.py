@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def test_recipe_round_trips_through_yaml(recipe, tmp_path):
     assert doc["hyperparameters"]["alpha"] == 0.5 and doc["hyperparameters"]["gamma"] == 0.3
     assert doc["training"] == FAST.to_dict()
     assert doc["exit_config"]["exits"][0]["type"] == "lph"
+
+
+def test_a_recipe_on_the_legacy_split_round_trips(recipe, tmp_path):
+    # the embedded backbone's data are split by the seeded permutation it was trained with; the
+    # rule is written out and read back, so a finished fine-tuning of it is recognised as such
+    legacy = dataclasses.replace(recipe, data=DataSpec(limit=256, split="permutation"))
+    path = tmp_path / "train.yaml"
+    path.write_text(legacy.to_yaml())
+    assert yaml.safe_load(path.read_text())["data"]["split"] == "permutation"
+    again = Recipe.from_yaml(path)
+    assert again == legacy and again.identity == legacy.identity != recipe.identity
 
 
 def test_recipe_takes_the_bundles_data_by_default(ft_world, recipe):
@@ -83,7 +95,8 @@ def _set(keys: str, value):  # type: ignore[no-untyped-def]
         (_set("training.lr", "fast"), "`lr` must be a number"),
         (_set("training.epoch", 3), "unknown training setting(s) 'epoch'; known: epochs"),
         (_set("data.limit", 0), "`limit >= 1` must hold"),
-        (_set("data.split", 3), "unknown key(s) in `data`: 'split'"),
+        (_set("data.splt", "hash"), "unknown key(s) in `data`: 'splt'"),
+        (_set("data.split", "random"), "unknown split rule 'random'"),
         (_set("source", KeyError), "`source` is missing"),
         (_set("source.manifest_sha256", "abc"), "must be a SHA-256 hex digest"),
         (_set("source.bundle", KeyError), "`source.bundle` is missing"),
