@@ -75,6 +75,20 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def quiet_optuna() -> None:
+    """Failed trials are recorded in the study and summarised by the commands; Optuna's own
+    handler would print a traceback for each (and without any handler Python's last resort
+    would). Called when a command runs, not at import: ``--help`` never loads Optuna."""
+    import logging
+
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    logger = logging.getLogger("optuna")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
 def handle_errors(fn: F) -> F:
     """Turn every error into one line on stderr and a non-zero exit status.
 
@@ -89,6 +103,7 @@ def handle_errors(fn: F) -> F:
         previous = _catch_sigterm()
         try:
             check_shared_options(kwargs)
+            quiet_optuna()
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, TyperException):
             raise

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from exitsearch.backbone import DEFAULT_PRESET, BackboneSpec, parse_overrides
-from exitsearch.data import DataSpec
 from exitsearch.errors import ConfigError
-from exitsearch.training.heads import HeadTrainConfig
 from exitsearch.units import parse_bytes
+
+if TYPE_CHECKING:
+    from exitsearch.data import DataSpec
+    from exitsearch.training.heads import HeadTrainConfig
 
 ModelOpt = Annotated[
     str,
@@ -77,6 +79,8 @@ def backbone_spec(
 def data_spec(
     data: str, data_dir: str | None, val_size: int | None, split_seed: int, limit: int | None
 ) -> DataSpec:
+    from exitsearch.data import DataSpec
+
     return DataSpec(source=data, data_dir=data_dir, val_size=val_size, seed=split_seed, limit=limit)
 
 
@@ -175,6 +179,8 @@ def parse_head_memory(text: str | None) -> int | None:
 def head_config(
     epochs: int, batch_size: int, lr: float, limit: int | None, bf16: bool, seed: int
 ) -> HeadTrainConfig:
+    from exitsearch.training.heads import HeadTrainConfig
+
     return HeadTrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, train_limit=limit, bf16=bf16, seed=seed
     )

@@ -24,9 +24,7 @@ from exitsearch_cli._options import (
 )
 from rich.table import Table
 
-from exitsearch.backbone import DEFAULT_PRESET, PRESETS, create_backbone, list_backbones
-from exitsearch.backbone.train import BackboneTrainConfig, train_backbone
-from exitsearch.data import Augment, load_splits
+from exitsearch.backbone import DEFAULT_PRESET, PRESETS
 
 app = typer.Typer(help="Train, fine-tune and list backbones.", no_args_is_help=True)
 
@@ -69,6 +67,10 @@ def train(
     """Train or fine-tune a backbone; checkpoints each epoch and resumes when rerun."""
     import torch
 
+    from exitsearch.backbone import create_backbone
+    from exitsearch.backbone.train import BackboneTrainConfig, train_backbone
+    from exitsearch.data import load_splits
+
     torch.manual_seed(seed)
     spec = backbone_spec(model, override, checkpoint, pretrained)
     if from_scratch and spec.model in PRESETS:
@@ -102,6 +104,8 @@ def list_(
     pattern: Annotated[str, typer.Argument(help="Filter, e.g. 'vit_*' or '*small*'.")] = "*",
 ) -> None:
     """List shipped presets and the timm ViT-family models exitsearch can use."""
+    from exitsearch.backbone import list_backbones
+
     table = Table("name", "kind", "description")
     for name in list_backbones(pattern):
         preset = PRESETS.get(name)
@@ -111,5 +115,7 @@ def list_(
 
 def _augment_setting(text: str) -> bool | str:
     """True (all) and False (none) as before per-part choices existed; a part list otherwise."""
+    from exitsearch.data import Augment
+
     aug = Augment.parse(text)
     return aug.enabled if str(aug) in ("crop,flip", "none") else str(aug)

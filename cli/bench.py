@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from exitsearch_cli._console import console, err_console, handle_errors
 from exitsearch_cli.profile import parse_batch_sizes
 from rich import box
 from rich.table import Table
 
-from exitsearch._io import atomic_write_json, check_output_file
 from exitsearch.errors import ConfigError
-from exitsearch.export import benchmark, load_bundle, load_onnx_bundle
-from exitsearch.export.bench import BenchReport
-from exitsearch.report.bench import plot_bench
 from exitsearch.units import format_flops
+
+if TYPE_CHECKING:
+    from exitsearch.export.bench import BenchReport
 
 
 @handle_errors
@@ -75,6 +73,12 @@ def bench(
     """Time an exported model against its backbone alone on the same inputs.
 
     Shows the measured speed-up next to the one the FLOPs predict, with a per-part profile."""
+    import torch
+
+    from exitsearch._io import atomic_write_json, check_output_file
+    from exitsearch.export import benchmark, load_bundle, load_onnx_bundle
+    from exitsearch.report.bench import plot_bench
+
     sizes = parse_batch_sizes(batch_size)
     if repeats < 1 or warmup < 0 or stream_repeats < 1:
         raise ConfigError(

@@ -10,9 +10,6 @@ from exitsearch_cli._console import console, handle_errors
 from rich.table import Table
 
 from exitsearch.errors import ConfigError
-from exitsearch.export import bundle_from_run, export_bundle, read_manifest
-from exitsearch.export.onnx import EXPORTERS
-from exitsearch.profile import UNIT
 from exitsearch.report.schema import EXPORT_DIR
 from exitsearch.units import format_flops
 
@@ -51,6 +48,10 @@ def export(
     """Export a front member as a bundle: a runnable model with per-sample exits.
 
     `exitsearch.load` turns the bundle into a model (backbone and head weights, operating points, training recipe)."""
+    from exitsearch.export import bundle_from_run, export_bundle, read_manifest
+    from exitsearch.export.onnx import EXPORTERS
+    from exitsearch.profile import UNIT
+
     if best and config is not None:
         raise ConfigError("--best and --config exclude each other")
     if onnx_exporter not in EXPORTERS:

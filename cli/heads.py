@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from exitsearch_cli._console import RichProgress, console, handle_errors
@@ -41,10 +41,11 @@ from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET
 from exitsearch.pipeline.lock import RunLock
-from exitsearch.pipeline.run import RunSettings, prepare, stage_heads, stage_predict, stage_profile
 from exitsearch.report import schema
-from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.units import format_flops
+
+if TYPE_CHECKING:
+    from exitsearch.pipeline.run import RunSettings
 
 app = typer.Typer(
     help="Train every candidate exit head once and cache their predictions.", no_args_is_help=True
@@ -73,6 +74,8 @@ def _settings(
     allow_overlap=False,
     head_memory=None,
 ) -> RunSettings:  # type: ignore[no-untyped-def]
+    from exitsearch.pipeline.run import RunSettings
+
     return RunSettings(
         run_dir=run_folder(run_dir, model, data),
         backbone=backbone_spec(model, override, checkpoint, pretrained),
@@ -136,6 +139,9 @@ def train(
     One backbone forward per batch feeds all heads (classifier-wise training, as in Multi-Exit ViT);
     checkpoints each epoch and resumes when rerun.
     """
+    from exitsearch.pipeline.run import prepare, stage_heads, stage_predict, stage_profile
+    from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
+
     settings = _settings(
         run_dir,
         model,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
-import optuna
 import typer
 from exitsearch_cli import backbone, heads, pause
 from exitsearch_cli._console import DEBUG_ENV, OneLineErrorGroup, set_debug
@@ -51,11 +49,6 @@ app.command("export")(export)
 app.command("bench")(bench)
 app.command("finetune")(finetune)
 app.command("finetune-compare")(finetune_compare)
-
-# Failed trials are recorded in the study and summarised by the commands; Optuna's own handler
-# would print a traceback for each (and without any handler Python's last resort would).
-optuna.logging.disable_default_handler()
-logging.getLogger("optuna").addHandler(logging.NullHandler())
 
 if __name__ == "__main__":
     app()

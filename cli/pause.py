@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from exitsearch_cli._console import RichProgress, console, handle_errors, invocation
@@ -27,26 +27,12 @@ from exitsearch_cli._options import (
 )
 from rich.table import Table
 
-from exitsearch._io import read_json
-from exitsearch.backbone import DEFAULT_PRESET, create_backbone
-from exitsearch.data import DataSpec, load_splits
-from exitsearch.device import resolve_device
+from exitsearch.backbone import DEFAULT_PRESET
 from exitsearch.errors import ConfigError
-from exitsearch.pausing.config import PauseConfig, paper_table1
-from exitsearch.pausing.model import (
-    SPEC_FILE,
-    build_paumer,
-    init_from_paumer,
-    load_backbone_weights,
-)
-from exitsearch.pausing.report import (
-    BASELINE,
-    ReportPoint,
-    ReportSeries,
-    run_paumer_report,
-    score_configurations,
-)
-from exitsearch.pausing.train import TRAIN_MODES, PauseTrainConfig, train_paumer
+
+if TYPE_CHECKING:
+    from exitsearch.data import DataSpec
+    from exitsearch.pausing.report import ReportPoint
 
 app = typer.Typer(
     help="PAUMER patch pausing: one training for many pause configurations "
@@ -85,6 +71,10 @@ def _pick(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 def _model_data(model_dir: str, limit: int | None, data_dir: str | None) -> DataSpec:
     """The data a saved model was trained on, with an optional new ``limit``."""
+    from exitsearch._io import read_json
+    from exitsearch.data import DataSpec
+    from exitsearch.pausing.model import SPEC_FILE
+
     meta = read_json(Path(model_dir) / SPEC_FILE)
     if "data" not in meta:
         raise ConfigError(f"{model_dir}: {SPEC_FILE} records no data; pass --data")
@@ -155,7 +145,11 @@ def train(
     """Train one model for many pause configurations (PAUMER §2.2); resumes when rerun."""
     import torch
 
+    from exitsearch.backbone import create_backbone
+    from exitsearch.data import load_splits
+    from exitsearch.pausing.model import build_paumer, init_from_paumer, load_backbone_weights
     from exitsearch.pausing.tasks import list_tasks
+    from exitsearch.pausing.train import TRAIN_MODES, PauseTrainConfig, train_paumer
 
     _threads(threads)
     _pick(task, tuple(list_tasks()), "task")
@@ -263,6 +257,9 @@ def evaluate(
     threads: ThreadsOpt = None,
 ) -> None:
     """Metric, FLOPs per image and measured images/s of pause configurations."""
+    from exitsearch.pausing.config import PauseConfig, paper_table1
+    from exitsearch.pausing.report import score_configurations
+
     _threads(threads)
     _pick(mode, ("entropy", "random"), "mode")
     configs: list[PauseConfig] = [PauseConfig()]
@@ -329,6 +326,11 @@ def report(
     threads: ThreadsOpt = None,
 ) -> None:
     """Reproduce PAUMER's experiment: metric against measured images/s for Table 1."""
+    from exitsearch._io import read_json
+    from exitsearch.pausing.config import PauseConfig, paper_table1
+    from exitsearch.pausing.model import SPEC_FILE
+    from exitsearch.pausing.report import BASELINE, ReportPoint, ReportSeries, run_paumer_report
+
     _threads(threads)
     series = [
         ReportSeries(n, d, m)
@@ -483,6 +485,8 @@ def search(
 ) -> None:
     """Search pause configurations (Optuna, trials by inference on validation) for the best
     metric per FLOPs; with --report, add the front to the Table 1 report at measured images/s."""
+    from exitsearch._io import read_json
+    from exitsearch.device import resolve_device
     from exitsearch.distributed.cluster import ray_cluster, task_device
     from exitsearch.distributed.executors import LocalExecutor, RayExecutor
     from exitsearch.distributed.pause_search import (
@@ -490,6 +494,7 @@ def search(
         PauseSpace,
         run_pause_search,
     )
+    from exitsearch.pausing.model import SPEC_FILE
     from exitsearch.search.storage import open_storage
 
     _threads(threads)
@@ -591,6 +596,7 @@ def search(
 
 
 def _previous_report(folder: str) -> dict[str, Any]:
+    from exitsearch._io import read_json
     from exitsearch.pausing.report import REPORT_JSON
 
     path = Path(folder) / REPORT_JSON
@@ -612,7 +618,15 @@ def _report_with_front(
     repeats: int | None,
 ) -> dict[str, Any]:
     """Rerun the report of ``folder`` with its models and configurations plus the front."""
-    from exitsearch.pausing.report import matched_speed
+    from exitsearch.data import DataSpec
+    from exitsearch.pausing.config import PauseConfig
+    from exitsearch.pausing.report import (
+        BASELINE,
+        ReportPoint,
+        ReportSeries,
+        matched_speed,
+        run_paumer_report,
+    )
 
     assert prev is not None
     st = prev["settings"]

@@ -10,10 +10,8 @@ from exitsearch_cli._console import console, err_console, handle_errors
 from exitsearch_cli._options import CheckpointOpt, OverrideOpt, PretrainedOpt, backbone_spec
 from rich.table import Table
 
-from exitsearch._io import atomic_write_json, check_output_file
-from exitsearch.backbone import DEFAULT_PRESET, create_backbone
+from exitsearch.backbone import DEFAULT_PRESET
 from exitsearch.errors import ConfigError
-from exitsearch.profile import UNIT, measure_latency, profile_backbone
 from exitsearch.units import format_flops
 
 
@@ -56,6 +54,10 @@ def profile(
     ] = None,
 ) -> None:
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
+    from exitsearch._io import atomic_write_json, check_output_file
+    from exitsearch.backbone import create_backbone
+    from exitsearch.profile import UNIT, measure_latency, profile_backbone
+
     sizes = parse_batch_sizes(batch_size) if latency else []
     if repeats < 1 or warmup < 0:
         raise ConfigError(

@@ -39,12 +39,9 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from exitsearch._io import to_json
 from exitsearch.backbone import DEFAULT_PRESET
 from exitsearch.errors import ConfigError
-from exitsearch.pipeline.run import RunSettings, run_pipeline
 from exitsearch.report import schema
-from exitsearch.search.study import SearchSettings
 from exitsearch.units import format_flops
 
 
@@ -172,6 +169,10 @@ def run(
     allow_overlap: AllowOverlapOpt = False,
 ) -> None:
     """Profile, train heads once, predict, search the budget-aware Pareto front, and report."""
+    from exitsearch._io import to_json
+    from exitsearch.pipeline.run import RunSettings, run_pipeline
+    from exitsearch.search.study import SearchSettings
+
     if ray_address is not None:  # fail before any work when the cluster cannot be reached
         from exitsearch.distributed.cluster import probe
 

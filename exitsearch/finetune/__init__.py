@@ -1,5 +1,5 @@
-"""Fine-tuning a chosen configuration: classifier-wise, end-to-end, layer-wise (paper 000),
-LGViT's two-stage self-distillation (paper 001) and MEViT's sandwich rule (paper 004).
+"""Fine-tuning a chosen configuration: classifier-wise, end-to-end, layer-wise (Multi-Exit ViT),
+LGViT's two-stage self-distillation and MEViT's sandwich rule.
 
 * :func:`create_strategy` / :func:`register_strategy`: the strategy registry; each strategy is a
   :class:`FinetuneStrategy` with a dataclass of :class:`Hyperparameters` that checks itself.
@@ -17,28 +17,36 @@ Example:
     >>> result.report["after"]["matched"]["test"]["accuracy"]  # doctest: +SKIP
 """
 
-# Importing the strategy modules registers them.
-from exitsearch.finetune import classifier_wise, end_to_end, layer_wise, lgvit, mevit  # noqa: F401
-from exitsearch.finetune.base import Batch, FinetuneStrategy, Hyperparameters, Phase
-from exitsearch.finetune.classifier_wise import ClassifierWise, ClassifierWiseHyperparameters
-from exitsearch.finetune.compare import PAPER_STRATEGIES, compare_strategies
-from exitsearch.finetune.end_to_end import EndToEnd, EndToEndHyperparameters
-from exitsearch.finetune.evaluate import refit_operating_points
-from exitsearch.finetune.layer_wise import LayerWise, LayerWiseHyperparameters
-from exitsearch.finetune.lgvit import AligningModule, LGViT, LGViTHyperparameters
-from exitsearch.finetune.mevit import MEViT, MEViTHyperparameters
-from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.recipe import Recipe, SourceBundle
-from exitsearch.finetune.registry import (
-    create_strategy,
-    get_strategy_class,
-    list_strategies,
-    register_strategy,
-)
-from exitsearch.finetune.report import finetune_report, write_comparison
-from exitsearch.finetune.run import FinetuneResult, finetune, make_recipe
-from exitsearch.finetune.settings import TrainSettings
-from exitsearch.finetune.trainer import TrainingLog, load_checkpoint, train_configuration
+from typing import TYPE_CHECKING
+
+from exitsearch._lazy import lazy_exports
+
+# The strategies of the papers, in the order they are compared (each registers itself in its
+# module; the registry imports them on first use).
+PAPER_STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise", "lgvit", "mevit")
+
+
+if TYPE_CHECKING:
+    from exitsearch.finetune.base import Batch, FinetuneStrategy, Hyperparameters, Phase
+    from exitsearch.finetune.classifier_wise import ClassifierWise, ClassifierWiseHyperparameters
+    from exitsearch.finetune.compare import compare_strategies
+    from exitsearch.finetune.end_to_end import EndToEnd, EndToEndHyperparameters
+    from exitsearch.finetune.evaluate import refit_operating_points
+    from exitsearch.finetune.layer_wise import LayerWise, LayerWiseHyperparameters
+    from exitsearch.finetune.lgvit import AligningModule, LGViT, LGViTHyperparameters
+    from exitsearch.finetune.mevit import MEViT, MEViTHyperparameters
+    from exitsearch.finetune.net import MultiExitNet
+    from exitsearch.finetune.recipe import Recipe, SourceBundle
+    from exitsearch.finetune.registry import (
+        create_strategy,
+        get_strategy_class,
+        list_strategies,
+        register_strategy,
+    )
+    from exitsearch.finetune.report import finetune_report, write_comparison
+    from exitsearch.finetune.run import FinetuneResult, finetune, make_recipe
+    from exitsearch.finetune.settings import TrainSettings
+    from exitsearch.finetune.trainer import TrainingLog, load_checkpoint, train_configuration
 
 __all__ = [
     "PAPER_STRATEGIES",
@@ -76,3 +84,42 @@ __all__ = [
     "train_configuration",
     "write_comparison",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "AligningModule": "exitsearch.finetune.lgvit",
+        "Batch": "exitsearch.finetune.base",
+        "ClassifierWise": "exitsearch.finetune.classifier_wise",
+        "ClassifierWiseHyperparameters": "exitsearch.finetune.classifier_wise",
+        "EndToEnd": "exitsearch.finetune.end_to_end",
+        "EndToEndHyperparameters": "exitsearch.finetune.end_to_end",
+        "FinetuneResult": "exitsearch.finetune.run",
+        "FinetuneStrategy": "exitsearch.finetune.base",
+        "Hyperparameters": "exitsearch.finetune.base",
+        "LGViT": "exitsearch.finetune.lgvit",
+        "LGViTHyperparameters": "exitsearch.finetune.lgvit",
+        "LayerWise": "exitsearch.finetune.layer_wise",
+        "LayerWiseHyperparameters": "exitsearch.finetune.layer_wise",
+        "MEViT": "exitsearch.finetune.mevit",
+        "MEViTHyperparameters": "exitsearch.finetune.mevit",
+        "MultiExitNet": "exitsearch.finetune.net",
+        "Phase": "exitsearch.finetune.base",
+        "Recipe": "exitsearch.finetune.recipe",
+        "SourceBundle": "exitsearch.finetune.recipe",
+        "TrainSettings": "exitsearch.finetune.settings",
+        "TrainingLog": "exitsearch.finetune.trainer",
+        "compare_strategies": "exitsearch.finetune.compare",
+        "create_strategy": "exitsearch.finetune.registry",
+        "finetune": "exitsearch.finetune.run",
+        "finetune_report": "exitsearch.finetune.report",
+        "get_strategy_class": "exitsearch.finetune.registry",
+        "list_strategies": "exitsearch.finetune.registry",
+        "load_checkpoint": "exitsearch.finetune.trainer",
+        "make_recipe": "exitsearch.finetune.run",
+        "refit_operating_points": "exitsearch.finetune.evaluate",
+        "register_strategy": "exitsearch.finetune.registry",
+        "train_configuration": "exitsearch.finetune.trainer",
+        "write_comparison": "exitsearch.finetune.report",
+    },
+)

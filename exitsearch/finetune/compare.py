@@ -10,6 +10,7 @@ from typing import Any
 from exitsearch._io import portable_path
 from exitsearch.data import DataSpec
 from exitsearch.errors import TrainingDivergedError
+from exitsearch.finetune import PAPER_STRATEGIES
 from exitsearch.finetune.registry import get_strategy_class
 from exitsearch.finetune.report import write_comparison
 from exitsearch.finetune.run import finetune, make_recipe
@@ -17,9 +18,6 @@ from exitsearch.finetune.settings import TrainSettings
 from exitsearch.progress import NullProgress, Progress
 
 __all__ = ["PAPER_STRATEGIES", "compare_strategies"]
-
-PAPER_STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise", "lgvit", "mevit")
-"""The strategies of papers 000, 001 and 004, classifier-wise (the baseline) first."""
 
 SOURCE_CACHE = "source_predictions"
 

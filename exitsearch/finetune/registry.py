@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -33,7 +34,17 @@ def register_strategy(name: str) -> Callable[[S], S]:
     return wrap
 
 
+# The modules of the strategies exitsearch ships; importing one registers its strategy.
+BUILTIN_MODULES = ("classifier_wise", "end_to_end", "layer_wise", "lgvit", "mevit")
+
+
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"exitsearch.finetune.{module}")
+
+
 def list_strategies() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
@@ -43,6 +54,7 @@ def get_strategy_class(name: str) -> type[FinetuneStrategy]:
     Raises:
         ConfigError: unknown name (the message lists the known ones).
     """
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

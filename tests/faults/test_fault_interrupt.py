@@ -21,6 +21,7 @@ test process), and an ``exitsearch export`` killed half-way through its bundle.
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import shutil
@@ -97,6 +98,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory, space: Path) -> Referenc
     ``.lock``), ``exitsearch run`` and ``exitsearch heads train`` try the same folder."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     args = run_args(run_dir, space, n_trials=N_TRIALS)
+    # The commands import the pipeline when they run: import it now, so that the two
+    # commands below reach the lock while the first run still holds it.
+    importlib.import_module("exitsearch.pipeline.run")
+    importlib.import_module("optuna")
     proc = start(args)
     lock = run_dir / ".lock"
     t0 = time.monotonic()
