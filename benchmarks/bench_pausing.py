@@ -1,6 +1,6 @@
 """How much of the FLOP reduction of patch pausing turns into measured throughput.
 
-For each pause configuration of paper 003's Table 1, prints the FLOPs per image, the measured
+For each pause configuration of PAUMER's Table 1, prints the FLOPs per image, the measured
 images per second of the pausing forward (interleaved rounds, median kept), and the ratio of
 the measured speed-up to the FLOP speed-up (1.0: pausing is as fast as its FLOPs promise; less:
 the gather/scatter, the auxiliary decoder and per-block overheads eat into it).

@@ -32,7 +32,7 @@ stamp=$VENV/.exitsearch-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "installing exitsearch and its dependencies into $VENV (a few minutes the first time)"
-  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=69" wheel
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi

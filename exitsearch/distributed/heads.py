@@ -1,6 +1,6 @@
 """Classifier-wise head training sharded over Ray workers by location group, merged into one bank.
 
-Heads trained classifier-wise (paper 000) are independent: each has its own loss, optimiser,
+Heads trained classifier-wise (Multi-Exit ViT) are independent: each has its own loss, optimiser,
 learning-rate schedule and early stopping, and the backbone is frozen. A shard is a group of
 exit locations; its task runs :func:`~exitsearch.training.heads.train_heads` on the shard's
 heads, with one backbone forward (up to the shard's deepest location) per batch, and returns

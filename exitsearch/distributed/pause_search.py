@@ -1,4 +1,4 @@
-"""The multi-objective search over pause configurations (PAUMER, paper 003), trials by inference.
+"""The multi-objective search over pause configurations (PAUMER), trials by inference.
 
 A pause configuration cannot be scored from cached predictions: every trial is a pass over the
 validation split (:func:`~exitsearch.pausing.run_pause_job`), which is what is worth spreading
@@ -64,7 +64,7 @@ class PauseSpace:
     """Pause configurations as Optuna parameters ``tau@l``, one per candidate layer ``l``.
 
     ``tau@l`` is the proportion of the tokens *still processed* at layer ``l`` that pause there
-    (the reading of paper 003's Table 1, converted by :meth:`PauseConfig.from_relative`), so
+    (the reading of PAUMER's Table 1, converted by :meth:`PauseConfig.from_relative`), so
     every combination is a valid configuration; ``0`` means no pausing at ``l``.
 
     Example:

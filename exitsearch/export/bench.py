@@ -1,6 +1,6 @@
 """Measured speed-up of an exported model against its backbone, next to the predicted one.
 
-Paper 002's exits predicted up to 3.83x and measured 1.00x; a prediction is only worth what a
+Ryu's exits predicted up to 3.83x and measured 1.00x; a prediction is only worth what a
 measurement confirms. For each batch size the exported model and the backbone alone run on the
 same inputs (real validation images when the bundle's data is available), interleaved within
 one loop after a warm-up so that drifting clocks and background load hit both alike. Reported:

@@ -355,7 +355,7 @@ def _recipe(config: ExitConfig, meta: Mapping[str, Any]) -> str:
         "data": dict(meta["data"]) if meta.get("data") else None,
     }
     header = (
-        "# Training recipe for fine-tuning this exported configuration (paper 000's\n"
+        "# Training recipe for fine-tuning this exported configuration (Multi-Exit ViT's\n"
         "# classifier-wise strategy: backbone frozen, each head trained on its own loss).\n"
         "# A stub for now: exitsearch does not yet read it back.\n"
     )

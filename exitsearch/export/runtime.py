@@ -1,6 +1,6 @@
 """The runnable multi-exit model: per-sample early exits that really skip computation.
 
-Paper 002 attached exits to a ViT but decided per *batch*: a batch left early only when every
+Ryu attached exits to a ViT but decided per *batch*: a batch left early only when every
 sample in it was confident, which almost never happened, and the measured speed-up was 1.00x.
 Here every sample decides for itself. After each exit the samples that are ready leave with
 their logits; the others are compacted (``index_select``) and only they run the next blocks,
@@ -14,7 +14,7 @@ Decisions use the same functions as the cached evaluation (:func:`exit_statistic
 criterion objects, compared with the same bounds), so a sample leaves at the exit
 :meth:`Evaluator.exit_index <exitsearch.search.evaluator.Evaluator.exit_index>` predicts.
 
-**Patch pausing** (PAUMER, paper 003; a configuration with ``pause``): after block ``l`` of the
+**Patch pausing** (PAUMER; a configuration with ``pause``): after block ``l`` of the
 pause configuration the auxiliary decoder gives every patch token still processed the entropy of
 its prediction, and the ``round(fraction * N)`` lowest-entropy ones stop (prefix tokens never
 do); later blocks run on the remaining tokens only. Before each exit head and the final head the

@@ -200,7 +200,7 @@ class FinetuneStrategy(abc.ABC):
         net: MultiExitNet, k: int, logits: torch.Tensor, y: torch.Tensor, uncertainty_weight: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cross-entropy of exit ``k`` and, if its head has one, its uncertainty predictor's
-        loss (paper 004, eq. 1) times ``uncertainty_weight``; ``(ce, uncertainty or None)``."""
+        loss (MEViT, eq. 1) times ``uncertainty_weight``; ``(ce, uncertainty or None)``."""
         ce = torch.nn.functional.cross_entropy(logits.float(), y)
         head = net.heads[k]
         if getattr(head, "uncertainty", None) is None:

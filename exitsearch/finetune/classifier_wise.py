@@ -1,10 +1,10 @@
-"""``classifier-wise``: the exit heads alone, backbone frozen (paper 000, §2.1).
+"""``classifier-wise``: the exit heads alone, backbone frozen (Multi-Exit ViT, §2.1).
 
 "The classifier-wise strategy freezes the backbone, meaning the parameters θ will not be
 modified, and trains the branches separately and independent of each other or the backbone."
 This is how the search's heads were trained (:mod:`exitsearch.training.heads`); here it
 continues from the bundle's heads with the same loss (each head's cross-entropy, plus its
-uncertainty predictor's loss, paper 004 eq. 1), and serves as the baseline the other strategies
+uncertainty predictor's loss, MEViT eq. 1), and serves as the baseline the other strategies
 are compared with. The backbone and its final classifier stay bit-identical.
 """
 
@@ -24,7 +24,7 @@ __all__ = ["ClassifierWise", "ClassifierWiseHyperparameters"]
 @dataclass(frozen=True)
 class ClassifierWiseHyperparameters(Hyperparameters):
     """Attributes:
-    uncertainty_weight: weight of an uncertainty predictor's MSE loss (paper 004, eq. 1).
+    uncertainty_weight: weight of an uncertainty predictor's MSE loss (MEViT, eq. 1).
     """
 
     uncertainty_weight: float = 1.0

@@ -1,10 +1,10 @@
-"""``end-to-end``: backbone and every exit together on one weighted loss (paper 000, §2.1, §4.2).
+"""``end-to-end``: backbone and every exit together on one weighted loss (Multi-Exit ViT, §2.1, §4.2).
 
 ``l_t = l + Σ_{b∈B} λ_b l_b``: the final exit's cross-entropy ``l`` plus each early exit's
-loss ``l_b`` weighted by ``λ_b``. Paper 000 weights "the contribution of the final exit to the
+loss ``l_b`` weighted by ``λ_b``. Multi-Exit ViT weights "the contribution of the final exit to the
 loss [...] double the contribution of the early exits", so ``λ_b = 0.5`` by default (the final
 exit keeps weight 1, its loss keeps its natural scale). ``l_b`` includes the uncertainty
-predictor's loss for heads that have one (paper 004, eq. 1). A cut configuration has no final
+predictor's loss for heads that have one (MEViT, eq. 1). A cut configuration has no final
 exit, so ``l`` is left out for it.
 
 Every parameter trains: stem, blocks, final classifier and heads.
@@ -30,7 +30,7 @@ class EndToEndHyperparameters(Hyperparameters):
     """Attributes:
     exit_weight: ``λ_b`` of every early exit (0.5: the final exit counts double).
     exit_weights: one ``λ_b`` per early exit in exit order, replacing ``exit_weight``.
-    uncertainty_weight: weight of an uncertainty predictor's MSE loss (paper 004, eq. 1).
+    uncertainty_weight: weight of an uncertainty predictor's MSE loss (MEViT, eq. 1).
     """
 
     exit_weight: float = 0.5
@@ -92,7 +92,7 @@ def weighted_exit_loss(
 
 @register_strategy("end-to-end")
 class EndToEnd(FinetuneStrategy):
-    """Backbone and heads on ``l + Σ λ_b l_b`` (paper 000)."""
+    """Backbone and heads on ``l + Σ λ_b l_b`` (Multi-Exit ViT)."""
 
     Hyperparameters = EndToEndHyperparameters
     hparams: EndToEndHyperparameters

@@ -1,4 +1,4 @@
-"""``layer-wise``: one segment of the backbone at a time, each with its exit (paper 000, §2.1).
+"""``layer-wise``: one segment of the backbone at a time, each with its exit (Multi-Exit ViT, §2.1).
 
 "The layer-wise strategy first trains the layers up to and including the first early exit
 branch. Subsequently, the previous layers are frozen and the rest of the layers up to and
@@ -8,10 +8,10 @@ first) together with head k on head k's loss; everything before is frozen and ru
 gradients, everything after is not run. A last phase trains the blocks after the last exit
 with the final classifier (absent when the configuration is cut).
 
-Expected failure mode (paper 000, §4.2): the first step starts from good weights and does
+Expected failure mode (Multi-Exit ViT, §4.2): the first step starts from good weights and does
 well, but it changes blocks ``1..m_1`` to serve exit 1 alone; the later blocks were trained on
 the old representation, and each later step can only adapt its own segment to what the frozen
-earlier segments now produce. Paper 000 found that "neither achieved a high accuracy" for the
+earlier segments now produce. Multi-Exit ViT found that "neither achieved a high accuracy" for the
 later steps, whatever the starting weights. This is reproduced as written: nothing here keeps
 the earlier exits' objectives in the later steps.
 
@@ -50,7 +50,7 @@ __all__ = ["LayerWise", "LayerWiseHyperparameters", "segments"]
 class LayerWiseHyperparameters(Hyperparameters):
     """Attributes:
     segment_epochs: epochs of each segment (default: the requested epochs, per segment).
-    uncertainty_weight: weight of an uncertainty predictor's MSE loss (paper 004, eq. 1).
+    uncertainty_weight: weight of an uncertainty predictor's MSE loss (MEViT, eq. 1).
     """
 
     segment_epochs: int | None = None
@@ -78,7 +78,7 @@ def segments(net: MultiExitNet) -> list[tuple[int, int, int | None]]:
 
 @register_strategy("layer-wise")
 class LayerWise(FinetuneStrategy):
-    """Segment by segment, earlier segments frozen (paper 000); see the module docstring for
+    """Segment by segment, earlier segments frozen (Multi-Exit ViT); see the module docstring for
     the failure mode it reproduces."""
 
     Hyperparameters = LayerWiseHyperparameters

@@ -1,4 +1,4 @@
-"""``lgvit``: LGViT's two-stage training (paper 001, §3.4).
+"""``lgvit``: LGViT's two-stage training (LGViT, §3.4).
 
 **Stage 1** trains the backbone. The text: "we train the backbone ViT and update the parameters
 of the backbone and the final classifier in an alternating strategy. As a result, the
@@ -38,7 +38,7 @@ output before pooling (N x D), a GAH's attention output on its pooled tokens (N'
 Configurations whose exits are not LPH or GAH get the parts defined for them: with no LPH and
 no GAH, stage 2 is prediction distillation alone; with one head of a type, that type's
 homogeneous term is empty. :meth:`LGViT.notes` says which terms applied. Heads with an
-uncertainty predictor also keep training it (paper 004's loss; not part of eq. 15).
+uncertainty predictor also keep training it (MEViT's loss; not part of eq. 15).
 
 Defaults ``γ = 0.3``, ``α = β = 0.01``, ``T = 2`` are those of LGViT's released training
 scripts (the paper gives no values).
@@ -92,7 +92,7 @@ class LGViTHyperparameters(Hyperparameters):
     stage1_epochs, stage2_epochs: epochs of each stage (default: the requested epochs each;
         ``stage1_epochs = 0`` skips stage 1).
     prediction_exits: ``all`` or ``paper`` (eq. 13's last LPH and last GAH).
-    uncertainty_weight: weight of an uncertainty predictor's MSE loss (paper 004, eq. 1).
+    uncertainty_weight: weight of an uncertainty predictor's MSE loss (MEViT, eq. 1).
     """
 
     alpha: float = 0.01
@@ -129,7 +129,7 @@ class LGViTHyperparameters(Hyperparameters):
 
 
 class AligningModule(nn.Module):
-    """LGViT's aligning module (paper 001, eq. 9): depth-wise convolution, GELU, BatchNorm.
+    """LGViT's aligning module (LGViT, eq. 9): depth-wise convolution, GELU, BatchNorm.
 
     Takes patch tokens (B, N, D) on the backbone's grid and returns (B, N', D) on the grid of
     the head it is compared with: ``ceil(rows / stride) x ceil(cols / stride)``, the grid of a
@@ -176,7 +176,7 @@ def _first_last(indices: list[int]) -> list[int]:
 
 @register_strategy("lgvit")
 class LGViT(FinetuneStrategy):
-    """Stage 1 backbone, stage 2 heads by self-distillation (paper 001, §3.4)."""
+    """Stage 1 backbone, stage 2 heads by self-distillation (LGViT, §3.4)."""
 
     Hyperparameters = LGViTHyperparameters
     hparams: LGViTHyperparameters

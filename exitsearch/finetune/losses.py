@@ -26,7 +26,7 @@ __all__ = [
 
 
 def inplace_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """MEViT's in-place distillation (paper 004, eq. 5): ``f_n ln(f_n / f_i)``.
+    """MEViT's in-place distillation (eq. 5): ``f_n ln(f_n / f_i)``.
 
     The Kullback-Leibler divergence from the final classifier's softmax ``f_n`` (teacher) to an
     early exit's softmax ``f_i`` (student), summed over classes and averaged over the batch.
@@ -47,7 +47,7 @@ def kd_loss(
     gamma: float,
     temperature: float,
 ) -> torch.Tensor:
-    """Vanilla knowledge distillation (paper 001, eq. 14).
+    """Vanilla knowledge distillation (LGViT, eq. 14).
 
     ``(1 - gamma) CE(y_s, y) + gamma T^2 KL(softmax(y_t / T) || softmax(y_s / T))``
 
@@ -62,7 +62,7 @@ def kd_loss(
 
 
 def feature_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """One term of LGViT's heterogeneous distillation (paper 001, eq. 9): ``L_KL(F_m, Align(F_L))``.
+    """One term of LGViT's heterogeneous distillation (LGViT, eq. 9): ``L_KL(F_m, Align(F_L))``.
 
     Feature maps (B, N, D) become distributions over the D channels of each token (softmax
     along D, as LGViT's released code does); the divergence from the aligned final-layer map
@@ -81,20 +81,20 @@ def feature_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """One term of LGViT's homogeneous distillation between LPHs (paper 001, eq. 10):
+    """One term of LGViT's homogeneous distillation between LPHs (LGViT, eq. 10):
     ``L_MSE(F_m, F_{M/2})``, the mean squared difference of two (B, N, D) feature maps; the
     last LPH's map is the teacher (detached)."""
     return F.mse_loss(student.float(), teacher.detach().float())
 
 
 def gram(fmap: torch.Tensor) -> torch.Tensor:
-    """``F^T F`` of each sample's (N', D) feature map: (B, D, D) (paper 001, eq. 11)."""
+    """``F^T F`` of each sample's (N', D) feature map: (B, D, D) (LGViT, eq. 11)."""
     f = fmap.float()
     return f.transpose(1, 2) @ f
 
 
 def gram_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """One term of LGViT's homogeneous distillation between GAHs (paper 001, eq. 11):
+    """One term of LGViT's homogeneous distillation between GAHs (LGViT, eq. 11):
     ``L_MSE(F_m^T F_m, F_M^T F_M)``. The maps may hold different numbers of tokens (each GAH
     pools with its own window); their D x D Gram matrices compare. The last GAH's map is the
     teacher (detached). Not normalised by the token count, as eq. 11 is written."""
@@ -104,7 +104,7 @@ def gram_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def uncertainty_loss(
     predictor: UncertaintyPredictor, logits: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """MEViT's uncertainty loss (paper 004, eqs. 2-4): ``||u_i - tanh(|f_i(h_i) - y|)||^2``.
+    """MEViT's uncertainty loss (eqs. 2-4): ``||u_i - tanh(|f_i(h_i) - y|)||^2``.
 
     The predictor reads the head's logits detached, as classifier-wise head training does
     (:mod:`exitsearch.training.heads`): the predictor learns to judge the head, the head is not

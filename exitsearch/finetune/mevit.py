@@ -1,4 +1,4 @@
-"""``mevit``: MEViT's sandwich rule with in-place distillation (paper 004, §2.2).
+"""``mevit``: MEViT's sandwich rule with in-place distillation (§2.2).
 
 Each iteration, following the sandwich rule of universally slimmable networks [16]:
 
@@ -67,7 +67,7 @@ def sandwich_exits(num_exits: int, num_sampled: int, generator: torch.Generator)
 
 @register_strategy("mevit")
 class MEViT(FinetuneStrategy):
-    """Sandwich rule with in-place distillation from the final classifier (paper 004)."""
+    """Sandwich rule with in-place distillation from the final classifier (MEViT)."""
 
     Hyperparameters = MEViTHyperparameters
     hparams: MEViTHyperparameters

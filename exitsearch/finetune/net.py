@@ -3,7 +3,7 @@
 A :class:`MultiExitNet` holds what a bundle holds (the backbone with its final classifier, one
 head per early exit of the :class:`~exitsearch.search.config.ExitConfig`) plus ``aux``, the
 modules a strategy needs only while training (LGViT's aligning modules). It names the parts
-the training strategies of paper 000 and 001 freeze and train: the stem (patch embedding,
+the training strategies of Multi-Exit ViT and LGViT freeze and train: the stem (patch embedding,
 prefix tokens, position embedding), the blocks, the final classifier (final norm, pooling and
 classifier), and each exit head. It reaches the model through the backbone's own API
 (:meth:`~exitsearch.backbone.Backbone.embed`, ``run_blocks``, ``final_head``), never hooks.

@@ -74,7 +74,7 @@ class HeadSpec:
         type: registered head name (``linear``, ``lph``, ...).
         location: 1-based block index; the head reads the hidden state after this block.
         params: type-specific parameters, e.g. ``{"k": 3}`` for ``lph``, ``{"s": 2}`` for ``gah``.
-        uncertainty: attach MEViT's uncertainty predictor (paper 004, eq. 3).
+        uncertainty: attach MEViT's uncertainty predictor (eq. 3).
     """
 
     type: str
@@ -150,7 +150,7 @@ def tokens_to_grid(patches: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
 
 
 class UncertaintyPredictor(nn.Module):
-    """MEViT's uncertainty score (paper 004, eq. 3): ``u = sigmoid(w^T f(h) + b)``.
+    """MEViT's uncertainty score (eq. 3): ``u = sigmoid(w^T f(h) + b)``.
 
     It reads the head's logits and is trained with eq. 2 (MSE) against eq. 4's target
     ``tanh(|softmax(f(h)) - onehot(y)|_1)``; a low ``u`` means the head is likely right.
@@ -198,5 +198,5 @@ class ExitHead(nn.Module, abc.ABC):
 
 
 def mlp_hidden(ctx: HeadContext) -> int:
-    """Width of the hidden layers of the three-layer MLP classifier (paper 000)."""
+    """Width of the hidden layers of the three-layer MLP classifier (Multi-Exit ViT)."""
     return max(ctx.num_classes, math.ceil(ctx.embed_dim / 2))

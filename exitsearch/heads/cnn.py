@@ -1,4 +1,4 @@
-"""``cnn_ignore``, ``cnn_add``, ``cnn_project``: CNN-EE of Multi-Exit ViT (paper 000, §3, Fig. 4)."""
+"""``cnn_ignore``, ``cnn_add``, ``cnn_project``: CNN-EE of Multi-Exit ViT (§3, Fig. 4)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["CNNAddHead", "CNNHead", "CNNIgnoreHead", "CNNProjectHead"]
 
 
 class CNNHead(ExitHead):
-    """CNN-EE: patch tokens on their 2-D grid ``C̄`` (paper 000, §3), a 3x3 convolution
+    """CNN-EE: patch tokens on their 2-D grid ``C̄`` (Multi-Exit ViT, §3), a 3x3 convolution
     (padding 1), GELU, 2x2 max pooling, flatten, then the three-layer MLP.
 
     Subclasses decide what becomes of the class token ``p_0`` (:meth:`combine`). The paper gives
@@ -65,7 +65,7 @@ class CNNHead(ExitHead):
 
 @register_head("cnn_ignore")
 class CNNIgnoreHead(CNNHead):
-    """CNN-Ignore-EE: the class token is discarded, ``C̄ = C`` (paper 000, §3, Fig. 4c)."""
+    """CNN-Ignore-EE: the class token is discarded, ``C̄ = C`` (Multi-Exit ViT, §3, Fig. 4c)."""
 
     def combine(self, cls_tok: torch.Tensor | None, patches: torch.Tensor) -> torch.Tensor:
         return patches
@@ -73,7 +73,7 @@ class CNNIgnoreHead(CNNHead):
 
 @register_head("cnn_add")
 class CNNAddHead(CNNHead):
-    """CNN-Add-EE: ``C̄ = (p_1 + p_0, ..., p_N + p_0)`` (paper 000, §3, Fig. 4a).
+    """CNN-Add-EE: ``C̄ = (p_1 + p_0, ..., p_N + p_0)`` (Multi-Exit ViT, §3, Fig. 4a).
 
     Without a class token the mean patch token stands in for ``p_0``.
     """
@@ -85,7 +85,7 @@ class CNNAddHead(CNNHead):
 
 @register_head("cnn_project")
 class CNNProjectHead(CNNHead):
-    """CNN-Project-EE: ``C̄ = (concat(p_1, p_0), ..., concat(p_N, p_0))`` (paper 000, §3,
+    """CNN-Project-EE: ``C̄ = (concat(p_1, p_0), ..., concat(p_N, p_0))`` (Multi-Exit ViT, §3,
     Fig. 4b); the convolution sees 2D channels and does the projection.
 
     Without a class token the mean patch token stands in for ``p_0``.

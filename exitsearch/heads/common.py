@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 DEFAULT_DROP = 0.1
-"""Dropout of the three-layer MLP: paper 000 has two dropout layers but gives no rate; 0.1 is
+"""Dropout of the three-layer MLP: Multi-Exit ViT has two dropout layers but gives no rate; 0.1 is
 ViT's own dropout rate (Dosovitskiy et al.), under which its backbones were pre-trained."""
 
 
@@ -51,10 +51,10 @@ def class_token_or_mean(hidden: torch.Tensor, ctx: HeadContext) -> torch.Tensor:
 
 
 class MLPClassifier(nn.Sequential):
-    """The three-layer MLP of Multi-Exit ViT (paper 000, §3, Figs. 3 and 4).
+    """The three-layer MLP of Multi-Exit ViT (§3, Figs. 3 and 4).
 
     "An MLP consisting of three dense layers with two dropout layers in between"; every head of
-    paper 000 ends in this same MLP. GELU follows the first two layers, as in ViT's MLP.
+    Multi-Exit ViT ends in this same MLP. GELU follows the first two layers, as in ViT's MLP.
 
     Args:
         in_features: width of the input vector.
@@ -82,7 +82,7 @@ class MLPClassifier(nn.Sequential):
 
 
 class NormLinearClassifier(nn.Sequential):
-    """LayerNorm, then one linear layer: LGViT's internal classifier (paper 001, §3.3)."""
+    """LayerNorm, then one linear layer: LGViT's internal classifier (LGViT, §3.3)."""
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__(nn.LayerNorm(in_features), nn.Linear(in_features, num_classes))

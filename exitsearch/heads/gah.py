@@ -1,4 +1,4 @@
-"""``gah``: LGViT's global aggregation head (paper 001, §3.3, eqs. 3-4)."""
+"""``gah``: LGViT's global aggregation head (LGViT, §3.3, eqs. 3-4)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["GlobalAggregationHead", "PositionwiseFeatureConvergence"]
 
 
 class PositionwiseFeatureConvergence(nn.Module):
-    """PFC (paper 001, eq. 3): average pooling of the patch grid with an ``s x s`` window and
+    """PFC (LGViT, eq. 3): average pooling of the patch grid with an ``s x s`` window and
     stride ``s``, back to tokens; no learnable parameters.
 
     Windows that run past the grid's edge (``ceil_mode``) average only the patches they cover,
@@ -45,7 +45,7 @@ class PositionwiseFeatureConvergence(nn.Module):
 
 @register_head("gah")
 class GlobalAggregationHead(ExitHead):
-    """GAH (paper 001, eq. 4): ``Pool(MHSA(PFC(X_en, m))) + X_CLS``.
+    """GAH (LGViT, eq. 4): ``Pool(MHSA(PFC(X_en, m))) + X_CLS``.
 
     The patch tokens are pooled by :class:`PositionwiseFeatureConvergence` to
     ``N' = ceil(rows/s) * ceil(cols/s)`` tokens, pass through multi-head self-attention (timm's
@@ -88,7 +88,7 @@ class GlobalAggregationHead(ExitHead):
         return pooled if cls_tok is None else pooled + cls_tok
 
     def feature_map(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LGViT's feature map ``F_m`` of this head (paper 001, eqs. 9 and 11): the MHSA output
+        """LGViT's feature map ``F_m`` of this head (LGViT, eqs. 9 and 11): the MHSA output
         on the ``N'`` pooled tokens before pooling, (B, N', D)."""
         return self.attn(self.pfc(split_tokens(hidden, self.ctx)[1]))
 

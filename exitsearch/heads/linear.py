@@ -1,4 +1,4 @@
-"""``linear``: one fully connected layer on the class token (papers 002, 004)."""
+"""``linear``: one fully connected layer on the class token (Ryu; MEViT)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from exitsearch.heads.registry import register_head
 @register_head("linear")
 class LinearHead(ExitHead):
     """LayerNorm, then a linear classifier on the class token, or on the mean of the patch
-    tokens when the backbone has no class token (MEViT's single-layer branch, paper 004 §2.1)."""
+    tokens when the backbone has no class token (MEViT's single-layer branch, MEViT §2.1)."""
 
     def __init__(self, ctx: HeadContext) -> None:
         super().__init__(ctx)

@@ -1,4 +1,4 @@
-"""``lph``: LGViT's local perception head (paper 001, §3.3, eqs. 1-2)."""
+"""``lph``: LGViT's local perception head (LGViT, §3.3, eqs. 1-2)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def conv_bn_gelu(
 
 @register_head("lph")
 class LocalPerceptionHead(ExitHead):
-    """LPH (paper 001, eq. 2): ``Pool(Conv1x1(PDConv(Conv1x1(X_en), m))) + X_CLS``.
+    """LPH (LGViT, eq. 2): ``Pool(Conv1x1(PDConv(Conv1x1(X_en), m))) + X_CLS``.
 
     The patch tokens go back on their grid; a 1x1 convolution expands D to ``expansion * D``;
     the position-wise depth-wise convolution (PDConv, eq. 1) is a ``k x k`` depth-wise
@@ -82,7 +82,7 @@ class LocalPerceptionHead(ExitHead):
         return pooled if cls_tok is None else pooled + cls_tok
 
     def feature_map(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LGViT's feature map ``F_m`` of this head (paper 001, eqs. 9-10): the output of the
+        """LGViT's feature map ``F_m`` of this head (LGViT, eqs. 9-10): the output of the
         projecting 1x1 convolution before pooling, as tokens (B, N, D) in grid order."""
         return self.forward_with_feature_map(hidden)[1]
 

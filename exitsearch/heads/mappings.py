@@ -1,6 +1,6 @@
 """LGViT's location mappings: PDConv kernel ``k = f(m)`` and PFC window ``s = g(m)``.
 
-LGViT (paper 001, §3.3) puts local perception heads (``lph``) on the shallow half of the exit
+LGViT (§3.3) puts local perception heads (``lph``) on the shallow half of the exit
 locations, ``m <= L/2``, with a kernel that a *decreasing* linear ``f`` assigns, and global
 aggregation heads (``gah``) on the deep half, ``L/2 < m <= L``, with a window that an
 *increasing* linear ``g`` assigns. The paper gives neither function; here each is the straight
@@ -99,7 +99,7 @@ class LocationMapping(Protocol):
 
 @dataclass(frozen=True)
 class KernelMapping:
-    """LGViT's ``k = f(m)`` for ``m <= L/2`` (paper 001, eq. 1): decreasing linear in ``m``,
+    """LGViT's ``k = f(m)`` for ``m <= L/2`` (LGViT, eq. 1): decreasing linear in ``m``,
     ``k_first`` at the half's first exit location, ``k_last`` at its last.
 
     The defaults run from 3x3 (the only kernel the paper names, App. A.2) at the shallowest
@@ -147,7 +147,7 @@ class KernelMapping:
 
 @dataclass(frozen=True)
 class WindowMapping:
-    """LGViT's ``s = g(m)`` for ``L/2 < m <= L`` (paper 001, eq. 3): increasing linear in
+    """LGViT's ``s = g(m)`` for ``L/2 < m <= L`` (LGViT, eq. 3): increasing linear in
     ``m``, ``s_first`` at the half's first exit location, ``s_last`` at its last.
 
     The default starts at 2 ("the minimum window size is generally set to 2") and ends at 3,
@@ -198,7 +198,7 @@ def lgvit_heads(
     window: WindowMapping | None = None,
 ) -> list[HeadSpec]:
     """LGViT's heads for a set of exit locations: ``lph`` with ``k = f(m)`` on the shallow
-    half, ``gah`` with ``s = g(m)`` on the deep half (paper 001, §3.3, Fig. 3).
+    half, ``gah`` with ``s = g(m)`` on the deep half (LGViT, §3.3, Fig. 3).
 
     Raises:
         ConfigError: a location outside ``1..depth``.

@@ -1,4 +1,4 @@
-"""``mixer``: MLP-Mixer-EE of Multi-Exit ViT (paper 000, §2 eqs. 3a-3b, §3, Fig. 3c)."""
+"""``mixer``: MLP-Mixer-EE of Multi-Exit ViT (§2 eqs. 3a-3b, §3, Fig. 3c)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["MixerHead", "MixerLayer"]
 
 
 class MixerLayer(nn.Module):
-    """One mixer layer (paper 000, eqs. 3a and 3b; Tolstikhin et al. 2021).
+    """One mixer layer (Multi-Exit ViT, eqs. 3a and 3b; Tolstikhin et al. 2021).
 
     ``U = X + f2(σ(f1(Norm(X)^T)))^T`` mixes tokens, ``Y = U + f4(σ(f3(Norm(U))))`` mixes
     channels; ``f1..f4`` are linear layers, ``σ`` is GELU, ``Norm`` is LayerNorm.
@@ -43,10 +43,10 @@ class MixerLayer(nn.Module):
 @register_head("mixer")
 class MixerHead(ExitHead):
     """MLP-Mixer-EE: one mixer layer on the patch tokens, LayerNorm, global average pooling,
-    then the three-layer MLP (paper 000, §3, Fig. 3c).
+    then the three-layer MLP (Multi-Exit ViT, §3, Fig. 3c).
 
     The token-mixing MLP's width is fixed by the number of patches, so prefix tokens (class,
-    distillation, registers) are left out, as MLP-Mixer has none. Paper 000's §2 describes the
+    distillation, registers) are left out, as MLP-Mixer has none. Multi-Exit ViT's §2 describes the
     original MLP-Mixer as ending in "a fully connected layer" after pooling, but §3 says "the MLP
     layers in all our proposed architectures have the same three layers", so the head ends in
     the shared three-layer MLP. MLP-Mixer's pre-head LayerNorm is kept before pooling: every

@@ -1,4 +1,4 @@
-"""``mlp``: MLP-EE of Multi-Exit ViT (paper 000, §3, Fig. 3a)."""
+"""``mlp``: MLP-EE of Multi-Exit ViT (§3, Fig. 3a)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["MLPHead"]
 
 @register_head("mlp")
 class MLPHead(ExitHead):
-    """MLP-EE: ``P̄ = Norm(P)``, then the three-layer MLP on the class token ``p̄_0`` (paper 000, §3).
+    """MLP-EE: ``P̄ = Norm(P)``, then the three-layer MLP on the class token ``p̄_0`` (Multi-Exit ViT, §3).
 
     LayerNorm acts on each token alone, so only the token the MLP reads is normalised; the result
     equals normalising the whole hidden state and picking ``p̄_0``. Without a class token the mean

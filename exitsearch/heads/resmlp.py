@@ -1,4 +1,4 @@
-"""``resmlp``: ResMLP-EE of Multi-Exit ViT (paper 000, §2 eqs. 4a-4c, §3, Fig. 3d)."""
+"""``resmlp``: ResMLP-EE of Multi-Exit ViT (§2 eqs. 4a-4c, §3, Fig. 3d)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["Affine", "ResMLPHead", "ResMLPLayer"]
 
 
 class Affine(nn.Module):
-    """``Aff_{α,β}(x) = Diag(α) x + β`` over the last dimension (paper 000, eq. 4c).
+    """``Aff_{α,β}(x) = Diag(α) x + β`` over the last dimension (Multi-Exit ViT, eq. 4c).
 
     Starts as the identity (``α = 1``, ``β = 0``).
     """
@@ -28,7 +28,7 @@ class Affine(nn.Module):
 
 
 class ResMLPLayer(nn.Module):
-    """One ResMLP layer (paper 000, eqs. 4a and 4b; Touvron et al. 2021).
+    """One ResMLP layer (Multi-Exit ViT, eqs. 4a and 4b; Touvron et al. 2021).
 
     ``U = X + Norm(f1(Norm(X)^T)^T)`` is the cross-patch sublayer (one linear layer over the N
     tokens), ``Y = U + Norm(f3(σ(f2(Norm(U)))))`` the cross-channel sublayer; every ``Norm`` is
@@ -60,7 +60,7 @@ class ResMLPLayer(nn.Module):
 @register_head("resmlp")
 class ResMLPHead(ExitHead):
     """ResMLP-EE: one ResMLP layer on the patch tokens, an affine normalisation, global average
-    pooling, then the three-layer MLP (paper 000, §3, Fig. 3d).
+    pooling, then the three-layer MLP (Multi-Exit ViT, §3, Fig. 3d).
 
     As for :class:`~exitsearch.heads.mixer.MixerHead`: prefix tokens are left out (``f1``'s
     width is the number of patches), the classifier is the shared three-layer MLP rather than

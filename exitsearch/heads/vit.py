@@ -1,4 +1,4 @@
-"""``vit``: ViT-EE of Multi-Exit ViT (paper 000, §3, Fig. 3b)."""
+"""``vit``: ViT-EE of Multi-Exit ViT (§3, Fig. 3b)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = ["ViTHead"]
 class ViTHead(ExitHead):
     """ViT-EE: one Transformer encoder layer on the whole hidden state ``P`` (prefix tokens
     included, as in the backbone), LayerNorm, then the three-layer MLP on the class token
-    (paper 000, §3); the mean patch token when the backbone has no class token.
+    (Multi-Exit ViT, §3); the mean patch token when the backbone has no class token.
 
     The encoder layer is timm's pre-norm ``Block``. Its cost on T tokens of width D is
     ``4TD² + 2T²D`` for attention plus ``2·r·TD²`` for its MLP of ratio r. The paper names this

@@ -1,4 +1,4 @@
-"""PAUMER patch pausing (paper 003): pause configurations as a search dimension.
+"""PAUMER patch pausing: pause configurations as a search dimension.
 
 A pause configuration ``{layer: fraction}`` stops ``round(fraction * N)`` of the ``N`` patch
 tokens after block ``layer`` (the lowest-entropy ones of an auxiliary decoder); later blocks run

@@ -1,4 +1,4 @@
-"""A pause configuration (PAUMER, paper 003 §2.2): how many patch tokens stop after which layer.
+"""A pause configuration (PAUMER §2.2): how many patch tokens stop after which layer.
 
 Convention of exitsearch (fixed by the design, used by :attr:`ExitConfig.pause`):
 
@@ -27,7 +27,7 @@ from exitsearch.errors import ConfigError
 
 __all__ = ["PAPER_TABLE1", "PauseConfig", "paper_table1"]
 
-# Paper 003, Table 1, column by column, as printed ({layer: tau}, tau relative to the tokens
+# PAUMER, Table 1, column by column, as printed ({layer: tau}, tau relative to the tokens
 # still processed at that layer).
 PAPER_TABLE1: tuple[dict[int, float], ...] = (
     {3: 0.2},
@@ -204,5 +204,5 @@ class PauseConfig:
 
 
 def paper_table1() -> list[PauseConfig]:
-    """The 13 configurations of paper 003's Table 1 in exitsearch's convention (see module)."""
+    """The 13 configurations of PAUMER's Table 1 in exitsearch's convention (see module)."""
     return [PauseConfig.from_relative(c) for c in PAPER_TABLE1]

@@ -1,4 +1,4 @@
-"""Patch pausing in a ViT (PAUMER, paper 003 §2): pause low-entropy patches, reassemble later.
+"""Patch pausing in a ViT (PAUMER §2): pause low-entropy patches, reassemble later.
 
 After block ``l`` of a pause configuration, the auxiliary decoder ``D_A`` predicts a label for
 every patch token still being processed, eq. 4 gives each token the entropy of that prediction,

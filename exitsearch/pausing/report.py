@@ -1,4 +1,4 @@
-"""Paper 003's experiment: the task metric against measured images per second for Table 1.
+"""PAUMER's experiment: the task metric against measured images per second for Table 1.
 
 For each trained model (entropy pausing, the random-pausing baseline) every configuration of
 :func:`exitsearch.pausing.config.paper_table1` plus no pausing is scored; the no-pausing model
@@ -430,7 +430,7 @@ def _plot(
     what = {"wall": "wall clock", "cpu": "CPU time of one thread"}.get(clock, clock)
     ax.set_xlabel(f"images per second (measured, {what})")
     ax.set_ylabel(f"{metric}{unit}")
-    ax.set_title(f"{metric} against measured throughput per pause configuration (paper 003)")
+    ax.set_title(f"{metric} against measured throughput per pause configuration (PAUMER)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""One training for many pause configurations (PAUMER, paper 003 §2.2).
+"""One training for many pause configurations (PAUMER §2.2).
 
 Every batch samples one pause layer ``l`` uniformly from ``{layer_low..layer_high}`` and a
 proportion ``tau ~ U[fraction_low, fraction_high]`` (the paper: ``{3..L}`` and ``U[0.2, 0.8]``;

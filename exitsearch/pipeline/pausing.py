@@ -1,5 +1,5 @@
 """``exitsearch run`` over a space with a ``pause`` section: pause configurations as a search
-dimension (PAUMER, paper 003), exits searched inside each.
+dimension (PAUMER), exits searched inside each.
 
 A pause configuration changes what every block after its first pause layer computes, so its
 exit heads cannot be scored from the unpaused cache: each configuration costs one inference

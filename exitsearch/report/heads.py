@@ -1,6 +1,6 @@
 """Accuracy of every trained (location, head) against its cumulative cost; practical exits.
 
-Paper 000 calls an exit *practical* when it is more accurate than every exit that costs less
+Multi-Exit ViT calls an exit *practical* when it is more accurate than every exit that costs less
 (an earlier or lighter branch), *impractical* otherwise. Marked on validation accuracy.
 """
 

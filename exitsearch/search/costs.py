@@ -4,7 +4,7 @@ Leaving at early exit k costs the backbone up to and including its block plus ev
 evaluated on the way (those that did not fire, and this one). The final exit costs the whole
 backbone plus all early heads. A cut configuration ends at its last early exit.
 
-Pause configurations (PAUMER, paper 003) lower the cost of the blocks after a pause layer: each
+Pause configurations (PAUMER) lower the cost of the blocks after a pause layer: each
 block is counted on the tokens it really processes (fvcore on the block fed that many tokens,
 :func:`exitsearch.pausing.pause_block_flops`), and the auxiliary decoder that chooses the
 paused tokens after block ``l`` is counted on the tokens still processed there. It runs after

@@ -5,10 +5,10 @@ user-facing threshold into a score bound: a sample leaves at the first exit whos
 ``>= bound``. The same criterion objects decide exits in the exported runtime, so cached
 evaluation and run-time behaviour agree.
 
-* ``confidence``: max-softmax probability >= t (LGViT eq. 16; papers 000, 002).
+* ``confidence``: max-softmax probability >= t (LGViT eq. 16; Multi-Exit ViT, Ryu).
 * ``entropy``: normalised entropy H(p)/log C <= t (BranchyNet; PAUMER's criterion per sample).
 * ``patience``: the prediction is unchanged over the last t exits (PABEE); integer t.
-* ``uncertainty``: MEViT's predicted uncertainty u <= t (paper 004, eq. 3).
+* ``uncertainty``: MEViT's predicted uncertainty u <= t (eq. 3).
 """
 
 from __future__ import annotations

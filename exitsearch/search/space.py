@@ -6,7 +6,7 @@ threshold ranges. Numeric ranges use Optuna's short form (``low``, ``high``, ``s
 discrete sets ``choices``. A malformed file raises :class:`SearchSpaceError` naming the file, the
 key and what is allowed.
 
-An optional ``pause`` section adds PAUMER pause configurations (paper 003) as a search dimension:
+An optional ``pause`` section adds PAUMER pause configurations (PAUMER) as a search dimension:
 ``layers`` where tokens may pause, ``taus`` the proportions of the tokens *still processed* at a
 layer that pause there (``0``: none; the reading of the paper's Table 1), the pausing ``mode``
 (``entropy`` or ``random``), ``max_layers`` pausing at once, and optionally ``trials`` to
@@ -64,7 +64,7 @@ class Placement(str, enum.Enum):
     """How a configuration's exits are placed.
 
     ``free``: any subset of the candidate locations, any allowed head at each.
-    ``uniform``: ``n`` evenly spaced exits sharing one head type (paper 000, LGViT's baseline).
+    ``uniform``: ``n`` evenly spaced exits sharing one head type (Multi-Exit ViT, LGViT's baseline).
     ``lgvit``: any subset of locations; local heads (``lph``) in the shallow half with k from a
     kernel mapping, global heads (``gah``) in the deep half with s from a window mapping.
     """

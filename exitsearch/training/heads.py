@@ -1,9 +1,9 @@
-"""Training every candidate head at every location at once, classifier-wise (paper 000).
+"""Training every candidate head at every location at once, classifier-wise (Multi-Exit ViT).
 
 The backbone is frozen (eval mode, no gradients) and runs once per batch; every head reads the
 hidden state of its location from that one forward pass. Heads have their own optimiser (Adam),
 learning-rate decay on plateau (factor 0.6, patience 2) and early stopping (patience 5) on their
-validation loss, as paper 000 trained them. Their losses are independent, so the result is
+validation loss, as Multi-Exit ViT trained them. Their losses are independent, so the result is
 classifier-wise training done once instead of once per head.
 
 A head whose loss becomes NaN or infinite is stopped, restored to its best weights and marked
@@ -58,7 +58,7 @@ class HeadTrainConfig:
         early_stop_patience: stop a head after that many epochs without improvement.
         train_limit: train on the first N samples of each epoch's shuffled training set.
         bf16: run the heads under bfloat16 autocast.
-        uncertainty_weight: weight of the uncertainty predictor's MSE loss (paper 004, eq. 1).
+        uncertainty_weight: weight of the uncertainty predictor's MSE loss (MEViT, eq. 1).
         seed: seed of head initialisation and shuffling.
     """
 

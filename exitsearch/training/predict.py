@@ -6,7 +6,7 @@ final exit, one column per sample. The search reads only this.
 * ``confidence``: max-softmax probability (LGViT eq. 16).
 * ``entropy``: entropy of the softmax divided by ``log(num_classes)``, in [0, 1].
 * ``pred``: predicted label; ``correct = pred == labels``.
-* ``uncertainty``: MEViT's predicted uncertainty (paper 004, eq. 3); NaN for heads without one.
+* ``uncertainty``: MEViT's predicted uncertainty (eq. 3); NaN for heads without one.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def test_exits_and_predictions_match_the_cache(world: World, case, batch_size): 
 
 
 def test_exits_are_decided_per_sample_not_per_batch(world: World):
-    """Paper 002's trap: a batch-level exit leaves only when every sample is ready (1.00x)."""
+    """Ryu's trap: a batch-level exit leaves only when every sample is ready (1.00x)."""
     model = world.model(CONFIGS["confidence"](world))
     x = world.backbone.input_transform()(torch.from_numpy(world.splits.val.x[:64]))
     out = model(x)

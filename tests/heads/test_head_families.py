@@ -223,7 +223,7 @@ def test_resmlp_head_ignores_prefix_tokens_and_pools() -> None:
 # ------------------------------------------------------------------------------------ lph
 def test_lph_with_k0_has_no_depthwise_convolution() -> None:
     k0, k3 = head("lph", k=0), head("lph", k=3)
-    e = D  # expansion 1 by default (paper 001, eq. 7)
+    e = D  # expansion 1 by default (LGViT, eq. 7)
     assert isinstance(k0.pdconv, nn.Identity)
     assert not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in k0.modules())
     dw = k3.pdconv[0]
