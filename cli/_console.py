@@ -84,9 +84,12 @@ def quiet_optuna() -> None:
     import optuna
 
     optuna.logging.disable_default_handler()
-    logger = logging.getLogger("optuna")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
+    # SQLAlchemy (Optuna's storage) logs, with a traceback, a connection it could not reset
+    # after Ctrl-C or SIGTERM cut a query short; the command already says it was interrupted.
+    for name in ("optuna", "sqlalchemy"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
 
 
 def handle_errors(fn: F) -> F:

@@ -247,6 +247,18 @@ def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
         progress.log(f"search: {len(stale)} trial(s) interrupted earlier were marked failed")
 
 
+def _settle_own(study: optuna.Study, mine: set[int], exclusive: bool) -> None:
+    """Mark this process's trials still RUNNING (every RUNNING one when the study is this
+    run's alone) as interrupted and failed; a failure to do so is left to the next run."""
+    try:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if exclusive or t._trial_id in mine:
+                study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED, True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except Exception:  # the storage may be mid-transaction; the next run settles them
+        pass
+
+
 def run_search(
     ev: Evaluator,
     sampler: ConfigSampler,
@@ -304,7 +316,10 @@ def run_search(
     if done:
         progress.log(f"search: {done} finished trial(s) kept, {remaining} to go")
 
+    mine: set[int] = set()  # trials this process ran (a shared study has others' too)
+
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        mine.add(trial._trial_id)
         config = sampler.sample(trial)
         if config is not None:
             config = cut_to_budget(config, ev, budget)
@@ -330,14 +345,20 @@ def run_search(
     progress.advance(task, done)
     t0 = time.perf_counter()
     if remaining:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=settings.timeout,
-            catch=(Exception,),
-            callbacks=[lambda s, t: progress.advance(task, 1)],
-            gc_after_trial=False,
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=settings.timeout,
+                catch=(Exception,),
+                callbacks=[lambda s, t: progress.advance(task, 1)],
+                gc_after_trial=False,
+            )
+        except KeyboardInterrupt:
+            # Interrupted outside the objective (while Optuna asked or told), a trial stays
+            # RUNNING: settle it now rather than on the next run.
+            _settle_own(study, mine, exclusive)
+            raise
     seconds = time.perf_counter() - t0
     progress.finish(task)
     trials = study.get_trials(deepcopy=False)
