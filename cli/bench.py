@@ -126,9 +126,15 @@ def bench(
 
 def _print(report: BenchReport) -> None:
     console.print(f"[bold]{report.configuration}[/]", highlight=False)
+    load = (
+        ""
+        if report.load_average is None
+        else f"; load average {report.load_average[0]:.2f} on {report.cpus} processor(s)"
+    )
     console.print(
-        f"inputs: {report.inputs}; {report.device_name}, {report.threads} thread(s); median of "
-        f"{report.repeats} interleaved batches after {report.warmup} warm-up",
+        f"inputs: {report.inputs}; {report.device_name}, {report.threads} thread(s){load}; "
+        f"{report.repeats} rounds after {report.warmup} warm-up, each running both models on "
+        "the same batch in alternating order",
         highlight=False,
     )
     table = Table(
@@ -136,33 +142,28 @@ def _print(report: BenchReport) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for col in (
-        "run",
-        "backbone ms",
-        "exported ms",
-        "backbone img/s",
-        "exported img/s",
-        "measured",
-        "predicted",
-    ):
+    for col in ("run", "backbone ms", "exported ms", "speed-up", "95 % interval", "FLOPs", "ratio"):
         table.add_column(col, justify="right")
     for r in report.rows:
         table.add_row(
             r.label,
             f"{r.backbone_ms:.3f}",
             f"{r.model_ms:.3f}",
-            f"{r.backbone_images_per_s:,.0f}",
-            f"{r.model_images_per_s:,.0f}",
             f"{r.measured_speedup:.2f}x",
+            f"{r.speedup_low:.2f}-{r.speedup_high:.2f}",
             f"{r.predicted_speedup:.2f}x",
+            f"{r.measured_speedup / r.predicted_speedup:.2f}",
         )
     console.print(table)
     console.print(
-        "measured: exported over backbone throughput; predicted: backbone FLOPs over the mean "
-        "FLOPs of the exits these samples took; stream: the same batches as one stream, every "
-        "stage on full batches (ms: per batch, averaged over the stream)",
+        "ms: median per batch (stream: the same batches as one stream, every stage on full "
+        "batches; its median pass over the number of batches); speed-up: median over rounds of "
+        "backbone time / exported time on the same batch; FLOPs: the speed-up the FLOPs predict "
+        "for the exits these samples took; ratio: speed-up / FLOPs",
         highlight=False,
     )
+    for note in report.notes:
+        err_console.print(f"note: {note}", highlight=False)
     for r in report.rows:
         acc = (
             ""

@@ -3,11 +3,14 @@
 Ryu's exits predicted up to 3.83x and measured 1.00x; a prediction is only worth what a
 measurement confirms. For each batch size the exported model and the backbone alone run on the
 same inputs (real validation images when the bundle's data is available), interleaved within
-one loop after a warm-up so that drifting clocks and background load hit both alike. Reported:
-median latency per batch, throughput (images over total time, which is what mean FLOPs
-predict), the measured speed-up, the speed-up the FLOPs predict for exactly the samples that
-ran (``backbone FLOPs / mean FLOPs of their exits``), and where the time goes (stem, each
-segment of blocks, each head, the exit bookkeeping).
+one loop after a warm-up so that drifting clocks and background load hit both alike: every
+round runs both on the same batch, in alternating order. Reported: the median time per batch of
+each, the measured speed-up as the median of the per-round ratios (backbone time over exported
+time, paired within a round) with a distribution-free 95 % interval, the speed-up the FLOPs
+predict for exactly the samples that ran (``backbone FLOPs / mean FLOPs of their exits``), and
+where the time goes (stem, each segment of blocks, each head, the exit bookkeeping). The load
+average before the run is recorded; a busy machine gets a note, since its ratios move from run
+to run.
 
 Two modes of the exported model are timed at every batch size above 1. *Batch* mode
 (:meth:`MultiExitModel.run <exitsearch.export.runtime.MultiExitModel.run>`) runs each batch on
@@ -21,6 +24,7 @@ of batches. The backbone has no exits, so both modes are the same for it.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +38,7 @@ from exitsearch._memory import check_fits_in_memory
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
 from exitsearch.profile.latency import resolve_device
+from exitsearch.search.intervals import median_interval
 
 __all__ = ["BenchReport", "BenchRow", "PartTime", "bench_inputs", "benchmark"]
 
@@ -56,12 +61,14 @@ class BenchRow:
         mode: ``batch`` (every batch on its own) or ``stream`` (the batches as one stream).
         batch_size: images per batch.
         batches: timed batches per model.
-        backbone_ms, model_ms: median milliseconds per batch.
-        backbone_images_per_s, model_images_per_s: images over total timed seconds (stream
-            mode: images of one pass over the median pass time).
-        measured_speedup: ratio of the throughputs (model over backbone).
-        latency_speedup: ratio of the median latencies (backbone over model); None in stream
-            mode, where a batch has no latency of its own.
+        backbone_ms, model_ms: median milliseconds per batch (stream mode: the median pass
+            over the number of batches in it).
+        backbone_images_per_s, model_images_per_s: ``batch_size`` over those medians.
+        measured_speedup: the median over rounds of backbone time / exported time, both timed
+            on the same inputs in the same round (:attr:`round_speedups`).
+        speedup_low, speedup_high: a 95 % interval of that median (distribution-free; the
+            range of the rounds when there are fewer than 6).
+        round_speedups: the per-round ratios.
         predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
         mean_flops: that mean, per sample.
         exit_counts: samples per exit over the timed batches.
@@ -78,7 +85,8 @@ class BenchRow:
     backbone_images_per_s: float
     model_images_per_s: float
     measured_speedup: float
-    latency_speedup: float | None
+    speedup_low: float
+    speedup_high: float
     predicted_speedup: float
     mean_flops: float
     exit_counts: list[int]
@@ -86,6 +94,7 @@ class BenchRow:
     backbone_accuracy: float | None
     parts: list[PartTime] = field(default_factory=list)
     mode: str = "batch"
+    round_speedups: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -96,6 +105,10 @@ class BenchRow:
 
 @dataclass
 class BenchReport:
+    """What ran, where, and the rows; ``load_average``: the machine's 1, 5 and 15 minute load
+    averages before the run (None where the system has none) over ``cpus`` processors;
+    ``notes``: what may make the figures move between runs."""
+
     bundle: str
     device: str
     device_name: str
@@ -107,6 +120,9 @@ class BenchReport:
     configuration: str
     operating_point: int | None
     rows: list[BenchRow] = field(default_factory=list)
+    load_average: list[float] | None = None
+    cpus: int = 1
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +216,10 @@ def benchmark(
         configuration=model.describe(),
         operating_point=model.point_index,
     )
+    report.load_average, report.cpus = _load()
+    busy = _busy_note(report.load_average, report.cpus)
+    if busy:
+        report.notes.append(busy)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for b in batch_sizes:
         batches = _batches(pool, labels, b, repeats)
@@ -272,6 +292,35 @@ def benchmark(
     return report
 
 
+def _load() -> tuple[list[float] | None, int]:
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # no load average on this system
+        load = None
+    return load, os.cpu_count() or 1
+
+
+# A 1-minute load average above this share of the processors counts as a busy machine.
+BUSY_SHARE = 0.5
+
+
+def _busy_note(load: list[float] | None, cpus: int) -> str | None:
+    if load is None or load[0] < BUSY_SHARE * cpus:
+        return None
+    return (
+        f"the machine was busy (load average {load[0]:.2f} over the last minute on {cpus} "
+        "processor(s)): other work shares the processors, so the measured ratios may move "
+        "between runs; rerun on an idle machine for figures to compare"
+    )
+
+
+def _paired(t_bb: list[float], t_model: list[float]) -> tuple[list[float], float, float, float]:
+    """Per-round speed-ups, their median and its 95 % interval."""
+    ratios = [a / b for a, b in zip(t_bb, t_model, strict=True)]
+    median, low, high = median_interval(ratios)
+    return ratios, median, low, high
+
+
 def _inference(fn: Callable[..., ExitOutput], x: torch.Tensor, tick: Any) -> ExitOutput:
     with torch.inference_mode():
         return fn(x, tick)
@@ -337,20 +386,20 @@ def _measure(
             seen += len(y)
     idx = np.concatenate(exits)
     mean_flops = float(np.asarray(exit_flops, dtype=np.float64)[idx].mean())
-    images = b * repeats
-    ips_bb = images / (sum(t_bb) / 1e3)
-    ips_model = images / (sum(t_model) / 1e3)
     med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
+    ratios, speedup, low, high = _paired(t_bb, t_model)
     return BenchRow(
         engine=engine,
         batch_size=b,
         batches=repeats,
         backbone_ms=med_bb,
         model_ms=med_model,
-        backbone_images_per_s=ips_bb,
-        model_images_per_s=ips_model,
-        measured_speedup=ips_model / ips_bb,
-        latency_speedup=med_bb / med_model,
+        backbone_images_per_s=b / (med_bb / 1e3),
+        model_images_per_s=b / (med_model / 1e3),
+        measured_speedup=speedup,
+        speedup_low=low,
+        speedup_high=high,
+        round_speedups=ratios,
         predicted_speedup=backbone_flops / mean_flops,
         mean_flops=mean_flops,
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
@@ -411,18 +460,19 @@ def _measure_stream(
     # every pass runs the same images, so a pass is a throughput measurement of its own and
     # the median pass is the throughput least disturbed by other load on the machine
     med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
-    ips_bb = len(pool) / (med_bb / 1e3)
-    ips_model = len(pool) / (med_model / 1e3)
+    ratios, speedup, low, high = _paired(t_bb, t_model)
     return BenchRow(
         engine=engine,
         batch_size=b,
         batches=n_batches * repeats,
         backbone_ms=med_bb / n_batches,
         model_ms=med_model / n_batches,
-        backbone_images_per_s=ips_bb,
-        model_images_per_s=ips_model,
-        measured_speedup=ips_model / ips_bb,
-        latency_speedup=None,
+        backbone_images_per_s=len(pool) / (med_bb / 1e3),
+        model_images_per_s=len(pool) / (med_model / 1e3),
+        measured_speedup=speedup,
+        speedup_low=low,
+        speedup_high=high,
+        round_speedups=ratios,
         predicted_speedup=backbone_flops / mean_flops,
         mean_flops=mean_flops,
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),

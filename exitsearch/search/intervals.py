@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Z95", "PairedDifference", "paired_difference", "wilson_interval"]
+__all__ = ["Z95", "PairedDifference", "median_interval", "paired_difference", "wilson_interval"]
 
 Z95 = 1.959963984540054  # the two-sided 95 % quantile of the standard normal
 
@@ -91,3 +91,25 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDif
     lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     return PairedDifference(d, max(-1.0, d - lower), min(1.0, d + upper), only_a, only_b, n)
+
+
+def median_interval(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free interval for it: the order statistics
+    ``x(j)`` and ``x(n+1-j)`` with the largest ``j`` for which ``P(Bin(n, 1/2) < j) <= (1 -
+    level) / 2``, so the interval covers the population median with probability at least
+    ``level`` for any continuous distribution. Below 6 values no such ``j`` exists for 95 %;
+    the interval is then the range, which covers with probability ``1 - 2**(1 - n)``.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = x.size
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    tail = (1.0 - level) / 2.0
+    j, below = 0, 0.0  # below: P(Bin(n, 1/2) < j + 1)
+    while j < n // 2:
+        below += math.comb(n, j) / 2.0**n
+        if below > tail:
+            break
+        j += 1
+    j = max(j, 1)  # 1-indexed order statistic; at least the range
+    return float(np.median(x)), float(x[j - 1]), float(x[n - j])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,16 @@ def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
         assert row.mean_flops == pytest.approx(mean)
         assert row.predicted_speedup == pytest.approx(model.costs.backbone_flops / mean)
         assert row.backbone_ms > 0 and row.model_ms > 0
-        assert row.measured_speedup == pytest.approx(
-            row.model_images_per_s / row.backbone_images_per_s
+        # one definition per column: medians, and the median of the paired per-round ratios
+        assert row.backbone_images_per_s == pytest.approx(row.batch_size / row.backbone_ms * 1e3)
+        assert row.model_images_per_s == pytest.approx(row.batch_size / row.model_ms * 1e3)
+        assert len(row.round_speedups) == 4
+        assert row.measured_speedup == pytest.approx(statistics.median(row.round_speedups))
+        assert row.speedup_low <= row.measured_speedup <= row.speedup_high
+        # fewer than 6 rounds: the interval is their range
+        assert (row.speedup_low, row.speedup_high) == (
+            min(row.round_speedups),
+            max(row.round_speedups),
         )
         assert 0.0 <= row.accuracy <= 1.0 and 0.0 <= row.backbone_accuracy <= 1.0
         parts = [p.part for p in row.parts]
@@ -52,6 +61,15 @@ def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
         assert sum(p.share for p in row.parts) == pytest.approx(1.0)
     doc = report.to_json()
     assert doc["rows"][0]["parts"][0]["part"] == "stem"
+    assert report.cpus >= 1 and (report.load_average is None or len(report.load_average) == 3)
+
+
+def test_a_busy_machine_gets_a_note():
+    from exitsearch.export.bench import _busy_note
+
+    assert _busy_note(None, 2) is None and _busy_note([0.2, 0.5, 0.5], 2) is None
+    note = _busy_note([1.7, 1.0, 0.8], 2)
+    assert note and "load average 1.70" in note and "2 processor(s)" in note
 
 
 def test_stream_mode_runs_the_same_batches_as_one_stream(bundle: Path):
@@ -68,10 +86,8 @@ def test_stream_mode_runs_the_same_batches_as_one_stream(bundle: Path):
     assert stream.exit_counts == batch.exit_counts
     assert stream.predicted_speedup == pytest.approx(batch.predicted_speedup)
     assert stream.accuracy == batch.accuracy and stream.backbone_accuracy == batch.backbone_accuracy
-    assert stream.batches == 4 * 2 and stream.latency_speedup is None
-    assert stream.measured_speedup == pytest.approx(
-        stream.model_images_per_s / stream.backbone_images_per_s
-    )
+    assert stream.batches == 4 * 2 and len(stream.round_speedups) == 2
+    assert stream.measured_speedup == pytest.approx(statistics.median(stream.round_speedups))
     parts = [p.part for p in stream.parts]
     assert parts[0] == "stem" and BOOKKEEPING in parts
     assert sum(p.share for p in stream.parts) == pytest.approx(1.0)

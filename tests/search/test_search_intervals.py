@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exitsearch.search.intervals import paired_difference, wilson_interval
+from exitsearch.search.intervals import median_interval, paired_difference, wilson_interval
 
 
 def _pairs(rng: np.random.Generator, n: int, p_both: float, p_a: float, p_b: float):
@@ -73,3 +73,23 @@ def test_identical_outcomes_and_edge_cases():
     assert big.significant and big.low > 0.9
     with pytest.raises(ValueError, match="one length"):
         paired_difference(np.ones(3, bool), np.ones(4, bool))
+
+
+@pytest.mark.parametrize("n", [6, 15, 30, 101])
+def test_median_interval_covers_the_population_median_at_least_95_percent(n):
+    # skewed and heavy-tailed, like timings: lognormal, whose median is exactly 1
+    rng = np.random.default_rng(n)
+    hits = 0
+    for _ in range(4000):
+        v = rng.lognormal(0.0, 1.0, n)
+        med, lo, hi = median_interval(v)
+        assert lo <= med <= hi and med == pytest.approx(float(np.median(v)))
+        hits += lo <= 1.0 <= hi
+    assert 0.94 <= hits / 4000 <= 0.995
+
+
+def test_median_interval_of_few_values_is_their_range():
+    assert median_interval([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    assert median_interval([5.0]) == (5.0, 5.0, 5.0)
+    with pytest.raises(ValueError):
+        median_interval([])
