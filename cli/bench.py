@@ -142,8 +142,9 @@ def _print(report: BenchReport) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for col in ("run", "backbone ms", "exported ms", "speed-up", "95 % interval", "FLOPs", "ratio"):
-        table.add_column(col, justify="right")
+    table.add_column("run", justify="right", no_wrap=True)
+    for col in ("backbone ms", "exported ms", "speed-up", "95 %", "FLOPs", "ratio"):
+        table.add_column(col, justify="right", no_wrap=col in ("speed-up", "95 %"))
     for r in report.rows:
         table.add_row(
             r.label,
@@ -158,7 +159,8 @@ def _print(report: BenchReport) -> None:
     console.print(
         "ms: median per batch (stream: the same batches as one stream, every stage on full "
         "batches; its median pass over the number of batches); speed-up: median over rounds of "
-        "backbone time / exported time on the same batch; FLOPs: the speed-up the FLOPs predict "
+        "backbone time / exported time on the same batch, with its 95 % interval; FLOPs: the "
+        "speed-up the FLOPs predict "
         "for the exits these samples took; ratio: speed-up / FLOPs",
         highlight=False,
     )
