@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exitsearch._io import portable_path
 from exitsearch._memory import check_fits_in_memory
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
@@ -205,7 +206,7 @@ def benchmark(
     if onnx_model is not None:
         onnx_model.set_thresholds(model.thresholds)  # both engines decide alike
     report = BenchReport(
-        bundle=str(model.source or ""),
+        bundle=portable_path(model.source) or "",
         device=device,
         device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         threads=torch.get_num_threads(),

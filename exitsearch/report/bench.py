@@ -28,7 +28,7 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
     ]
     if not rows:
         raise ValueError("no bench rows to plot")
-    labels, measured, predicted, colors = [], [], [], []
+    labels, measured, predicted, colors, err = [], [], [], [], []
     palette = {"torch": "tab:blue", "onnx": "tab:orange"}
     for report, row in rows:
         mode = "" if row.get("mode", "batch") == "batch" else f" {row['mode']}"
@@ -36,11 +36,21 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
             f"{row['engine']}{mode}, b={row['batch_size']}, {report['threads']} thread(s)"
         )
         measured.append(row["measured_speedup"])
+        # the 95 % interval of the median ratio (reports written before it have none)
+        low, high = row.get("speedup_low", measured[-1]), row.get("speedup_high", measured[-1])
+        err.append((measured[-1] - low, high - measured[-1]))
         predicted.append(row["predicted_speedup"])
         colors.append(palette.get(row["engine"], "tab:gray"))
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.6), dpi=120)
     y = list(range(len(rows)))[::-1]
-    ax.barh(y, measured, color=colors, alpha=0.85)
+    ax.barh(
+        y,
+        measured,
+        color=colors,
+        alpha=0.85,
+        xerr=[[e[0] for e in err], [e[1] for e in err]],
+        error_kw={"elinewidth": 1, "capsize": 3, "ecolor": "0.2"},
+    )
     ax.scatter(predicted, y, marker="|", s=260, color="black", zorder=5, label="FLOP-predicted")
     ax.scatter(
         [0.8 * p for p in predicted],
@@ -51,14 +61,15 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         zorder=5,
         label="0.8 of predicted",
     )
-    for yi, m, p in zip(y, measured, predicted, strict=True):
-        ax.text(max(m, p) + 0.03, yi, f"{m:.2f}x ({m / p:.2f})", va="center", fontsize=8)
+    for yi, m, p, e in zip(y, measured, predicted, err, strict=True):
+        ax.text(max(m + e[1], p) + 0.03, yi, f"{m:.2f}x ({m / p:.2f})", va="center", fontsize=8)
     ax.axvline(1.0, color="0.4", lw=1, ls=":")
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(0, max(max(measured), max(predicted)) * 1.25)
     ax.set_xlabel(
-        "speed-up over the backbone alone (throughput; in brackets: measured / predicted)"
+        "speed-up over the backbone alone: median of paired rounds, with its 95 % interval\n"
+        "(in brackets: measured / FLOP-predicted)"
     )
     ax.set_title(title or "measured against FLOP-predicted speed-up", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
@@ -71,7 +82,7 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         handles=handles,
         fontsize=8,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.09),
+        bbox_to_anchor=(0.5, -0.12),
         ncol=4,
         frameon=False,
     )

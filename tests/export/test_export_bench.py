@@ -111,3 +111,14 @@ def test_benchmark_validates_its_settings(bundle: Path):
         benchmark(model, (0,))
     with pytest.raises(ConfigError, match="`repeats >= 1`"):
         benchmark(model, (1,), repeats=0)
+
+
+def test_the_plot_draws_new_and_old_reports(bundle: Path, tmp_path: Path):
+    from exitsearch.report.bench import plot_bench
+
+    report = benchmark(load_bundle(bundle), (2,), repeats=3, warmup=0, stream=False).to_json()
+    old = {**report, "rows": [dict(report["rows"][0])]}
+    for key in ("speedup_low", "speedup_high", "round_speedups"):  # written before intervals
+        old["rows"][0].pop(key)
+    out = plot_bench([report, old], tmp_path / "bench.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
