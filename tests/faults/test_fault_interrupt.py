@@ -100,8 +100,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, space: Path) -> Referenc
     args = run_args(run_dir, space, n_trials=N_TRIALS)
     # The commands import the pipeline when they run: import it now, so that the two
     # commands below reach the lock while the first run still holds it.
-    importlib.import_module("exitsearch.pipeline.run")
-    importlib.import_module("optuna")
+    for module in (
+        "optuna",
+        "exitsearch.pipeline.run",
+        "exitsearch.pipeline.pausing",
+        "exitsearch.report.run_report",
+        "exitsearch.report.heads",
+        "exitsearch.search.baselines",
+    ):
+        importlib.import_module(module)
     proc = start(args)
     lock = run_dir / ".lock"
     t0 = time.monotonic()
