@@ -21,7 +21,6 @@ test process), and an ``exitsearch export`` killed half-way through its bundle.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import shutil
@@ -95,20 +94,11 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, space: Path) -> Reference:
     """The uninterrupted run, a real process; as soon as it holds its folder (its pid in
-    ``.lock``), ``exitsearch run`` and ``exitsearch heads train`` try the same folder."""
+    ``.lock``), it is stopped (SIGSTOP) while ``exitsearch run`` and ``exitsearch heads train``
+    try the same folder, then let go on (SIGCONT): a tiny run would otherwise end before
+    they reach the lock."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     args = run_args(run_dir, space, n_trials=N_TRIALS)
-    # The commands import the pipeline when they run: import it now, so that the two
-    # commands below reach the lock while the first run still holds it.
-    for module in (
-        "optuna",
-        "exitsearch.pipeline.run",
-        "exitsearch.pipeline.pausing",
-        "exitsearch.report.run_report",
-        "exitsearch.report.heads",
-        "exitsearch.search.baselines",
-    ):
-        importlib.import_module(module)
     proc = start(args)
     lock = run_dir / ".lock"
     t0 = time.monotonic()
@@ -116,11 +106,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, space: Path) -> Referenc
         if lock.is_file() and lock.read_text().strip() == f"process {proc.pid}":
             break
         time.sleep(0.01)
-    torch.set_num_threads(1)
-    runner = CliRunner()
-    second = runner.invoke(app, args)
-    heads = runner.invoke(app, heads_args(run_dir, space))
-    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        torch.set_num_threads(1)
+        runner = CliRunner()
+        second = runner.invoke(app, args)
+        heads = runner.invoke(app, heads_args(run_dir, space))
+        still_running = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGCONT)
     return Reference(run_dir, finish(proc, t0), second, heads, still_running, space)
 
 
