@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from exitsearch.errors import ConfigError
 from exitsearch.finetune.base import FinetuneStrategy, Hyperparameters
+from exitsearch.registry import Registry
 
-__all__ = ["create_strategy", "get_strategy_class", "list_strategies", "register_strategy"]
+__all__ = [
+    "REGISTRY",
+    "create_strategy",
+    "get_strategy_class",
+    "list_strategies",
+    "register_strategy",
+]
 
-_REGISTRY: dict[str, type[FinetuneStrategy]] = {}
+# The modules of the strategies exitsearch ships; importing one registers its strategy.
+BUILTIN_MODULES = tuple(
+    f"exitsearch.finetune.{m}"
+    for m in ("classifier_wise", "end_to_end", "layer_wise", "lgvit", "mevit")
+)
+REGISTRY: Registry[type[FinetuneStrategy]] = Registry("fine-tuning strategy", BUILTIN_MODULES)
 
 S = TypeVar("S", bound=type[FinetuneStrategy])
 
@@ -25,27 +35,15 @@ def register_strategy(name: str) -> Callable[[S], S]:
     """
 
     def wrap(cls: S) -> S:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"fine-tuning strategy {name!r} is already registered")
-        _REGISTRY[name] = cls
+        REGISTRY.add(name, cls)
         cls.name = name
         return cls
 
     return wrap
 
 
-# The modules of the strategies exitsearch ships; importing one registers its strategy.
-BUILTIN_MODULES = ("classifier_wise", "end_to_end", "layer_wise", "lgvit", "mevit")
-
-
-def _load_builtins() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"exitsearch.finetune.{module}")
-
-
 def list_strategies() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get_strategy_class(name: str) -> type[FinetuneStrategy]:
@@ -54,13 +52,7 @@ def get_strategy_class(name: str) -> type[FinetuneStrategy]:
     Raises:
         ConfigError: unknown name (the message lists the known ones).
     """
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown fine-tuning strategy {name!r}; known: {', '.join(list_strategies())}"
-        ) from None
+    return REGISTRY.get(name)
 
 
 def create_strategy(

@@ -7,10 +7,11 @@ from typing import Any, TypeVar
 
 from exitsearch.errors import ConfigError
 from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec, UncertaintyPredictor
+from exitsearch.registry import Registry
 
-__all__ = ["create_head", "get_head_class", "list_heads", "register_head"]
+__all__ = ["REGISTRY", "create_head", "get_head_class", "list_heads", "register_head"]
 
-_REGISTRY: dict[str, type[ExitHead]] = {}
+REGISTRY: Registry[type[ExitHead]] = Registry("head type")
 
 H = TypeVar("H", bound=type[ExitHead])
 
@@ -19,9 +20,7 @@ def register_head(name: str) -> Callable[[H], H]:
     """Class decorator: make a head type available to :func:`create_head` under ``name``."""
 
     def wrap(cls: H) -> H:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"head type {name!r} is already registered")
-        _REGISTRY[name] = cls
+        REGISTRY.add(name, cls)
         cls.head_type = name  # type: ignore[attr-defined]
         return cls
 
@@ -29,14 +28,11 @@ def register_head(name: str) -> Callable[[H], H]:
 
 
 def list_heads() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get_head_class(name: str) -> type[ExitHead]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown head type {name!r}; known: {', '.join(list_heads())}") from None
+    return REGISTRY.get(name)
 
 
 def create_head(spec: HeadSpec, ctx: HeadContext, **extra: Any) -> ExitHead:

@@ -32,6 +32,7 @@ from exitsearch.pausing.segmentation import (
     patch_labels,
     segmentation_labels,
 )
+from exitsearch.registry import Registry
 
 __all__ = [
     "ClassificationTask",
@@ -228,14 +229,14 @@ def _required(generator: torch.Generator | None) -> torch.Generator:
     return generator
 
 
-_TASKS: dict[str, type[PauseTask]] = {}
+REGISTRY: Registry[type[PauseTask]] = Registry("task")
 
 T = TypeVar("T", bound=type[PauseTask])
 
 
 def register_task(cls: T) -> T:
     """Class decorator: make a task available to :func:`create_task` under ``cls.name``."""
-    _TASKS[cls.name] = cls
+    REGISTRY.add(cls.name, cls)
     return cls
 
 
@@ -244,7 +245,7 @@ register_task(SegmentationTask)
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return REGISTRY.names()
 
 
 def create_task(name: str, backbone: Backbone, label_smoothing: float = 0.0) -> PauseTask:
@@ -253,7 +254,5 @@ def create_task(name: str, backbone: Backbone, label_smoothing: float = 0.0) -> 
     Raises:
         ConfigError: unknown task name (the message lists the known ones).
     """
-    cls: Callable[..., PauseTask] | None = _TASKS.get(name)
-    if cls is None:
-        raise ConfigError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+    cls: Callable[..., PauseTask] = REGISTRY.get(name)
     return cls(backbone, label_smoothing)

@@ -19,16 +19,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from exitsearch.errors import ConfigError
+from exitsearch.registry import Registry
 
-__all__ = ["ExitCriterion", "create_criterion", "list_criteria", "register_criterion"]
+__all__ = ["REGISTRY", "ExitCriterion", "create_criterion", "list_criteria", "register_criterion"]
 
-_REGISTRY: dict[str, type[ExitCriterion]] = {}
+REGISTRY: Registry[type[ExitCriterion]] = Registry("exit criterion")
 
 
 def register_criterion(name: str) -> Callable[[type[ExitCriterion]], type[ExitCriterion]]:
     def wrap(cls: type[ExitCriterion]) -> type[ExitCriterion]:
-        _REGISTRY[name] = cls
+        REGISTRY.add(name, cls)
         cls.name = name
         return cls
 
@@ -36,16 +36,11 @@ def register_criterion(name: str) -> Callable[[type[ExitCriterion]], type[ExitCr
 
 
 def list_criteria() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def create_criterion(name: str) -> ExitCriterion:
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise ConfigError(
-            f"unknown exit criterion {name!r}; known: {', '.join(list_criteria())}"
-        ) from None
+    return REGISTRY.get(name)()
 
 
 class ExitCriterion(abc.ABC):

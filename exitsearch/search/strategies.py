@@ -24,26 +24,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 from exitsearch._io import derive_seed
 from exitsearch.errors import ConfigError
+from exitsearch.registry import Registry
 
-__all__ = ["EXHAUSTIVE", "INTERRUPTED", "create_sampler", "list_strategies", "register_strategy"]
+__all__ = [
+    "EXHAUSTIVE",
+    "INTERRUPTED",
+    "REGISTRY",
+    "create_sampler",
+    "list_strategies",
+    "register_strategy",
+]
 
 EXHAUSTIVE = "exhaustive"
 INTERRUPTED = "exitsearch:interrupted"  # system attribute of trials killed mid-run
 
 SamplerFactory = Callable[[int, dict[str, Any]], BaseSampler]
-_REGISTRY: dict[str, SamplerFactory] = {}
+REGISTRY: Registry[SamplerFactory] = Registry("search strategy")
 
 
 def register_strategy(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
-    def wrap(factory: SamplerFactory) -> SamplerFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+    return REGISTRY.register(name)
 
 
 def list_strategies() -> list[str]:
-    return sorted([*_REGISTRY, EXHAUSTIVE])
+    return sorted([*REGISTRY.names(), EXHAUSTIVE])
 
 
 @register_strategy("nsga2")
@@ -88,11 +92,11 @@ def create_sampler(name: str, seed: int, **options: Any) -> BaseSampler:
     Raises:
         ConfigError: unknown strategy (the message lists the known ones).
     """
-    if name not in _REGISTRY:
+    if name not in REGISTRY:  # the exhaustive strategy is listed but is no sampler
         raise ConfigError(
             f"unknown search strategy {name!r}; known: {', '.join(list_strategies())}"
         )
-    return PerTrialSeededSampler(_REGISTRY[name], seed, options)
+    return PerTrialSeededSampler(REGISTRY.get(name), seed, options)
 
 
 def _reseed(sampler: BaseSampler, seed: int) -> bool:

@@ -66,8 +66,7 @@ class NanAfter(ExitHead):
 
 @pytest.fixture(scope="module")
 def nan_head() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(head_registry, "_REGISTRY", dict(head_registry._REGISTRY))
+    with head_registry.REGISTRY.scoped():
         register_head("nan_after")(NanAfter)
         yield "nan_after"
 

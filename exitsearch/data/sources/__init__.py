@@ -21,6 +21,7 @@ from typing import Any
 
 from exitsearch.data.samples import Samples
 from exitsearch.errors import DataError
+from exitsearch.registry import Registry
 
 __all__ = ["SourceData", "open_source", "register_source", "resolve_source", "source_names"]
 
@@ -42,7 +43,7 @@ class _Entry:
     description: str
 
 
-_REGISTRY: dict[str, _Entry] = {}
+REGISTRY: Registry[_Entry] = Registry("data source")
 
 
 def register_source(
@@ -54,16 +55,14 @@ def register_source(
     """
 
     def deco(fn: Callable[[Any], SourceData]) -> Callable[[Any], SourceData]:
-        if name in _REGISTRY:
-            raise ValueError(f"data source {name!r} is already registered")
-        _REGISTRY[name] = _Entry(name, matches, fn, description)
+        REGISTRY.add(name, _Entry(name, matches, fn, description))
         return fn
 
     return deco
 
 
 def source_names() -> list[str]:
-    return list(_REGISTRY)
+    return [name for name, _ in REGISTRY.items()]
 
 
 def resolve_source(source: str) -> str:
@@ -72,7 +71,7 @@ def resolve_source(source: str) -> str:
     Raises:
         DataError: no source reads it; the message lists what ``--data`` accepts.
     """
-    for entry in _REGISTRY.values():
+    for _, entry in REGISTRY.items():
         if entry.matches(source):
             return entry.name
     raise DataError(f"{source}: not a known data format; --data takes {describe_sources()}")
@@ -80,12 +79,12 @@ def resolve_source(source: str) -> str:
 
 def describe_sources() -> str:
     """What ``--data`` accepts, in one line."""
-    return "; ".join(e.description for e in _REGISTRY.values())
+    return "; ".join(e.description for _, e in REGISTRY.items())
 
 
 def open_source(spec: Any) -> SourceData:
     """Open the data that ``spec.source`` names with its registered source."""
-    return _REGISTRY[resolve_source(spec.source)].open(spec)
+    return REGISTRY.get(resolve_source(spec.source)).open(spec)
 
 
 # Registration order is matching order: named sources first, the folder catch-all last.
