@@ -359,6 +359,26 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
     return preds
 
 
+# The parts of a latency table may miss the whole forward by this share before a run says so.
+PARTS_TOLERANCE = 0.10
+
+
+def latency_parts_note(lat: LatencyTable) -> str | None:
+    """A note when the table's parts (stem, blocks, head, timed one by one) do not add up to
+    the whole forward: costs in milliseconds are sums of parts, so they are off by as much."""
+    if lat.full_ms <= 0:
+        return None
+    gap = lat.parts_ms / lat.full_ms - 1.0
+    if abs(gap) <= PARTS_TOLERANCE:
+        return None
+    return (
+        f"the latency table's parts sum to {lat.parts_ms:.4g} ms per sample but the whole "
+        f"backbone took {lat.full_ms:.4g} ms ({gap:+.0%}); costs in milliseconds are sums of "
+        f"parts, so a configuration's predicted time is {'under' if gap < 0 else 'over'}"
+        "stated by about as much; `exitsearch bench` measures the exported model itself"
+    )
+
+
 def resolve_budget(
     text: str | None,
     kind: str,
@@ -387,19 +407,22 @@ def resolve_budget(
                 "--latency-device cpu (or cuda) and --latency-batch-size N, or give FLOPs or percent"
             )
         lat = costs.latency.per_sample()
-        full_ms = lat.stem_ms + sum(lat.block_ms) + lat.head_ms
         if budget.value < min_exit_ms:
             raise BudgetError(
                 f"budget {text} is below the cheapest possible exit, {min_exit_ms:.4g} ms per sample "
                 f"on {costs.latency.device_name} at batch {costs.latency.batch_size}"
             )
-        note = None
-        if budget.value >= full_ms:
-            note = (
-                f"budget {text} is above the backbone's own {full_ms:.4g} ms per sample: every "
-                "configuration fits, the whole front is returned"
+        notes = [n for n in (latency_parts_note(lat),) if n]
+        if budget.value >= lat.parts_ms:
+            notes.append(
+                f"budget {text} is above the backbone's own {lat.parts_ms:.4g} ms per sample: "
+                "every configuration fits, the whole front is returned"
             )
-        return budget, BudgetConstraint(None, budget.kind, ms=budget.value), note
+        return (
+            budget,
+            BudgetConstraint(None, budget.kind, ms=budget.value),
+            "; ".join(notes) or None,
+        )
     flops = budget.to_flops(costs.backbone_flops)
     if flops < min_exit_flops:
         raise BudgetError(
