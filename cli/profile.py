@@ -128,13 +128,13 @@ def profile(
         *(f"{t.head_ms:.3f}" for t in tables),
     )
     console.print(table)
-    from exitsearch.pipeline.run import latency_parts_note
+    from exitsearch.profile.latency import parts_note
 
     for t in tables:
         console.print(
             f"batch {t.batch_size} on {t.device_name}: parts sum to {t.parts_ms:.3f} ms, "
             f"full forward {t.full_ms:.3f} ms (median of {t.repeats}, {t.threads} threads)"
         )
-        note = latency_parts_note(t.per_sample())
+        note = parts_note(t.per_sample())
         if note:
             err_console.print(f"note: {note}", highlight=False)

@@ -23,7 +23,7 @@ import torch
 
 from exitsearch.errors import ConfigError
 
-__all__ = ["DEVICE_HELP", "Runtime", "resolve_device"]
+__all__ = ["DEVICE_HELP", "Runtime", "machine_name", "resolve_device"]
 
 DEVICE_HELP = "Where models run: auto (a GPU when there is one), cpu, cuda or cuda:N."
 
@@ -123,3 +123,17 @@ def resolve_device(spec: str | torch.device | Runtime | None = "auto", *, amp: b
         return Runtime(device)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return Runtime(device, dtype)
+
+
+def machine_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
+            )
+    except OSError:
+        return cpu

@@ -25,7 +25,6 @@ from exitsearch._lazy import lazy_exports
 # module; the registry imports them on first use).
 PAPER_STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise", "lgvit", "mevit")
 
-
 if TYPE_CHECKING:
     from exitsearch.finetune.base import Batch, FinetuneStrategy, Hyperparameters, Phase
     from exitsearch.finetune.classifier_wise import ClassifierWise, ClassifierWiseHyperparameters

@@ -28,6 +28,7 @@ from exitsearch.profile import (
     measure_latency,
     profile_backbone,
 )
+from exitsearch.profile.latency import parts_note
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
 from exitsearch.search.costs import CostModel
@@ -282,7 +283,7 @@ def _machine() -> str:
     """What a latency table depends on besides the model: processor and thread count."""
     import torch
 
-    from exitsearch.report.run_report import machine_name
+    from exitsearch.device import machine_name
 
     return f"{machine_name()}|{torch.get_num_threads()} threads"
 
@@ -359,26 +360,6 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
     return preds
 
 
-# The parts of a latency table may miss the whole forward by this share before a run says so.
-PARTS_TOLERANCE = 0.10
-
-
-def latency_parts_note(lat: LatencyTable) -> str | None:
-    """A note when the table's parts (stem, blocks, head, timed one by one) do not add up to
-    the whole forward: costs in milliseconds are sums of parts, so they are off by as much."""
-    if lat.full_ms <= 0:
-        return None
-    gap = lat.parts_ms / lat.full_ms - 1.0
-    if abs(gap) <= PARTS_TOLERANCE:
-        return None
-    return (
-        f"the latency table's parts sum to {lat.parts_ms:.4g} ms per sample but the whole "
-        f"backbone took {lat.full_ms:.4g} ms ({gap:+.0%}); costs in milliseconds are sums of "
-        f"parts, so a configuration's predicted time is {'under' if gap < 0 else 'over'}"
-        "stated by about as much; `exitsearch bench` measures the exported model itself"
-    )
-
-
 def resolve_budget(
     text: str | None,
     kind: str,
@@ -412,7 +393,7 @@ def resolve_budget(
                 f"budget {text} is below the cheapest possible exit, {min_exit_ms:.4g} ms per sample "
                 f"on {costs.latency.device_name} at batch {costs.latency.batch_size}"
             )
-        notes = [n for n in (latency_parts_note(lat),) if n]
+        notes = [n for n in (parts_note(lat),) if n]
         if budget.value >= lat.parts_ms:
             notes.append(
                 f"budget {text} is above the backbone's own {lat.parts_ms:.4g} ms per sample: "

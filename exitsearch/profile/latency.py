@@ -24,6 +24,7 @@ __all__ = [
     "LatencyTable",
     "measure_heads_latency",
     "measure_latency",
+    "parts_note",
     "resolve_device",
     "time_call",
 ]
@@ -105,6 +106,26 @@ class LatencyTable:
     def from_json(cls, d: dict[str, Any]) -> LatencyTable:
         d = {k: v for k, v in d.items() if k != "parts_ms"}
         return cls(**d)
+
+
+# The parts of a latency table may miss the whole forward by this share before a run says so.
+PARTS_TOLERANCE = 0.10
+
+
+def parts_note(lat: LatencyTable) -> str | None:
+    """A note when the table's parts (stem, blocks, head, timed one by one) do not add up to
+    the whole forward: costs in milliseconds are sums of parts, so they are off by as much."""
+    if lat.full_ms <= 0:
+        return None
+    gap = lat.parts_ms / lat.full_ms - 1.0
+    if abs(gap) <= PARTS_TOLERANCE:
+        return None
+    return (
+        f"the latency table's parts sum to {lat.parts_ms:.4g} ms per sample but the whole "
+        f"backbone took {lat.full_ms:.4g} ms ({gap:+.0%}); costs in milliseconds are sums of "
+        f"parts, so a configuration's predicted time is {'under' if gap < 0 else 'over'}"
+        "stated by about as much; `exitsearch bench` measures the exported model itself"
+    )
 
 
 def measure_latency(

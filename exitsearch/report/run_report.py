@@ -11,6 +11,7 @@ import numpy as np
 
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
+from exitsearch.device import machine_name
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.config import ExitConfig
@@ -190,20 +191,6 @@ def environment() -> dict[str, Any]:
         "optuna": optuna.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def machine_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
-            )
-    except OSError:
-        return cpu
 
 
 RECOMMENDATION_RULE = (

@@ -237,26 +237,24 @@ def simple_front(
     return front_of(points, budget, ev)
 
 
-def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
-    """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def _mark_interrupted(study: optuna.Study, only: set[int] | None = None) -> int:
+    """Mark the study's RUNNING trials (those of ``only``, when given) as interrupted and
+    failed, so a resumed run redoes them; returns how many."""
+    stale = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if only is None or t._trial_id in only
+    ]
     for t in stale:
         study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    if stale:
-        progress.log(f"search: {len(stale)} trial(s) interrupted earlier were marked failed")
+    return len(stale)
 
 
-def _settle_own(study: optuna.Study, mine: set[int], exclusive: bool) -> None:
-    """Mark this process's trials still RUNNING (every RUNNING one when the study is this
-    run's alone) as interrupted and failed; a failure to do so is left to the next run."""
-    try:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if exclusive or t._trial_id in mine:
-                study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED, True)
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    except Exception:  # the storage may be mid-transaction; the next run settles them
-        pass
+def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
+    """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
+    if n := _mark_interrupted(study):
+        progress.log(f"search: {n} trial(s) interrupted earlier were marked failed")
 
 
 def run_search(
@@ -357,7 +355,10 @@ def run_search(
         except KeyboardInterrupt:
             # Interrupted outside the objective (while Optuna asked or told), a trial stays
             # RUNNING: settle it now rather than on the next run.
-            _settle_own(study, mine, exclusive)
+            # this process's trials only (every RUNNING one when the study is this run's alone);
+            # the storage may be mid-transaction: then the next run settles them
+            with contextlib.suppress(Exception):
+                _mark_interrupted(study, None if exclusive else mine)
             raise
     seconds = time.perf_counter() - t0
     progress.finish(task)

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from exitsearch.pipeline.run import PARTS_TOLERANCE, latency_parts_note, resolve_budget
+from exitsearch.pipeline.run import resolve_budget
 from exitsearch.profile import LatencyTable
+from exitsearch.profile.latency import PARTS_TOLERANCE, parts_note
 
 
 def _table(full_ms: float, batch: int = 4) -> LatencyTable:
@@ -20,7 +21,7 @@ def _table(full_ms: float, batch: int = 4) -> LatencyTable:
     [(2.0, None), (2.0 * (1 + PARTS_TOLERANCE * 0.9), None), (10.6, "understated"), (1.5, "overstated")],
 )
 def test_parts_that_miss_the_whole_get_a_note(full_ms, word):
-    note = latency_parts_note(_table(full_ms).per_sample())
+    note = parts_note(_table(full_ms).per_sample())
     if word is None:
         assert note is None
     else:
