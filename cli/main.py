@@ -12,6 +12,7 @@ from exitsearch_cli.export import export
 from exitsearch_cli.finetune import finetune, finetune_compare
 from exitsearch_cli.profile import profile
 from exitsearch_cli.run import run
+from exitsearch_cli.serve import serve
 
 app = typer.Typer(
     name="exitsearch",
@@ -47,6 +48,7 @@ app.command("profile")(profile)
 app.command("run")(run)
 app.command("export")(export)
 app.command("bench")(bench)
+app.command("serve")(serve)
 app.command("finetune")(finetune)
 app.command("finetune-compare")(finetune_compare)
 

@@ -175,7 +175,8 @@ def connect(
     if ray.is_initialized():
         return _info(_CONNECTED[0] if _CONNECTED else address)
     _probe(address, probe_timeout)
-    auth_set = _prepare_auth_env()
+    # A private local Ray sets up its own authentication; forcing the token mode on it fails
+    auth_set = _prepare_auth_env() if hp is not None else False
     kwargs: dict[str, Any] = {
         "namespace": _NAMESPACE,
         "log_to_driver": log_to_driver,

@@ -1,0 +1,180 @@
+"""``exitsearch serve``: an exported bundle behind HTTP on Ray Serve, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from exitsearch_cli._console import console, err_console, handle_errors
+from rich import box
+from rich.table import Table
+
+from exitsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from exitsearch.serve.app import Server
+
+
+@handle_errors
+def serve(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder written by `exitsearch export`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Serve on this Ray cluster (HOST:PORT of `ray start --head`); the bundle is "
+            "shipped to its nodes. Default: a local Ray started for the server.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(help="Model replicas (Ray spreads them over the cluster's nodes).")
+    ] = 1,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda (one GPU per replica) or auto (CUDA when there is one).")
+    ] = "cpu",
+    threads: Annotated[int, typer.Option(help="PyTorch CPU threads per replica.")] = 1,
+    cpus_per_replica: Annotated[
+        float, typer.Option(help="Logical CPUs Ray reserves for each replica.")
+    ] = 1.0,
+    point: Annotated[
+        int | None,
+        typer.Option("--point", help="Fixed operating point (index; GET / lists them)."),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Fixed operating point: the most accurate within this mean cost per sample "
+            "(e.g. 40%, 30MFLOPs).",
+        ),
+    ] = None,
+    slo_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--slo-ms",
+            help="p99 latency target (ms, server side): move to cheaper operating points when "
+            "the queue puts it at risk, back when load falls; refuse (503) what even the "
+            "cheapest cannot answer in time. Default: a fixed operating point.",
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Dynamic batching: images per model batch at most.")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Dynamic batching: how long a batch waits to fill (ms).")
+    ] = 2.0,
+    max_queued: Annotated[
+        int,
+        typer.Option(
+            help="Requests a replica holds at once; beyond it and as many more "
+            "waiting at the proxy, requests get 503."
+        ),
+    ] = 256,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,
+    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 64,
+    top_k: Annotated[int, typer.Option(help="Classes returned per image by default.")] = 5,
+    backbone_only: Annotated[
+        bool,
+        typer.Option(
+            "--backbone-only", help="Serve the bundle's backbone without exits (a baseline)."
+        ),
+    ] = False,
+) -> None:
+    """Serve an exported model over HTTP (Ray Serve) with per-sample exits and dynamic batching.
+
+    POST /predict takes image bytes (PNG, JPEG, WebP) or JSON {"image": base64} /
+    {"images": [...]}; GET /healthz, GET /metrics (Prometheus), GET / (the operating points).
+    Runs until Ctrl-C or SIGTERM, then finishes the requests in flight."""
+    from exitsearch.serve.app import ServeOptions, start_server
+    from exitsearch.serve.requests import Limits
+
+    if not max_body_mb > 0:
+        raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
+    try:
+        limits = Limits(max_bytes=int(max_body_mb * 2**20), max_images=max_images)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    options = ServeOptions(
+        host=host,
+        port=port,
+        replicas=replicas,
+        ray_address=ray_address,
+        device=device,
+        threads=threads,
+        cpus_per_replica=cpus_per_replica,
+        operating_point=point,
+        budget=budget,
+        slo_ms=slo_ms,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        max_queued=max_queued,
+        limits=limits,
+        top_k=top_k,
+        backbone_only=backbone_only,
+    )
+    err_console.print(f"starting Ray Serve for {bundle} ...")
+    server = start_server(bundle, options)
+    # Ray installs its own SIGTERM handler, which ends the process at once: take it back, so
+    # that SIGTERM stops the server the way Ctrl-C does (requests in flight finish).
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        _print(server)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raised as KeyboardInterrupt)
+        err_console.print("stopping: finishing the requests in flight ...")
+    finally:
+        server.stop()
+    err_console.print("server stopped")
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print(server: Server) -> None:
+    d = server.describe
+    o = server.options
+    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row(
+        "model",
+        f"{d['backbone']} {'x'.join(map(str, d['input_size']))}, {d['num_classes']} classes",
+    )
+    if d["backbone_only"]:
+        table.add_row("exits", "none (backbone only)")
+    else:
+        table.add_row("exits", ", ".join(d["exits"]))
+        default = d["default_operating_point"]
+        points = d["operating_points"]
+        if default is not None:
+            p = points[default]
+            table.add_row(
+                "operating point",
+                f"{default} of {len(points)}: {p['mean_cost']} per image "
+                f"({p['speedup']:.2f}x), validation accuracy {p['val_accuracy']:.4f}",
+            )
+    table.add_row(
+        "latency target",
+        f"p99 {o.slo_ms:g} ms (operating points switch with load)" if o.slo_ms else "none",
+    )
+    table.add_row(
+        "replicas",
+        f"{o.replicas} on {'a local Ray' if server.local else o.ray_address}, "
+        f"batches of up to {o.max_batch_size} ({o.batch_wait_ms:g} ms wait)",
+    )
+    table.add_row(
+        "predict",
+        f"curl --data-binary @image.png -H 'Content-Type: image/png' {server.url}/predict",
+    )
+    table.add_row(
+        "health", f"{server.url}/healthz   metrics: {server.url}/metrics   points: {server.url}/"
+    )
+    console.print(table)
+    err_console.print("serving; Ctrl-C or SIGTERM stops after the requests in flight")

@@ -1,0 +1,532 @@
+"""``exitsearch serve``: an exported bundle behind HTTP on Ray Serve.
+
+One Ray Serve application: every replica loads the bundle (shipped through Ray's object store
+when the cluster is not this machine), batches requests with Ray Serve's dynamic batching and
+runs each batch through the multi-exit model, so every request leaves at its own exit. Routes:
+
+* ``POST /predict``: one image (raw PNG/JPEG/WebP bytes) or JSON with base64 images
+  (:mod:`exitsearch.serve.requests`); answers label, top-k probabilities, the exit taken, the
+  operating point and the server-side latency.
+* ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded.
+* ``GET /metrics``: Prometheus text, summed over replicas (:mod:`exitsearch.serve.metrics`).
+* ``GET /``: what is served: backbone, exits, operating points with predicted cost and accuracy.
+
+With a latency target (``slo_ms``) each replica moves between the bundle's operating points as
+its queue grows and shrinks (:mod:`exitsearch.serve.target`) and refuses (503) what it cannot
+answer in time even at the cheapest point. Bad input gets a 4xx with a one-line message; an
+unexpected failure a 500 with one line; no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from exitsearch.errors import ConfigError, ExitSearchError
+from exitsearch.serve.metrics import CONTENT_TYPE, Metrics, merge, render
+from exitsearch.serve.requests import Limits, RequestError, parse_request
+
+__all__ = ["ServeOptions", "Server", "start_server"]
+
+log = logging.getLogger("exitsearch.serve")
+APP_NAME = "exitsearch"
+_PUSH_PERIOD_S = 0.5
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve a bundle.
+
+    Attributes:
+        host, port: where the HTTP proxy listens (Ray Serve's proxy, one per node).
+        replicas: model replicas, spread over the cluster's nodes by Ray.
+        ray_address: an existing Ray cluster (``HOST:PORT``); None starts a local Ray.
+        device: ``cpu``, ``cuda`` (one GPU per replica) or ``auto`` (CUDA when the cluster
+            has GPUs).
+        threads: PyTorch CPU threads per replica.
+        cpus_per_replica: logical CPUs Ray reserves per replica.
+        operating_point, budget: the fixed operating point (index, or the most accurate within a
+            budget such as ``40%``); default: the bundle's own.
+        slo_ms: p99 latency target in ms (server side); None keeps the operating point fixed.
+        max_batch_size, batch_wait_ms: dynamic batching: a batch runs when it holds
+            ``max_batch_size`` images or its first image has waited ``batch_wait_ms``.
+        max_queued: requests a replica holds at once; more wait at the proxy, and beyond
+            that many there too they are refused (503).
+        limits: request size limits.
+        top_k: classes returned per image unless the request asks otherwise.
+        backbone_only: serve the bundle's backbone without exits (a baseline).
+        route_prefix: URL prefix of the application.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    ray_address: str | None = None
+    device: str = "cpu"
+    threads: int = 1
+    cpus_per_replica: float = 1.0
+    operating_point: int | None = None
+    budget: str | None = None
+    slo_ms: float | None = None
+    max_batch_size: int = 32
+    batch_wait_ms: float = 2.0
+    max_queued: int = 256
+    limits: Limits = field(default_factory=Limits)
+    top_k: int = 5
+    backbone_only: bool = False
+    route_prefix: str = "/"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "port": 0 <= self.port < 65536,
+            "replicas": self.replicas >= 1,
+            "threads": self.threads >= 1,
+            "cpus_per_replica": self.cpus_per_replica >= 0,
+            "max_batch_size": self.max_batch_size >= 1,
+            "batch_wait_ms": self.batch_wait_ms >= 0,
+            "max_queued": self.max_queued >= 1,
+            "top_k": self.top_k >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed"
+                )
+        if self.slo_ms is not None and not self.slo_ms > 0:
+            raise ConfigError(f"--slo-ms must be a positive number of ms, got {self.slo_ms}")
+        if self.operating_point is not None and self.budget is not None:
+            raise ConfigError("give an operating point or a budget, not both")
+        if self.backbone_only and (self.slo_ms or self.operating_point is not None or self.budget):
+            raise ConfigError("the backbone alone has no operating points to choose or switch")
+        if not self.route_prefix.startswith("/"):
+            raise ConfigError(f"the route prefix must start with '/', got {self.route_prefix!r}")
+
+
+@ray.remote(num_cpus=0)
+class MetricsHub:
+    """Where every replica leaves its latest metrics snapshot, and learns that the server is
+    stopping (:meth:`put` answers whether to drain)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.draining = False
+
+    def put(self, replica: str, snapshot: dict[str, Any]) -> bool:
+        self.snapshots[replica] = snapshot
+        return self.draining
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def get(self) -> dict[str, dict[str, Any]]:
+        return self.snapshots
+
+
+@dataclass
+class _Item:
+    pixels: Any
+    point: int | None
+    top_k: int
+
+
+@serve.deployment(name="model")
+class BundleServer:
+    """One replica: the bundle, its dynamic batcher, latency target and metrics."""
+
+    def __init__(
+        self, source: Any, options: Mapping[str, Any], hub: str, describe: Mapping[str, Any]
+    ) -> None:
+        import torch
+
+        from exitsearch.distributed.shipping import ShippedFolder, materialise
+        from exitsearch.export import load_bundle
+        from exitsearch.serve.engine import ServingModel
+        from exitsearch.serve.target import LatencyTarget, TargetSettings, ladder
+
+        opts = dict(options)
+        self.limits = Limits(**opts.pop("limits"))
+        self.opts = opts
+        torch.set_num_threads(int(opts["threads"]))
+        path = materialise(source) if isinstance(source, ShippedFolder) else Path(source)
+        model = load_bundle(path, device=opts["device"])
+        self.engine = ServingModel(model, backbone_only=bool(opts["backbone_only"]))
+        start = self.engine.resolve_point(opts["operating_point"], opts["budget"])
+        if start is not None:
+            self.engine.set_default(start)
+        self.fixed = self.engine.point
+        self.target: LatencyTarget | None = None
+        if opts["slo_ms"]:
+            points = self.engine.points
+            first = self.fixed
+            if first is None:  # the bundle's thresholds are none of its points: the best one
+                first = max(
+                    range(len(points)),
+                    key=lambda i: (points[i].val_accuracy, -points[i].mean_flops),
+                )
+            steps = ladder([p.mean_flops for p in points], [p.val_accuracy for p in points], first)
+            self.target = LatencyTarget(
+                TargetSettings(float(opts["slo_ms"])),
+                steps,
+                self.engine.point_costs(),
+                batch_wait_s=float(opts["batch_wait_ms"]) / 1000,
+            )
+        self._run_batch.set_max_batch_size(int(opts["max_batch_size"]))
+        self._run_batch.set_batch_wait_timeout_s(float(opts["batch_wait_ms"]) / 1000)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="exitsearch-model")
+        self.metrics = Metrics()
+        self.queued = 0  # images waiting for or in a model batch (the latency target's queue)
+        self.in_flight = 0  # prediction requests between arrival and answer
+        self.draining = False
+        self.describe = dict(describe)
+        try:
+            self.replica = serve.get_replica_context().replica_tag
+        except Exception:  # outside Serve (not expected)
+            self.replica = str(os.getpid())
+        self.hub = ray.get_actor(hub)
+        self._pusher: asyncio.Task[None] | None = None
+        self._gauges()
+        with contextlib.suppress(RuntimeError):  # no event loop here: the first request starts it
+            self._ensure_pusher()
+
+    # ------------------------------------------------------------------ HTTP
+    async def __call__(self, request: Request) -> Response:
+        self._ensure_pusher()
+        path = request.url.path.rstrip("/") or "/"
+        prefix = self.opts["route_prefix"].rstrip("/")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix) :] or "/"
+        try:
+            if path == "/predict":
+                if request.method != "POST":
+                    raise RequestError(405, "POST an image to /predict")
+                return await self._predict(request)
+            if request.method != "GET":
+                raise RequestError(405, f"{path} answers GET only")
+            if path == "/healthz":
+                return JSONResponse({"status": "ok", "operating_point": self.engine.point})
+            if path == "/metrics":
+                return PlainTextResponse(await self._metrics_text(), media_type=CONTENT_TYPE)
+            if path == "/":
+                return JSONResponse(self.describe)
+            raise RequestError(404, f"no route {path}; try POST /predict, GET /healthz, /metrics")
+        except RequestError as exc:
+            return _error(exc.status, str(exc))
+        except Exception as exc:  # the server never dies and never leaks a traceback
+            log.exception("request failed")
+            return _error(500, f"internal error ({type(exc).__name__})")
+
+    async def _predict(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        status = 200
+        self.in_flight += 1
+        try:
+            if self.draining:
+                raise RequestError(503, "the server is shutting down")
+            body = await _read_body(request, self.limits.max_bytes)
+            req = parse_request(
+                request.headers.get("content-type"), body, request.query_params, self.limits
+            )
+            point = self.engine.resolve_point(req.operating_point, req.budget)
+            n = len(req.images)
+            if (
+                self.target is not None
+                and point is None
+                and not self.target.admit(self.queued + n - 1)
+            ):
+                self.metrics.inc("exitsearch_shed_total")
+                raise RequestError(
+                    503, "over the latency target even at the cheapest operating point; retry later"
+                )
+            top_k = req.top_k or int(self.opts["top_k"])
+            pixels = self.engine.pixels(req.images)
+            self.queued += n
+            try:
+                answers = await asyncio.gather(
+                    *(self._run_batch(_Item(pixels[i], point, top_k)) for i in range(n))
+                )
+            finally:
+                self.queued -= n
+        except RequestError as exc:
+            status = exc.status
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.in_flight -= 1
+            elapsed = time.perf_counter() - t0
+            self.metrics.inc("exitsearch_requests_total", code=status)
+            if status == 200:
+                self.metrics.observe("exitsearch_request_latency_seconds", elapsed)
+        latency_ms = round(elapsed * 1000, 3)
+        rows = [dict(a.to_dict(), operating_point=p) for a, p in answers]
+        if req.batch:
+            return JSONResponse({"predictions": rows, "latency_ms": latency_ms})
+        return JSONResponse(dict(rows[0], latency_ms=latency_ms))
+
+    # ------------------------------------------------------------------ batching
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _run_batch(self, items: list[_Item]) -> list[tuple[Any, int | None]]:
+        chosen = self._choose_point()
+        groups: dict[int | None, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.point if item.point is not None else chosen, []).append(i)
+        out: list[Any] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+        for point, rows in groups.items():
+            import numpy as np
+
+            pixels = np.stack([items[i].pixels for i in rows])
+            t0 = time.perf_counter()
+            answers = await loop.run_in_executor(
+                self.pool, self.engine.infer, pixels, point, [items[i].top_k for i in rows]
+            )
+            seconds = time.perf_counter() - t0
+            used = self.engine.point
+            if self.target is not None and used is not None:
+                self.target.observe(used, len(rows), seconds)
+            self.metrics.observe("exitsearch_batch_size", len(rows))
+            self.metrics.inc("exitsearch_images_total", len(rows))
+            for i, a in zip(rows, answers, strict=True):
+                out[i] = (a, used)
+                self.metrics.inc("exitsearch_exits_total", exit=a.exit, block=a.block)
+            if used is not None:
+                self.metrics.inc("exitsearch_operating_point_images_total", len(rows), point=used)
+        self._gauges()
+        return out
+
+    def _choose_point(self) -> int | None:
+        if self.target is None:
+            return self.fixed
+        before = self.target.switches
+        point = self.target.update(self.queued)
+        if self.target.switches != before:
+            self.metrics.inc("exitsearch_point_switches_total", self.target.switches - before)
+        return point
+
+    # ------------------------------------------------------------------ metrics
+    def _gauges(self) -> None:
+        point = self.target.point if self.target is not None else self.engine.point
+        self.metrics.set("exitsearch_operating_point", -1 if point is None else point)
+        self.metrics.set("exitsearch_queue_depth", self.queued)
+        self.metrics.set("exitsearch_in_flight", self.in_flight)
+        self.metrics.set("exitsearch_draining", float(self.draining))
+
+    def _ensure_pusher(self) -> None:
+        if self._pusher is None or self._pusher.done():
+            self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+
+    async def _push_forever(self) -> None:
+        while True:
+            await self._push()
+            await asyncio.sleep(_PUSH_PERIOD_S)
+
+    async def _push(self) -> None:
+        self._gauges()
+        try:
+            if await self.hub.put.remote(self.replica, self.metrics.snapshot()):
+                self.draining = True
+        except Exception:  # the hub went away (shutting down): metrics are best effort
+            log.debug("metrics push failed", exc_info=True)
+
+    async def _metrics_text(self) -> str:
+        await self._push()
+        snapshots = await self.hub.get.remote()
+        return render(merge(snapshots))
+
+
+# ---------------------------------------------------------------------------- helpers
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes exceeds {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------------- driver
+@dataclass
+class Server:
+    """A running server (returned by :func:`start_server`)."""
+
+    url: str
+    options: ServeOptions
+    describe: dict[str, Any]
+    local: bool
+    hub: Any = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
+        stop; a local Ray is shut down too, an existing cluster keeps running (only this
+        application is deleted)."""
+        from exitsearch.distributed.cluster import disconnect
+
+        try:
+            if self.hub is not None:
+                self._drain(timeout)
+            if self.local:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            if self.hub is not None:
+                with contextlib.suppress(Exception):  # already gone with the cluster
+                    ray.kill(self.hub)
+            disconnect()
+
+    def _drain(self, timeout: float) -> None:
+        ray.get(self.hub.drain.remote())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            snaps = ray.get(self.hub.get.remote())
+            gauges = [snap["gauges"] for snap in snaps.values()]
+            if len(gauges) >= self.options.replicas and all(
+                g.get("exitsearch_draining") == 1 and g.get("exitsearch_in_flight") == 0
+                for g in gauges
+            ):
+                return
+            time.sleep(0.1)
+        log.warning("requests still in flight after %.0f s; stopping anyway", timeout)
+
+
+def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = None) -> Server:
+    """Serve ``bundle`` over HTTP and return when every replica answers.
+
+    Raises:
+        BundleError: the bundle is missing, altered or unreadable.
+        ConfigError: bad options, an operating point the bundle lacks, the port is taken.
+        ClusterError: the Ray cluster cannot be reached, or CUDA asked of one without GPUs.
+    """
+    from exitsearch.distributed.cluster import connect, disconnect, resolve_address, task_device
+    from exitsearch.export import load_bundle
+
+    options = options or ServeOptions()
+    address = resolve_address(options.ray_address)
+    root = Path(bundle)
+    model = load_bundle(root)  # checksums and schema checked here, before anything starts
+    fixed: int | None = None
+    if options.budget is not None:  # resolved here: a budget no point fits fails before Ray
+        model.set_operating_point(options.budget)
+        fixed = model.point_index
+    elif options.operating_point is not None:
+        model.set_operating_point(index=options.operating_point)
+        fixed = options.operating_point
+    describe = describe_bundle(model, options)
+    if options.slo_ms and not model.operating_points:
+        raise ConfigError(
+            f"{root} carries no operating points: a latency target has none to switch to"
+        )
+    del model
+    local = address is None or address == "local"
+    if local:
+        _check_port(options.host, options.port)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not its per-step INFO lines
+    connect(address or "local")
+    try:
+        device = task_device(options.device)
+        actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
+        if device == "cuda":
+            actor_options["num_gpus"] = 1
+        if local:
+            source: Any = str(root.resolve())
+        else:
+            from exitsearch.distributed.shipping import ship_folder
+
+            source = ship_folder(root)
+        hub_name = f"{APP_NAME}-metrics-{os.getpid()}"
+        hub = MetricsHub.options(name=hub_name).remote()  # type: ignore[attr-defined]
+        opts = asdict(options)
+        opts.update(device=device, operating_point=fixed, budget=None)
+        serve.start(
+            http_options={"host": options.host, "port": options.port},
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
+        )
+        app = BundleServer.options(  # type: ignore[attr-defined]
+            num_replicas=options.replicas,
+            max_ongoing_requests=options.max_queued,
+            max_queued_requests=options.max_queued,
+            ray_actor_options=actor_options,
+            graceful_shutdown_timeout_s=30,
+            max_constructor_retry_count=1,
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
+        ).bind(source, opts, hub_name, describe)
+        serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
+    except Exception as exc:
+        disconnect()
+        if isinstance(exc, ExitSearchError):
+            raise
+        raise ConfigError(f"the server did not start: {' '.join(str(exc).split())[:300]}") from None
+    except BaseException:  # Ctrl-C or SIGTERM while starting: leave no Ray behind
+        disconnect()
+        raise
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    url = f"http://{host}:{options.port}{options.route_prefix.rstrip('/')}"
+    return Server(url=url, options=options, describe=describe, local=local, hub=hub)
+
+
+def _check_port(host: str, port: int) -> None:
+    if port == 0:
+        raise ConfigError("give a port number (0 is not allowed: the proxy's port must be known)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port"
+            ) from None
+
+
+def describe_bundle(model: Any, options: ServeOptions) -> dict[str, Any]:
+    """What ``GET /`` answers: the model, its exits and operating points."""
+    from exitsearch.units import format_flops
+
+    costs = model.costs
+    points = [
+        {
+            "index": i,
+            "mean_flops": p.mean_flops,
+            "mean_cost": format_flops(p.mean_flops),
+            "speedup": costs.backbone_flops / p.mean_flops,
+            "val_accuracy": p.val_accuracy,
+        }
+        for i, p in enumerate(model.operating_points)
+    ]
+    return {
+        "bundle": str(model.source),
+        "backbone": model.manifest["backbone"]["spec"]["model"],
+        "backbone_only": options.backbone_only,
+        "input_size": list(model.preprocess.input_size),
+        "num_classes": int(model.backbone.num_classes),
+        "exits": [] if options.backbone_only else [h.key for h in model.config.exits],
+        "backbone_flops": costs.backbone_flops,
+        "operating_points": [] if options.backbone_only else points,
+        "default_operating_point": None if options.backbone_only else model.point_index,
+        "latency_target_ms": options.slo_ms,
+        "max_batch_size": options.max_batch_size,
+        "batch_wait_ms": options.batch_wait_ms,
+    }

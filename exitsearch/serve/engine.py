@@ -1,0 +1,156 @@
+"""The model behind the server: images in, one answer per image with the exit it took.
+
+:class:`ServingModel` wraps an exported model (:func:`exitsearch.load`) for a server replica.
+A dynamic batch of requests is preprocessed with the bundle's own transform (timm's eval
+transform: resize, centre crop, mean/std), then run in the model's batch mode: the batch thins
+out at every exit (per-sample compaction), so each request leaves at its own exit while the
+blocks run on as many samples as are still in flight. The answers equal
+``exitsearch.load(bundle).predict(images)`` on the same images at the same operating point.
+
+``backbone_only`` serves the same bundle's backbone without exits, the baseline a load test
+compares against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from exitsearch.errors import ExitSearchError
+from exitsearch.serve.requests import RequestError
+
+__all__ = ["Answer", "ServingModel"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server says about one image.
+
+    Attributes:
+        label: the predicted class index.
+        top: ``(class, probability)`` pairs, most probable first.
+        exit: the exit taken (0-based; the number of early exits means the backbone's own head).
+        block: the block after which the image left (the backbone's depth for its own head).
+    """
+
+    label: int
+    top: tuple[tuple[int, float], ...]
+    exit: int
+    block: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probabilities": [{"label": c, "p": round(p, 6)} for c, p in self.top],
+            "exit": self.exit,
+            "exit_block": self.block,
+        }
+
+
+class ServingModel:
+    """An exported model prepared for serving (one per replica; not thread-safe).
+
+    Args:
+        model: a :class:`~exitsearch.export.MultiExitModel`, as :func:`exitsearch.load` returns.
+        backbone_only: serve the backbone alone (every image leaves at its final head).
+    """
+
+    def __init__(self, model: Any, *, backbone_only: bool = False) -> None:
+        self.model = model
+        self.backbone_only = backbone_only
+        self.num_classes = int(model.backbone.num_classes)
+        self.depth = int(model.backbone.depth)
+        self.num_exits = 0 if backbone_only else int(model.num_exits)
+        self._blocks = [int(h.location) for h in model.config.exits] + [self.depth]
+        self.points = [] if backbone_only else list(model.operating_points)
+        self._base: tuple[float, ...] = () if backbone_only else tuple(model.thresholds)
+        self._transform = model.preprocess.image_transform()
+        self._normalise = model.preprocess.input_transform()
+        self._device = next(model.parameters()).device
+
+    # ----------------------------------------------------------------- operating points
+    def resolve_point(self, index: int | None = None, budget: str | None = None) -> int | None:
+        """The operating point a request asks for (None: the server's own choice).
+
+        Raises:
+            RequestError: 422 an index out of range, a budget no point fits or that does not
+                parse, or a point asked of the backbone-only server.
+        """
+        if index is None and budget is None:
+            return None
+        if not self.points:
+            raise RequestError(422, "this server has no operating points to choose from")
+        if index is not None:
+            if index >= len(self.points):
+                raise RequestError(
+                    422,
+                    f"operating point {index} does not exist; this model has "
+                    f"{len(self.points)} (0..{len(self.points) - 1})",
+                )
+            return index
+        from exitsearch.export.points import choose_point
+
+        c = self.model.costs
+        try:
+            return choose_point(self.points, budget, c.backbone_flops, max(c.exit_flops))  # type: ignore[arg-type]
+        except ExitSearchError as exc:
+            raise RequestError(422, str(exc)) from None
+
+    def set_default(self, point: int) -> None:
+        """Make operating ``point`` what requests that ask for none get."""
+        self.model.set_operating_point(index=point)
+        self._base = tuple(self.model.thresholds)
+
+    def use(self, point: int | None) -> None:
+        """Run the next batches at ``point`` (None: the default)."""
+        if point is None:
+            if tuple(self.model.thresholds) != self._base:
+                self.model.set_thresholds(self._base)
+        elif point != self.model.point_index:
+            self.model.set_operating_point(index=point)
+
+    def point_costs(self) -> list[float]:
+        """Predicted mean FLOPs per sample of every operating point (validation)."""
+        return [p.mean_flops for p in self.points]
+
+    # ----------------------------------------------------------------- inference
+    def pixels(self, images: Sequence[Any]) -> np.ndarray:
+        """uint8 ``(N, C, H, W)`` at the model's size: the bundle's resize and crop."""
+        return np.stack([self._transform(im) for im in images])
+
+    def infer(self, pixels: np.ndarray, point: int | None, top_k: Sequence[int]) -> list[Answer]:
+        """Answers for ``pixels`` (from :meth:`pixels`) at operating ``point`` (None: the
+        default, :meth:`set_default`); ``top_k[i]`` classes are returned for image ``i``."""
+        x = self._normalise(torch.from_numpy(pixels)).to(self._device)
+        with torch.inference_mode():
+            if self.backbone_only:
+                logits = self.model.backbone(x)
+                exits = np.full(len(x), 0, dtype=np.int64)
+            else:
+                self.use(point)
+                out = self.model.run(x)
+                logits, exits = out.logits, out.exit_index.cpu().numpy()
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        answers = []
+        for i, row in enumerate(probs):
+            k = min(int(top_k[i]), self.num_classes)
+            order = np.argsort(-row, kind="stable")[:k]
+            e = int(exits[i])
+            answers.append(
+                Answer(
+                    label=int(np.argmax(row)),
+                    top=tuple((int(c), float(row[c])) for c in order),
+                    exit=e,
+                    block=self._blocks[e] if not self.backbone_only else self.depth,
+                )
+            )
+        return answers
+
+    @property
+    def point(self) -> int | None:
+        """The operating point in use (None when the thresholds match none, or no exits)."""
+        return None if self.backbone_only else self.model.point_index

@@ -1,0 +1,233 @@
+"""What a prediction request may hold, and the one-line 4xx answer to everything else.
+
+A request is one image or a batch:
+
+* the raw bytes of a PNG, JPEG or WebP image (``Content-Type: image/png``, ``image/jpeg``,
+  ``image/webp`` or ``application/octet-stream``), options in the query string
+  (``?top_k=3&operating_point=2`` or ``?budget=40%``);
+* a JSON body ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}`` with the same
+  options as keys.
+
+Nothing here trusts the client: the body size is capped before it is read in full, an image's
+pixel count is checked from its header before it is decoded (a small PNG can expand to
+gigabytes: a decompression bomb), and only 8-bit grey or colour images are accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from exitsearch.errors import ExitSearchError
+
+__all__ = ["IMAGE_FORMATS", "Limits", "PredictRequest", "RequestError", "parse_request"]
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+_RAW_TYPES = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")
+# 8-bit modes with one or three channels; palette images carry one of those per entry
+_MODES = {"1": "grey", "L": "grey", "P": "palette", "RGB": "colour"}
+
+
+class RequestError(ExitSearchError):
+    """A request the server refuses: ``status`` is the HTTP status, the message one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry.
+
+    Attributes:
+        max_bytes: body size (the bytes sent, base64 included).
+        max_images: images in one request.
+        max_pixels: width x height of one image, read from its header before decoding.
+    """
+
+    max_bytes: int = 8 * 2**20
+    max_images: int = 64
+    max_pixels: int = 4096 * 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_images", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A checked request: decoded images (PIL, 8-bit grey, palette or RGB) and its options.
+
+    Attributes:
+        images: the images, in request order.
+        batch: whether the request sent a list (the answer is then a list too).
+        top_k: classes returned per image with their probabilities (None: the server's
+            default).
+        operating_point: the operating point asked for by index, if any.
+        budget: the operating point asked for by budget (e.g. ``40%``), if any.
+    """
+
+    images: tuple[Any, ...]
+    batch: bool
+    top_k: int | None = None
+    operating_point: int | None = None
+    budget: str | None = None
+
+
+def parse_request(
+    content_type: str | None,
+    body: bytes,
+    query: Mapping[str, str],
+    limits: Limits,
+) -> PredictRequest:
+    """Decode and check a prediction request.
+
+    Raises:
+        RequestError: 400 malformed (JSON, base64, options, not an image), 413 too large
+            (bytes, images, pixels), 415 a media type or image format not accepted, 422 an image
+            with channels the model cannot read (alpha, CMYK, 16-bit, float).
+    """
+    if len(body) > limits.max_bytes:
+        raise RequestError(413, f"request body of {len(body)} bytes exceeds {limits.max_bytes}")
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        doc = _json(body)
+        options = {k: v for k, v in doc.items() if k not in ("image", "images")}
+        encoded, batch = _encoded_images(doc)
+        if len(encoded) > limits.max_images:
+            raise RequestError(
+                413, f"{len(encoded)} images in one request; at most {limits.max_images}"
+            )
+        blobs = [_b64(item, i) for i, item in enumerate(encoded)]
+    elif kind in _RAW_TYPES or (not kind and body):
+        options, batch, blobs = dict(query), False, [body]
+    else:
+        raise RequestError(
+            415,
+            f"unsupported Content-Type {kind or '(none)'!r}; send image bytes (image/png, "
+            "image/jpeg, image/webp, application/octet-stream) or application/json",
+        )
+    if not blobs or not blobs[0]:
+        raise RequestError(400, "the request holds no image")
+    images = tuple(_image(blob, i if batch else None, limits) for i, blob in enumerate(blobs))
+    return PredictRequest(images=images, batch=batch, **_options(options))
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError(
+            400, 'the JSON body must be an object: {"image": ...} or {"images": [...]}'
+        )
+    return doc
+
+
+def _encoded_images(doc: Mapping[str, Any]) -> tuple[list[Any], bool]:
+    if ("image" in doc) == ("images" in doc):
+        raise RequestError(
+            400, 'the JSON body needs exactly one of "image" (base64) or "images" (a list)'
+        )
+    if "image" in doc:
+        return [doc["image"]], False
+    items = doc["images"]
+    if not isinstance(items, list) or not items:
+        raise RequestError(400, '"images" must be a non-empty list of base64 strings')
+    return items, True
+
+
+def _b64(item: Any, i: int) -> bytes:
+    where = f"image {i}" if i else "the image"
+    if not isinstance(item, str):
+        raise RequestError(400, f"{where} must be a base64 string, got {type(item).__name__}")
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"{where} is not valid base64") from None
+
+
+def _image(blob: bytes, i: int | None, limits: Limits) -> Any:
+    from PIL import Image
+
+    where = "the image" if i is None else f"image {i}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise RequestError(413, f"{where} has too many pixels to decode") from None
+    except Image.UnidentifiedImageError:
+        raise RequestError(
+            415, f"{where} is not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image"
+        ) from None
+    except OSError as exc:
+        raise RequestError(400, f"{where} cannot be read: {exc}") from None
+    w, h = image.size
+    if w * h > limits.max_pixels:
+        raise RequestError(
+            413, f"{where} is {w}x{h} pixels; at most {limits.max_pixels} pixels are decoded"
+        )
+    if image.mode not in _MODES:
+        raise RequestError(422, _channels_message(where, image.mode))
+    if getattr(image, "n_frames", 1) > 1:
+        raise RequestError(422, f"{where} is animated ({image.n_frames} frames); send one frame")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise RequestError(400, f"{where} is truncated or corrupt: {exc}") from None
+    if image.mode == "P" and "transparency" in image.info:
+        raise RequestError(422, _channels_message(where, "P with transparency"))
+    return image
+
+
+def _channels_message(where: str, mode: str) -> str:
+    if "A" in mode or "transparency" in mode:
+        why = "has an alpha channel; flatten it onto a background first"
+    elif mode == "CMYK":
+        why = "is CMYK; convert it to RGB first"
+    else:
+        why = f"has mode {mode} (16-bit, float or multi-band); send 8-bit grey or RGB"
+    return f"{where} {why}"
+
+
+def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    known = {"top_k", "operating_point", "budget"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RequestError(400, f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    out: dict[str, Any] = {}
+    if "top_k" in raw:
+        out["top_k"] = _positive_int(raw["top_k"], "top_k")
+    if "operating_point" in raw:
+        value = raw["operating_point"]
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RequestError(400, f"operating_point must be an index >= 0, got {value!r}")
+        out["operating_point"] = value
+    if "budget" in raw:
+        if not isinstance(raw["budget"], str) or not raw["budget"].strip():
+            raise RequestError(400, f'budget must be a string such as "40%", got {raw["budget"]!r}')
+        out["budget"] = raw["budget"].strip()
+    if "operating_point" in out and "budget" in out:
+        raise RequestError(400, "give an operating_point or a budget, not both")
+    return out
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(400, f"{name} must be a positive integer, got {value!r}")
+    return value
