@@ -182,8 +182,10 @@ class BundleServer:
                 TargetSettings(float(opts["slo_ms"])),
                 steps,
                 self.engine.point_costs(),
+                max_batch=int(opts["max_batch_size"]),
                 batch_wait_s=float(opts["batch_wait_ms"]) / 1000,
             )
+        self._warm_up(int(opts["max_batch_size"]))
         self._run_batch.set_max_batch_size(int(opts["max_batch_size"]))
         self._run_batch.set_batch_wait_timeout_s(float(opts["batch_wait_ms"]) / 1000)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="exitsearch-model")
@@ -202,6 +204,23 @@ class BundleServer:
         with contextlib.suppress(RuntimeError):  # no event loop here: the first request starts it
             self._ensure_pusher()
 
+    def _warm_up(self, max_batch: int) -> None:
+        """Run the model before the first request (its first batches are slow), and give the
+        latency target its first measurements at the ends of its ladder."""
+        import numpy as np
+
+        c, h, w = self.engine.model.preprocess.input_size
+        rng = np.random.default_rng(0)
+        points = [None] if self.target is None else [self.target.steps[-1], self.target.steps[0]]
+        for point in points:
+            for n in (1, max_batch, 1, max_batch):
+                pixels = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+                t0 = time.perf_counter()
+                self.engine.infer(pixels, point, [1] * n)
+                if self.target is not None and point is not None:
+                    self.target.observe(point, n, time.perf_counter() - t0)
+        self.engine.use(None)
+
     # ------------------------------------------------------------------ HTTP
     async def __call__(self, request: Request) -> Response:
         self._ensure_pusher()
@@ -217,7 +236,7 @@ class BundleServer:
             if request.method != "GET":
                 raise RequestError(405, f"{path} answers GET only")
             if path == "/healthz":
-                return JSONResponse({"status": "ok", "operating_point": self.engine.point})
+                return JSONResponse(self._health())
             if path == "/metrics":
                 return PlainTextResponse(await self._metrics_text(), media_type=CONTENT_TYPE)
             if path == "/":
@@ -309,6 +328,25 @@ class BundleServer:
         self._gauges()
         return out
 
+    def _health(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"status": "ok", "operating_point": self._current_point()}
+        if self.target is not None:
+            t = self.target
+            doc["latency_target"] = {
+                "slo_ms": t.settings.slo_ms,
+                "queued": self.queued,
+                "predicted_ms": {
+                    str(p): round(t.predicted_ms(p, self.queued), 3)
+                    for p in (t.steps[0], t.steps[-1])
+                },
+                "switches": t.switches,
+            }
+        return doc
+
+    def _current_point(self) -> int | None:
+        """The operating point of requests that ask for none."""
+        return self.target.point if self.target is not None else self.fixed
+
     def _choose_point(self) -> int | None:
         if self.target is None:
             return self.fixed
@@ -320,7 +358,7 @@ class BundleServer:
 
     # ------------------------------------------------------------------ metrics
     def _gauges(self) -> None:
-        point = self.target.point if self.target is not None else self.engine.point
+        point = self._current_point()
         self.metrics.set("exitsearch_operating_point", -1 if point is None else point)
         self.metrics.set("exitsearch_queue_depth", self.queued)
         self.metrics.set("exitsearch_in_flight", self.in_flight)
@@ -332,6 +370,8 @@ class BundleServer:
 
     async def _push_forever(self) -> None:
         while True:
+            if self.target is not None:  # an idle server still moves back up
+                self._choose_point()
             await self._push()
             await asyncio.sleep(_PUSH_PERIOD_S)
 

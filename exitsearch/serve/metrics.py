@@ -150,7 +150,7 @@ def render(merged: Mapping[str, Any]) -> str:
         out, cumulative = head(name), 0
         for bound, count in zip(h["bounds"], h["counts"], strict=True):
             cumulative += count
-            out.append(f'{name}_bucket{{le="{_num(bound)}"}} {cumulative}')
+            out.append(f'{name}_bucket{{le="{float(bound)!r}"}} {cumulative}')
         out.append(f'{name}_bucket{{le="+Inf"}} {h["count"]}')
         out.append(f"{name}_sum {_num(h['sum'])}")
         out.append(f"{name}_count {h['count']}")

@@ -3,16 +3,21 @@
 An exported bundle carries a ladder of operating points: threshold settings of one placement,
 from the most accurate to the cheapest (anytime operation). Under load a request's latency is
 mostly the wait for the requests queued before it, so the controller predicts the latency of a
-request arriving now at each operating point,
+request arriving now behind ``q`` queued images, at each operating point ``p``, from batches of
+at most ``B`` images:
 
-    predicted(p) = (queued + 1) * seconds_per_sample(p) + batch_wait,
+    predicted(p, q) = ceil((q + 1) / B) * (a_p + b_p * min(q + 1, B)) + batch_wait,
 
-with ``seconds_per_sample`` measured on the batches the server ran (an exponentially weighted
-mean per point; a point not yet run is scaled from a measured one by its predicted FLOPs). When
+where a batch of ``n`` images takes ``a_p + b_p * n`` seconds: a line fitted to the batches the
+server ran at ``p`` (least squares with exponential forgetting). Measurements expire
+``fresh_s`` seconds after a point's last batch (they describe a load that has passed); a point
+without a current fit takes the fixed part of the nearest point with one and its per-image part
+scaled by predicted FLOPs, and with none at all the prediction is zero: after a burst the
+server returns to its most accurate point once the burst's measurements have expired. When
 the prediction at the point in use passes ``high`` x target, the server moves down to the most
-accurate point predicted to stay under it; it moves back up one point at a time once the more
-accurate point's prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no
-flapping at the boundary). It never goes above the point it started at. When even the cheapest
+accurate point predicted to stay under it; it moves back up once the next more accurate point's
+prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flapping at the
+boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes above the point it started at. When even the cheapest
 point cannot meet the target, new requests are refused (503) instead of queued: a latency
 target that accepts everything cannot hold under overload.
 """
@@ -36,7 +41,8 @@ class TargetSettings:
         high: move to a cheaper point when the predicted latency passes ``high * slo_ms``.
         low: move back up when the more accurate point predicts under ``low * slo_ms``...
         hold_s: ...for this many seconds in a row.
-        smoothing: weight of the newest batch in the per-point time average.
+        smoothing: weight of the newest batch in the per-point fit.
+        fresh_s: a point's fit expires this long after its last batch.
     """
 
     slo_ms: float
@@ -44,6 +50,7 @@ class TargetSettings:
     low: float = 0.5
     hold_s: float = 2.0
     smoothing: float = 0.2
+    fresh_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
@@ -54,8 +61,8 @@ class TargetSettings:
             raise ValueError(
                 f"`0 < low < high <= 1` must hold, got low={self.low}, high={self.high}"
             )
-        if self.hold_s < 0 or not 0 < self.smoothing <= 1:
-            raise ValueError("hold_s must be >= 0 and smoothing in (0, 1]")
+        if self.hold_s < 0 or self.fresh_s <= 0 or not 0 < self.smoothing <= 1:
+            raise ValueError("hold_s must be >= 0, fresh_s > 0 and smoothing in (0, 1]")
 
 
 def ladder(costs: Sequence[float], accuracies: Sequence[float], start: int) -> list[int]:
@@ -80,6 +87,7 @@ class LatencyTarget:
         steps: operating point indices from the most accurate allowed to the cheapest
             (:func:`ladder`).
         costs: predicted mean FLOPs per sample of every operating point (by index).
+        max_batch: images per model batch at most.
         batch_wait_s: how long a batch waits to fill (added to every prediction).
         clock: seconds, monotonic (tests pass their own).
     """
@@ -89,6 +97,7 @@ class LatencyTarget:
         settings: TargetSettings,
         steps: Sequence[int],
         costs: Sequence[float],
+        max_batch: int = 32,
         batch_wait_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,11 +106,12 @@ class LatencyTarget:
         self.settings = settings
         self.steps = list(steps)
         self.costs = list(costs)
+        self.max_batch = max(1, int(max_batch))
         self.batch_wait_s = batch_wait_s
         self.clock = clock
         self.level = 0  # position on the ladder: 0 is the most accurate allowed point
         self.switches = 0
-        self._per_sample: dict[int, float] = {}
+        self._fits: dict[int, _Fit] = {}
         self._calm_since: float | None = None
 
     @property
@@ -113,28 +123,32 @@ class LatencyTarget:
         """Record that a batch of ``samples`` took ``seconds`` at operating ``point``."""
         if samples < 1 or not seconds > 0:
             return
-        value = seconds / samples
-        old = self._per_sample.get(point)
-        a = self.settings.smoothing
-        self._per_sample[point] = value if old is None else (1 - a) * old + a * value
+        fit = self._fits.setdefault(point, _Fit())
+        fit.add(samples, seconds, self.settings.smoothing)
+        fit.updated = self.clock()
 
-    def seconds_per_sample(self, point: int) -> float | None:
-        """Measured (or, for a point not yet run, FLOP-scaled) seconds per sample."""
-        if point in self._per_sample:
-            return self._per_sample[point]
-        if not self._per_sample:
+    def batch_seconds(self, point: int) -> tuple[float, float] | None:
+        """``(a, b)``: a batch of ``n`` images takes ``a + b * n`` seconds at ``point``
+        (None when no point ran a batch in the last ``fresh_s`` seconds)."""
+        since = self.clock() - self.settings.fresh_s
+        fresh = [k for k, f in self._fits.items() if f.updated >= since]
+        if not fresh:
             return None
-        known, value = min(
-            self._per_sample.items(), key=lambda kv: abs(self.costs[kv[0]] - self.costs[point])
-        )
-        return value * self.costs[point] / self.costs[known]
+        if point in fresh:
+            return self._fits[point].line()
+        near = min(fresh, key=lambda k: abs(self.costs[k] - self.costs[point]))
+        a, b = self._fits[near].line()
+        return a, b * self.costs[point] / self.costs[near]
 
     def predicted_ms(self, point: int, queued: int) -> float:
-        """Predicted latency in ms of a request arriving behind ``queued`` others."""
-        s = self.seconds_per_sample(point)
-        if s is None:
+        """Predicted latency in ms of a request arriving behind ``queued`` images."""
+        line = self.batch_seconds(point)
+        if line is None:
             return 0.0
-        return 1000.0 * ((queued + 1) * s + self.batch_wait_s)
+        a, b = line
+        n = queued + 1
+        batches = math.ceil(n / self.max_batch)
+        return 1000.0 * (batches * (a + b * min(n, self.max_batch)) + self.batch_wait_s)
 
     def update(self, queued: int) -> int:
         """Move along the ladder for a queue of ``queued`` requests; the point to use."""
@@ -154,7 +168,10 @@ class LatencyTarget:
             if self._calm_since is None:
                 self._calm_since = now
             elif now - self._calm_since >= cfg.hold_s:
-                self.level, self.switches = self.level - 1, self.switches + 1
+                level = self.level - 1
+                while level > 0 and self.predicted_ms(self.steps[level - 1], queued) < low:
+                    level -= 1
+                self.level, self.switches = level, self.switches + 1
                 self._calm_since = now
         else:
             self._calm_since = None
@@ -164,3 +181,32 @@ class LatencyTarget:
         """Whether a request arriving behind ``queued`` others can still meet the target at
         the cheapest point (False: refuse it now rather than answer it late)."""
         return self.predicted_ms(self.steps[-1], queued) <= self.settings.slo_ms
+
+
+class _Fit:
+    """``seconds = a + b * images``, least squares over batches with exponential forgetting."""
+
+    def __init__(self) -> None:
+        self.w = self.n = self.t = self.nn = self.nt = 0.0
+        self.updated = float("-inf")
+
+    def add(self, n: int, t: float, weight: float) -> None:
+        keep = 1.0 - weight if self.w else 0.0
+        self.w = keep * self.w + weight
+        self.n = keep * self.n + weight * n
+        self.t = keep * self.t + weight * t
+        self.nn = keep * self.nn + weight * n * n
+        self.nt = keep * self.nt + weight * n * t
+
+    def line(self) -> tuple[float, float]:
+        mn, mt = self.n / self.w, self.t / self.w
+        var = self.nn / self.w - mn * mn
+        if var <= 1e-9 * max(1.0, mn * mn):  # one batch size seen so far: all per image
+            return 0.0, mt / mn
+        b = (self.nt / self.w - mn * mt) / var
+        if b <= 0:  # noise: time did not grow with images
+            return mt, 0.0
+        a = mt - b * mn
+        if a < 0:
+            return 0.0, mt / mn
+        return a, b

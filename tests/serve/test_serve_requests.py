@@ -1,0 +1,152 @@
+"""Requests: what a client may send, and a one-line 4xx with the right status for the rest."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exitsearch.serve.requests import Limits, RequestError, parse_request
+
+LIMITS = Limits(max_bytes=200_000, max_images=4, max_pixels=256 * 256)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def grey(seed: int = 0, size: int = 28) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR claiming ``width x height`` grey pixels, with one tiny
+    IDAT: what a decompression bomb looks like before it is decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def status_of(*args: object) -> tuple[int, str]:
+    with pytest.raises(RequestError) as info:
+        parse_request(*args)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and message
+    return info.value.status, message
+
+
+def test_raw_png_and_jpeg_with_query_options():
+    req = parse_request("image/png", encode(grey()), {"top_k": "3", "operating_point": "2"}, LIMITS)
+    assert len(req.images) == 1 and not req.batch
+    assert req.top_k == 3 and req.operating_point == 2 and req.budget is None
+    assert np.array_equal(np.asarray(req.images[0]), np.asarray(grey()))  # PNG is lossless
+    jpeg = parse_request("image/jpeg", encode(grey().convert("RGB"), "JPEG"), {}, LIMITS)
+    assert jpeg.images[0].mode == "RGB" and jpeg.top_k is None
+
+
+def test_json_single_and_batch():
+    b64 = [base64.b64encode(encode(grey(i))).decode() for i in range(3)]
+    one = parse_request("application/json", json.dumps({"image": b64[0]}).encode(), {}, LIMITS)
+    assert not one.batch and len(one.images) == 1
+    many = parse_request(
+        "application/json; charset=utf-8",
+        json.dumps({"images": b64, "budget": "40%", "top_k": 1}).encode(),
+        {},
+        LIMITS,
+    )
+    assert many.batch and len(many.images) == 3 and many.budget == "40%" and many.top_k == 1
+    for i, image in enumerate(many.images):
+        assert np.array_equal(np.asarray(image), np.asarray(grey(i)))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "fragment"),
+    [
+        ("image/png", b"not an image at all", 415, "is not a PNG, JPEG or WEBP image"),
+        ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
+        ("application/json", b"{", 400, "malformed JSON"),
+        ("application/json", b"[1, 2]", 400, "must be an object"),
+        ("application/json", b'{"image": "@@@"}', 400, "not valid base64"),
+        ("application/json", b'{"image": 3}', 400, "must be a base64 string"),
+        ("application/json", b'{"images": []}', 400, "non-empty list"),
+        ("application/json", b'{"foo": 1}', 400, 'exactly one of "image"'),
+        ("image/png", b"", 400, "holds no image"),
+        ("image/png", b"x" * 200_001, 413, "exceeds 200000"),
+    ],
+)
+def test_malformed_requests(content_type: str, body: bytes, status: int, fragment: str):
+    got, message = status_of(content_type, body, {}, LIMITS)
+    assert got == status and fragment in message
+
+
+def test_options_are_checked():
+    png = encode(grey())
+    for query, fragment in [
+        ({"top_k": "0"}, "top_k must be a positive integer"),
+        ({"top_k": "two"}, "top_k must be a positive integer"),
+        ({"operating_point": "-1"}, "operating_point must be an index"),
+        ({"operating_point": "1", "budget": "40%"}, "not both"),
+        ({"colour": "red"}, "unknown option 'colour'"),
+    ]:
+        status, message = status_of("image/png", png, query, LIMITS)
+        assert status == 400 and fragment in message, (query, message)
+
+
+def test_too_many_images_and_pixels():
+    b64 = base64.b64encode(encode(grey())).decode()
+    status, message = status_of(
+        "application/json", json.dumps({"images": [b64] * 5}).encode(), {}, LIMITS
+    )
+    assert status == 413 and "at most 4" in message
+    status, message = status_of("image/png", encode(grey(size=300)), {}, LIMITS)
+    assert status == 413 and "300x300 pixels" in message
+
+
+def test_decompression_bomb_is_refused_from_its_header():
+    bomb = png_header_only(100_000, 100_000)  # 10^10 pixels in a 100-byte file
+    assert len(bomb) < 200
+    status, message = status_of("image/png", bomb, {}, Limits())
+    assert status == 413 and "pixels" in message
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        (Image.new("RGBA", (8, 8)), "alpha channel"),
+        (Image.new("LA", (8, 8)), "alpha channel"),
+        (Image.new("I;16", (8, 8)), "mode I;16"),
+    ],
+)
+def test_channels_the_model_cannot_read(image: Image.Image, fragment: str):
+    status, message = status_of("image/png", encode(image), {}, LIMITS)
+    assert status == 422 and fragment in message
+
+
+def test_cmyk_jpeg_is_refused():
+    status, message = status_of("image/jpeg", encode(Image.new("CMYK", (8, 8)), "JPEG"), {}, LIMITS)
+    assert status == 422 and "CMYK" in message
+
+
+def test_truncated_image():
+    png = encode(grey(size=64))
+    status, message = status_of("image/png", png[: len(png) // 2], {}, LIMITS)
+    assert status == 400 and "truncated or corrupt" in message

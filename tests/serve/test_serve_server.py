@@ -1,0 +1,316 @@
+"""A real server on a free loopback port (a local Ray, Ray Serve's proxy), real HTTP requests:
+answers equal ``exitsearch.load(bundle)``, bad input gets a 4xx, the latency target moves along
+the operating points under a burst and comes back, and shutdown lets requests in flight finish."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from test_serve_requests import png_header_only
+
+import exitsearch
+from exitsearch.distributed.testing import free_port
+from exitsearch.serve import Limits, ServeOptions, start_server
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SLO_MS = 40.0
+
+
+def call(url: str, data: bytes | None = None, ctype: str = "image/png", method: str | None = None):  # type: ignore[no-untyped-def]
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = r.read()
+            status, headers = r.status, r.headers
+    except urllib.error.HTTPError as exc:
+        body, status, headers = exc.read(), exc.code, exc.headers
+    text = body.decode()
+    try:
+        return status, json.loads(text), headers
+    except json.JSONDecodeError:
+        return status, text, headers
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path):  # type: ignore[no-untyped-def]
+    options = ServeOptions(
+        port=free_port(),
+        slo_ms=SLO_MS,
+        max_batch_size=16,
+        batch_wait_ms=1.0,
+        limits=Limits(max_bytes=100_000, max_images=40),
+    )
+    srv = start_server(bundle, options)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def model(bundle: Path):  # type: ignore[no-untyped-def]
+    return exitsearch.load(bundle)
+
+
+def expected(model, pngs: list[bytes], rows: list[int], point: int):  # type: ignore[no-untyped-def]
+    model.set_operating_point(index=point)
+    out = model.predict([Image.open(io.BytesIO(pngs[i])) for i in rows])
+    probs = torch.softmax(out.logits, -1).numpy()
+    return out.prediction.numpy(), out.exit_index.numpy(), probs
+
+
+def check_answers(model, pngs: list[bytes], answers: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    by_point: dict[int, list[int]] = {}
+    for i, a in enumerate(answers):
+        by_point.setdefault(a["operating_point"], []).append(i)
+    for point, rows in by_point.items():
+        labels, exits, probs = expected(model, pngs, rows, point)
+        for j, i in enumerate(rows):
+            a = answers[i]
+            assert a["label"] == labels[j] and a["exit"] == exits[j], (i, a)
+            top = a["probabilities"]
+            assert top[0]["label"] == a["label"] and len(top) == 5
+            for entry in top:
+                assert entry["p"] == pytest.approx(probs[j][entry["label"]], abs=2e-6)
+
+
+def test_answers_equal_the_loaded_bundle(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    url = server.url + "/predict"
+    with ThreadPoolExecutor(16) as pool:  # concurrent single-image requests: dynamic batches
+        results = list(pool.map(lambda p: call(url, p), pngs))
+    assert [s for s, _, _ in results] == [200] * len(pngs)
+    singles = [body for _, body, _ in results]
+    assert all(body["latency_ms"] > 0 for body in singles)
+    check_answers(model, pngs, singles)
+    assert len({a["exit"] for a in singles}) >= 2  # the bundle spreads samples over exits
+
+    doc = {"images": [base64.b64encode(p).decode() for p in pngs[:40]]}
+    status, body, _ = call(url, json.dumps(doc).encode(), "application/json")
+    assert status == 200 and len(body["predictions"]) == 40
+    check_answers(model, pngs[:40], body["predictions"])
+    blocks = {a["exit"]: a["exit_block"] for a in singles}
+    depth = model.backbone.depth
+    assert blocks == {k: ([s.location for s in model.config.exits] + [depth])[k] for k in blocks}
+
+
+def test_operating_point_asked_by_the_request(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    url = server.url + "/predict"
+    status, body, _ = call(url + "?operating_point=0&top_k=2", pngs[0])
+    assert status == 200 and body["operating_point"] == 0 and len(body["probabilities"]) == 2
+    labels, exits, _ = expected(model, pngs, [0], 0)
+    assert body["label"] == labels[0] and body["exit"] == exits[0]
+    cheapest = model.operating_points[0].mean_flops / model.costs.backbone_flops
+    budget = f"{100 * cheapest + 0.01:.2f}%"  # only point 0 fits
+    doc = {"image": base64.b64encode(pngs[1]).decode(), "budget": budget}
+    status, body, _ = call(url, json.dumps(doc).encode(), "application/json")
+    assert status == 200 and body["operating_point"] == 0, body
+    status, info, _ = call(server.url + "/")
+    assert status == 200 and len(info["operating_points"]) == len(model.operating_points)
+    assert info["default_operating_point"] == exitsearch.load(server.describe["bundle"]).point_index
+
+
+def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    url = server.url + "/predict"
+    rgba, buf = Image.new("RGBA", (28, 28)), io.BytesIO()
+    rgba.save(buf, "PNG")
+    cases = [
+        (url, b"plain text", "text/plain", 415),
+        (url, b"not an image", "image/png", 415),
+        (url, b"{", "application/json", 400),
+        (url, b'{"image": "***"}', "application/json", 400),
+        (url, buf.getvalue(), "image/png", 422),
+        (url, png_header_only(60_000, 60_000), "image/png", 413),
+        (url, b"x" * 150_000, "image/png", 413),
+        (url + "?operating_point=1000000", pngs[0], "image/png", 422),
+        (url + "?budget=0.0001%25", pngs[0], "image/png", 422),
+        (url + "?budget=fast", pngs[0], "image/png", 422),
+        (server.url + "/nowhere", None, "", 404),
+    ]
+    for target, data, ctype, want in cases:
+        status, body, _ = call(target, data, ctype)
+        assert status == want, (target, ctype, body)
+        assert isinstance(body, dict) and set(body) == {"error"}, body
+        assert "\n" not in body["error"] and "Traceback" not in body["error"]
+    status, _, _ = call(url, method="GET")
+    assert status == 405
+    status, health, _ = call(server.url + "/healthz")
+    assert status == 200 and health["status"] == "ok"  # still serving
+
+
+def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    status, text, headers = call(server.url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_what_was_served(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    before = metrics(server)
+    for p in pngs[:5]:
+        assert call(server.url + "/predict", p)[0] == 200
+    assert call(server.url + "/predict", b"nope")[0] == 415
+    after = metrics(server)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta('exitsearch_requests_total{code="200"}') == 5
+    assert delta('exitsearch_requests_total{code="415"}') == 1
+    assert delta("exitsearch_images_total") == 5
+    exits = sum(delta(k) for k in after if k.startswith("exitsearch_exits_total"))
+    assert exits == 5
+    assert delta("exitsearch_request_latency_seconds_count") == 5
+    assert after["exitsearch_images_total"] == sum(
+        v for k, v in after.items() if k.startswith("exitsearch_operating_point_images_total")
+    )
+
+
+def test_latency_target_moves_down_under_a_burst_and_back(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    default = server.describe["default_operating_point"]
+    assert default is not None
+    back_to(server, default)  # earlier tests' bursts may have moved it
+    doc = json.dumps({"images": [base64.b64encode(p).decode() for p in pngs[:40]]}).encode()
+    seen: Counter[int] = Counter()
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + 4.0
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            status, body, headers = call(server.url + "/predict", doc, "application/json")
+            with lock:
+                statuses[status] += 1
+                if status == 200:
+                    seen.update(a["operating_point"] for a in body["predictions"])
+                else:
+                    assert status == 503 and headers["Retry-After"] == "1", body
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cheaper = {p for p in seen if p != default}
+    assert cheaper, f"no cheaper operating point under the burst: {seen}, {statuses}"
+    costs = [p.mean_flops for p in model.operating_points]
+    assert all(costs[p] < costs[default] for p in cheaper)
+    back_to(server, default)
+    assert metrics(server)["exitsearch_point_switches_total"] >= 2
+
+
+def back_to(server, point: int, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = call(server.url + "/healthz")[1]
+        if health["operating_point"] == point:
+            return
+        time.sleep(0.25)
+    pytest.fail(f"the operating point did not come back to {point}: {health}")
+
+
+def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: list[bytes]):
+    port = free_port()
+    exe = Path(sys.executable).with_name("exitsearch")
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            "4",
+            "--batch-wait-ms",
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("serving;"):
+                break
+        else:
+            pytest.fail("".join(lines))
+        url = f"http://127.0.0.1:{port}/predict"
+        results: list[int] = []
+        # 40 requests in batches of 4 that each wait 50 ms: still running when SIGTERM comes
+        threads = [
+            threading.Thread(target=lambda p=p: results.append(call(url, p)[0])) for p in pngs[:40]
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert results.count(200) + results.count(503) == 40 and results.count(200) > 0, results
+    assert "server stopped" in err and "Traceback" not in err
+    assert "curl --data-binary" in out
+    with pytest.raises(OSError):  # nothing listens any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path):
+    from exitsearch.errors import BundleError, ConfigError
+
+    with pytest.raises(ConfigError, match="not both"):
+        ServeOptions(operating_point=1, budget="40%")
+    with pytest.raises(ConfigError, match="no operating points"):
+        ServeOptions(backbone_only=True, slo_ms=10)
+    with pytest.raises(BundleError):
+        start_server(tmp_path / "missing", ServeOptions(port=free_port()))
+    with pytest.raises(ConfigError, match="does not exist"):
+        start_server(bundle, ServeOptions(port=free_port(), operating_point=10_000))
+    with (
+        socket_held() as port,
+        pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"),
+    ):
+        start_server(bundle, ServeOptions(port=port))
+
+
+class socket_held:
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
