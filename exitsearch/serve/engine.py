@@ -107,6 +107,8 @@ class ServingModel:
 
     def use(self, point: int | None) -> None:
         """Run the next batches at ``point`` (None: the default)."""
+        if self.backbone_only:
+            return
         if point is None:
             if tuple(self.model.thresholds) != self._base:
                 self.model.set_thresholds(self._base)

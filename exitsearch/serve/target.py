@@ -19,7 +19,9 @@ accurate point predicted to stay under it; it moves back up once the next more a
 prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flapping at the
 boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes above the point it started at. When even the cheapest
 point cannot meet the target, new requests are refused (503) instead of queued: a latency
-target that accepts everything cannot hold under overload.
+target that accepts everything cannot hold under overload. :class:`ConcurrencyLimit` refuses
+requests beyond what the replica answers in time, whatever part of the request is the
+bottleneck.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["LatencyTarget", "TargetSettings", "ladder"]
+import numpy as np
+
+__all__ = ["ConcurrencyLimit", "LatencyTarget", "TargetSettings", "ladder"]
 
 
 @dataclass(frozen=True)
@@ -210,3 +214,65 @@ class _Fit:
         if a < 0:
             return 0.0, mt / mn
         return a, b
+
+
+class ConcurrencyLimit:
+    """How many prediction requests a replica takes at once under a latency target.
+
+    Moving to cheaper operating points only shortens the model's part of a request; when the
+    rest (receiving, decoding, answering) is what overloads the replica, every request admitted
+    beyond what it can answer in time only makes all of them late. The limit adapts to the
+    latencies measured (additive increase, multiplicative decrease, as TCP's congestion window):
+    every ``window_s`` seconds, if the window's p99 passed ``high`` x target the limit shrinks by
+    ``decrease``; if it stayed under ``low`` x target while the limit was reached, it grows by
+    one. Requests beyond the limit are refused at once (503), before any decoding.
+    """
+
+    def __init__(
+        self,
+        settings: TargetSettings,
+        initial: int = 32,
+        maximum: int = 256,
+        window_s: float = 0.5,
+        decrease: float = 0.7,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.limit = float(min(initial, maximum))
+        self.maximum = maximum
+        self.window_s = window_s
+        self.decrease = decrease
+        self.clock = clock
+        self._latencies: list[float] = []
+        self._reached = False
+        self._since = clock()
+
+    def admit(self, in_flight: int) -> bool:
+        """Whether a request arriving while ``in_flight`` others are answered may start."""
+        if in_flight >= int(self.limit):
+            self._reached = True
+            return False
+        if in_flight + 1 >= int(self.limit):
+            self._reached = True
+        return True
+
+    def record(self, latency_ms: float) -> None:
+        """A request answered after ``latency_ms`` (server side)."""
+        self._latencies.append(latency_ms)
+        self.adjust()
+
+    def adjust(self) -> None:
+        """Close the window when it is over (also called when idle)."""
+        now = self.clock()
+        if now - self._since < self.window_s:
+            return
+        cfg = self.settings
+        if self._latencies:
+            p99 = float(np.percentile(self._latencies, 99))
+            if p99 > cfg.high * cfg.slo_ms:
+                self.limit = max(1.0, self.limit * self.decrease)
+            elif p99 < cfg.low * cfg.slo_ms and self._reached:
+                self.limit = min(float(self.maximum), self.limit + 1.0)
+        self._latencies.clear()
+        self._reached = False
+        self._since = now

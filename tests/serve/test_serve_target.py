@@ -86,3 +86,25 @@ def test_measurements_expire_and_the_target_returns_to_the_top():
     assert t.update(0) == 2  # calm from now on
     clock.now = 7.6
     assert t.update(0) == 0
+
+
+def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
+    from exitsearch.serve.target import ConcurrencyLimit
+
+    clock = Clock()
+    limit = ConcurrencyLimit(TargetSettings(100.0), initial=10, maximum=12, window_s=1.0, clock=clock)
+    assert limit.admit(9) and not limit.admit(10)
+    for _ in range(50):
+        limit.record(150.0)  # p99 over 80 ms
+    clock.now = 1.0
+    limit.adjust()
+    assert int(limit.limit) == 7 and not limit.admit(7)
+    for now in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0):
+        assert not limit.admit(int(limit.limit))  # the limit is reached...
+        limit.record(10.0)  # ...and answers are fast
+        clock.now = now
+        limit.adjust()
+    assert int(limit.limit) == 12  # grew by one per window, up to the maximum
+    clock.now = 20.0
+    limit.adjust()  # an idle window changes nothing
+    assert int(limit.limit) == 12

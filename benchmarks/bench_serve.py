@@ -1,0 +1,382 @@
+"""Load test of ``exitsearch serve``: the bundle against its backbone served the same way.
+
+Usage::
+
+    python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-967 \
+        --json-out results/serve/serve.json --plot results/serve/serve.png
+
+Everything runs on this machine over loopback: a local Ray with Ray Serve's HTTP proxy and one
+model replica (1 PyTorch thread), and an open-loop client in this process (aiohttp; Poisson
+arrivals at a fixed offered rate, as independent users would send them). Images are Fashion-MNIST test images (t10k) as PNG files, with their labels, so the
+accuracy served is measured too.
+
+1. Rate sweeps, the backbone alone (``--backbone-only``) and the bundle at its default operating
+   point, with one image per request and with ``--batch`` images per request (a JSON batch):
+   offered rates rising by ``--step`` until the server falls behind (achieved below 0.9 of
+   sent, fewer than 0.98 answered, or p99 above 1 s). The sustainable rate of each is the
+   highest offered rate at which it answers at least 0.98 of the requests and its p99 stays
+   within ``--p99-ms``.
+2. Overload: twice the backbone's saturating throughput, sent to the bundle with a fixed
+   operating point and with the latency target ``--slo-ms`` on: p99, requests refused, accuracy
+   served and the operating points used.
+
+Bounded in requests and time (``--seconds`` per step, at most ``--max-steps`` steps per model).
+Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exitsearch._io import atomic_write_json
+from exitsearch.data.sources.fashion_mnist import load_fashion_mnist
+from exitsearch.distributed.testing import free_port
+from exitsearch.serve import ServeOptions, start_server
+
+Payload = tuple[bytes, str, np.ndarray]  # body, content type, the labels of its images
+
+
+def payloads(n: int, per_request: int) -> list[Payload]:
+    """Requests of ``per_request`` Fashion-MNIST test images each (raw PNG bytes for one, a
+    JSON batch of base64 PNGs for more), from the first ``n`` test images."""
+    from PIL import Image
+
+    _, test = load_fashion_mnist()
+    pngs = []
+    for x in test.x[:n]:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(x).reshape(28, 28)).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    labels = np.asarray(test.y[:n])
+    if per_request == 1:
+        return [(p, "image/png", labels[i : i + 1]) for i, p in enumerate(pngs)]
+    out = []
+    for i in range(0, n - per_request + 1, per_request):
+        doc = {"images": [base64.b64encode(p).decode() for p in pngs[i : i + per_request]]}
+        out.append((json.dumps(doc).encode(), "application/json", labels[i : i + per_request]))
+    return out
+
+
+async def offered_load(
+    url: str, rate: float, seconds: float, requests: list[Payload], seed: int
+) -> dict[str, Any]:
+    """Send Poisson arrivals at ``rate`` per second for ``seconds``; what came back."""
+    import aiohttp
+
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 10)
+    arrivals = np.cumsum(gaps)
+    arrivals = arrivals[arrivals < seconds]
+    picks = rng.integers(0, len(requests), size=len(arrivals))
+    records: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+    ) as session:
+
+        async def one(i: int) -> None:
+            body_bytes, ctype, labels = requests[int(picks[i])]
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=body_bytes, headers={"Content-Type": ctype}) as r:
+                    raw = await r.read()
+                    status = r.status
+                try:
+                    body = json.loads(raw)
+                except ValueError:  # e.g. the proxy's own plain-text error page
+                    body, status = {"error": raw[:100].decode(errors="replace")}, status or 0
+                    status = 0 if status == 200 else status
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                body, status = {"error": type(exc).__name__}, 0
+            t1 = time.perf_counter()
+            rec = {"status": status, "latency_s": t1 - t0, "done": t1}
+            if status == 200:
+                answers = body.get("predictions", [body])
+                rec.update(
+                    correct=[
+                        int(a["label"]) == int(y) for a, y in zip(answers, labels, strict=True)
+                    ],
+                    exits=[a["exit"] for a in answers],
+                    points=[a.get("operating_point") for a in answers],
+                    server_ms=body["latency_ms"],
+                )
+            records.append(rec)
+
+        start = time.perf_counter()
+        tasks = []
+        for i, at in enumerate(arrivals):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return summarise(records, rate, seconds, start)
+
+
+def summarise(
+    records: list[dict[str, Any]], rate: float, seconds: float, start: float
+) -> dict[str, Any]:
+    ok = [r for r in records if r["status"] == 200]
+    lat = np.array([r["latency_s"] for r in ok]) * 1000 if ok else np.array([np.nan])
+    server = np.array([r["server_ms"] for r in ok]) if ok else np.array([np.nan])
+    end = max((r["done"] for r in records), default=start + seconds)
+    statuses = Counter(r["status"] for r in records)
+    correct = [c for r in ok for c in r["correct"]]
+    return {
+        "offered_per_s": rate,
+        "sent": len(records),
+        "answered": len(ok),
+        "answered_fraction": len(ok) / max(1, len(records)),
+        "refused_503": statuses.get(503, 0),
+        "failed": sum(v for k, v in statuses.items() if k not in (200, 503)),
+        "sent_per_s": len(records) / seconds,
+        "achieved_per_s": len(ok) / max(end - start, 1e-9),
+        "images_per_s": len(correct) / max(end - start, 1e-9),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "server_p50_ms": float(np.percentile(server, 50)),
+        "server_p99_ms": float(np.percentile(server, 99)),
+        "accuracy": float(np.mean(correct)) if correct else None,
+        "exits": dict(sorted(Counter(str(e) for r in ok for e in r["exits"]).items())),
+        "points": dict(sorted(Counter(str(p) for r in ok for p in r["points"]).items())),
+    }
+
+
+def sweep(
+    bundle: Path,
+    options: ServeOptions,
+    args: argparse.Namespace,
+    requests: list[Payload],
+    start_rate: float,
+) -> list[dict[str, Any]]:
+    server = start_server(bundle, options)
+    steps = []
+    try:
+        url = server.url + "/predict"
+        asyncio.run(offered_load(url, start_rate, 2.0, requests, 999))  # warm-up
+        rate = start_rate
+        for i in range(args.max_steps):
+            step = asyncio.run(offered_load(url, rate, args.seconds, requests, i))
+            steps.append(step)
+            print(_line(("backbone" if options.backbone_only else "bundle"), step), flush=True)
+            behind = step["achieved_per_s"] < 0.9 * step["sent_per_s"]
+            if behind or step["answered_fraction"] < 0.98 or step["p99_ms"] > 1000:
+                break
+            rate *= args.step
+    finally:
+        server.stop()
+    return steps
+
+
+def sustainable(steps: list[dict[str, Any]], p99_ms: float) -> float:
+    ok = [
+        s["offered_per_s"]
+        for s in steps
+        if s["answered_fraction"] >= 0.98 and s["p99_ms"] <= p99_ms
+    ]
+    return max(ok, default=0.0)
+
+
+LIMITS_MS = (100.0, 150.0, 200.0, 300.0)
+
+
+def add_limits(result: dict[str, Any]) -> None:
+    """Sustainable rates at several p99 limits (a p99 over a few seconds is noisy, so one
+    limit alone can fall between two close steps)."""
+    result["sustainable_by_p99_limit"] = {
+        mode: {
+            f"{limit:g} ms": {n: sustainable(st, limit) for n, st in sweeps.items()}
+            for limit in LIMITS_MS
+        }
+        for mode, sweeps in result["sweeps"].items()
+    }
+
+
+def _line(name: str, s: dict[str, Any]) -> str:
+    acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.4f}"
+    return (
+        f"{name:>9} offered {s['offered_per_s']:7.1f}/s  achieved {s['achieved_per_s']:7.1f}/s "
+        f"({s['images_per_s']:6.0f} img/s)  "
+        f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  server p99 "
+        f"{s['server_p99_ms']:6.1f} ms  503 {s['refused_503']:4d}  acc {acc}"
+    )
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (mode, sweeps) in zip(axes[:2], doc["sweeps"].items(), strict=True):
+        k = doc["images_per_request"][mode]
+        for name, colour in (("backbone", "tab:grey"), ("bundle", "tab:blue")):
+            steps = sweeps[name]
+            x = [st["offered_per_s"] * k for st in steps]
+            ax.plot(x, [st["p99_ms"] for st in steps], "o-", color=colour, label=f"{name} p99")
+            ax.plot(
+                x,
+                [st["p50_ms"] for st in steps],
+                "o--",
+                color=colour,
+                alpha=0.6,
+                label=f"{name} p50",
+            )
+        ax.axhline(doc["p99_ms"], color="black", lw=0.8, ls=":", label=f"{doc['p99_ms']:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered images per second")
+        ax.set_ylabel("client latency (ms)")
+        sus = doc["sustainable_per_s"][mode]
+        ax.set_title(
+            f"{mode}: sustainable {sus['backbone'] * k:.0f} vs {sus['bundle'] * k:.0f} img/s",
+            fontsize=10,
+        )
+        ax.legend(fontsize=8)
+    ax2 = axes[2]
+    over = doc["overload"]
+    names = list(over)
+    p99 = [over[n]["p99_ms"] for n in names]
+    server_p99 = [over[n]["server_p99_ms"] for n in names]
+    xs = np.arange(len(names))
+    ax2.bar(xs - 0.2, p99, 0.4, label="client p99", color="tab:blue")
+    ax2.bar(xs + 0.2, server_p99, 0.4, label="server p99", color="tab:orange")
+    ax2.axhline(doc["slo_ms"], color="black", lw=0.8, ls=":", label=f"target {doc['slo_ms']:g} ms")
+    for x, n in zip(xs, names, strict=True):
+        o = over[n]
+        acc = "-" if o["accuracy"] is None else f"{o['accuracy']:.3f}"
+        ax2.text(
+            x,
+            max(p99[x], server_p99[x]) * 1.1,
+            f"acc {acc}\n503: {o['refused_503']}/{o['sent']}",
+            ha="center",
+            fontsize=8,
+        )
+    ax2.set_ylim(top=max(p99 + server_p99) * 6)
+    ax2.set_xticks(xs, names)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title(
+        f"bundle at {doc['overload_rate_per_s']:.0f} req/s (2x backbone saturation)", fontsize=10
+    )
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--seconds", type=float, default=6.0, help="per offered rate")
+    ap.add_argument("--start-rate", type=float, default=40.0, help="images per second")
+    ap.add_argument("--batch", type=int, default=16, help="images per request, second sweep")
+    ap.add_argument("--step", type=float, default=1.3)
+    ap.add_argument("--max-steps", type=int, default=12)
+    ap.add_argument("--p99-ms", type=float, default=100.0, help="for the sustainable rate")
+    ap.add_argument("--slo-ms", type=float, default=100.0, help="latency target under overload")
+    ap.add_argument(
+        "--sweeps-from", type=Path, default=None, help="reuse the rate sweeps of this report"
+    )
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--batch-wait-ms", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    modes = {"1 image per request": 1, f"{args.batch} images per request": args.batch}
+    requests = {mode: payloads(args.images, k) for mode, k in modes.items()}
+    base = {
+        "port": free_port(),
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_ms": args.batch_wait_ms,
+        "threads": 1,
+    }
+    t0 = time.time()
+    result: dict[str, Any] = {
+        "bundle": str(args.bundle),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_before": list(os.getloadavg()),
+        "python": sys.version.split()[0],
+        "setup": "loopback; local Ray, Ray Serve HTTP proxy, 1 replica with 1 PyTorch thread; "
+        "open-loop aiohttp client (Poisson arrivals) on the same 2 cores",
+        "images": f"Fashion-MNIST t10k, first {args.images}",
+        "images_per_request": modes,
+        "seconds_per_step": args.seconds,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_ms": args.batch_wait_ms,
+        "p99_ms": args.p99_ms,
+        "slo_ms": args.slo_ms,
+        "sweeps": {},
+        "sustainable_per_s": {},
+    }
+    previous = json.loads(args.sweeps_from.read_text()) if args.sweeps_from else None
+    for mode, k in modes.items():
+        if previous is not None:
+            result["sweeps"][mode] = previous["sweeps"][mode]
+            result["sustainable_per_s"][mode] = previous["sustainable_per_s"][mode]
+            continue
+        start = args.start_rate / k
+        result["sweeps"][mode] = {
+            name: sweep(args.bundle, ServeOptions(**base, **extra), args, requests[mode], start)
+            for name, extra in (("backbone", {"backbone_only": True}), ("bundle", {}))
+        }
+        result["sustainable_per_s"][mode] = {
+            n: sustainable(st, args.p99_ms) for n, st in result["sweeps"][mode].items()
+        }
+    singles = requests["1 image per request"]
+    saturating = max(
+        st["achieved_per_s"] for st in result["sweeps"]["1 image per request"]["backbone"]
+    )
+    rate = 2 * saturating
+    result["overload_rate_per_s"] = rate
+    result["overload"] = {}
+    for name, extra in (
+        ("fixed point", {}),
+        (f"target {args.slo_ms:g} ms", {"slo_ms": args.slo_ms}),
+    ):
+        server = start_server(args.bundle, ServeOptions(**base, **extra))
+        try:
+            url = server.url + "/predict"
+            asyncio.run(offered_load(url, args.start_rate, 2.0, singles, 999))
+            step = asyncio.run(offered_load(url, rate, args.seconds * 1.5, singles, 77))
+        finally:
+            server.stop()
+        print(_line(name[:9], step), flush=True)
+        result["overload"][name] = step
+    add_limits(result)
+    result["sustainable_ratio"] = {
+        mode: (v["bundle"] / v["backbone"] if v["backbone"] else None)
+        for mode, v in result["sustainable_per_s"].items()
+    }
+    result["seconds"] = time.time() - t0
+    for mode, v in result["sustainable_per_s"].items():
+        ratio = result["sustainable_ratio"][mode]
+        print(
+            f"{mode}, sustainable at p99 <= {args.p99_ms:g} ms: backbone {v['backbone']:.1f}/s, "
+            f"bundle {v['bundle']:.1f}/s, ratio {ratio if ratio is not None else float('nan'):.2f}"
+        )
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.json_out, result)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The model side of a replica, without Ray: the same answers as the loaded bundle."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import exitsearch
+from exitsearch.serve import RequestError, ServingModel
+
+
+def decoded(pngs: list[bytes], n: int) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(p)) for p in pngs[:n]]
+
+
+def test_answers_equal_predict_at_every_asked_point(bundle: Path, pngs: list[bytes]):
+    engine = ServingModel(exitsearch.load(bundle))
+    reference = exitsearch.load(bundle)
+    images = decoded(pngs, 24)
+    pixels = engine.pixels(images)
+    assert pixels.dtype == np.uint8 and pixels.shape == (24, 1, 28, 28)
+    for point in (None, 0, len(engine.points) // 2, None):
+        answers = engine.infer(pixels, point, [3] * 24)
+        if point is None:
+            reference.set_thresholds(exitsearch.load(bundle).thresholds)
+        else:
+            reference.set_operating_point(index=point)
+        out = reference.predict(images)
+        probs = torch.softmax(out.logits, -1).numpy()
+        assert [a.label for a in answers] == out.prediction.tolist()
+        assert [a.exit for a in answers] == out.exit_index.tolist()
+        for a, row in zip(answers, probs, strict=True):
+            assert [c for c, _ in a.top] == list(np.argsort(-row, kind="stable")[:3])
+            assert all(p == pytest.approx(row[c], abs=1e-6) for c, p in a.top)
+
+
+def test_backbone_only_is_the_backbone(bundle: Path, pngs: list[bytes]):
+    model = exitsearch.load(bundle)
+    engine = ServingModel(model, backbone_only=True)
+    assert engine.points == [] and engine.point is None
+    images = decoded(pngs, 16)
+    answers = engine.infer(engine.pixels(images), None, [1] * 16)
+    x = model.inputs.stream(images, 16).__next__()
+    with torch.inference_mode():
+        want = model.backbone(x).argmax(-1).tolist()
+    assert [a.label for a in answers] == want
+    assert {a.exit for a in answers} == {0} and {a.block for a in answers} == {model.backbone.depth}
+    with pytest.raises(RequestError) as info:
+        engine.resolve_point(0)
+    assert info.value.status == 422
+
+
+def test_points_asked_by_index_or_budget(bundle: Path):
+    engine = ServingModel(exitsearch.load(bundle))
+    n = len(engine.points)
+    assert engine.resolve_point() is None and engine.resolve_point(n - 1) == n - 1
+    for kwargs, fragment in (({"index": n}, "does not exist"), ({"budget": "0.001%"}, "no operating point fits")):
+        with pytest.raises(RequestError, match=fragment) as info:
+            engine.resolve_point(**kwargs)
+        assert info.value.status == 422
+    costs = engine.point_costs()
+    assert engine.resolve_point(budget="100%") == max(
+        range(n), key=lambda i: (engine.points[i].val_accuracy, -costs[i])
+    )
