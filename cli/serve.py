@@ -31,6 +31,13 @@ def serve(
             "shipped to its nodes. Default: a local Ray started for the server.",
         ),
     ] = None,
+    proxy_location: Annotated[
+        str,
+        typer.Option(
+            help="On a cluster: EveryNode (an HTTP proxy on every node with a replica, for a "
+            "load balancer in front) or HeadOnly."
+        ),
+    ] = "EveryNode",
     replicas: Annotated[
         int, typer.Option(help="Model replicas (Ray spreads them over the cluster's nodes).")
     ] = 1,
@@ -116,6 +123,7 @@ def serve(
         limits=limits,
         top_k=top_k,
         backbone_only=backbone_only,
+        proxy_location=proxy_location,
     )
     err_console.print(f"starting Ray Serve for {bundle} ...")
     server = start_server(bundle, options)

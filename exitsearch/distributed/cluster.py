@@ -36,6 +36,7 @@ __all__ = [
     "ray_cluster",
     "resolve_address",
     "task_device",
+    "token_available",
 ]
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
@@ -124,7 +125,8 @@ def _probe(address: str, timeout: float) -> None:
         ) from None
 
 
-def _token_available() -> bool:
+def token_available() -> bool:
+    """Whether a Ray authentication token is at hand (environment or ``~/.ray/auth_token``)."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
@@ -135,7 +137,7 @@ def _token_available() -> bool:
 
 def _prepare_auth_env() -> bool:
     """Set ``RAY_AUTH_MODE=token`` when a token is at hand and no mode is set; True if set."""
-    if _AUTH_MODE_ENV in os.environ or not _token_available():
+    if _AUTH_MODE_ENV in os.environ or not token_available():
         return False
     os.environ[_AUTH_MODE_ENV] = "token"
     return True

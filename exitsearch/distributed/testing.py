@@ -76,6 +76,12 @@ class LocalCluster:
         self._ray = str(Path(sys.executable).with_name("ray"))
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # A test cluster runs without authentication, and so does this process when it
+        # connects: with ~/.ray/auth_token at hand (any local Ray leaves one) a head started
+        # without a mode requires the token while a joining node does not send it, and a
+        # driver in token mode (what `connect` sets then) cannot create actors on a cluster
+        # without authentication (both measured with Ray 2.60).
+        self.env["RAY_AUTH_MODE"] = os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         self.env[CACHE_ENV] = str(self.root / "node-cache")  # shipped folders go with the cluster
 
     # ----------------------------------------------------------------- nodes

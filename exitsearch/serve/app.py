@@ -70,6 +70,8 @@ class ServeOptions:
         top_k: classes returned per image unless the request asks otherwise.
         backbone_only: serve the bundle's backbone without exits (a baseline).
         route_prefix: URL prefix of the application.
+        proxy_location: ``EveryNode`` (an HTTP proxy on every node with a replica; put a load
+            balancer in front) or ``HeadOnly``.
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +91,7 @@ class ServeOptions:
     top_k: int = 5
     backbone_only: bool = False
     route_prefix: str = "/"
+    proxy_location: str = "EveryNode"
 
     def __post_init__(self) -> None:
         checks = {
@@ -112,6 +115,10 @@ class ServeOptions:
             raise ConfigError("give an operating point or a budget, not both")
         if self.backbone_only and (self.slo_ms or self.operating_point is not None or self.budget):
             raise ConfigError("the backbone alone has no operating points to choose or switch")
+        if self.proxy_location not in ("EveryNode", "HeadOnly"):
+            raise ConfigError(
+                f"--proxy-location is EveryNode or HeadOnly, got {self.proxy_location!r}"
+            )
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"the route prefix must start with '/', got {self.route_prefix!r}")
 
@@ -119,11 +126,16 @@ class ServeOptions:
 @ray.remote(num_cpus=0)
 class MetricsHub:
     """Where every replica leaves its latest metrics snapshot, and learns that the server is
-    stopping (:meth:`put` answers whether to drain)."""
+    stopping (:meth:`put` answers whether to drain). On a cluster it also holds the bundle as
+    one tar (:func:`~exitsearch.distributed.shipping.pack_folder`) for the nodes to unpack."""
 
-    def __init__(self) -> None:
+    def __init__(self, bundle_tar: bytes | None = None) -> None:
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.draining = False
+        self.bundle_tar = bundle_tar
+
+    def bundle(self) -> bytes | None:
+        return self.bundle_tar
 
     def put(self, replica: str, snapshot: dict[str, Any]) -> bool:
         self.snapshots[replica] = snapshot
@@ -148,7 +160,11 @@ class BundleServer:
     """One replica: the bundle, its dynamic batcher, latency target and metrics."""
 
     def __init__(
-        self, source: Any, options: Mapping[str, Any], hub: str, describe: Mapping[str, Any]
+        self,
+        source: str | Mapping[str, str],
+        options: Mapping[str, Any],
+        hub: tuple[str, str],
+        describe: Mapping[str, Any],
     ) -> None:
         import torch
 
@@ -166,7 +182,12 @@ class BundleServer:
         self.limits = Limits(**opts.pop("limits"))
         self.opts = opts
         torch.set_num_threads(int(opts["threads"]))
-        path = materialise(source) if isinstance(source, ShippedFolder) else Path(source)
+        self.hub = ray.get_actor(hub[0], namespace=hub[1])
+        if isinstance(source, Mapping):  # shipped: unpacked once per node, from the hub
+            shipped = ShippedFolder(source["sha256"], self.hub.bundle.remote(), source["name"])
+            path = materialise(shipped)
+        else:
+            path = Path(source)
         model = load_bundle(path, device=opts["device"])
         self.engine = ServingModel(model, backbone_only=bool(opts["backbone_only"]))
         start = self.engine.resolve_point(opts["operating_point"], opts["budget"])
@@ -205,7 +226,6 @@ class BundleServer:
             self.replica = serve.get_replica_context().replica_tag
         except Exception:  # outside Serve (not expected)
             self.replica = str(os.getpid())
-        self.hub = ray.get_actor(hub)
         self._pusher: asyncio.Task[None] | None = None
         self._gauges()
         with contextlib.suppress(RuntimeError):  # no event loop here: the first request starts it
@@ -510,17 +530,21 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
         if device == "cuda":
             actor_options["num_gpus"] = 1
+        tar: bytes | None = None
         if local:
             source: Any = str(root.resolve())
-        else:
-            from exitsearch.distributed.shipping import ship_folder
+        else:  # no shared folder is assumed: the nodes get the bundle from the hub
+            from exitsearch.distributed.shipping import pack_folder
 
-            source = ship_folder(root)
-        hub_name = f"{APP_NAME}-metrics-{os.getpid()}"
-        hub = MetricsHub.options(name=hub_name).remote()  # type: ignore[attr-defined]
+            sha, tar = pack_folder(root)
+            source = {"sha256": sha, "name": root.name}
+        hub_ref = (f"{APP_NAME}-metrics-{os.getpid()}", ray.get_runtime_context().namespace)
+        hub = MetricsHub.options(name=hub_ref[0], namespace=hub_ref[1]).remote(tar)  # type: ignore[attr-defined]
+        ray.get(hub.get.remote())  # alive and named before any replica looks for it
         opts = asdict(options)
         opts.update(device=device, operating_point=fixed, budget=None)
         serve.start(
+            proxy_location=options.proxy_location,
             http_options={"host": options.host, "port": options.port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
@@ -532,7 +556,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
             graceful_shutdown_timeout_s=30,
             max_constructor_retry_count=1,
             logging_config={"log_level": "WARNING", "enable_access_log": False},
-        ).bind(source, opts, hub_name, describe)
+        ).bind(source, opts, hub_ref, describe)
         serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
     except Exception as exc:
         disconnect()

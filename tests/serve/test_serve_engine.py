@@ -59,7 +59,10 @@ def test_points_asked_by_index_or_budget(bundle: Path):
     engine = ServingModel(exitsearch.load(bundle))
     n = len(engine.points)
     assert engine.resolve_point() is None and engine.resolve_point(n - 1) == n - 1
-    for kwargs, fragment in (({"index": n}, "does not exist"), ({"budget": "0.001%"}, "no operating point fits")):
+    for kwargs, fragment in (
+        ({"index": n}, "does not exist"),
+        ({"budget": "0.001%"}, "no operating point fits"),
+    ):
         with pytest.raises(RequestError, match=fragment) as info:
             engine.resolve_point(**kwargs)
         assert info.value.status == 422

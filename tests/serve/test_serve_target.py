@@ -92,7 +92,9 @@ def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
     from exitsearch.serve.target import ConcurrencyLimit
 
     clock = Clock()
-    limit = ConcurrencyLimit(TargetSettings(100.0), initial=10, maximum=12, window_s=1.0, clock=clock)
+    limit = ConcurrencyLimit(
+        TargetSettings(100.0), initial=10, maximum=12, window_s=1.0, clock=clock
+    )
     assert limit.admit(9) and not limit.admit(10)
     for _ in range(50):
         limit.record(150.0)  # p99 over 80 ms
