@@ -257,7 +257,7 @@ def evaluate(
     threads: ThreadsOpt = None,
 ) -> None:
     """Metric, FLOPs per image and measured images/s of pause configurations."""
-    from exitsearch.pausing.config import PauseConfig, paper_table1
+    from exitsearch.core.pause import PauseConfig, paper_table1
     from exitsearch.pausing.report import score_configurations
 
     _threads(threads)
@@ -327,7 +327,7 @@ def report(
 ) -> None:
     """Reproduce PAUMER's experiment: metric against measured images/s for Table 1."""
     from exitsearch._io import read_json
-    from exitsearch.pausing.config import PauseConfig, paper_table1
+    from exitsearch.core.pause import PauseConfig, paper_table1
     from exitsearch.pausing.model import SPEC_FILE
     from exitsearch.pausing.report import BASELINE, ReportPoint, ReportSeries, run_paumer_report
 
@@ -618,8 +618,8 @@ def _report_with_front(
     repeats: int | None,
 ) -> dict[str, Any]:
     """Rerun the report of ``folder`` with its models and configurations plus the front."""
+    from exitsearch.core.pause import PauseConfig
     from exitsearch.data import DataSpec
-    from exitsearch.pausing.config import PauseConfig
     from exitsearch.pausing.report import (
         BASELINE,
         ReportPoint,

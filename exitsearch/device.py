@@ -92,7 +92,9 @@ class Runtime:
         return f"{self.name}, {precision[self.amp_dtype]}"
 
 
-def resolve_device(spec: str | torch.device | Runtime | None = "auto", *, amp: bool = True) -> Runtime:
+def resolve_device(
+    spec: str | torch.device | Runtime | None = "auto", *, amp: bool = True
+) -> Runtime:
     """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a :class:`Runtime`.
 
     Raises:

@@ -194,7 +194,11 @@ def train_backbone(
         "config": asdict(config),
         # the split decides which samples later runs may validate on (exitsearch run refuses
         # validation samples this training used); the preprocessing is what the weights expect
-        "data": {**splits.spec.to_dict(), "source": _absolute(splits.spec), "split": splits.spec.split},
+        "data": {
+            **splits.spec.to_dict(),
+            "source": _absolute(splits.spec),
+            "split": splits.spec.split,
+        },
         "preprocess": backbone.preprocess().to_dict(),
         "data_fingerprint": splits.fingerprint(),
         "val_acc": history[-1]["val_acc"] if history else None,
@@ -205,7 +209,6 @@ def train_backbone(
     }
     atomic_write_json(out / META_FILE, meta)
     return meta
-
 
 
 def _absolute(spec: Any) -> str:

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 
 from exitsearch.data.samples import Samples
 
-__all__ = ["EVAL_BATCH_BYTES", "bounded_batch", "default_workers", "iterate_batches", "set_default_workers"]
+__all__ = [
+    "EVAL_BATCH_BYTES",
+    "bounded_batch",
+    "default_workers",
+    "iterate_batches",
+    "set_default_workers",
+]
 
 _WORKERS: list[int | None] = [None]
 
@@ -77,7 +83,9 @@ def iterate_batches(
     """
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    batches = [order[b * batch_size : (b + 1) * batch_size] for b in range(start, -(-n // batch_size))]
+    batches = [
+        order[b * batch_size : (b + 1) * batch_size] for b in range(start, -(-n // batch_size))
+    ]
     if not batches:
         return
     if getattr(data, "passthrough", False):

@@ -57,7 +57,9 @@ class Preprocess:
         if not 0 < self.crop_pct <= 1:
             raise ConfigError(f"`0 < crop_pct <= 1` must hold, but got crop_pct={self.crop_pct}")
         if self.crop_mode not in _CROP_MODES:
-            raise ConfigError(f"unknown crop_mode {self.crop_mode!r}; expected one of {_CROP_MODES}")
+            raise ConfigError(
+                f"unknown crop_mode {self.crop_mode!r}; expected one of {_CROP_MODES}"
+            )
         if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
             raise ConfigError(
                 f"mean and std need {c} values (std > 0), got mean={self.mean}, std={self.std}"

@@ -20,7 +20,14 @@ from exitsearch._io import sha256_of
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import DataError
 
-__all__ = ["MAX_CLASSES", "MAX_IMAGE_PIXELS", "ArrayDataset", "Samples", "check_labels", "open_image"]
+__all__ = [
+    "MAX_CLASSES",
+    "MAX_IMAGE_PIXELS",
+    "ArrayDataset",
+    "Samples",
+    "check_labels",
+    "open_image",
+]
 
 MAX_CLASSES = 100_000
 """More classes than this is taken for a broken label array (ImageNet-21k has 21,843)."""
@@ -262,4 +269,3 @@ class ArrayDataset(Samples):
                 self._fingerprint = cached
             return cached
         return super().fingerprint()
-

@@ -70,7 +70,9 @@ class DataSpec:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"`0 <= seed < 2**32` must hold, but got seed={self.seed}")
         if self.split not in SPLIT_RULES:
-            raise ConfigError(f"unknown split rule {self.split!r}; expected one of {list(SPLIT_RULES)}")
+            raise ConfigError(
+                f"unknown split rule {self.split!r}; expected one of {list(SPLIT_RULES)}"
+            )
 
     @property
     def kind(self) -> str:
@@ -107,7 +109,9 @@ def _hash_keys(ids: np.ndarray, seed: int) -> np.ndarray:
     salt = seed.to_bytes(8, "little")
     return np.fromiter(
         (
-            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8, salt=salt).digest(), "little")
+            int.from_bytes(
+                hashlib.blake2b(str(i).encode(), digest_size=8, salt=salt).digest(), "little"
+            )
             for i in ids
         ),
         dtype=np.uint64,
@@ -239,5 +243,7 @@ def load_splits(
         raise DataError(f"{full.origin}: no test set")
     train, val, test = (d.with_preprocess(preprocess) for d in (train, val, test))
     if spec.limit is not None:
-        train, val, test = (d.subset(np.arange(min(spec.limit, len(d)))) for d in (train, val, test))
+        train, val, test = (
+            d.subset(np.arange(min(spec.limit, len(d)))) for d in (train, val, test)
+        )
     return DataSplits(train, val, test, spec)

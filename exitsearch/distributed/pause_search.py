@@ -36,16 +36,16 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from exitsearch.budget import BudgetUnit, parse_budget
+from exitsearch.core.pause import PauseConfig
 from exitsearch.data.splits import DataSpec
 from exitsearch.distributed.executors import LocalExecutor, TrialExecutor, TrialFailure
 from exitsearch.errors import BudgetError, ConfigError
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.pause import PauseMode
 from exitsearch.pausing.pool import PauseJob
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.strategies import INTERRUPTED, create_sampler
-from exitsearch.search.study import _settle_interrupted
+from exitsearch.search.study import settle_interrupted
 
 __all__ = [
     "PausePoint",
@@ -273,7 +273,7 @@ def run_pause_search(
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([metric_name, "flops_fraction"])
-    _settle_interrupted(study, progress)
+    settle_interrupted(study, progress)
     done = sum(
         1
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))

@@ -16,18 +16,19 @@ from exitsearch.export.bundle import (
     export_bundle,
     load,
     load_bundle,
+    load_onnx_bundle,
     read_manifest,
 )
+from exitsearch.export.costs import exit_costs
 from exitsearch.export.from_run import RunSelection, bundle_from_run
 from exitsearch.export.onnx import export_onnx
 from exitsearch.export.onnx_runtime import (
     ONNX_ATOL,
     OnnxMultiExitModel,
     exit_statistics_np,
-    load_onnx_bundle,
 )
 from exitsearch.export.points import ExitCosts, OperatingPoint, choose_point
-from exitsearch.export.runtime import ExitOutput, MultiExitModel, exit_costs
+from exitsearch.export.runtime import ExitOutput, MultiExitModel
 
 __all__ = [
     "BUNDLE_SCHEMA",

@@ -42,13 +42,13 @@ from exitsearch._io import (
 )
 from exitsearch._mismatch import state_mismatch, unreadable_safetensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
+from exitsearch.core.config import ExitConfig
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
 from exitsearch.export.runtime import ExitCosts, MultiExitModel
 from exitsearch.heads import HeadContext, create_head
 from exitsearch.profile.flops import UNIT
-from exitsearch.search.config import ExitConfig
 from exitsearch.training.bank import HeadBank
 
 __all__ = [
@@ -60,9 +60,11 @@ __all__ = [
     "ONNX_DIR",
     "RECIPE_FILE",
     "check_replaceable_bundle",
+    "doc_checksum",
     "export_bundle",
     "load",
     "load_bundle",
+    "load_onnx_bundle",
     "read_manifest",
 ]
 
@@ -178,7 +180,7 @@ def export_bundle(
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
-        doc[_SELF_CHECKSUM] = _doc_checksum(doc)
+        doc[_SELF_CHECKSUM] = doc_checksum(doc)
         atomic_write_json(tmp / MANIFEST, doc)
         _move_into_place(tmp, out)
     finally:
@@ -362,7 +364,7 @@ def _recipe(config: ExitConfig, meta: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump(recipe, sort_keys=False)
 
 
-def _doc_checksum(doc: Mapping[str, Any]) -> str:
+def doc_checksum(doc: Mapping[str, Any]) -> str:
     import hashlib
 
     body = {k: v for k, v in doc.items() if k != _SELF_CHECKSUM}
@@ -433,7 +435,7 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
             raise BundleError(f"{mpath}: the {key!r} section is missing or malformed")
     if verify:
         recorded = doc.get(_SELF_CHECKSUM)
-        if recorded is not None and recorded != _doc_checksum(doc):
+        if recorded is not None and recorded != doc_checksum(doc):
             raise BundleError(
                 f"{mpath}: contents differ from its recorded checksum (the file was edited or "
                 "damaged)"
@@ -578,3 +580,29 @@ def _load_state(module: nn.Module, path: Path) -> None:
             f"{path}: weights do not fit the architecture in {MANIFEST} "
             f"({state_mismatch(module, state)})"
         ) from None
+
+
+def load_onnx_bundle(
+    path: str | os.PathLike[str], threads: int | None = None, *, verify: bool = True
+) -> Any:
+    """The ONNX graphs of the bundle at ``path`` under their controller.
+
+    Raises:
+        BundleError: see :func:`~exitsearch.export.bundle.read_manifest`; also a bundle exported
+            without ``onnx``.
+    """
+    from exitsearch.export.onnx_runtime import OnnxMultiExitModel
+
+    root = Path(path)
+    doc = read_manifest(root, verify=verify)
+    if not doc.get("onnx"):
+        raise BundleError(
+            f"{root / MANIFEST}: this bundle has no ONNX graphs; export it again with --onnx"
+        )
+    try:
+        config = ExitConfig.from_dict(doc["config"])
+        points = [OperatingPoint.from_dict(p) for p in doc.get("operating_points", [])]
+        costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
+    return OnnxMultiExitModel(root / ONNX_DIR, doc["onnx"], config, points, costs, threads)

@@ -16,12 +16,12 @@ from typing import Any
 
 from exitsearch._io import portable_path
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.pipeline.cache import MANIFEST, StageStore
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
-from exitsearch.search.config import ExitConfig
 from exitsearch.training.bank import HeadBank
 from exitsearch.training.heads import SUMMARY
 

@@ -8,7 +8,7 @@ predictor as a second output), the blocks after the last exit and the final head
 controller (:class:`OnnxMultiExitModel`) runs them with onnxruntime and forwards only the
 samples still in flight, deciding with the same criterion objects as the PyTorch runtime;
 confidence and entropy are computed in float32 with numpy the way
-:func:`~exitsearch.training.predict.exit_statistics` computes them.
+:func:`~exitsearch.core.criteria.exit_statistics` computes them.
 
 Both torch exporters handle timm's blocks (with ``scaled_dot_product_attention``) and every
 registered head here (torch 2.14, onnxruntime 1.31): ``dynamo`` (torch.export based, the

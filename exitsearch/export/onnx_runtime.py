@@ -4,7 +4,7 @@ It mirrors :meth:`MultiExitModel.run <exitsearch.export.runtime.MultiExitModel.r
 the stem, then for each exit its segment of blocks and its head, a decision by the same
 criterion object, and the samples still in flight compacted before the next segment.
 Confidence and entropy are computed in float32 the way
-:func:`~exitsearch.training.predict.exit_statistics` computes them.
+:func:`~exitsearch.core.criteria.exit_statistics` computes them.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.export.runtime import needs_history
 from exitsearch.export.staged import ExitOutput, Flight, Outputs, Staged, Tick
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import create_criterion
 
-__all__ = ["ONNX_ATOL", "OnnxMultiExitModel", "exit_statistics_np", "load_onnx_bundle", "session"]
+__all__ = ["ONNX_ATOL", "OnnxMultiExitModel", "exit_statistics_np", "session"]
 
 ONNX_ATOL = 1e-4
 """Logits of the ONNX graphs agree with PyTorch within this absolute tolerance (float32;
@@ -55,7 +55,7 @@ def session(path: Path, threads: int | None) -> Any:
 
 def exit_statistics_np(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(confidence, normalised entropy, prediction)`` in float32: the numpy twin of
-    :func:`~exitsearch.training.predict.exit_statistics` (log-softmax, then its exponential)."""
+    :func:`~exitsearch.core.criteria.exit_statistics` (log-softmax, then its exponential)."""
     z = logits.astype(np.float32, copy=False)
     shifted = z - z.max(axis=-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -185,29 +185,3 @@ def _statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def _f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def load_onnx_bundle(
-    path: str | os.PathLike[str], threads: int | None = None, *, verify: bool = True
-) -> OnnxMultiExitModel:
-    """The ONNX graphs of the bundle at ``path`` under their controller.
-
-    Raises:
-        BundleError: see :func:`~exitsearch.export.bundle.read_manifest`; also a bundle exported
-            without ``onnx``.
-    """
-    from exitsearch.export.bundle import MANIFEST, ONNX_DIR, read_manifest
-
-    root = Path(path)
-    doc = read_manifest(root, verify=verify)
-    if not doc.get("onnx"):
-        raise BundleError(
-            f"{root / MANIFEST}: this bundle has no ONNX graphs; export it again with --onnx"
-        )
-    try:
-        config = ExitConfig.from_dict(doc["config"])
-        points = [OperatingPoint.from_dict(p) for p in doc.get("operating_points", [])]
-        costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
-    return OnnxMultiExitModel(root / ONNX_DIR, doc["onnx"], config, points, costs, threads)

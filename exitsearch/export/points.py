@@ -154,7 +154,7 @@ def choose_point(
 class Anytime:
     """Switching thresholds at run time: shared by the PyTorch and the ONNX runtime.
 
-    The host class provides ``criterion`` (an :class:`~exitsearch.search.criteria.ExitCriterion`),
+    The host class provides ``criterion`` (an :class:`~exitsearch.core.criteria.ExitCriterion`),
     ``operating_points``, ``num_exits`` and ``costs`` (:class:`ExitCosts`), and calls
     :meth:`set_thresholds` once when it is built.
     """

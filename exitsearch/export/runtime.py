@@ -37,16 +37,14 @@ import torch
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import ExitCriterion, create_criterion, exit_statistics
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import ConfigError
 from exitsearch.export.inputs import ModelInputs
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.export.staged import BOOKKEEPING, ExitOutput, Flight, Outputs, Staged, Tick
-from exitsearch.heads import HeadContext
 from exitsearch.pausing.pause import PausedTokens, PausingViT, assemble, lowest, token_entropy
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import ExitCriterion, create_criterion
-from exitsearch.training.predict import exit_statistics
 
 __all__ = [
     "BOOKKEEPING",
@@ -54,27 +52,8 @@ __all__ = [
     "ExitOutput",
     "MultiExitModel",
     "Tick",
-    "exit_costs",
     "needs_history",
 ]
-
-
-def exit_costs(
-    backbone: Backbone, config: ExitConfig, aux_decoder: nn.Module | None = None
-) -> ExitCosts:
-    """Count the FLOPs of ``config``'s exits on ``backbone`` with the search's cost model (a
-    pause configuration needs the auxiliary decoder, whose cost it includes)."""
-    from exitsearch.heads import profile_heads
-    from exitsearch.profile import profile_backbone
-    from exitsearch.search.costs import CostModel
-
-    heads = profile_heads(config.exits, HeadContext.from_backbone(backbone))
-    model = CostModel(profile_backbone(backbone), {k: c.flops for k, c in heads.items()})
-    if config.pause:
-        if aux_decoder is None:
-            raise ConfigError("the cost of a pause configuration needs the auxiliary decoder")
-        model = model.with_pauses(PausingViT(backbone, aux_decoder), [config.pause])
-    return ExitCosts(float(model.backbone_flops), tuple(float(v) for v in model.exit_flops(config)))
 
 
 def needs_history(criterion: ExitCriterion) -> bool:
@@ -196,6 +175,10 @@ class MultiExitModel(Staged, Anytime, nn.Module):
     def costs(self) -> ExitCosts:
         """FLOPs per exit; counted with fvcore on first use when the bundle did not carry them."""
         if self._costs is None:
+            # Counting goes through the search's cost model: only a model built from parts
+            # without costs pays for it (a loaded bundle carries its costs)
+            from exitsearch.export.costs import exit_costs
+
             self._costs = exit_costs(self.backbone, self.config, self.aux)
         return self._costs
 

@@ -82,4 +82,6 @@ def compare_strategies(
             progress.log(failures[name])
             continue
         reports[name] = result.report
-    return write_comparison(reports, out, failures, title=f"fine-tuning strategies on {portable_path(bundle)}")
+    return write_comparison(
+        reports, out, failures, title=f"fine-tuning strategies on {portable_path(bundle)}"
+    )

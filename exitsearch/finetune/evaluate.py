@@ -1,7 +1,7 @@
 """Scoring a fine-tuned configuration the way the search scored it, and re-fitting thresholds.
 
 The new weights' per-sample outputs are computed with the same
-:func:`~exitsearch.training.predict.exit_statistics` (through
+:func:`~exitsearch.core.criteria.exit_statistics` (through
 :func:`~exitsearch.training.predict.predict`), scored by the same
 :class:`~exitsearch.search.evaluator.Evaluator` and cost model, and the thresholds of the
 placement are fitted again on validation with the exact curve of
@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from exitsearch.backbone import Backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import BudgetError
 from exitsearch.export.points import ExitCosts, OperatingPoint, choose_point
 from exitsearch.heads import HeadContext, profile_heads
 from exitsearch.profile import profile_backbone
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask, spread

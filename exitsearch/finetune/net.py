@@ -1,7 +1,7 @@
 """The configuration being fine-tuned: backbone, its exit heads and strategy-owned modules.
 
 A :class:`MultiExitNet` holds what a bundle holds (the backbone with its final classifier, one
-head per early exit of the :class:`~exitsearch.search.config.ExitConfig`) plus ``aux``, the
+head per early exit of the :class:`~exitsearch.core.config.ExitConfig`) plus ``aux``, the
 modules a strategy needs only while training (LGViT's aligning modules). It names the parts
 the training strategies of Multi-Exit ViT and LGViT freeze and train: the stem (patch embedding,
 prefix tokens, position embedding), the blocks, the final classifier (final norm, pooling and
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from exitsearch.backbone import Backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import ArrayDataset, iterate_batches
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext
-from exitsearch.search.config import ExitConfig
 from exitsearch.training.bank import HeadBank
 
 __all__ = ["MultiExitNet"]

@@ -32,14 +32,15 @@ from exitsearch._io import (
     read_json,
     sha256_of,
 )
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BundleError, CacheError, ConfigError
 from exitsearch.export import MultiExitModel
 from exitsearch.export.bundle import (
     MANIFEST,
     RECIPE_FILE,
-    _doc_checksum,
     check_replaceable_bundle,
+    doc_checksum,
     export_bundle,
     load_bundle,
     read_manifest,
@@ -57,7 +58,6 @@ from exitsearch.finetune.report import finetune_report
 from exitsearch.finetune.settings import TrainSettings
 from exitsearch.finetune.trainer import train_configuration
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions, predict
 
@@ -328,5 +328,5 @@ def write_recipe(bundle: Path, recipe: Recipe) -> None:
     mpath = bundle / MANIFEST
     doc = json.loads(mpath.read_text(encoding="utf-8"))
     doc["files"][RECIPE_FILE] = file_sha256(bundle / RECIPE_FILE)
-    doc["manifest_sha256"] = _doc_checksum(doc)
+    doc["manifest_sha256"] = doc_checksum(doc)
     atomic_write_json(mpath, doc)

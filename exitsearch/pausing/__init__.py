@@ -9,7 +9,7 @@ on fewer tokens and the patch assembler puts every token back for the heads. One
 (:func:`predict_under_pause`) for the exit search.
 """
 
-from exitsearch.pausing.config import PAPER_TABLE1, PauseConfig, paper_table1
+from exitsearch.core.pause import PAPER_TABLE1, PauseConfig, paper_table1
 from exitsearch.pausing.costs import PauseCost, aux_decoder_flops, pause_block_flops, pause_cost
 from exitsearch.pausing.evaluate import (
     PauseEvaluation,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.pausing.config import PauseConfig
+from exitsearch.core.pause import PauseConfig
 from exitsearch.pausing.pause import PauseMode, PausingViT, uses_aux_decoder
 from exitsearch.profile.backbone import block_flops, profile_backbone
 from exitsearch.profile.flops import UNIT, FlopCount, count_flops

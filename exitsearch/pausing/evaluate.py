@@ -21,16 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from exitsearch.core.criteria import exit_statistics
+from exitsearch.core.pause import PauseConfig
 from exitsearch.data.loader import iterate_batches
 from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import ConfigError
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.pause import PauseMode, PausingViT
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
-from exitsearch.training.predict import Predictions, SplitPredictions, exit_statistics
+from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = [
     "CLOCKS",

@@ -21,8 +21,8 @@ from exitsearch.backbone.adapter import Backbone
 from exitsearch.backbone.checkpoint import load_state_dict_file
 from exitsearch.backbone.factory import create_backbone, resolve_spec
 from exitsearch.backbone.spec import BackboneSpec
+from exitsearch.core.pause import PauseConfig
 from exitsearch.errors import CheckpointError
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.pause import AuxDecoder, PausedStates, PauseMode, PausingViT
 from exitsearch.pausing.tasks import PauseTask, create_task
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.pause import PauseConfig
 from exitsearch.errors import ConfigError
-from exitsearch.pausing.config import PauseConfig
 
 __all__ = [
     "AuxDecoder",
@@ -156,6 +156,8 @@ def _uniform(patches: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor
     """Uniform scores, drawn where the generator lives (the same draws on any device)."""
     where = gen.device if gen is not None else patches.device
     return torch.rand(patches.shape[:2], generator=gen, device=where).to(patches.device)
+
+
 # Modes whose choice needs the auxiliary decoder at inference.
 _NEEDS_AUX = frozenset({PauseMode.ENTROPY})
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from exitsearch.core.pause import PauseConfig
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.data.splits import DataSpec, DataSplits, load_splits
 from exitsearch.device import resolve_device
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.evaluate import PauseEvaluation, evaluate_pause_config
 from exitsearch.pausing.model import MODEL_FILE, PaumerModel, load_paumer
 from exitsearch.progress import NullProgress, Progress

@@ -1,7 +1,7 @@
 """PAUMER's experiment: the task metric against measured images per second for Table 1.
 
 For each trained model (entropy pausing, the random-pausing baseline) every configuration of
-:func:`exitsearch.pausing.config.paper_table1` plus no pausing is scored; the no-pausing model
+:func:`exitsearch.core.pause.paper_table1` plus no pausing is scored; the no-pausing model
 (Segmenter trained without pausing) is the baseline point. Metrics come from the process pool,
 throughput from one process with every configuration interleaved (same inputs, same load).
 ``metric drop at +X % images/s`` is a skyline query as in the paper: the baseline metric minus
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from exitsearch._io import atomic_path, atomic_write_json, atomic_write_text
+from exitsearch.core.pause import PauseConfig, paper_table1
 from exitsearch.data.splits import DataSpec
 from exitsearch.errors import ConfigError
-from exitsearch.pausing.config import PauseConfig, paper_table1
 from exitsearch.pausing.costs import pause_cost
 from exitsearch.pausing.evaluate import CLOCKS, time_entries, timing_batch
 from exitsearch.pausing.model import load_paumer
@@ -183,9 +183,7 @@ def score_configurations(
     models = {d: load_paumer(d) for d in dict.fromkeys(d for _, d, _, _ in rows)}
     first = next(iter(models.values()))
     bb = first.backbone
-    x = timing_batch(
-        first, cached_splits(data.to_dict(), bb.preprocess()).get(split), batch_size
-    )
+    x = timing_batch(first, cached_splits(data.to_dict(), bb.preprocess()).get(split), batch_size)
     task = f"time {len(rows)} configurations ({repeats} interleaved rounds)"
     progress.start(task, None)
     try:

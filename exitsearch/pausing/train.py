@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from exitsearch._io import sha256_of
+from exitsearch.core.pause import PauseConfig
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
 from exitsearch.errors import ConfigError
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.pausing.evaluate import evaluate_metric
 from exitsearch.pausing.model import PaumerModel
 from exitsearch.pausing.pause import PauseMode
@@ -105,7 +105,6 @@ class PauseTrainConfig:
 
 def _checksum(module: torch.nn.Module) -> str:
     return sha256_of(*(t for _, t in sorted(module.state_dict().items())))
-
 
 
 def train_paumer(

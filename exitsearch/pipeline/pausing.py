@@ -58,9 +58,9 @@ from exitsearch._io import (
     sha256_of,
 )
 from exitsearch.backbone import BackboneSpec
+from exitsearch.core.pause import PauseConfig
 from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
-from exitsearch.pausing.config import PauseConfig
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
 from exitsearch.search.costs import CostModel
@@ -792,15 +792,15 @@ def write_pause_report(
     ``pause`` section (the configurations, their costs and fronts, the auxiliary decoder)."""
     from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
     from exitsearch.report.run_report import (
-        _finite_or_none,
-        _hv,
-        _placement_curves,
-        _plot_pareto,
-        _write_pareto_csv,
         baseline_documents,
+        finite_or_none,
+        front_hypervolume,
         front_member,
         hv_reference,
+        placement_curves,
+        plot_pareto,
         recommend,
+        write_pareto_csv,
         write_run_record,
     )
     from exitsearch.search.baselines import score_baselines
@@ -823,12 +823,12 @@ def write_pause_report(
         correct.append(ev_val[key].correct_of(p.config))
     recommended, uncertainty_notes = recommend(members, correct)
     baselines = score_baselines(plain_val, ctx.candidates, ctx.backbone.depth, constraint)
-    front_hv = _hv(result.front, ref, scale)
+    front_hv = front_hypervolume(result.front, ref, scale)
     base_docs, base_fronts = baseline_documents(baselines, plain_test, ref, scale, front_hv)
     placements: dict[str, Any] = {}
     for key in dict.fromkeys(m["pause"] for m in members):
         pts = [p for p in result.front if PauseConfig(dict(p.config.pause)).key == key]
-        placements.update(_placement_curves(ev_val[key], pts))
+        placements.update(placement_curves(ev_val[key], pts))
     bb_val, bb_test = plain_val.backbone(), plain_test.backbone()
     on_front = {m["pause"] for m in members}
     configurations = []
@@ -846,7 +846,7 @@ def write_pause_report(
                     + costs.profile.head_flops
                 ),
                 "val_accuracy_without_exits": f.final_accuracy,
-                "hypervolume": _hv(f.front, ref, scale),
+                "hypervolume": front_hypervolume(f.front, ref, scale),
                 "front_points": len(f.front),
                 "on_merged_front": sum(1 for m in members if m["pause"] == key),
                 "trials": f.result.n_trials,
@@ -898,7 +898,7 @@ def write_pause_report(
             "n_trials": result.n_trials,
             "failed_trials": result.n_failed,
             "seconds": result.seconds,
-            "trials_per_second": _finite_or_none(result.trials_per_second),
+            "trials_per_second": finite_or_none(result.trials_per_second),
             "refine_seconds": result.refine_seconds,
             "placements_refined": result.placements_refined,
             "seed": ctx.settings.search.seed,
@@ -916,7 +916,7 @@ def write_pause_report(
             "outer_trials": run.outer_trials,
             "configurations": configurations,
             # the front of no pausing alone, to see what pausing as a dimension adds
-            "hypervolume_without_pausing": _hv(run.fronts[""].front, ref, scale)
+            "hypervolume_without_pausing": front_hypervolume(run.fronts[""].front, ref, scale)
             if "" in run.fronts
             else None,
             "on_front": sorted(on_front, key=lambda k: (k != "", k)),
@@ -929,8 +929,8 @@ def write_pause_report(
     atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
     atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
     atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
-    _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
-    _plot_pareto(
+    write_pareto_csv(run_dir / schema.PARETO_CSV, members)
+    plot_pareto(
         run_dir / schema.PARETO_PNG,
         result,
         baselines,

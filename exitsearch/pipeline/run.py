@@ -141,7 +141,10 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
 
 
 def load_run_splits(
-    spec: DataSpec, backbone: Backbone, allow_overlap: bool = False, progress: Progress | None = None
+    spec: DataSpec,
+    backbone: Backbone,
+    allow_overlap: bool = False,
+    progress: Progress | None = None,
 ) -> DataSplits:
     """The run's splits, in the backbone's preprocessing, checked against its training split.
 

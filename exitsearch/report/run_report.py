@@ -11,10 +11,10 @@ import numpy as np
 
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
+from exitsearch.core.config import ExitConfig
 from exitsearch.device import machine_name
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.intervals import paired_difference, wilson_interval
@@ -27,10 +27,20 @@ from exitsearch.units import format_flops
 if TYPE_CHECKING:
     from exitsearch.pipeline.run import RunContext
 
-__all__ = ["front_member", "hv_reference", "recommend", "write_report"]
+__all__ = [
+    "finite_or_none",
+    "front_hypervolume",
+    "front_member",
+    "hv_reference",
+    "placement_curves",
+    "plot_pareto",
+    "recommend",
+    "write_pareto_csv",
+    "write_report",
+]
 
 
-def _finite_or_none(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     """A rate for the report: None where there is nothing to measure (NaN)."""
     return x if math.isfinite(x) else None
 
@@ -43,7 +53,7 @@ def hv_reference(
     return 1.0 / num_classes, cost
 
 
-def _hv(points: list[CurvePoint], ref: tuple[float, float], scale: float) -> float:
+def front_hypervolume(points: list[CurvePoint], ref: tuple[float, float], scale: float) -> float:
     return hypervolume([p.accuracy for p in points], [p.mean_flops / scale for p in points], *ref)
 
 
@@ -64,13 +74,15 @@ def write_report(
     val, test = Evaluator(preds, "val", costs), Evaluator(preds, "test", costs)
     ref = hv_reference(preds.num_classes, constraint, scale)
     backbone_ok = (val.backbone_correct(), test.backbone_correct())
-    members = [front_member(i, p.config, val, test, backbone_ok) for i, p in enumerate(result.front)]
+    members = [
+        front_member(i, p.config, val, test, backbone_ok) for i, p in enumerate(result.front)
+    ]
     recommended, more = recommend(members, [val.correct_of(p.config) for p in result.front])
     notes = [*notes, *more]
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
-    front_hv = _hv(result.front, ref, scale)
+    front_hv = front_hypervolume(result.front, ref, scale)
     base_docs, base_fronts = baseline_documents(baselines, test, ref, scale, front_hv)
-    placements = _placement_curves(val, result.front)
+    placements = placement_curves(val, result.front)
     bb_val, bb_test = val.backbone(), test.backbone()
     doc = {
         "schema": schema.PARETO_SCHEMA,
@@ -115,7 +127,7 @@ def write_report(
             "n_trials": result.n_trials,
             "failed_trials": result.n_failed,
             "seconds": result.seconds,
-            "trials_per_second": _finite_or_none(result.trials_per_second),
+            "trials_per_second": finite_or_none(result.trials_per_second),
             "refine_seconds": result.refine_seconds,
             "placements_refined": result.placements_refined,
             "seed": ctx.settings.search.seed,
@@ -128,8 +140,8 @@ def write_report(
     atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
     atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
     atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
-    _write_pareto_csv(run_dir / schema.PARETO_CSV, members)
-    _plot_pareto(
+    write_pareto_csv(run_dir / schema.PARETO_CSV, members)
+    plot_pareto(
         run_dir / schema.PARETO_PNG,
         result,
         baselines,
@@ -282,7 +294,7 @@ def baseline_documents(
     """Each baseline's summary for ``pareto.json`` and its own front for ``baselines.json``."""
     summaries, fronts = [], {}
     for b in baselines:
-        hv = _hv(b.front, ref, scale)
+        hv = front_hypervolume(b.front, ref, scale)
         summaries.append(
             {
                 "name": b.name,
@@ -319,7 +331,9 @@ def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
         if key not in placements:
             placements[key] = len(configs)
             doc = p.config.to_dict()
-            configs.append({k: v for k, v in doc.items() if k not in ("thresholds", "threshold_mode")})
+            configs.append(
+                {k: v for k, v in doc.items() if k not in ("thresholds", "threshold_mode")}
+            )
         test_acc, test_mean, _ = test.quick(p.config)
         for k, v in (
             ("placement", placements[key]),
@@ -357,7 +371,7 @@ def _thresholds_column(config: ExitConfig) -> float | list[float]:
 MAX_OPERATING_POINTS = 64
 
 
-def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
+def placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[dict[str, Any]]]:
     """Each front placement's own Pareto-optimal threshold settings (operating points), at
     most :data:`MAX_OPERATING_POINTS` spread over its cost range."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -383,7 +397,7 @@ def _placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[
     return out
 
 
-def _write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
+def write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
     fields = [
         "id",
         "recommended",
@@ -428,7 +442,7 @@ def _write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
             )
 
 
-def _plot_pareto(
+def plot_pareto(
     path: Path,
     result: SearchResult,
     baselines: list[Any],

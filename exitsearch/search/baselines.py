@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.heads import HeadSpec
 from exitsearch.heads.mappings import KernelMapping, WindowMapping
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.refine import CurvePoint, shared_curve
 from exitsearch.search.sampling import ConfigSampler

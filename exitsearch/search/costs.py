@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.profile.backbone import BackboneProfile
 from exitsearch.profile.latency import LatencyTable
-from exitsearch.search.config import ExitConfig
 
 __all__ = ["CostModel", "pause_key", "paused_block_flops"]
 

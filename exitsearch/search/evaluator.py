@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import ExitCriterion, create_criterion
 from exitsearch.errors import ConfigError
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
-from exitsearch.search.criteria import ExitCriterion, create_criterion
 from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = ["Evaluation", "Evaluator"]

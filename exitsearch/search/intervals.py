@@ -74,7 +74,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDif
     a = np.asarray(a, dtype=bool)
     b = np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired outcomes need two vectors of one length, got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"paired outcomes need two vectors of one length, got {a.shape}, {b.shape}"
+        )
     n = a.size
     if n == 0:
         return PairedDifference(0.0, -1.0, 1.0, 0, 0, 0)
@@ -93,7 +95,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDif
     return PairedDifference(d, max(-1.0, d - lower), min(1.0, d + upper), only_a, only_b, n)
 
 
-def median_interval(values: list[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+def median_interval(
+    values: list[float] | np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
     """The median of ``values`` and a distribution-free interval for it: the order statistics
     ``x(j)`` and ``x(n+1-j)`` with the largest ``j`` for which ``P(Bin(n, 1/2) < j) <= (1 -
     level) / 2``, so the interval covers the population median with probability at least

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import ExitCriterion, create_criterion
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import ExitCriterion, create_criterion
 from exitsearch.search.evaluator import Evaluator
 
 __all__ = [

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import optuna
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.heads import HeadSpec
 from exitsearch.heads.mappings import KernelMapping, WindowMapping, split_halves
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.space import MAPPED_PARAM, FloatRange, IntRange, Placement, SearchSpace
 
 __all__ = ["NONE", "ConfigSampler"]

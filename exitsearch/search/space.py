@@ -145,7 +145,7 @@ class PauseOptions:
         layers and key; duplicates (the same fractions reached twice) are dropped."""
         import itertools
 
-        from exitsearch.pausing.config import PauseConfig
+        from exitsearch.core.pause import PauseConfig
 
         nonzero = [t for t in self.taus if t > 0]
         most = len(self.layers) if self.max_layers is None else self.max_layers

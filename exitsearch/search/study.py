@@ -24,10 +24,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from exitsearch.budget import BudgetKind
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_placement, shared_curve
@@ -44,6 +44,7 @@ __all__ = [
     "exhaustive_front",
     "front_of",
     "run_search",
+    "settle_interrupted",
 ]
 
 
@@ -251,7 +252,7 @@ def _mark_interrupted(study: optuna.Study, only: set[int] | None = None) -> int:
     return len(stale)
 
 
-def _settle_interrupted(study: optuna.Study, progress: Progress) -> None:
+def settle_interrupted(study: optuna.Study, progress: Progress) -> None:
     """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
     if n := _mark_interrupted(study):
         progress.log(f"search: {n} trial(s) interrupted earlier were marked failed")
@@ -304,7 +305,7 @@ def run_search(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
     if exclusive:
-        _settle_interrupted(study, progress)
+        settle_interrupted(study, progress)
     done = sum(
         1
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))

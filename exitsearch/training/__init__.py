@@ -4,7 +4,7 @@ checkpoints every training resumes from."""
 from exitsearch.training.bank import HeadBank
 from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
 from exitsearch.training.heads import HeadStatus, HeadTrainConfig, HeadTrainResult, train_heads
-from exitsearch.training.predict import Predictions, SplitPredictions, exit_statistics, predict
+from exitsearch.training.predict import Predictions, SplitPredictions, predict
 
 __all__ = [
     "EpochCheckpoint",
@@ -15,7 +15,6 @@ __all__ = [
     "Predictions",
     "Resumed",
     "SplitPredictions",
-    "exit_statistics",
     "predict",
     "train_heads",
 ]

@@ -139,7 +139,9 @@ class EpochLoop:
         loss: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         *,
-        clip: tuple[Iterable[torch.nn.Parameter] | Callable[[], Iterable[torch.nn.Parameter]], float]
+        clip: tuple[
+            Iterable[torch.nn.Parameter] | Callable[[], Iterable[torch.nn.Parameter]], float
+        ]
         | None = None,
         before_step: Callable[[], None] | None = None,
     ) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from exitsearch._io import atomic_path, atomic_write_json, read_json
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.criteria import exit_statistics
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
@@ -28,23 +29,9 @@ from exitsearch.heads import HeadSpec
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.bank import HeadBank
 
-__all__ = ["Predictions", "SplitPredictions", "exit_statistics", "predict"]
+__all__ = ["Predictions", "SplitPredictions", "predict"]
 
 FINAL = "final"
-
-
-def exit_statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(confidence, normalised entropy, prediction)`` of a batch of logits, in float32.
-
-    The exported runtime decides exits with this same function, so cached values and run-time
-    values agree.
-    """
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    conf, pred = p.max(dim=-1)
-    ent = -(p * logp).sum(-1) / math.log(logits.shape[-1])
-    return conf, ent.clamp_(0.0, 1.0), pred
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dist_world import PAUSE_DATA, PAUSE_TINY, WORKER_RESOURCE, RayWorld
 from optuna.trial import TrialState
 
 from exitsearch.backbone import create_backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, load_splits
 from exitsearch.distributed import (
     DeviceJob,
@@ -45,7 +46,6 @@ from exitsearch.distributed import (
 from exitsearch.export import export_bundle
 from exitsearch.heads import HeadSpec
 from exitsearch.pausing import run_pause_job
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.storage import open_storage
 from exitsearch.training import HeadBank, HeadTrainConfig
 from exitsearch.training.heads import SUMMARY, WEIGHTS

@@ -10,11 +10,11 @@ import pytest
 import torch
 from export_world import DATA, SPECS, World
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.export import benchmark, export_bundle, load_bundle
 from exitsearch.export.bench import bench_inputs
 from exitsearch.export.runtime import BOOKKEEPING
-from exitsearch.search.config import ExitConfig
 
 
 @pytest.fixture(scope="module")

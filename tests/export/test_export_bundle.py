@@ -13,6 +13,7 @@ from export_world import SPECS, World, make_run, spread_point
 
 import exitsearch
 from exitsearch._io import file_sha256
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import BundleError
 from exitsearch.export import (
     BUNDLE_SCHEMA,
@@ -22,7 +23,6 @@ from exitsearch.export import (
     load_bundle,
     read_manifest,
 )
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.refine import shared_curve
 
 

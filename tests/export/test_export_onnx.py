@@ -14,6 +14,8 @@ import pytest
 import torch
 from export_world import SPECS, World, spread_point
 
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import exit_statistics
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export import (
     ONNX_ATOL,
@@ -25,9 +27,7 @@ from exitsearch.export import (
     load_onnx_bundle,
 )
 from exitsearch.heads import HeadContext, HeadSpec, create_head
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.refine import shared_curve
-from exitsearch.training.predict import exit_statistics
 
 N = 192  # validation images compared per batch size
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, iterate_batches, load_splits
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export import MultiExitModel, export_bundle, load_bundle, read_manifest
 from exitsearch.export.bundle import AUX_FILE
-from exitsearch.export.runtime import exit_costs
+from exitsearch.export.costs import exit_costs
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost, predict_under_pause
 from exitsearch.profile import profile_backbone
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.refine import shared_curve

@@ -7,9 +7,9 @@ import pytest
 from export_world import SPECS, World
 
 from exitsearch.budget import BudgetKind, parse_budget
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import BudgetError, ConfigError
 from exitsearch.export import OperatingPoint, choose_point
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.refine import shared_curve
 
 POINTS = [

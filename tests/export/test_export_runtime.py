@@ -13,11 +13,11 @@ import pytest
 import torch
 from export_world import CONFIGS, SPECS, World
 
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
 from exitsearch.errors import ConfigError
 from exitsearch.export import MultiExitModel
 from exitsearch.export.runtime import needs_history
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import create_criterion
 
 BATCH_SIZES = (1, 7, 64)
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from export_world import CONFIGS, SPECS, World
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export import MultiExitModel
-from exitsearch.search.config import ExitConfig
 
 
 def _val(world: World, limit: int | None = None) -> torch.Tensor:

@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 import exitsearch.heads.registry as head_registry
 import exitsearch.pipeline.run as pipeline_run
 from exitsearch.backbone import create_backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import FASHION_MNIST_DIR
 from exitsearch.heads import ExitHead, HeadContext, HeadSpec, register_head
 from exitsearch.report import schema
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.study import run_search
 from exitsearch.training.bank import HeadBank
 

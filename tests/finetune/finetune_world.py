@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from exitsearch.backbone import Backbone, create_backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.export import OperatingPoint, export_bundle
 from exitsearch.finetune import ClassifierWise, TrainSettings, register_strategy
@@ -28,7 +29,6 @@ from exitsearch.finetune.base import Batch
 from exitsearch.finetune.evaluate import cost_model
 from exitsearch.finetune.net import MultiExitNet
 from exitsearch.heads import HeadSpec
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import shared_curve

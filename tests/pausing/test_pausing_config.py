@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.pausing import PAPER_TABLE1, PauseConfig, paper_table1
-from exitsearch.search.config import ExitConfig
 
 
 def test_parse_and_round_trip():

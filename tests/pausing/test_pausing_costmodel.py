@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost
 from exitsearch.profile import profile_backbone
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel, paused_block_flops
 
 SPECS = (HeadSpec("linear", 2), HeadSpec("mlp", 3), HeadSpec("linear", 5))

@@ -19,6 +19,7 @@ from exitsearch_cli.main import app
 from typer.testing import CliRunner
 
 from exitsearch.backbone import BackboneSpec, create_backbone
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, iterate_batches, load_splits
 from exitsearch.errors import BudgetError, ConfigError
 from exitsearch.export import bundle_from_run, export_bundle, load_bundle
@@ -26,7 +27,6 @@ from exitsearch.heads import HeadContext
 from exitsearch.pausing import PauseConfig, build_paumer, predict_under_pause
 from exitsearch.pipeline.run import RunSettings, run_pipeline
 from exitsearch.report import schema
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.study import SearchSettings
 from exitsearch.training import HeadBank

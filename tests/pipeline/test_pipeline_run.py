@@ -24,6 +24,7 @@ import torch
 
 from exitsearch._io import read_json
 from exitsearch.backbone import BackboneSpec
+from exitsearch.core.config import ExitConfig
 from exitsearch.data import FASHION_MNIST_DIR, DataSpec
 from exitsearch.errors import BudgetError, DataError
 from exitsearch.pipeline.cache import MANIFEST, StageStore
@@ -37,7 +38,6 @@ from exitsearch.pipeline.run import (
 from exitsearch.profile import BackboneProfile
 from exitsearch.report import schema
 from exitsearch.report.run_report import config_of_column
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.intervals import paired_difference, wilson_interval

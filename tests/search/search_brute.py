@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exitsearch.search.config import ExitConfig
+from exitsearch.core.config import ExitConfig
 from exitsearch.training.predict import Predictions
 
 # Stem + blocks 1..m of the 6-block toy profile (tests/search/conftest.py): 10 + 100 + 110 + ...

@@ -9,7 +9,7 @@ import pytest
 from search_brute import brute_costs, dominated
 
 from exitsearch.budget import BudgetKind
-from exitsearch.search.config import ExitConfig
+from exitsearch.core.config import ExitConfig
 from exitsearch.search.pareto import hypervolume, pareto_mask
 from exitsearch.search.refine import CurvePoint, shared_curve
 from exitsearch.search.study import BudgetConstraint, cut_to_budget, front_of

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from search_brute import BACKBONE, brute_evaluate
 
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import create_criterion
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
 from exitsearch.search.refine import (
     per_exit_generalises,
     refine_per_exit,

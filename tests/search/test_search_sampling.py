@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.heads import HeadSpec
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import load_search_space, parse_search_space
 

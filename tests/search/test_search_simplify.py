@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exitsearch.search.config import ExitConfig
-from exitsearch.search.criteria import create_criterion
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
 from exitsearch.search.refine import CurvePoint
 from exitsearch.search.study import BudgetConstraint, simple_front, simplify
 

@@ -8,9 +8,9 @@ import pytest
 from optuna.trial import TrialState
 
 from exitsearch.budget import BudgetKind
+from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import parse_search_space
@@ -70,7 +70,7 @@ def sampler(world, space):
     return ConfigSampler(space, world.preds.heads, depth=6)
 
 
-def _hv(front) -> float:
+def front_hypervolume(front) -> float:
     # reference: chance accuracy (4 classes) and the budget as a fraction of the backbone
     return hypervolume(
         [p.accuracy for p in front], [p.mean_flops / BACKBONE for p in front], 1 / NUM_CLASSES, 0.6
@@ -87,8 +87,8 @@ def test_nsga2_with_refinement_reaches_the_exhaustive_hypervolume(world, sampler
     assert exhaustive.n_trials == 71
     searched = run_search(ev, sampler, BUDGET, SearchSettings(n_trials=100, seed=0, **FAST))
     assert searched.n_trials == 100 and searched.placements_refined > 0
-    ratio = _hv(searched.front) / _hv(exhaustive.front)
-    assert _hv(exhaustive.front) > 0
+    ratio = front_hypervolume(searched.front) / front_hypervolume(exhaustive.front)
+    assert front_hypervolume(exhaustive.front) > 0
     assert ratio >= 0.99, ratio
     for p in searched.front:
         assert p.mean_flops <= BUDGET.flops

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
 from export_world import SPECS, World, build_world, spread_point
 
+from exitsearch.core.config import ExitConfig
 from exitsearch.export import OperatingPoint, export_bundle
-from exitsearch.search.config import ExitConfig
 from exitsearch.search.refine import shared_curve
 
 

@@ -70,11 +70,15 @@ class ImageFolderDataset(Samples):
 
 def scan_folder(root: Path, classes: tuple[str, ...] | None) -> ImageFolderDataset:
     """Index ``root/<class>/**`` without decoding: names, labels and file stats."""
-    found = tuple(sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")))
+    found = tuple(
+        sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    )
     if not found:
         raise DataError(f"{root}: no class sub-folders found (expected one folder per class)")
     if classes is not None and found != classes:
-        raise DataError(f"{root}: class folders {list(found)} differ from training's {list(classes)}")
+        raise DataError(
+            f"{root}: class folders {list(found)} differ from training's {list(classes)}"
+        )
     paths: list[str] = []
     labels: list[int] = []
     stats: list[tuple[int, int]] = []
@@ -121,9 +125,7 @@ def load_image_folder(path: str | Path) -> SourceData:
     return SourceData(train, val, test)
 
 
-@register_source(
-    "folder", lambda s: True, "a folder with one sub-folder of images per class"
-)
+@register_source("folder", lambda s: True, "a folder with one sub-folder of images per class")
 def _open(spec: Any) -> SourceData:
     if not Path(spec.source).exists():
         from exitsearch.data.sources import describe_sources

@@ -43,7 +43,9 @@ def load_npz(path: str | Path) -> tuple[ArrayDataset, ArrayDataset | None]:
                 )
             if "x_test" in names and "y_test" not in names:
                 raise DataError(f"{p}: has x_test but no y_test")
-            labels = {k: check_labels(npz[k], str(p), name=k) for k in ("y", "y_test") if k in names}
+            labels = {
+                k: check_labels(npz[k], str(p), name=k) for k in ("y", "y_test") if k in names
+            }
             if "classes" in names:
                 classes = tuple(str(c) for c in npz["classes"])
             else:

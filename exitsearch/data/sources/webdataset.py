@@ -62,7 +62,9 @@ class TarShardDataset(Samples):
         fd = self._fd(shard)
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise DataError(f"{self.shards[shard]}: truncated shard (sample {self.keys[i].decode()})")
+            raise DataError(
+                f"{self.shards[shard]}: truncated shard (sample {self.keys[i].decode()})"
+            )
         return open_image(data, f"{self.shards[shard]}:{self.keys[i].decode()}")
 
     def _fd(self, shard: int) -> int:
@@ -96,7 +98,9 @@ class TarShardDataset(Samples):
         return sha256_of("wds-v1", list(self.shards), list(self.stats), self.keys, self.where)
 
 
-def index_shards(shards: list[Path], classes: tuple[str, ...] | None, origin: str) -> TarShardDataset:
+def index_shards(
+    shards: list[Path], classes: tuple[str, ...] | None, origin: str
+) -> TarShardDataset:
     """Read every shard's member headers and label members (not the images)."""
     keys: list[bytes] = []
     where: list[tuple[int, int, int]] = []
@@ -170,13 +174,17 @@ def load_shards(path: str | Path) -> SourceData:
     root = Path(path)
     if root.is_file():
         return SourceData(index_shards([root], _classes(root.parent), str(root)))
-    parts = {name: _shards_in(root / name) for name in ("train", "val", "test") if (root / name).is_dir()}
+    parts = {
+        name: _shards_in(root / name) for name in ("train", "val", "test") if (root / name).is_dir()
+    }
     if not parts.get("train"):
         return SourceData(index_shards(_shards_in(root), _classes(root), str(root)))
     classes = _classes(root) or _classes(root / "train")
     train = index_shards(parts["train"], classes, str(root / "train"))
     others = {
-        k: index_shards(v, train.classes, str(root / k)) for k, v in parts.items() if k != "train" and v
+        k: index_shards(v, train.classes, str(root / k))
+        for k, v in parts.items()
+        if k != "train" and v
     }
     val, test = others.get("val"), others.get("test")
     if test is None:

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exitsearch.core.criteria import create_criterion
+from exitsearch.core.spec import HeadSpec
 from exitsearch.errors import ConfigError
-from exitsearch.heads import HeadSpec
-from exitsearch.search.criteria import create_criterion
 
 __all__ = ["ExitConfig"]
 
@@ -57,7 +57,7 @@ class ExitConfig:
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         pause: dict[int, float] = {}
         if self.pause:  # only configurations that pause pay for the check
-            from exitsearch.pausing.config import PauseConfig
+            from exitsearch.core.pause import PauseConfig
 
             pause = dict(
                 self.pause.fractions

@@ -14,6 +14,7 @@ evaluation and run-time behaviour agree.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,14 @@ import torch
 
 from exitsearch.registry import Registry
 
-__all__ = ["REGISTRY", "ExitCriterion", "create_criterion", "list_criteria", "register_criterion"]
+__all__ = [
+    "REGISTRY",
+    "ExitCriterion",
+    "create_criterion",
+    "exit_statistics",
+    "list_criteria",
+    "register_criterion",
+]
 
 REGISTRY: Registry[type[ExitCriterion]] = Registry("exit criterion")
 
@@ -183,3 +191,17 @@ class Patience(ExitCriterion):
             return torch.zeros(pred.shape, dtype=torch.float32)
         full = torch.cat([history, pred[:, None]], dim=1).T.numpy()
         return torch.from_numpy(self.readiness(None, None, full, None)[-1])
+
+
+def exit_statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(confidence, normalised entropy, prediction)`` of a batch of logits, in float32.
+
+    The exported runtime decides exits with this same function, so cached values and run-time
+    values agree.
+    """
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    conf, pred = p.max(dim=-1)
+    ent = -(p * logp).sum(-1) / math.log(logits.shape[-1])
+    return conf, ent.clamp_(0.0, 1.0), pred

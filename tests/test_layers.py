@@ -1,0 +1,104 @@
+"""The layers of ARCHITECTURE.md, read from the source: the core imports nothing above it, the
+exported runtime runs without the search, and no module imports another's private names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "exitsearch"
+
+CORE_MAY_IMPORT = (
+    "exitsearch.core",
+    "exitsearch.errors",
+    "exitsearch.units",
+    "exitsearch.budget",
+    "exitsearch.registry",
+    "exitsearch._lazy",
+)
+RUNTIME = ("runtime.py", "onnx_runtime.py", "staged.py", "points.py", "inputs.py")
+RUNTIME_MAY_IMPORT = (
+    *CORE_MAY_IMPORT,
+    "exitsearch.heads",
+    "exitsearch.backbone",
+    "exitsearch.pausing.pause",
+    "exitsearch.data.preprocess",
+    "exitsearch.data.samples",
+    "exitsearch.data.transforms",
+    "exitsearch.export.runtime",
+    "exitsearch.export.onnx_runtime",
+    "exitsearch.export.staged",
+    "exitsearch.export.points",
+    "exitsearch.export.inputs",
+    "exitsearch.export.costs",  # only a model built from parts without costs counts them
+)
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """Every ``exitsearch`` import of a file, module level or inside functions:
+    ``(module, imported names, line)``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] == "exitsearch":
+                out.append((node.module, [a.name for a in node.names], node.lineno))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "exitsearch":
+                    out.append((a.name, [], node.lineno))
+    return out
+
+
+def outside(path: Path, allowed: tuple[str, ...]) -> list[str]:
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    return [
+        f"{name}:{line} imports {module}"
+        for module, _, line in imports(path)
+        if not any(module == a or module.startswith(a + ".") for a in allowed)
+    ]
+
+
+def test_the_core_imports_nothing_above_it():
+    files = sorted((PACKAGE / "core").glob("*.py"))
+    assert len(files) >= 4
+    bad = [msg for f in files for msg in outside(f, CORE_MAY_IMPORT)]
+    assert not bad, bad
+    for name in ("errors.py", "units.py", "budget.py", "registry.py"):
+        bad = outside(PACKAGE / name, CORE_MAY_IMPORT)
+        assert not bad, bad
+
+
+def test_the_exported_runtime_does_not_import_the_search():
+    bad = [
+        msg for name in RUNTIME for msg in outside(PACKAGE / "export" / name, RUNTIME_MAY_IMPORT)
+    ]
+    assert not bad, bad
+
+
+def test_no_module_imports_a_private_name_of_another():
+    bad = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "cli").glob("*.py")]):
+        for module, names, line in imports(path):
+            bad += [
+                f"{path.relative_to(ROOT)}:{line} imports {module}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
+    assert not bad, bad
+
+
+def test_the_layer_checks_can_fail(tmp_path: Path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from exitsearch.search.study import settle_interrupted\n"
+        "def f():\n    from exitsearch.report.run_report import _hidden\n"
+    )
+    assert outside(bad, CORE_MAY_IMPORT) == [
+        "bad.py:1 imports exitsearch.search.study",
+        "bad.py:3 imports exitsearch.report.run_report",
+    ]
+    assert [(m, n) for m, n, _ in imports(bad)] == [
+        ("exitsearch.search.study", ["settle_interrupted"]),
+        ("exitsearch.report.run_report", ["_hidden"]),
+    ]
