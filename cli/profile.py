@@ -52,6 +52,18 @@ def profile(
     save: Annotated[
         str | None, typer.Option(help="Write the JSON profile (with latency) to this file.")
     ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help="With --latency and one batch size: write a latency table of this device "
+            "(backbone parts and every candidate head of --space) for `exitsearch run "
+            "--latency-table` on another machine.",
+        ),
+    ] = None,
+    space: Annotated[
+        str, typer.Option(help="Search space whose candidate heads --out times.")
+    ] = "default",
 ) -> None:
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
     from exitsearch._io import atomic_write_json, check_output_file
@@ -65,13 +77,36 @@ def profile(
         )
     if save is not None:  # before measuring: a wrong path would throw the measurement away
         check_output_file(save, "--save")
+    if out is not None:
+        if len(sizes) != 1:
+            raise ConfigError(
+                "--out writes a table of one batch size: add --latency --batch-size N"
+            )
+        check_output_file(out, "--out")
     bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
     prof = profile_backbone(bb)
     if sizes:
         from exitsearch.device import resolve_device
 
         device = str(resolve_device(device).device)
-    tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]
+    if out is not None:
+        from exitsearch.backbone import resolve_spec
+        from exitsearch.profile.table import measure_table
+        from exitsearch.search.space import load_search_space
+
+        spec = backbone_spec(model, override, checkpoint, pretrained)
+        arch = {**resolve_spec(spec).to_dict(), "checkpoint": None, "pretrained": False}
+        candidates = load_search_space(space).candidate_heads(bb.depth)
+        err_console.print(
+            f"timing the backbone and {len(candidates)} candidate heads on {device} at batch "
+            f"{sizes[0]} ..."
+        )
+        device_table = measure_table(bb, arch, candidates, device, sizes[0], warmup, repeats)
+        atomic_write_json(out, device_table.to_json())
+        err_console.print(f"wrote {out}: use it with `exitsearch run --latency-table {out}`")
+        tables = [device_table.backbone]
+    else:
+        tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]
     doc = prof.to_json()
     if tables:
         doc["latency"] = [t.to_json() for t in tables]

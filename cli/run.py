@@ -126,6 +126,14 @@ def run(
             "--latency-batch-size", help="Batch size of the latency table (ms are per sample)."
         ),
     ] = 1,
+    latency_table: Annotated[
+        str | None,
+        typer.Option(
+            "--latency-table",
+            help="Price configurations with a latency table measured elsewhere "
+            "(`exitsearch profile MODEL --latency --out TABLE.json` on the target device).",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print pareto.json instead of tables.")
     ] = False,
@@ -208,6 +216,7 @@ def run(
         storage=storage,
         latency_device=latency_device,
         latency_batch_size=latency_batch_size,
+        latency_table=latency_table,
         ray_address=ray_address,
         head_shards=head_shards,
         paumer=paumer,
@@ -312,8 +321,10 @@ def print_front(doc: dict) -> None:
         gain = v["vs_backbone"]
         sure = "*" if gain["low"] > 0 or gain["high"] < 0 else ""
         config = _compact_exits(m["config"]["exits"])
-        config = (config or "-") + f"; {m['config']['criterion']}" + (
-            ", cut" if m["config"]["cut"] else ""
+        config = (
+            (config or "-")
+            + f"; {m['config']['criterion']}"
+            + (", cut" if m["config"]["cut"] else "")
         )
         if pausing:
             pause = ",".join(f"{k}:{v:g}" for k, v in m["config"]["pause"].items()) or "none"
@@ -355,9 +366,7 @@ def print_front(doc: dict) -> None:
             ratio = "inf: none in budget"
         else:
             ratio = "inf: no area"
-        base.add_row(
-            b["name"], str(b["points"]), "-" if best is None else f"{best:.4f}", ratio
-        )
+        base.add_row(b["name"], str(b["points"]), "-" if best is None else f"{best:.4f}", ratio)
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])
     console.print(

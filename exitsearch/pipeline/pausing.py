@@ -477,10 +477,10 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             "classification model (`exitsearch pause train --task classification`), whose "
             "backbone the heads are trained on"
         )
-    if settings.latency_device is not None:
+    if settings.latency_device is not None or settings.latency_table is not None:
         raise ConfigError(
-            "a latency table is measured without pausing; leave out --latency-device with a "
-            "pause space"
+            "a latency table is measured without pausing; leave out --latency-device and "
+            "--latency-table with a pause space"
         )
     _check_budget_unit(settings)
     opts: PauseOptions = space.pause

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from exitsearch._io import atomic_write_json, read_json, sha256_of
+from exitsearch._io import atomic_write_json, file_sha256, read_json, sha256_of
 from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
@@ -74,6 +74,9 @@ class RunSettings:
     head_shards: int | None = None
     latency_device: str | None = None
     latency_batch_size: int = 1
+    # A latency table measured elsewhere (`exitsearch profile --latency --out`), instead of
+    # measuring one here (exitsearch.profile.table)
+    latency_table: str | None = None
     # PAUMER pause configurations (exitsearch.pipeline.pausing): a classification model folder
     # of `exitsearch pause train`, used when the space has a `pause` section; its backbone is
     # the run's. pause_workers: processes predicting under pause configurations (None: one per
@@ -248,14 +251,26 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
     latency table describes one machine.
     """
     device = ctx.settings.latency_device
-    if device is None:
-        return None
-    batch = ctx.settings.latency_batch_size
     arch = {
         **resolve_spec(ctx.settings.backbone).to_dict(),
         "checkpoint": None,
         "pretrained": False,
     }
+    if ctx.settings.latency_table is not None:
+        from exitsearch.profile.table import read_table
+
+        given = read_table(ctx.settings.latency_table)
+        given.check(arch, ctx.backbone.preprocess().input_size, [s.key for s in ctx.candidates])
+        ctx.keys["latency"] = file_sha256(ctx.settings.latency_table)
+        env = given.environment
+        ctx.progress.log(
+            f"latency: the table of {env.get('device_name', '?')} ({env.get('threads', '?')} "
+            f"threads, batch {given.backbone.batch_size}) from {ctx.settings.latency_table}"
+        )
+        return given.backbone, given.heads_ms_per_sample()
+    if device is None:
+        return None
+    batch = ctx.settings.latency_batch_size
     key = sha256_of(
         "latency-v1", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
     )
@@ -579,11 +594,24 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
     progress = progress or NullProgress()
     if settings.budget is not None:  # a malformed budget fails before any work
         parsed = parse_budget(settings.budget, settings.budget_kind)
-        if parsed.unit is BudgetUnit.MILLISECONDS and settings.latency_device is None:
+        if (
+            parsed.unit is BudgetUnit.MILLISECONDS
+            and settings.latency_device is None
+            and settings.latency_table is None
+        ):
             raise BudgetError(
                 f"budget {settings.budget!r} is in milliseconds, which needs a latency table: add "
-                "--latency-device cpu (or cuda) and --latency-batch-size N, or give FLOPs or percent"
+                "--latency-device cpu (or cuda) and --latency-batch-size N, or --latency-table "
+                "TABLE.json, or give FLOPs or percent"
             )
+    if settings.latency_device is not None and settings.latency_table is not None:
+        raise ConfigError(
+            "--latency-device measures a table here; --latency-table reads one: give one"
+        )
+    if settings.latency_table is not None:  # a missing or foreign file fails before any work
+        from exitsearch.profile.table import read_table
+
+        read_table(settings.latency_table)
     if settings.storage is not None:  # a user's own file is refused before any work
         check_storage(settings.storage)
     # -- pause configurations as a search dimension (exitsearch.pipeline.pausing) --

@@ -1,0 +1,167 @@
+"""Latency tables as files: measure on the target device, search on a workstation.
+
+``exitsearch profile MODEL --latency --out TABLE.json`` measures, on the machine it runs on, the
+backbone's parts and every candidate head of a search space at one batch size, and writes them
+with what they describe (architecture, input size, device, threads, engine, library versions).
+``exitsearch run --latency-table TABLE.json`` then prices configurations in milliseconds of that
+device instead of measuring where it runs. A table of another model, input size or search space
+is refused with a message that says what differs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exitsearch.errors import ConfigError
+from exitsearch.profile.latency import LatencyTable, measure_heads_latency, measure_latency
+
+__all__ = ["TABLE_FORMAT", "TABLE_SCHEMA", "DeviceTable", "measure_table", "read_table"]
+
+TABLE_FORMAT = "exitsearch-latency-table"
+TABLE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class DeviceTable:
+    """A latency table of one device.
+
+    Attributes:
+        architecture: the backbone's architecture (:class:`BackboneSpec` as a dict, without
+            weights): what the timings depend on.
+        input_size: ``(C, H, W)`` of the inputs timed.
+        backbone: median milliseconds per batch of the backbone's parts and whole forward.
+        heads_ms_per_batch: median milliseconds per batch of every candidate head, by key.
+        environment: machine, threads, engine and library versions.
+    """
+
+    architecture: dict[str, Any]
+    input_size: tuple[int, int, int]
+    backbone: LatencyTable
+    heads_ms_per_batch: dict[str, float]
+    environment: dict[str, Any]
+
+    def heads_ms_per_sample(self) -> dict[str, float]:
+        return {k: v / self.backbone.batch_size for k, v in self.heads_ms_per_batch.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": TABLE_FORMAT,
+            "schema_version": TABLE_SCHEMA,
+            "architecture": self.architecture,
+            "input_size": list(self.input_size),
+            "environment": self.environment,
+            "backbone": self.backbone.to_json(),
+            "heads_ms_per_batch": self.heads_ms_per_batch,
+        }
+
+    def check(
+        self, architecture: Mapping[str, Any], input_size: Sequence[int], heads: Sequence[str]
+    ) -> None:
+        """Raise :class:`ConfigError` unless this table describes that model and those heads."""
+        if tuple(input_size) != self.input_size:
+            raise ConfigError(
+                f"the latency table was measured at input size {'x'.join(map(str, self.input_size))}, "
+                f"this run's model takes {'x'.join(map(str, input_size))}; measure a table "
+                "for this model"
+            )
+        if dict(architecture) != self.architecture:
+            ours, theirs = dict(architecture), self.architecture
+            keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            k = keys[0]
+            raise ConfigError(
+                f"the latency table is of another model: {k} is {theirs.get(k)!r} there and "
+                f"{ours.get(k)!r} here; measure a table for this model"
+            )
+        missing = [h for h in heads if h not in self.heads_ms_per_batch]
+        if missing:
+            raise ConfigError(
+                f"the latency table lacks {len(missing)} of this run's {len(heads)} candidate "
+                f"heads (e.g. {missing[0]}); measure it with the run's --space"
+            )
+
+
+def environment(device: str, device_name: str, threads: int) -> dict[str, Any]:
+    import timm
+    import torch
+
+    from exitsearch import __version__
+
+    return {
+        "engine": "torch",
+        "device": device,
+        "device_name": device_name,
+        "threads": threads,
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "exitsearch": __version__,
+    }
+
+
+def measure_table(
+    backbone: Any,
+    architecture: Mapping[str, Any],
+    candidates: Sequence[Any],
+    device: str,
+    batch_size: int,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> DeviceTable:
+    """Time ``backbone``'s parts and every head of ``candidates`` on ``device``."""
+    from exitsearch.heads import HeadContext
+
+    table = measure_latency(backbone, device, batch_size, warmup, repeats)
+    heads = measure_heads_latency(
+        list(candidates), HeadContext.from_backbone(backbone), device, batch_size, warmup, repeats
+    )
+    c, h, w = backbone.preprocess().input_size
+    return DeviceTable(
+        architecture=dict(architecture),
+        input_size=(int(c), int(h), int(w)),
+        backbone=table,
+        heads_ms_per_batch=heads,
+        environment=environment(table.device, table.device_name, table.threads),
+    )
+
+
+def read_table(path: str | os.PathLike[str]) -> DeviceTable:
+    """Read a latency table file.
+
+    Raises:
+        ConfigError: not found, not JSON, not a latency table, a newer schema, or malformed.
+    """
+    from exitsearch._io import read_json
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"latency table {p} not found")
+    try:
+        doc = read_json(p)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"latency table {p} is not readable JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
+        raise ConfigError(
+            f"{p} is not a latency table (write one with `exitsearch profile MODEL --latency "
+            "--out TABLE.json`)"
+        )
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version > TABLE_SCHEMA:
+        raise ConfigError(
+            f"latency table {p} has schema {version!r}; this exitsearch reads up to {TABLE_SCHEMA}"
+        )
+    try:
+        return DeviceTable(
+            architecture=dict(doc["architecture"]),
+            input_size=tuple(int(v) for v in doc["input_size"]),  # type: ignore[arg-type]
+            backbone=LatencyTable.from_json(doc["backbone"]),
+            heads_ms_per_batch={str(k): float(v) for k, v in doc["heads_ms_per_batch"].items()},
+            environment=dict(doc.get("environment", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"latency table {p} is malformed ({type(exc).__name__}: {exc})") from None
