@@ -304,7 +304,9 @@ def print_front(doc: dict) -> None:
         pad_edge=False,
     )
     pausing = any(m["config"].get("pause") for m in doc["front"])
-    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", "speed", "exits; criterion"]
+    timed = any(m["val"].get("mean_ms") is not None for m in doc["front"])
+    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", *(["ms"] if timed else []), "speed"]
+    cols.append("exits; criterion")
     for col in cols:
         table.add_column(
             col,
@@ -336,6 +338,7 @@ def print_front(doc: dict) -> None:
             f"{gain['difference'] * 100:+.2f}{sure}",
             f"{m['test']['accuracy']:.4f}",
             f"{v['mean_flops'] / 1e6:.2f}",
+            *([f"{v['mean_ms']:.3g}"] if timed else []),
             f"{m['speedup']:.2f}x",
             escape(config),
             style=style,

@@ -416,30 +416,38 @@ def write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
         "criterion",
         "description",
     ]
+    # With a latency table: milliseconds per sample on its device, next to the FLOPs
+    timed = any(m["val"].get("mean_ms") is not None for m in members)
+    if timed:
+        fields[fields.index("max_flops") + 1 : fields.index("max_flops") + 1] = [
+            "mean_ms",
+            "max_ms",
+        ]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for m in members:
-            w.writerow(
-                {
-                    "id": m["id"],
-                    "recommended": m["recommended"],
-                    "val_accuracy": m["val"]["accuracy"],
-                    "val_accuracy_low": m["val"]["accuracy_low"],
-                    "val_accuracy_high": m["val"]["accuracy_high"],
-                    "val_gain_vs_backbone": m["val"]["vs_backbone"]["difference"],
-                    "val_gain_low": m["val"]["vs_backbone"]["low"],
-                    "val_gain_high": m["val"]["vs_backbone"]["high"],
-                    "test_accuracy": m["test"]["accuracy"],
-                    "mean_flops": m["val"]["mean_flops"],
-                    "p95_flops": m["val"]["p95_flops"],
-                    "max_flops": m["val"]["max_flops"],
-                    "speedup": m["speedup"],
-                    "exits": " ".join(f"{e['type']}@{e['location']}" for e in m["config"]["exits"]),
-                    "criterion": m["config"]["criterion"],
-                    "description": m["description"],
-                }
-            )
+            row = {
+                "id": m["id"],
+                "recommended": m["recommended"],
+                "val_accuracy": m["val"]["accuracy"],
+                "val_accuracy_low": m["val"]["accuracy_low"],
+                "val_accuracy_high": m["val"]["accuracy_high"],
+                "val_gain_vs_backbone": m["val"]["vs_backbone"]["difference"],
+                "val_gain_low": m["val"]["vs_backbone"]["low"],
+                "val_gain_high": m["val"]["vs_backbone"]["high"],
+                "test_accuracy": m["test"]["accuracy"],
+                "mean_flops": m["val"]["mean_flops"],
+                "p95_flops": m["val"]["p95_flops"],
+                "max_flops": m["val"]["max_flops"],
+                "speedup": m["speedup"],
+                "exits": " ".join(f"{e['type']}@{e['location']}" for e in m["config"]["exits"]),
+                "criterion": m["config"]["criterion"],
+                "description": m["description"],
+            }
+            if timed:
+                row |= {"mean_ms": m["val"].get("mean_ms"), "max_ms": m["val"].get("max_ms")}
+            w.writerow(row)
 
 
 def plot_pareto(

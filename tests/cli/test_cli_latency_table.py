@@ -105,7 +105,15 @@ def test_run_with_a_table_from_elsewhere_budgets_in_ms(runner, space_file, table
     assert "latency: the table of" in result.output
     doc = json.loads((run_dir / schema.PARETO_JSON).read_text())
     assert doc["budget"]["ms"] == pytest.approx(0.9 * per_sample.parts_ms, rel=1e-5)
-    assert doc["front"]
+    assert doc["front"] and all(m["val"]["mean_ms"] > 0 for m in doc["front"])
+    # milliseconds next to FLOPs, in the table and the CSV
+    header = next(line for line in result.stdout.splitlines() if "MFLOPs" in line)
+    assert header.split()[header.split().index("MFLOPs") + 1] == "ms"
+    csv_header = (run_dir / schema.PARETO_CSV).read_text().splitlines()[0].split(",")
+    assert csv_header[csv_header.index("max_flops") + 1 : csv_header.index("max_flops") + 3] == [
+        "mean_ms",
+        "max_ms",
+    ]
     # a table of another model is refused before any work
     other = tmp_path / "other"
     wide = [a if a != "embed_dim=32" else "embed_dim=48" for a in TINY_ARGS]
