@@ -57,6 +57,10 @@ class ExitCriterion(abc.ABC):
     name: str = ""
     integer: bool = False
     needs_uncertainty: bool = False
+    # Readiness at an exit reads the earlier exits of the same configuration (their
+    # predictions), so it is computed per configuration, not cached per head, and every exit
+    # of a configuration matters even if no sample leaves there.
+    reads_history: bool = False
     # What a threshold is compared with, how (">=" or "<="), and the range that quantity can take.
     quantity: str = ""
     comparison: str = ">="
@@ -172,6 +176,7 @@ class Patience(ExitCriterion):
     value_range = (0.0, np.inf)
 
     integer = True
+    reads_history = True
 
     def readiness(self, confidence, entropy, pred, uncertainty):  # type: ignore[no-untyped-def]
         same = pred[1:] == pred[:-1]

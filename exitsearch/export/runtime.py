@@ -57,8 +57,8 @@ __all__ = [
 
 
 def needs_history(criterion: ExitCriterion) -> bool:
-    """Whether ``criterion`` reads earlier exits' predictions (it overrides the runtime hook)."""
-    return type(criterion).runtime_readiness is not ExitCriterion.runtime_readiness
+    """Whether ``criterion`` reads earlier exits' predictions."""
+    return criterion.reads_history
 
 
 class MultiExitModel(Staged, Anytime, nn.Module):

@@ -96,7 +96,7 @@ class Evaluator:
         """Readiness (E, n) of the configuration's early exits."""
         crit = criterion or self._criterion(config.criterion)
         rows = self.rows(config)
-        if crit.name == "patience":
+        if crit.reads_history:
             return crit.readiness(None, None, self.sp.pred[rows], None)  # type: ignore[arg-type]
         return self._full_readiness(crit)[rows]
 
@@ -122,7 +122,7 @@ class Evaluator:
         terminal = len(rows) - 1 if config.cut else len(rows)
         if terminal + 1 > _MAX_BITS:
             return self._first_firing_slow(config, crit, rows, terminal)
-        if crit.name == "patience":
+        if crit.reads_history:
             r = self.readiness(config, crit)
             ready = [r[k] for k in range(len(rows))]
         else:

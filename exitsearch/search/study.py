@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from exitsearch.budget import BudgetKind
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.progress import NullProgress, Progress
@@ -201,10 +202,11 @@ def simplify(config: ExitConfig, ev: Evaluator) -> ExitConfig:
     """``config`` without the early exits no validation sample leaves at.
 
     An exit nobody reaches, or that fires for nobody who reaches it, changes no prediction; the
-    samples that pass it no longer pay for its head. Patience counts agreeing exits, so its
-    exits all stay; a cut model keeps its last exit, where it ends.
+    samples that pass it no longer pay for its head. A criterion that reads earlier exits
+    (patience counts agreeing ones) keeps them all; a cut model keeps its last exit, where it
+    ends.
     """
-    if config.criterion == "patience" or not config.exits:
+    if not config.exits or create_criterion(config.criterion).reads_history:
         return config
     counts = np.bincount(ev.exit_index(config), minlength=len(config.exits) + 1)
     last = len(config.exits) - 1
