@@ -125,7 +125,7 @@ def serve(
         backbone_only=backbone_only,
         proxy_location=proxy_location,
     )
-    err_console.print(f"starting Ray Serve for {bundle} ...")
+    err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     server = start_server(bundle, options)
     # Ray installs its own SIGTERM handler, which ends the process at once: take it back, so
     # that SIGTERM stops the server the way Ctrl-C does (requests in flight finish).

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from ray import serve
 from starlette.requests import Request
@@ -234,8 +235,6 @@ class BundleServer:
     def _warm_up(self, max_batch: int) -> None:
         """Run the model before the first request (its first batches are slow), and give the
         latency target its first measurements at the ends of its ladder."""
-        import numpy as np
-
         c, h, w = self.engine.model.preprocess.input_size
         rng = np.random.default_rng(0)
         points = [None] if self.target is None else [self.target.steps[-1], self.target.steps[0]]
@@ -341,8 +340,6 @@ class BundleServer:
             groups.setdefault(item.point if item.point is not None else chosen, []).append(i)
         out: list[Any] = [None] * len(items)
         for point, rows in groups.items():
-            import numpy as np
-
             pixels = np.stack([items[i].pixels for i in rows])
             t0 = time.perf_counter()
             # In the replica's own event loop: a thread of its own measured 1.5x slower (its
