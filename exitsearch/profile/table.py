@@ -90,14 +90,15 @@ def environment(device: str, device_name: str, threads: int) -> dict[str, Any]:
     import torch
 
     from exitsearch import __version__
+    from exitsearch.device import machine_name
 
     return {
         "engine": "torch",
         "device": device,
         "device_name": device_name,
         "threads": threads,
+        "processor": machine_name(),
         "machine": platform.machine(),
-        "hostname": platform.node(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "exitsearch": __version__,
