@@ -225,3 +225,18 @@ def test_budget_like_text_raises_only_budget_error(text):
 
 def test_unicode_case_folding_raises_only_budget_error():
     _parse_or_budget_error("8\u212aFLOPs")
+
+
+def test_run_settings_parse_the_budget_once(tmp_path):
+    from dataclasses import replace
+
+    from exitsearch.backbone import BackboneSpec
+    from exitsearch.pipeline.run import RunSettings
+
+    s = RunSettings(tmp_path, BackboneSpec("fmnist-vit12"), budget="45%", budget_kind="max")
+    assert s.parsed_budget == parse_budget("45%", "max")
+    assert s.parsed_budget.kind is BudgetKind.MAX
+    assert replace(s, budget="12ms").parsed_budget.unit is BudgetUnit.MILLISECONDS
+    assert RunSettings(tmp_path, BackboneSpec("fmnist-vit12")).parsed_budget is None
+    with pytest.raises(BudgetError, match="cannot read budget '8 parsecs'"):
+        RunSettings(tmp_path, BackboneSpec("fmnist-vit12"), budget="8 parsecs")

@@ -430,12 +430,10 @@ def _merge(points: Sequence[CurvePoint]) -> list[CurvePoint]:
 
 
 def _check_budget_unit(settings: RunSettings) -> None:
-    from exitsearch.budget import BudgetUnit, parse_budget
+    from exitsearch.budget import BudgetUnit
 
-    if (
-        settings.budget is not None
-        and parse_budget(settings.budget, settings.budget_kind).unit is BudgetUnit.MILLISECONDS
-    ):
+    budget = settings.parsed_budget
+    if budget is not None and budget.unit is BudgetUnit.MILLISECONDS:
         raise BudgetError(
             f"budget {settings.budget!r} is in milliseconds, but latency tables are measured "
             "without pausing; with a pause space give FLOPs or percent"
@@ -507,7 +505,7 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             for s in first
         )
         budget, constraint, note = resolve_budget(
-            settings.budget, settings.budget_kind, costs, cheapest
+            settings.parsed_budget, settings.budget_kind, costs, cheapest
         )
         notes = [note] if note else []
         plain = stage_predict(ctx, stage_heads(ctx))

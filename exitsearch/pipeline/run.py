@@ -90,6 +90,13 @@ class RunSettings:
     # Bytes head training may plan for (None: half of what is available); heads that do not
     # fit together train in groups (exitsearch.training.groups). The heads do not depend on it.
     head_memory: int | None = None
+    # `budget` and `budget_kind` parsed once, when the settings are made: a malformed budget
+    # fails there, before any work, and every stage reads this typed value
+    parsed_budget: Budget | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        parsed = None if self.budget is None else parse_budget(self.budget, self.budget_kind)
+        object.__setattr__(self, "parsed_budget", parsed)
 
 
 @dataclass
@@ -380,7 +387,7 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
 
 
 def resolve_budget(
-    text: str | None,
+    budget: Budget | None,
     kind: str,
     costs: CostModel,
     min_exit_flops: float,
@@ -388,8 +395,8 @@ def resolve_budget(
 ) -> tuple[Budget | None, BudgetConstraint, str | None]:
     """Parse and check the budget against what the backbone and its exits can cost.
 
-    Returns the parsed budget, the constraint (in FLOPs, or in milliseconds per sample with a
-    latency table), and a note for the user (or None).
+    Returns the budget, the constraint (in FLOPs, or in milliseconds per sample with a latency
+    table), and a note for the user (or None).
 
     Raises:
         BudgetError: malformed, in milliseconds without a latency table, or below the cheapest
@@ -397,9 +404,9 @@ def resolve_budget(
     """
     from exitsearch.units import format_flops
 
-    if text is None:
+    if budget is None:
         return None, BudgetConstraint(None, BudgetKind(kind)), None
-    budget = parse_budget(text, kind)
+    text = budget.text
     if budget.unit is BudgetUnit.MILLISECONDS:
         if costs.latency is None or min_exit_ms is None:
             raise BudgetError(
@@ -593,18 +600,17 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
     from exitsearch.search.baselines import baseline_placements
 
     progress = progress or NullProgress()
-    if settings.budget is not None:  # a malformed budget fails before any work
-        parsed = parse_budget(settings.budget, settings.budget_kind)
-        if (
-            parsed.unit is BudgetUnit.MILLISECONDS
-            and settings.latency_device is None
-            and settings.latency_table is None
-        ):
-            raise BudgetError(
-                f"budget {settings.budget!r} is in milliseconds, which needs a latency table: add "
-                "--latency-device cpu (or cuda) and --latency-batch-size N, or --latency-table "
-                "TABLE.json, or give FLOPs or percent"
-            )
+    parsed = settings.parsed_budget
+    if parsed is not None and (
+        parsed.unit is BudgetUnit.MILLISECONDS
+        and settings.latency_device is None
+        and settings.latency_table is None
+    ):
+        raise BudgetError(
+            f"budget {settings.budget!r} is in milliseconds, which needs a latency table: add "
+            "--latency-device cpu (or cuda) and --latency-batch-size N, or --latency-table "
+            "TABLE.json, or give FLOPs or percent"
+        )
     if settings.latency_device is not None and settings.latency_table is not None:
         raise ConfigError(
             "--latency-device measures a table here; --latency-table reads one: give one"
@@ -637,7 +643,7 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
                 per_sample.cumulative_ms(first_location) + latency[1][s.key] for s in first
             )
         budget, constraint, note = resolve_budget(
-            settings.budget, settings.budget_kind, costs, cheapest, cheapest_ms
+            settings.parsed_budget, settings.budget_kind, costs, cheapest, cheapest_ms
         )
         notes = [note] if note else []
         if note:  # said before the long stages start, not only in the final report

@@ -204,7 +204,7 @@ def test_a_budget_is_refused_exactly_below_the_cheapest_exit(
     else:
         text, flops = f"{amount!r}FLOPs", amount
     try:
-        budget, constraint, note = resolve_budget(text, "mean", costs, cheapest)
+        budget, constraint, note = resolve_budget(parse_budget(text), "mean", costs, cheapest)
     except BudgetError as exc:
         assert flops < cheapest
         assert "below the cheapest possible exit" in str(exc)

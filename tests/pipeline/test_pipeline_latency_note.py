@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from exitsearch.budget import parse_budget
 from exitsearch.pipeline.run import resolve_budget
 from exitsearch.profile import LatencyTable
 from exitsearch.profile.latency import PARTS_TOLERANCE, parts_note
@@ -18,7 +19,12 @@ def _table(full_ms: float, batch: int = 4) -> LatencyTable:
 
 @pytest.mark.parametrize(
     ("full_ms", "word"),
-    [(2.0, None), (2.0 * (1 + PARTS_TOLERANCE * 0.9), None), (10.6, "understated"), (1.5, "overstated")],
+    [
+        (2.0, None),
+        (2.0 * (1 + PARTS_TOLERANCE * 0.9), None),
+        (10.6, "understated"),
+        (1.5, "overstated"),
+    ],
 )
 def test_parts_that_miss_the_whole_get_a_note(full_ms, word):
     note = parts_note(_table(full_ms).per_sample())
@@ -30,12 +36,14 @@ def test_parts_that_miss_the_whole_get_a_note(full_ms, word):
 
 def test_a_millisecond_budget_carries_the_note():
     costs = SimpleNamespace(latency=_table(10.6))
-    _, constraint, note = resolve_budget("0.4ms", "mean", costs, 1.0, min_exit_ms=0.1)
+    _, constraint, note = resolve_budget(parse_budget("0.4ms"), "mean", costs, 1.0, min_exit_ms=0.1)
     assert constraint.ms == pytest.approx(0.4)
     assert note is not None and "whole backbone took 2.65 ms" in note
     # above the parts' sum, both notes
-    _, _, note = resolve_budget("0.6ms", "mean", costs, 1.0, min_exit_ms=0.1)
+    _, _, note = resolve_budget(parse_budget("0.6ms"), "mean", costs, 1.0, min_exit_ms=0.1)
     assert "understated" in note and "above the backbone's own 0.5 ms" in note
     # parts that add up: no note below the backbone's cost
-    _, _, note = resolve_budget("0.4ms", "mean", SimpleNamespace(latency=_table(2.0)), 1.0, 0.1)
+    _, _, note = resolve_budget(
+        parse_budget("0.4ms"), "mean", SimpleNamespace(latency=_table(2.0)), 1.0, 0.1
+    )
     assert note is None

@@ -228,7 +228,14 @@ def test_pareto_json_has_the_documented_keys(first):
     for m in doc["front"]:
         assert {"id", "config", "placement", "val", "test", "speedup", "recommended"} <= set(m)
     for b in doc["baselines"]:
-        assert {"name", "description", "points", "best_val_accuracy", "hypervolume", "ratio"} <= set(b)
+        assert {
+            "name",
+            "description",
+            "points",
+            "best_val_accuracy",
+            "hypervolume",
+            "ratio",
+        } <= set(b)
     assert {"front", "reference"} <= set(doc["hypervolume"])
     assert set(doc["hypervolume"]["reference"]) == {"accuracy", "cost_fraction"}
     assert {"strategy", "n_trials", "seconds"} <= set(doc["search"])
