@@ -23,7 +23,7 @@ import torch
 
 from exitsearch.errors import ConfigError
 
-__all__ = ["DEVICE_HELP", "Runtime", "machine_name", "resolve_device"]
+__all__ = ["DEVICE_HELP", "Runtime", "environment", "machine_name", "resolve_device"]
 
 DEVICE_HELP = "Where models run: auto (a GPU when there is one), cpu, cuda or cuda:N."
 
@@ -139,3 +139,24 @@ def machine_name() -> str:
             )
     except OSError:
         return cpu
+
+
+def environment() -> dict[str, Any]:
+    """Processor, thread count and library versions: what results may depend on besides the
+    command and its seed."""
+    import platform
+
+    import numpy
+    import optuna
+    import timm
+    import torch
+
+    return {
+        "machine": machine_name(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+    }

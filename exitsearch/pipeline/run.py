@@ -271,7 +271,7 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         ctx.keys["latency"] = file_sha256(ctx.settings.latency_table)
         env = given.environment
         ctx.progress.log(
-            f"latency: the table of {env.get('processor') or env.get('device_name', '?')} "
+            f"latency: the table of {env.get('machine') or env.get('device_name', '?')} "
             f"({env.get('device', '?')}, {env.get('threads', '?')} "
             f"threads, batch {given.backbone.batch_size}) from {ctx.settings.latency_table}"
         )

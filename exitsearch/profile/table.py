@@ -11,12 +11,12 @@ is refused with a message that says what differs.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exitsearch.device import environment
 from exitsearch.errors import ConfigError
 from exitsearch.profile.latency import LatencyTable, measure_heads_latency, measure_latency
 
@@ -85,26 +85,6 @@ class DeviceTable:
             )
 
 
-def environment(device: str, device_name: str, threads: int) -> dict[str, Any]:
-    import timm
-    import torch
-
-    from exitsearch import __version__
-    from exitsearch.device import machine_name
-
-    return {
-        "engine": "torch",
-        "device": device,
-        "device_name": device_name,
-        "threads": threads,
-        "processor": machine_name(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "exitsearch": __version__,
-    }
-
-
 def measure_table(
     backbone: Any,
     architecture: Mapping[str, Any],
@@ -115,6 +95,7 @@ def measure_table(
     repeats: int = 10,
 ) -> DeviceTable:
     """Time ``backbone``'s parts and every head of ``candidates`` on ``device``."""
+    from exitsearch import __version__
     from exitsearch.heads import HeadContext
 
     table = measure_latency(backbone, device, batch_size, warmup, repeats)
@@ -127,7 +108,14 @@ def measure_table(
         input_size=(int(c), int(h), int(w)),
         backbone=table,
         heads_ms_per_batch=heads,
-        environment=environment(table.device, table.device_name, table.threads),
+        environment={
+            **environment(),
+            "exitsearch": __version__,
+            "engine": "torch",
+            "device": table.device,
+            "device_name": table.device_name,
+            "threads": table.threads,
+        },
     )
 
 

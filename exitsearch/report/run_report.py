@@ -12,7 +12,7 @@ import numpy as np
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
-from exitsearch.device import machine_name
+from exitsearch.device import environment
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.costs import CostModel
@@ -182,27 +182,6 @@ def write_run_record(run_dir: Path, ctx: Any, **extra: Any) -> None:
             "environment": environment(),
         },
     )
-
-
-def environment() -> dict[str, Any]:
-    """Processor, thread count and library versions: what results may depend on besides the
-    command and its seed."""
-    import platform
-
-    import numpy
-    import optuna
-    import timm
-    import torch
-
-    return {
-        "machine": machine_name(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "optuna": optuna.__version__,
-        "numpy": numpy.__version__,
-    }
 
 
 RECOMMENDATION_RULE = (
