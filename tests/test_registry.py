@@ -58,7 +58,11 @@ def test_scoped_entries_are_gone_after_the_block():
     [
         ("exitsearch.heads.registry", "get_head_class", "unknown head type 'nope'; known: "),
         ("exitsearch.core.criteria", "create_criterion", "unknown exit criterion 'nope'; known: "),
-        ("exitsearch.finetune.registry", "get_strategy_class", "unknown fine-tuning strategy 'nope'"),
+        (
+            "exitsearch.finetune.registry",
+            "get_strategy_class",
+            "unknown fine-tuning strategy 'nope'",
+        ),
         ("exitsearch.pausing.tasks", "list_tasks", None),
         ("exitsearch.data.sources", "source_names", None),
         ("exitsearch.search.strategies", "list_strategies", None),

@@ -1,17 +1,19 @@
 """``lgvit``: LGViT's two-stage training (LGViT, §3.4).
 
-**Stage 1** trains the backbone. The text: "we train the backbone ViT and update the parameters
-of the backbone and the final classifier in an alternating strategy. As a result, the
-interference of multiple internal classifiers can be minimized". Two readings exist, and both
-are here (hyperparameter ``stage1``):
+**Stage 1** trains the backbone and the exits "in an end-to-end method" (the paper's
+introduction); §3.4 adds "we train the backbone ViT and update the parameters of the backbone
+and the final classifier in an alternating strategy. As a result, the interference of multiple
+internal classifiers can be minimized". Two readings exist, and both are here (hyperparameter
+``stage1``):
 
-* ``alternating`` (default, what the sentence says): on the final exit's cross-entropy, even
+* ``objectives`` (default): end to end, the "alternating training scheme" the paper attributes
+  to BERxiT [32] and that LGViT's released scripts run for stage 1 (``alternating_weighted``):
+  even steps the final exit's loss alone, odd steps the location-weighted mean
+  ``(Σ_b m_b l_b + L l) / (Σ_b m_b + L)`` of every exit's loss, with backbone, final classifier
+  and exit heads all trainable.
+* ``alternating`` (the §3.4 sentence read literally): on the final exit's cross-entropy, even
   steps update the backbone (stem and blocks) and odd steps the final classifier (final norm
-  and classifier); the exit heads take no part, so they cannot interfere.
-* ``objectives``: the "alternating training scheme" the paper attributes to BERxiT [32] and
-  that LGViT's released scripts run for stage 1 (``alternating_weighted``): even steps the final
-  exit's loss alone, odd steps the location-weighted mean ``(Σ_b m_b l_b + L l) / (Σ_b m_b + L)``
-  of every exit's loss, with backbone, final classifier and heads all trainable.
+  and classifier); the exit heads take no part in stage 1.
 
 **Stage 2** freezes the backbone and the final classifier and trains the heads (and the
 aligning modules) on eq. 15, ``α L_hete + β L_homo + L_pred``:
@@ -27,7 +29,8 @@ aligning modules) on eq. 15, ``α L_hete + β L_homo + L_pred``:
   last LPH's; MSE between each earlier GAH's Gram matrix ``F^T F`` and the last GAH's;
   averaged over the earlier heads of each type and summed.
 * prediction distillation (eqs. 13-14): ``L_KD`` against the final classifier with ``γ`` and
-  temperature ``T``. Eq. 13 names only the last LPH and the last GAH; the classifiers of the
+  temperature ``T``, its soft term normalised by batch and classes and the heterogeneous term
+  summed over tokens, as LGViT's released code reduces them (:mod:`exitsearch.finetune.losses`). Eq. 13 names only the last LPH and the last GAH; the classifiers of the
   other heads then receive no loss at all, which cannot be what the experiments ran, and the
   released code distils every exit. ``prediction_exits="all"`` (default) does so;
   ``"paper"`` keeps eq. 13's two.
@@ -99,7 +102,7 @@ class LGViTHyperparameters(Hyperparameters):
     beta: float = 0.01
     gamma: float = 0.3
     temperature: float = 2.0
-    stage1: str = "alternating"
+    stage1: str = "objectives"
     stage1_epochs: int | None = None
     stage2_epochs: int | None = None
     prediction_exits: str = "all"

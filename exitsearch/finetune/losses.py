@@ -53,11 +53,13 @@ def kd_loss(
 
     Eq. 14 as printed has no ``T^2``; Hinton et al. multiply the softened term by ``T^2`` so
     that its gradients keep their size when ``T`` changes, and LGViT's released code does the
-    same, so this does too. The KL term is summed over classes and averaged over the batch.
+    same, so this does too. The paper leaves the KL term's reduction open; LGViT's released code
+    sums it over the batch and the classes and divides by their product, ``B·C``, and so does
+    this (the cross-entropy is averaged over the batch, as there).
     """
     ce = F.cross_entropy(student.float(), labels)
     t = float(temperature)
-    soft = inplace_distillation(student.float() / t, teacher.float() / t)
+    soft = inplace_distillation(student.float() / t, teacher.float() / t) / student.shape[-1]
     return (1.0 - gamma) * ce + gamma * t * t * soft
 
 
@@ -66,8 +68,9 @@ def feature_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
     Feature maps (B, N, D) become distributions over the D channels of each token (softmax
     along D, as LGViT's released code does); the divergence from the aligned final-layer map
-    (teacher) to the head's map is summed over channels and averaged over samples and tokens,
-    so that it does not grow with the number of tokens. The teacher is *not* detached: its
+    (teacher) to the head's map is summed over channels and tokens and averaged over samples,
+    the ``batchmean`` reduction of LGViT's released code (so the term grows with the number of
+    tokens N, and ``alpha`` weighs it as it does there). The teacher is *not* detached: its
     aligning module is learned through this loss (``F_L`` itself comes from the frozen
     backbone).
     """
@@ -77,7 +80,7 @@ def feature_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         )
     log_s = F.log_softmax(student.float(), dim=-1)
     log_t = F.log_softmax(teacher.float(), dim=-1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    return (log_t.exp() * (log_t - log_s)).sum((-2, -1)).mean()
 
 
 def feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,15 @@ from exitsearch.heads.base import ExitHead, HeadContext, split_tokens, tokens_to
 from exitsearch.heads.common import NormLinearClassifier, check, check_int
 from exitsearch.heads.registry import register_head
 
-__all__ = ["LocalPerceptionHead", "conv_bn_gelu"]
+__all__ = ["LocalPerceptionHead", "conv_gelu_bn"]
 
 
-def conv_bn_gelu(
+def conv_gelu_bn(
     in_channels: int, out_channels: int, kernel_size: int = 1, groups: int = 1
 ) -> nn.Sequential:
-    """Convolution (no bias: BatchNorm follows), BatchNorm, GELU; "same" padding."""
+    """Convolution, GELU, BatchNorm, in the order LGViT gives ("GELU and BN are employed after
+    each convolution") and its released code builds; "same" padding. The convolution keeps its
+    bias: a GELU, not a BatchNorm, follows it."""
     return nn.Sequential(
         nn.Conv2d(
             in_channels,
@@ -23,10 +25,9 @@ def conv_bn_gelu(
             kernel_size,
             padding=kernel_size // 2,
             groups=groups,
-            bias=False,
         ),
-        nn.BatchNorm2d(out_channels),
         nn.GELU(),
+        nn.BatchNorm2d(out_channels),
     )
 
 
@@ -37,7 +38,7 @@ class LocalPerceptionHead(ExitHead):
     The patch tokens go back on their grid; a 1x1 convolution expands D to ``expansion * D``;
     the position-wise depth-wise convolution (PDConv, eq. 1) is a ``k x k`` depth-wise
     convolution, or the identity when ``k = 0``; a 1x1 convolution projects back to D. Every
-    convolution is followed by BatchNorm and GELU ("GELU and BN are employed after each
+    convolution is followed by GELU, then BatchNorm ("GELU and BN are employed after each
     convolution"). Global average pooling, plus the class token (skipped when the backbone has
     none), gives the features; the classifier is LayerNorm and one linear layer.
 
@@ -63,9 +64,9 @@ class LocalPerceptionHead(ExitHead):
         check(expansion >= 1, "expansion >= 1", expansion=expansion)
         d, hidden = ctx.embed_dim, expansion * ctx.embed_dim
         self.k = k
-        self.expand = conv_bn_gelu(d, hidden)
-        self.pdconv = conv_bn_gelu(hidden, hidden, k, groups=hidden) if k > 0 else nn.Identity()
-        self.project = conv_bn_gelu(hidden, d)
+        self.expand = conv_gelu_bn(d, hidden)
+        self.pdconv = conv_gelu_bn(hidden, hidden, k, groups=hidden) if k > 0 else nn.Identity()
+        self.project = conv_gelu_bn(hidden, d)
         self.classifier = NormLinearClassifier(d, ctx.num_classes)
         # Depth-wise convolutions run several times faster on CPU in channels-last layout.
         self.to(memory_format=torch.channels_last)

@@ -9,9 +9,12 @@ line through the first and the last exit location of its half:
     value(m) = first + (last - first) * (m - m_first) / (m_last - m_first),
 
 computed exactly (fractions), then rounded to the nearest value the head accepts (ties go to
-the larger one): 0 or an odd integer for ``k``, an integer >= 1 for ``s``. A half with a single
-exit gets ``first``. Rounding is monotone, so ``k`` never grows and ``s`` never shrinks with
-depth, and the endpoints are hit exactly.
+the larger one): 0 or an odd integer for ``k`` (1 stays 1, a 1x1 depth-wise convolution; only
+values below 1/2 bypass PDConv), an integer >= 2 for ``s`` ("the minimum window size is
+generally set to 2"). A half with a single exit gets ``first``. Rounding is monotone, so ``k``
+never grows and ``s`` never shrinks with depth, and the endpoints are hit exactly. A search over
+LGViT placements trains every value the mappings can produce (:func:`candidate_values`), so a
+mapped value is never replaced by a neighbour.
 
 Example:
     >>> KernelMapping(k_first=5, k_last=0).assign([2, 4, 6])
@@ -35,6 +38,7 @@ from exitsearch.heads.base import HeadSpec
 from exitsearch.heads.common import check, check_int
 
 __all__ = [
+    "MIN_WINDOW",
     "KernelMapping",
     "LocationMapping",
     "WindowMapping",
@@ -56,9 +60,12 @@ def round_kernel(value: float | Fraction) -> int:
     return 2 * math.floor(v / 2) + 1  # [2j, 2j+2) -> 2j+1; at 2j the tie goes up
 
 
+MIN_WINDOW = 2
+
+
 def round_window(value: float | Fraction) -> int:
-    """Nearest PFC window to ``value``: an integer >= 1; ties go up."""
-    return max(1, math.floor(Fraction(value) + Fraction(1, 2)))
+    """Nearest PFC window to ``value``: an integer >= :data:`MIN_WINDOW` (2); ties go up."""
+    return max(MIN_WINDOW, math.floor(Fraction(value) + Fraction(1, 2)))
 
 
 def _line(first: int, last: int, location: int, locations: Sequence[int]) -> Fraction:
@@ -154,7 +161,7 @@ class WindowMapping:
     which still leaves 3x3 tokens of a 7x7 grid and 5x5 of a 14x14 one.
 
     Raises:
-        ConfigError: ``s_first < 1`` or ``s_first > s_last``.
+        ConfigError: ``s_first < 2`` or ``s_first > s_last``.
     """
 
     s_first: int = 2
@@ -166,7 +173,7 @@ class WindowMapping:
     def __post_init__(self) -> None:
         check_int("s_first", self.s_first)
         check_int("s_last", self.s_last)
-        check(self.s_first >= 1, "s_first >= 1", s_first=self.s_first)
+        check(self.s_first >= MIN_WINDOW, f"s_first >= {MIN_WINDOW}", s_first=self.s_first)
         check(
             self.s_first <= self.s_last,
             "s_first <= s_last",

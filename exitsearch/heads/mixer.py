@@ -9,7 +9,7 @@ from exitsearch.heads.base import ExitHead, HeadContext, split_tokens
 from exitsearch.heads.common import DEFAULT_DROP, MLPClassifier, check
 from exitsearch.heads.registry import register_head
 
-__all__ = ["MixerHead", "MixerLayer"]
+__all__ = ["MixerHead", "MixerHeadR2", "MixerLayer"]
 
 
 class MixerLayer(nn.Module):
@@ -52,9 +52,9 @@ class MixerHead(ExitHead):
     the shared three-layer MLP. MLP-Mixer's pre-head LayerNorm is kept before pooling: every
     other head of the paper normalises before its MLP.
 
-    Defaults: ``D_S = D/2`` as in every MLP-Mixer model; ``D_C = 2D`` (MLP-Mixer uses 4D) so the
-    channel-mixing MLP costs ``4ND²``, like the ViT-EE head's MLP (see
-    :class:`~exitsearch.heads.vit.ViTHead`).
+    Defaults: ``D_S = D/2`` and ``D_C = 4D``, as in every MLP-Mixer model, so the
+    channel-mixing MLP costs ``8ND²``. :class:`MixerHeadR2` (``mixer_r2``) halves ``D_C`` to
+    2D (``4ND²``).
 
     Args:
         ctx: the backbone the head is attached to.
@@ -67,7 +67,7 @@ class MixerHead(ExitHead):
         self,
         ctx: HeadContext,
         token_ratio: float = 0.5,
-        mlp_ratio: float = 2.0,
+        mlp_ratio: float = 4.0,
         drop: float = DEFAULT_DROP,
     ) -> None:
         super().__init__(ctx)
@@ -86,3 +86,18 @@ class MixerHead(ExitHead):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)
+
+
+@register_head("mixer_r2")
+class MixerHeadR2(MixerHead):
+    """MLP-Mixer-EE with a channel-mixing MLP of width 2D instead of MLP-Mixer's 4D: half the
+    channel-mixing cost. An exitsearch variant, not one of Multi-Exit ViT's heads."""
+
+    def __init__(
+        self,
+        ctx: HeadContext,
+        token_ratio: float = 0.5,
+        mlp_ratio: float = 2.0,
+        drop: float = DEFAULT_DROP,
+    ) -> None:
+        super().__init__(ctx, token_ratio, mlp_ratio, drop)

@@ -9,7 +9,7 @@ from exitsearch.heads.base import ExitHead, HeadContext, split_tokens
 from exitsearch.heads.common import DEFAULT_DROP, MLPClassifier, check
 from exitsearch.heads.registry import register_head
 
-__all__ = ["Affine", "ResMLPHead", "ResMLPLayer"]
+__all__ = ["Affine", "ResMLPHead", "ResMLPHeadR2", "ResMLPLayer"]
 
 
 class Affine(nn.Module):
@@ -65,8 +65,8 @@ class ResMLPHead(ExitHead):
     As for :class:`~exitsearch.heads.mixer.MixerHead`: prefix tokens are left out (``f1``'s
     width is the number of patches), the classifier is the shared three-layer MLP rather than
     §2's single fully connected layer, and ResMLP's final ``Aff`` before pooling is kept. The
-    cross-channel MLP's ratio defaults to 2 (ResMLP uses 4) for a cost of ``4ND²``, like the
-    other heads' MLPs; the cross-patch layer costs ``N²D``.
+    cross-channel MLP's ratio is ResMLP's 4 by default (``8ND²``); the cross-patch layer costs
+    ``N²D``. :class:`ResMLPHeadR2` (``resmlp_r2``) uses ratio 2 (``4ND²``).
 
     Args:
         ctx: the backbone the head is attached to.
@@ -75,7 +75,7 @@ class ResMLPHead(ExitHead):
     """
 
     def __init__(
-        self, ctx: HeadContext, mlp_ratio: float = 2.0, drop: float = DEFAULT_DROP
+        self, ctx: HeadContext, mlp_ratio: float = 4.0, drop: float = DEFAULT_DROP
     ) -> None:
         super().__init__(ctx)
         check(mlp_ratio > 0, "mlp_ratio > 0", mlp_ratio=mlp_ratio)
@@ -91,3 +91,14 @@ class ResMLPHead(ExitHead):
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)
+
+
+@register_head("resmlp_r2")
+class ResMLPHeadR2(ResMLPHead):
+    """ResMLP-EE with a cross-channel MLP of ratio 2 instead of ResMLP's 4: half its cost. An
+    exitsearch variant, not one of Multi-Exit ViT's heads."""
+
+    def __init__(
+        self, ctx: HeadContext, mlp_ratio: float = 2.0, drop: float = DEFAULT_DROP
+    ) -> None:
+        super().__init__(ctx, mlp_ratio, drop)

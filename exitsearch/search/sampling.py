@@ -6,7 +6,9 @@ Parameters, by placement:
   there (``linear``, ``lph[k=3]``...).
 * ``uniform``: ``num_exits`` and one ``head`` type; exits evenly spaced over the candidates.
 * ``lgvit``: ``exit@m`` yes/no, plus the mappings ``k_first``, ``k_last`` (shallow half) and
-  ``s_first``, ``s_last`` (deep half); a mapped value is snapped to the nearest trained one.
+  ``s_first``, ``s_last`` (deep half); the space trains every value they can map to, so the
+  head at a location is the variant with the mapped value (the nearest trained one for heads
+  given by hand).
 
 Then ``criterion``, ``thresholds`` (``shared``/``per_exit``) and the thresholds themselves:
 ``threshold`` (shared) or ``threshold@m`` (per exit), in the criterion's range.
@@ -94,7 +96,8 @@ class ConfigSampler:
     def lgvit_exits(
         self, chosen: list[int], kernel: KernelMapping, window: WindowMapping
     ) -> list[HeadSpec]:
-        """LGViT heads at ``chosen`` with mapped k/s snapped to the trained variants."""
+        """LGViT heads at ``chosen`` with the mapped k/s (the nearest trained variant when a
+        hand-given head list lacks the exact one)."""
         shallow, deep = split_halves(chosen, self.depth)
         exits = []
         for half, mapping in ((shallow, kernel), (deep, window)):

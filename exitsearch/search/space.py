@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import yaml
 
 from exitsearch.errors import SearchSpaceError
 from exitsearch.heads import HeadSpec, list_heads
+from exitsearch.heads.mappings import MIN_WINDOW, KernelMapping, WindowMapping, candidate_values
 
 __all__ = [
     "CRITERIA",
@@ -208,7 +209,7 @@ class SearchSpace:
     uncertainty_range: FloatRange = field(default_factory=lambda: FloatRange(0.0, 1.0))
     kernel_first: tuple[int, ...] = (3, 5)
     kernel_last: tuple[int, ...] = (0, 3)
-    window_first: tuple[int, ...] = (1, 2)
+    window_first: tuple[int, ...] = (2,)
     window_last: tuple[int, ...] = (2, 3)
     pause: PauseOptions | None = None
     source: str = "<memory>"
@@ -234,15 +235,33 @@ class SearchSpace:
             return [m for m in locs if m > depth / 2]
         return locs
 
+    def mappings(self) -> list[KernelMapping | WindowMapping]:
+        """Every LGViT mapping the space's ``kernel_mapping``/``window_mapping`` choices give
+        (ordered as the sampler orders a pair: ``k`` decreasing, ``s`` increasing)."""
+        return [
+            KernelMapping(max(a, b), min(a, b)) for a in self.kernel_first for b in self.kernel_last
+        ] + [
+            WindowMapping(min(a, b), max(a, b)) for a in self.window_first for b in self.window_last
+        ]
+
+    def mapped_values(self, depth: int) -> dict[int, tuple[int, ...]]:
+        """For placement ``lgvit``: the ``k`` (shallow half) or ``s`` (deep half) values that
+        any of the space's mappings can give each candidate location, over every choice of
+        exits: exactly the head variants to train, so the search never swaps a mapped value for
+        a neighbour."""
+        return candidate_values(self.mappings(), self.candidate_locations(depth), depth)
+
     def candidate_heads(self, depth: int) -> list[HeadSpec]:
         """Every head the search may use: what the heads stage trains, in a stable order."""
         out: list[HeadSpec] = []
+        mapped = self.mapped_values(depth) if self.placement is Placement.LGVIT else {}
         for m in self.candidate_locations(depth):
             for head_type, opts in self.heads.items():
                 if m not in self.locations_for(head_type, depth):
                     continue
                 param = MAPPED_PARAM.get(head_type)
-                variants = [{param: v} for v in opts.values] if param and opts.values else [{}]
+                values = mapped.get(m, ()) if self.placement is Placement.LGVIT else opts.values
+                variants = [{param: v} for v in values] if param and values else [{}]
                 for v in variants:
                     out.append(HeadSpec(head_type, m, {**opts.params, **v}, self.uncertainty))
         if not out:
@@ -368,6 +387,16 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
             p.fail(
                 "heads", f"placement lgvit takes exactly lph and gah heads; got {', '.join(heads)}"
             )
+        for head_type, opts in doc["heads"].items():
+            param = MAPPED_PARAM[head_type]
+            if isinstance(opts, dict) and param in opts:
+                mapping = "kernel_mapping" if param == "k" else "window_mapping"
+                p.fail(
+                    f"heads.{head_type}.{param}",
+                    f"placement lgvit trains the values its mapping can produce; choose them "
+                    f"with {mapping} ({param}_first, {param}_last) instead",
+                )
+        heads = {h: replace(o, values=()) for h, o in heads.items()}
     kernel = doc.get("kernel_mapping", {})
     window = doc.get("window_mapping", {})
     if not isinstance(kernel, dict) or not isinstance(window, dict):
@@ -400,8 +429,12 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
         kernel_last=p.int_choices(
             kernel, "kernel_mapping.k_last", "k_last", (0, 3), odd_or_zero=True
         ),
-        window_first=p.int_choices(window, "window_mapping.s_first", "s_first", (1, 2), minimum=1),
-        window_last=p.int_choices(window, "window_mapping.s_last", "s_last", (2, 3), minimum=1),
+        window_first=p.int_choices(
+            window, "window_mapping.s_first", "s_first", (MIN_WINDOW,), minimum=MIN_WINDOW
+        ),
+        window_last=p.int_choices(
+            window, "window_mapping.s_last", "s_last", (MIN_WINDOW, 3), minimum=MIN_WINDOW
+        ),
         pause=p.pause(doc.get("pause")),
         source=source,
     )

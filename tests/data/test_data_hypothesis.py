@@ -29,8 +29,10 @@ LABEL_VALUES = st.one_of(
 )
 def test_npz_gives_a_dataset_or_one_data_error(n, shape, xdtype, labels, ydtype, with_test):
     rng = np.random.default_rng(n)
-    x = rng.random((n, *shape)).astype(xdtype) if xdtype == "float32" else (
-        rng.integers(0, 255, (n, *shape)).astype(xdtype)
+    x = (
+        rng.random((n, *shape)).astype(xdtype)
+        if xdtype == "float32"
+        else (rng.integers(0, 255, (n, *shape)).astype(xdtype))
     )
     with np.errstate(over="ignore"), tempfile.TemporaryDirectory() as tmp:
         y = np.asarray(labels, dtype=np.int64).astype(ydtype, copy=False)
@@ -71,7 +73,7 @@ def test_image_folder_gives_a_dataset_or_one_data_error(tree, layout):
             for cls, files in tree.items():
                 (base / cls).mkdir(parents=True, exist_ok=True)
                 for i, kind in enumerate(files):
-                    f = base / cls / f"f{i}.{ 'png' if kind in ('png', 'big') else kind}"
+                    f = base / cls / f"f{i}.{'png' if kind in ('png', 'big') else kind}"
                     if kind in ("png", "jpg"):
                         Image.fromarray(np.full((6, 6, 3), 40 * i, np.uint8)).save(
                             f, format="PNG" if kind == "png" else "JPEG"

@@ -64,12 +64,20 @@ def test_smaller_validation_is_a_subset_and_seed_changes_it(tmp_path):
 
 def test_loader_with_workers_gives_the_same_batches(tmp_path):
     x, y, names = _images(40)
-    s = load_splits(DataSpec(source=str(_folder(tmp_path / "i", x, y, names))), image_size=12, channels=1)
+    s = load_splits(
+        DataSpec(source=str(_folder(tmp_path / "i", x, y, names))), image_size=12, channels=1
+    )
     runs = []
     for workers in (0, 2):
         gen = torch_gen()
-        runs.append([(i.clone(), b.clone(), t.clone()) for i, b, t in
-                     iterate_batches(s.train, 7, shuffle=True, generator=gen, workers=workers)])
+        runs.append(
+            [
+                (i.clone(), b.clone(), t.clone())
+                for i, b, t in iterate_batches(
+                    s.train, 7, shuffle=True, generator=gen, workers=workers
+                )
+            ]
+        )
     for (i0, b0, t0), (i1, b1, t1) in zip(*runs, strict=True):
         assert np.array_equal(i0, i1) and np.array_equal(b0, b1) and np.array_equal(t0, t1)
 

@@ -60,8 +60,14 @@ def test_round_trip_and_checks():
 
 @pytest.mark.parametrize(
     ("text", "crop", "flip"),
-    [("crop,flip", True, True), ("crop", True, False), ("flip", False, True), ("none", False, False),
-     (True, True, True), (False, False, False)],
+    [
+        ("crop,flip", True, True),
+        ("crop", True, False),
+        ("flip", False, True),
+        ("none", False, False),
+        (True, True, True),
+        (False, False, False),
+    ],
 )
 def test_augment_per_part(text, crop, flip):
     a = Augment.parse(text)

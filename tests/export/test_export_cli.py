@@ -97,7 +97,9 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
-    assert "speed-up" in text and "95 %" in text and "FLOPs" in text and "where the time goes" in text
+    assert (
+        "speed-up" in text and "95 %" in text and "FLOPs" in text and "where the time goes" in text
+    )
     doc = json.loads(out.read_text())
     assert [(r["engine"], r["mode"], r["batch_size"]) for r in doc["rows"]] == [
         ("torch", "batch", 1),

@@ -56,7 +56,8 @@ def test_eq14_kd_loss_by_hand():
     y = 1
     gamma, temp = 0.3, 2.0
     ce = -math.log(_softmax(s)[y])
-    soft = _kl(_softmax([v / temp for v in t]), _softmax([v / temp for v in s]))
+    # the soft term is divided by B*C (here 1*3), as LGViT's released code reduces it
+    soft = _kl(_softmax([v / temp for v in t]), _softmax([v / temp for v in s])) / 3
     want = (1 - gamma) * ce + gamma * temp**2 * soft
     got = kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), gamma, temp)
     assert got.item() == pytest.approx(want, rel=1e-6)
@@ -97,14 +98,17 @@ def test_eq10_feature_mse_detaches_the_last_lph():
     assert f_m.grad is not None and f_last.grad is None
 
 
-def test_eq9_feature_kl_is_per_token_kl_over_channels_averaged():
+def test_eq9_feature_kl_sums_per_token_kl_over_tokens_and_averages_over_samples():
     student = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])  # 1 sample, 2 tokens, D=3
     teacher = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]])
-    want = (
-        _kl(_softmax([0.0, 1.0, 0.0]), _softmax([1.0, 0.0, 0.0]))
-        + _kl(_softmax([0.0, 0.0, 2.0]), _softmax([0.0, 0.0, 0.0]))
-    ) / 2
+    want = _kl(_softmax([0.0, 1.0, 0.0]), _softmax([1.0, 0.0, 0.0])) + _kl(
+        _softmax([0.0, 0.0, 2.0]), _softmax([0.0, 0.0, 0.0])
+    )
     assert feature_kl(student, teacher).item() == pytest.approx(want, rel=1e-6)
+    # a second sample equal to the first leaves the batch mean unchanged
+    assert feature_kl(student.repeat(2, 1, 1), teacher.repeat(2, 1, 1)).item() == pytest.approx(
+        want, rel=1e-6
+    )
     with pytest.raises(ValueError, match="shape"):
         feature_kl(student, teacher[:, :1])
 

@@ -44,7 +44,7 @@ def _run(
         # mid-epoch in the second of two epochs: optimiser state, random exit draws
         ("mevit", "mevit", {}, 2, ("sandwich epoch 2/2", 2), 1),
         # mid-way through stage 1's second epoch: the alternation, the optimiser state
-        ("lgvit", "lgvit", {"stage1_epochs": 2}, 1, ("alternating) epoch 2/2", 3), 1),
+        ("lgvit", "lgvit", {"stage1_epochs": 2}, 1, ("objectives) epoch 2/2", 3), 1),
         # mid-way through stage 2: a new optimiser, the aligning modules' BatchNorm
         ("lgvit", "lgvit", {}, 1, ("stage 2 (heads, self-distillation) epoch 1/1", 2), 1),
     ],

@@ -169,11 +169,12 @@ def test_layer_wise_freezes_earlier_segments(ft_world, tmp_path):
 
 
 def test_lgvit_stage2_leaves_backbone_and_final_classifier_identical(ft_world, tmp_path):
+    alternating = {"stage1": "alternating"}
     source = _state(_net(ft_world.lgvit))
     with pytest.raises(KeyboardInterrupt):
         train_configuration(
             _net(ft_world.lgvit),
-            create_strategy("lgvit"),
+            create_strategy("lgvit", alternating),
             FAST,
             ft_world.splits,
             tmp_path,
@@ -185,7 +186,9 @@ def test_lgvit_stage2_leaves_backbone_and_final_classifier_identical(ft_world, t
     assert _changed(source, after1, "backbone.model.head.")
     assert _same(source, after1, "bank.")
     net = _net(ft_world.lgvit)
-    log = train_configuration(net, create_strategy("lgvit"), FAST, ft_world.splits, tmp_path)
+    log = train_configuration(
+        net, create_strategy("lgvit", alternating), FAST, ft_world.splits, tmp_path
+    )
     final = _state(net)
     assert _same(after1, final, "backbone.")
     for k in range(4):
@@ -208,7 +211,7 @@ def test_lgvit_alternating_stage1_moves_one_part_per_step(ft_world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_configuration(
             _net(ft_world.lgvit),
-            create_strategy("lgvit"),
+            create_strategy("lgvit", {"stage1": "alternating"}),
             one_step,
             ft_world.splits,
             tmp_path,
@@ -221,11 +224,12 @@ def test_lgvit_alternating_stage1_moves_one_part_per_step(ft_world, tmp_path):
     )
 
 
-def test_lgvit_objectives_stage1_also_trains_heads(ft_world, tmp_path):
+def test_lgvit_stage1_trains_heads_end_to_end_by_default(ft_world, tmp_path):
+    assert create_strategy("lgvit").hparams.stage1 == "objectives"
     with pytest.raises(KeyboardInterrupt):
         train_configuration(
             _net(ft_world.lgvit),
-            create_strategy("lgvit", {"stage1": "objectives"}),
+            create_strategy("lgvit"),
             FAST,
             ft_world.splits,
             tmp_path,

@@ -115,8 +115,10 @@ def test_vit_head_is_one_timm_block_then_norm_and_mlp() -> None:
     h, x = head("vit"), hidden()
     assert isinstance(h.block, Block)
     assert h.block.attn.num_heads == CTX.num_heads
-    assert h.block.mlp.fc1.out_features == 2 * D
-    assert head("vit", mlp_ratio=4.0).block.mlp.fc1.out_features == 4 * D
+    # the backbone layer's MLP ratio 4 (Multi-Exit ViT); vit_r2 is the named ratio-2 variant
+    assert h.block.mlp.fc1.out_features == 4 * D
+    assert head("vit_r2").block.mlp.fc1.out_features == 2 * D
+    assert head("vit", mlp_ratio=2.0).block.mlp.fc1.out_features == 2 * D
     expected = F.layer_norm(h.block(x)[:, 0], (D,), h.norm.weight, h.norm.bias)
     torch.testing.assert_close(h.features(x), expected)
     with pytest.raises(ConfigError, match="embed_dim % num_heads == 0"):
@@ -161,7 +163,8 @@ def test_mixer_layer_follows_equations_3a_3b() -> None:
 def test_mixer_head_mixes_patch_tokens_only() -> None:
     h, x = head("mixer"), hidden()
     assert (h.layer.f1.in_features, h.layer.f1.out_features) == (49, D // 2)
-    assert h.layer.f3.out_features == 2 * D
+    assert h.layer.f3.out_features == 4 * D  # MLP-Mixer's D_C = 4D
+    assert head("mixer_r2").layer.f3.out_features == 2 * D
     y = x.clone()
     y[:, 0] += 10  # the class token does not enter
     torch.testing.assert_close(h(y), h(x))
@@ -214,6 +217,8 @@ def test_resmlp_cross_patch_sublayer_follows_equation_4a() -> None:
 def test_resmlp_head_ignores_prefix_tokens_and_pools() -> None:
     h, x = head("resmlp"), hidden()
     assert (h.layer.f1.in_features, h.layer.f1.out_features) == (49, 49)
+    assert h.layer.f2.out_features == 4 * D  # ResMLP's ratio 4
+    assert head("resmlp_r2").layer.f2.out_features == 2 * D
     y = x.clone()
     y[:, 0] += 10
     torch.testing.assert_close(h(y), h(x))
@@ -230,7 +235,8 @@ def test_lph_with_k0_has_no_depthwise_convolution() -> None:
     assert (dw.groups, dw.in_channels, dw.kernel_size, dw.padding) == (e, e, (3, 3), (1, 1))
     n0 = sum(p.numel() for p in k0.parameters())
     n3 = sum(p.numel() for p in k3.parameters())
-    assert n3 - n0 == e * 3 * 3 + 2 * e  # depth-wise kernel + its BatchNorm's scale and shift
+    # depth-wise kernel and bias + its BatchNorm's scale and shift
+    assert n3 - n0 == e * 3 * 3 + e + 2 * e
 
 
 def test_lph_layers_and_expansion() -> None:
@@ -239,7 +245,11 @@ def test_lph_layers_and_expansion() -> None:
     assert h.pdconv[0].kernel_size == (5, 5)
     assert (h.project[0].in_channels, h.project[0].out_channels) == (3 * D, D)
     for block in (h.expand, h.pdconv, h.project):
-        assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.GELU]
+        assert [type(m) for m in block] == [
+            nn.Conv2d,
+            nn.GELU,
+            nn.BatchNorm2d,
+        ]  # LGViT: "GELU and BN ... after each convolution"
 
 
 @pytest.mark.parametrize("name", ["lph", "gah"])

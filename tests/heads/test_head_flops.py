@@ -71,7 +71,10 @@ def test_lph(k: int) -> None:
     project = N * e * D + 2 * N * D
     assert flops("lph", k=k) == expand + pdconv + project + 5 * D + D * C
     bn = 2  # scale and shift per channel
-    expected_params = (D * e + bn * e) + (e * k * k + bn * e if k else 0) + (e * D + bn * D)
+    # every convolution keeps its bias (GELU, not BatchNorm, follows it)
+    expected_params = (
+        (D * e + e + bn * e) + (e * k * k + e + bn * e if k else 0) + (e * D + D + bn * D)
+    )
     assert params_of("lph", k=k) == expected_params + 2 * D + D * C + C
 
 
@@ -85,23 +88,24 @@ def test_cnn(name: str, in_channels: int) -> None:
     assert flops(name) == N * 9 * in_channels * c + mlp
 
 
-@pytest.mark.parametrize("ratio", [2.0, 4.0])
-def test_vit(ratio: float) -> None:
-    r = int(ratio)
+@pytest.mark.parametrize("name, r", [("vit", 4), ("vit_r2", 2)])
+def test_vit(name: str, r: int) -> None:
     block = 2 * 5 * T * D + T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * r * D
-    assert flops("vit", mlp_ratio=ratio) == block + 5 * D + MLP_FLOPS
+    assert flops(name) == block + 5 * D + MLP_FLOPS
 
 
-def test_mixer() -> None:
-    ds, dc = D // 2, 2 * D
+@pytest.mark.parametrize("name, r", [("mixer", 4), ("mixer_r2", 2)])
+def test_mixer(name: str, r: int) -> None:
+    ds, dc = D // 2, r * D
     layer = 2 * 5 * N * D + 2 * D * N * ds + 2 * N * D * dc  # two LayerNorms, eqs. 3a, 3b
-    assert flops("mixer") == layer + 5 * N * D + MLP_FLOPS
+    assert flops(name) == layer + 5 * N * D + MLP_FLOPS
 
 
-def test_resmlp() -> None:
-    dc = 2 * D
+@pytest.mark.parametrize("name, r", [("resmlp", 4), ("resmlp_r2", 2)])
+def test_resmlp(name: str, r: int) -> None:
+    dc = r * D
     layer = D * N * N + 2 * N * D * dc  # eq. 4a's f1 over tokens, eq. 4b's f2 and f3
-    assert flops("resmlp") == layer + MLP_FLOPS  # affine maps are elementwise: not counted
+    assert flops(name) == layer + MLP_FLOPS  # affine maps are elementwise: not counted
 
 
 def test_uncounted_ops_are_reported() -> None:

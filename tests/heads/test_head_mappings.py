@@ -22,7 +22,7 @@ from exitsearch.heads.mappings import (
 KERNELS = [
     KernelMapping(a, b) for a, b in itertools.combinations_with_replacement([7, 5, 3, 1, 0], 2)
 ]
-WINDOWS = [WindowMapping(a, b) for a, b in itertools.combinations_with_replacement([1, 2, 3, 4], 2)]
+WINDOWS = [WindowMapping(a, b) for a, b in itertools.combinations_with_replacement([2, 3, 4, 5], 2)]
 
 
 def subsets(locations: list[int]) -> list[list[int]]:
@@ -41,9 +41,9 @@ def test_round_kernel_to_nearest_of_0_and_odd(value: float, expected: int) -> No
 
 
 @pytest.mark.parametrize(
-    "value, expected", [(0, 1), (0.2, 1), (1, 1), (1.49, 1), (1.5, 2), (2.5, 3), (3.2, 3)]
+    "value, expected", [(0, 2), (0.2, 2), (1, 2), (1.49, 2), (1.5, 2), (2.5, 3), (3.2, 3)]
 )
-def test_round_window_to_nearest_integer_at_least_1(value: float, expected: int) -> None:
+def test_round_window_to_nearest_integer_at_least_2(value: float, expected: int) -> None:
     assert round_window(value) == expected
 
 
@@ -65,7 +65,7 @@ def test_kernel_mapping_by_hand() -> None:
 
 def test_window_mapping_by_hand() -> None:
     assert WindowMapping(2, 4).assign([7, 9, 12]) == {7: 2, 9: 3, 12: 4}  # 2 + 2*2/5 = 2.8
-    assert WindowMapping(1, 3).assign([7, 8, 9]) == {7: 1, 8: 2, 9: 3}
+    assert WindowMapping(2, 3).assign([7, 8, 9]) == {7: 2, 8: 3, 9: 3}  # 2.5 -> 3
     assert WindowMapping().assign([8, 10, 12]) == {8: 2, 10: 3, 12: 3}  # 2.5 -> 3
 
 
@@ -122,7 +122,7 @@ def test_kernel_mapping_rejects(k_first: int, k_last: int, message: str) -> None
     "s_first, s_last, message",
     [
         (3, 2, r"`s_first <= s_last` must hold, but got \(s_first=3, s_last=2\)"),
-        (0, 2, r"`s_first >= 1` must hold, but got \(s_first=0\)"),
+        (1, 2, r"`s_first >= 2` must hold, but got \(s_first=1\)"),
         (2, 2.5, r"`s_last` must be an integer, but got s_last=2.5"),
     ],
 )
@@ -174,7 +174,7 @@ def test_candidate_values_by_hand() -> None:
 
 
 def test_candidate_values_cover_every_choice_of_exits() -> None:
-    mappings = [KernelMapping(5, 0), KernelMapping(3, 1), WindowMapping(2, 4), WindowMapping(1, 2)]
+    mappings = [KernelMapping(5, 0), KernelMapping(3, 1), WindowMapping(2, 4), WindowMapping(2, 2)]
     locations = [1, 2, 4, 5, 6, 7, 9, 12]
     cands = candidate_values(mappings, locations, depth=12)
     assert set(cands) == set(locations)

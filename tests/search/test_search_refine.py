@@ -270,7 +270,9 @@ def _out_of_fold_gain(ev, config) -> float:
         for lam in lambdas:
             s = [
                 (lambda a, m, _: a - lam * m / scale)(
-                    *held.quick(max(f, key=lambda p: p.accuracy - lam * p.mean_flops / scale).config)
+                    *held.quick(
+                        max(f, key=lambda p: p.accuracy - lam * p.mean_flops / scale).config
+                    )
                 )
                 for f in families
             ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import optuna
 import pytest
 
 from exitsearch.core.config import ExitConfig
 from exitsearch.heads import HeadSpec
+from exitsearch.heads.mappings import split_halves
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import load_search_space, parse_search_space
 
@@ -133,22 +136,38 @@ def _snap(value: int, trained: tuple[int, ...]) -> int:
     return min(trained, key=lambda v: (abs(v - value), -v))
 
 
-def test_lgvit_exits_snap_to_trained_variants():
+def test_lgvit_exits_are_the_mapped_variants():
     space = load_search_space("lgvit")
     sampler = ConfigSampler(space, space.candidate_heads(DEPTH), DEPTH)
     from exitsearch.heads.mappings import KernelMapping, WindowMapping
 
-    # k from 5 down to 0 over 2, 4, 6: 5, 2.5 -> 3, 0; s from 1 to 3 over 8, 10: 1, 3
-    exits = sampler.lgvit_exits([2, 4, 6, 8, 10], KernelMapping(5, 0), WindowMapping(1, 3))
+    # k from 3 down to 0 over 1, 2, 3: 3, 1.5 -> 1, 0 (the space trains k = 1); s from 2 to 3
+    # over 8, 10: 2, 3
+    exits = sampler.lgvit_exits([1, 2, 3, 8, 10], KernelMapping(3, 0), WindowMapping(2, 3))
     assert [s.key for s in exits] == [
-        "lph[k=5]@2+u",
-        "lph[k=3]@4+u",
-        "lph[k=0]@6+u",
-        "gah[s=1]@8+u",
+        "lph[k=3]@1+u",
+        "lph[k=1]@2+u",
+        "lph[k=0]@3+u",
+        "gah[s=2]@8+u",
         "gah[s=3]@10+u",
     ]
-    # k from 3 down to 0 over 1, 2, 3: 3, 1.5 -> 1, 0; k = 1 is not trained (0, 3, 5) and
-    # snaps to 0 (|1 - 0| = 1 < |1 - 3| = 2)
+    # every mapping pair the sampler can draw finds its exact variants trained
+    kernels = [m for m in space.mappings() if isinstance(m, KernelMapping)]
+    windows = [m for m in space.mappings() if isinstance(m, WindowMapping)]
+    for chosen in ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [2, 3, 5, 7, 8, 11], [4, 9]):
+        for kernel, window in itertools.product(kernels, windows):
+            exits = sampler.lgvit_exits(chosen, kernel, window)
+            shallow, deep = split_halves(chosen, DEPTH)
+            want = {**kernel.assign(shallow), **window.assign(deep)}
+            got = {s.location: int(next(iter(s.params.values()))) for s in exits}
+            assert got == want
+
+
+def test_lgvit_exits_snap_to_the_nearest_hand_given_variant():
+    space = load_search_space("lgvit")
+    from exitsearch.heads.mappings import KernelMapping, WindowMapping
+
+    # heads given by hand without k = 1: a mapped 1 snaps to 0 (|1 - 0| = 1 < |1 - 3| = 2)
     lph = [HeadSpec("lph", m, {"k": k}, True) for m in (1, 2, 3) for k in (0, 3, 5)]
     only = ConfigSampler(space, lph, DEPTH)
     exits = only.lgvit_exits([1, 2, 3], KernelMapping(3, 0), WindowMapping())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import pytest
@@ -44,12 +45,31 @@ def test_every_shipped_space_loads_and_has_candidates(name):
 def test_default_space_candidates_by_hand():
     space = load_search_space("default")
     heads = space.candidate_heads(12)
-    # 8 plain types at 11 locations, lph k in {0, 3, 5} at 1..6, gah s in {1, 2, 3} at 7..11
-    assert len(heads) == 8 * 11 + 3 * 6 + 3 * 5 == 121
+    # 11 plain types (vit, mixer, resmlp with their ratio-2 variants) at 11 locations,
+    # lph k in {0, 3, 5} at 1..6, gah s in {1, 2, 3} at 7..11
+    assert len(heads) == 11 * 11 + 3 * 6 + 3 * 5 == 154
     assert {s.location for s in heads if s.type == "lph"} == set(range(1, 7))
     assert {s.location for s in heads if s.type == "gah"} == set(range(7, 12))
     assert all(s.uncertainty for s in heads)
     assert space.placement is Placement.FREE
+
+
+def test_lgvit_space_trains_exactly_the_values_its_mappings_produce():
+    space = load_search_space("lgvit")
+    heads = space.candidate_heads(12)
+    trained = {(s.location, s.type, next(iter(s.params.values()))) for s in heads}
+    # every mapping the space allows, over every choice of exits, by brute force
+    produced = set()
+    for mapping in space.mappings():
+        half = [m for m in range(1, 12) if mapping.covers(m, 12)]
+        for r in range(1, len(half) + 1):
+            for chosen in itertools.combinations(half, r):
+                for m, v in mapping.assign(list(chosen)).items():
+                    produced.add((m, mapping.head_type, v))
+    assert trained == produced
+    # a mapped k of 1 is trained (a 1x1 depth-wise convolution), windows start at 2
+    assert (4, "lph", 1) in trained
+    assert min(v for _, t, v in trained if t == "gah") == 2
 
 
 def test_spaces_load_by_path_too(tmp_path):
@@ -108,6 +128,16 @@ MALFORMED = [
         "heads",
     ),
     ("lgvit without gah", {"placement": "lgvit", "heads": {"lph": {}}}, "heads"),
+    (
+        "lgvit with a hand-given kernel list",
+        {"placement": "lgvit", "heads": {"lph": {"k": [0, 3]}, "gah": {}}},
+        "heads.lph.k",
+    ),
+    (
+        "a window below LGViT's minimum of 2",
+        {**BASE, "window_mapping": {"s_first": [1]}},
+        "window_mapping.s_first",
+    ),
     (
         "uncertainty criterion without predictors",
         {**BASE, "criteria": ["confidence", "uncertainty"], "uncertainty": False},
