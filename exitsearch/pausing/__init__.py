@@ -6,7 +6,8 @@ on fewer tokens and the patch assembler puts every token back for the heads. One
 (:func:`train_paumer`) serves many configurations; each is scored by inference
 (:func:`evaluate_pause_config`, :func:`evaluate_pause_jobs`), costed exactly
 (:func:`pause_cost`), and can produce an exit-head prediction cache
-(:func:`predict_under_pause`) for the exit search.
+(:func:`predict_under_pause`) for the exit search; exit heads that read paused states train
+under PAUMER's randomised pausing (:class:`RandomPausing`).
 """
 
 from exitsearch.core.pause import PAPER_TABLE1, PauseConfig, paper_table1
@@ -32,6 +33,7 @@ from exitsearch.pausing.pause import (
     token_entropy,
 )
 from exitsearch.pausing.pool import PauseJob, evaluate_pause_jobs, run_pause_job
+from exitsearch.pausing.random_states import RandomPausing
 from exitsearch.pausing.report import (
     ReportPoint,
     ReportSeries,
@@ -68,6 +70,7 @@ __all__ = [
     "PausedStates",
     "PausedTokens",
     "PausingViT",
+    "RandomPausing",
     "ReportPoint",
     "ReportSeries",
     "assemble",

@@ -15,7 +15,8 @@ Stages (in ``<run>/cache/``, keyed by content like the others):
 
 * ``paumer``: the PAUMER classification model given with ``--paumer``: its backbone weights as
   a checkpoint file (the run's backbone: heads are trained on exactly these weights by the
-  normal heads stage), its auxiliary decoder's weights (``aux.safetensors``, for export), and a
+  normal heads stage, under PAUMER's randomised pausing over the space's pause layers and
+  proportions, :class:`~exitsearch.pausing.RandomPausing`), its auxiliary decoder's weights (``aux.safetensors``, for export), and a
   copy of the model folder.
 * ``pause-model``: the model folder plus the trained heads: what a prediction job loads (it is
   shipped to Ray nodes whole).
@@ -508,7 +509,7 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             settings.parsed_budget, settings.budget_kind, costs, cheapest
         )
         notes = [note] if note else []
-        plain = stage_predict(ctx, stage_heads(ctx))
+        plain = stage_predict(ctx, stage_heads(ctx, _random_pausing(opts, model)))
         model_dir = _pause_model_folder(ctx, paumer)
         storage = open_storage(settings.storage or (settings.run_dir / schema.STUDY_DB))
         search_key = sha256_of(
@@ -570,6 +571,17 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             opts,
         )
         return PipelineResult(ctx, plain, costs, budget, constraint, result, notes, report)
+
+
+def _random_pausing(opts: PauseOptions, model: Any) -> Any:
+    """PAUMER's randomised pausing over the space's pause layers and proportions, for training
+    the exit heads on the paused states they are scored on (None: the space never pauses)."""
+    from exitsearch.pausing.random_states import RandomPausing
+
+    taus = [t for t in opts.taus if t > 0]
+    if not taus:
+        return None
+    return RandomPausing(model.vit, opts.layers, min(taus), max(taus), opts.mode)
 
 
 def _grid(opts: PauseOptions, model: Any) -> list[PauseConfig]:

@@ -38,7 +38,13 @@ from exitsearch.search.space import SearchSpace, load_search_space
 from exitsearch.search.storage import check_storage, open_storage
 from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettings, run_search
 from exitsearch.training.bank import HeadBank
-from exitsearch.training.heads import SUMMARY, WEIGHTS, HeadTrainConfig, train_heads
+from exitsearch.training.heads import (
+    SUMMARY,
+    WEIGHTS,
+    HeadTrainConfig,
+    StateSampler,
+    train_heads,
+)
 from exitsearch.training.predict import Predictions, predict
 
 __all__ = [
@@ -314,12 +320,14 @@ def _machine() -> str:
     return f"{machine_name()}|{torch.get_num_threads()} threads"
 
 
-def stage_heads(ctx: RunContext) -> HeadBank:
+def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> HeadBank:
     """Train every candidate head once (classifier-wise), or reuse the trained bank.
 
     With ``RunSettings.ray_address`` the heads train in shards over a Ray cluster. Every head
     draws its initialisation and dropout from seeds of its own, so sharded heads equal jointly
-    trained ones and both share one cache key.
+    trained ones and both share one cache key. ``states_from`` (PAUMER's randomised pausing in
+    a pause run) gives the training states instead of the plain backbone; such heads train
+    here.
     """
     cfg = ctx.settings.heads
     key = sha256_of(
@@ -328,17 +336,22 @@ def stage_heads(ctx: RunContext) -> HeadBank:
         ctx.splits.fingerprint(),
         [s.to_dict() for s in ctx.candidates],
         asdict(cfg),
+        *([] if states_from is None else [states_from.identity()]),
     )
     ctx.keys["heads"] = key
     folder = ctx.store.lookup("heads", key)
     if folder is None:
         folder = ctx.store.folder("heads", key)
         t0 = time.perf_counter()
-        if ctx.settings.ray_address is not None:
+        if ctx.settings.ray_address is not None and states_from is None:
             from exitsearch.distributed.pipeline import train_heads_on_cluster
 
             result = train_heads_on_cluster(ctx, folder)
         else:
+            if ctx.settings.ray_address is not None:
+                ctx.progress.log(
+                    "heads: trained here under randomised pausing (not sharded over the cluster)"
+                )
             result = train_heads(
                 ctx.backbone,
                 ctx.splits,
@@ -348,6 +361,7 @@ def stage_heads(ctx: RunContext) -> HeadBank:
                 progress=ctx.progress,
                 device=ctx.settings.device,
                 memory=ctx.settings.head_memory,
+                states_from=states_from,
             )
         ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
         for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):

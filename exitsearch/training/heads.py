@@ -6,6 +6,12 @@ learning-rate decay on plateau (factor 0.6, patience 2) and early stopping (pati
 validation loss, as Multi-Exit ViT trained them. Their losses are independent, so the result is
 classifier-wise training done once instead of once per head.
 
+With a ``states_from`` sampler the heads train on other hidden states than the plain
+backbone's: PAUMER's randomised pausing (:class:`exitsearch.pausing.RandomPausing`) pauses a
+random share of tokens at a random layer in every batch, so that heads which will read paused
+token states learn on them, as PAUMER trains everything that reads paused states. Validation
+(best epoch, early stopping) stays on the plain states.
+
 A head whose loss becomes NaN or infinite is stopped, restored to its best weights and marked
 ``diverged``; the others train on. A checkpoint is written after each epoch; rerunning with the
 same inputs resumes from it exactly.
@@ -15,10 +21,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +44,27 @@ from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
 from exitsearch.training.groups import HeadGroupPlan, plan_head_groups
 from exitsearch.training.loop import EpochLoop
 
-__all__ = ["HeadStatus", "HeadTrainConfig", "HeadTrainResult", "train_heads"]
+__all__ = ["HeadStatus", "HeadTrainConfig", "HeadTrainResult", "StateSampler", "train_heads"]
 
 CKPT = "checkpoint.safetensors"
 STATE = "checkpoint.json"
 WEIGHTS = "heads.safetensors"
 SUMMARY = "heads.json"
+
+
+class StateSampler(Protocol):
+    """Hidden states to train heads on other than the plain backbone's, drawn per batch."""
+
+    def identity(self) -> Any:
+        """What decides the states (for cache keys): plain JSON values."""
+        ...
+
+    def states(
+        self, x: torch.Tensor, locations: Sequence[int], generator: torch.Generator
+    ) -> dict[int, torch.Tensor]:
+        """The hidden state after each block of ``locations`` (1-based) for the model input
+        ``x``, drawing any randomness from ``generator``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -144,6 +166,7 @@ def train_heads(
     progress: Progress | None = None,
     device: str | Runtime | None = None,
     memory: int | None = None,
+    states_from: StateSampler | None = None,
 ) -> HeadTrainResult:
     """Train every head of ``specs`` on ``splits.train`` with ``backbone`` frozen.
 
@@ -156,6 +179,10 @@ def train_heads(
 
     Writes ``checkpoint.safetensors``/``checkpoint.json`` after each epoch (resume) and
     ``heads.safetensors`` (best weights of every head) plus ``heads.json`` (figures) at the end.
+
+    ``states_from`` (its model already frozen, on the device) gives the training states
+    instead of ``backbone``, with a generator seeded per epoch and batch, so groups, shards and
+    resumed runs draw the same.
 
     Raises:
         ConfigError: a head location lies beyond the backbone, or the classes do not match.
@@ -186,6 +213,7 @@ def train_heads(
         splits.fingerprint(),
         [s.to_dict() for s in specs],
         asdict(config),
+        *([] if states_from is None else [states_from.identity()]),
     )
     plan = plan_head_groups(backbone, bank, config.batch_size, rt, memory)
     start_group, start_epoch, passes = 0, 0, 0
@@ -244,6 +272,7 @@ def train_heads(
                     )
             resumed = None  # its tensors are not needed any more
         upto = max(bank.specs[i].location for i in group)
+        locations = sorted({bank.specs[i].location for i in group})
         label = f"heads group {g + 1}/{len(plan)} epoch" if len(plan) > 1 else "heads epoch"
         for epoch in range(first, config.epochs):
             active = [i for i in group if statuses[i].state == "training"]
@@ -254,7 +283,7 @@ def train_heads(
             task = f"{label} {epoch + 1}/{config.epochs}"
             loss_sums = dict.fromkeys(active, 0.0)
             seen = 0
-            states: list[torch.Tensor] = []
+            states: dict[int, torch.Tensor] = {}
             batches = loop.batches(
                 splits.train,
                 config.batch_size,
@@ -265,7 +294,14 @@ def train_heads(
             )
             for b, x, y in batches:
                 with torch.no_grad(), loop.autocast():
-                    states = backbone.hidden_states(x, upto=upto)
+                    if states_from is None:
+                        plain = backbone.hidden_states(x, upto=upto)
+                        states = {m: plain[m - 1] for m in locations}
+                    else:
+                        draws = torch.Generator().manual_seed(
+                            derive_seed(config.seed, "states", epoch, b)
+                        )
+                        states = states_from.states(x, locations, draws)
                 passes += 1
                 for i in list(active):
                     head, spec = bank.heads[i], bank.specs[i]
@@ -275,7 +311,7 @@ def train_heads(
                     # uninterrupted one.
                     torch.manual_seed(derive_seed(config.seed, spec.key, epoch, b))
                     with autocast:
-                        logits = head(states[spec.location - 1])
+                        logits = head(states[spec.location])
                     loss = F.cross_entropy(logits.float(), y)
                     if head.uncertainty is not None:
                         u = head.uncertainty(logits.detach().float())
