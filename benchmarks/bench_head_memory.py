@@ -95,9 +95,7 @@ def measure(batch: int, every: bool = False) -> dict:
     torch.set_num_threads(2)
     backbone = _backbone("vit_small_patch16_224")
     specs = [
-        s
-        for s in load_search_space("default").candidate_heads(12)
-        if every or s.location == 11
+        s for s in load_search_space("default").candidate_heads(12) if every or s.location == 11
     ]
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch + 32, 3, 224, 224), dtype=torch.uint8, generator=gen)

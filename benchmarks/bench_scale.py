@@ -181,7 +181,11 @@ def main() -> None:
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     if args.only_evaluator:
-        doc = json.loads(args.json_out.read_text()) if args.json_out and args.json_out.is_file() else {}
+        doc = (
+            json.loads(args.json_out.read_text())
+            if args.json_out and args.json_out.is_file()
+            else {}
+        )
         doc["evaluator"] = evaluator_at(args.evaluator_samples)
         if args.json_out:
             args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -209,7 +213,9 @@ def main() -> None:
     doc["run_rss"] = rss
     doc["rss_ratio_20k_over_2k"] = rss["large"]["peak_rss_gib"] / rss["small"]["peak_rss_gib"]
     doc["decoded_dataset_gib_at_input"] = {
-        k: v["images"] * float(np.prod(doc.get("throughput", {}).get("input", [3, 224, 224]))) / 2**30
+        k: v["images"]
+        * float(np.prod(doc.get("throughput", {}).get("input", [3, 224, 224])))
+        / 2**30
         for k, v in rss.items()
     }
     print(json.dumps(doc, indent=2))
