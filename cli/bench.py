@@ -8,6 +8,7 @@ import typer
 from exitsearch_cli._console import console, err_console, handle_errors
 from exitsearch_cli.profile import parse_batch_sizes
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.errors import ConfigError
@@ -121,11 +122,11 @@ def bench(
         atomic_write_json(json_out, report.to_json())
     if plot:
         plot_bench([report.to_json()], plot, title=report.configuration[:90])
-    _print(report)
+    print_report(report)
 
 
-def _print(report: BenchReport) -> None:
-    console.print(f"[bold]{report.configuration}[/]", highlight=False)
+def print_report(report: BenchReport) -> None:
+    console.print(f"[bold]{escape(report.configuration)}[/]", highlight=False)
     load = (
         ""
         if report.load_average is None
@@ -165,7 +166,7 @@ def _print(report: BenchReport) -> None:
         highlight=False,
     )
     for note in report.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {escape(note)}", highlight=False)
     for r in report.rows:
         acc = (
             ""
@@ -182,5 +183,5 @@ def _print(report: BenchReport) -> None:
         parts.add_column("ms per batch", justify="right")
         parts.add_column("share", justify="right")
         for p in r.parts:
-            parts.add_row(p.part, f"{p.ms:.3f}", f"{p.share:.1%}")
+            parts.add_row(escape(p.part), f"{p.ms:.3f}", f"{p.share:.1%}")
         console.print(parts)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from exitsearch_cli._console import console, handle_errors
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.errors import ConfigError
@@ -72,8 +73,8 @@ def export(
     )
     doc = read_manifest(path, verify=False)
     costs = doc["costs"]
-    console.print(f"[bold]bundle[/] {path}", highlight=False)
-    console.print(f"configuration {sel.config_id}: {doc['description']}", highlight=False)
+    console.print(f"[bold]bundle[/] {escape(str(path))}", highlight=False)
+    console.print(f"configuration {sel.config_id}: {escape(doc['description'])}", highlight=False)
     table = Table(title=f"predicted (cost per sample in {UNIT})")
     for col in ("split", "accuracy", "mean cost", "speed-up"):
         table.add_column(col, justify="right")

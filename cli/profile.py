@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from exitsearch_cli._console import console, err_console, handle_errors
 from exitsearch_cli._options import CheckpointOpt, OverrideOpt, PretrainedOpt, backbone_spec
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET
@@ -172,4 +173,4 @@ def profile(
         )
         note = parts_note(t.per_sample())
         if note:
-            err_console.print(f"note: {note}", highlight=False)
+            err_console.print(f"note: {escape(note)}", highlight=False)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from exitsearch_cli._console import console, err_console, handle_errors
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.errors import ConfigError
@@ -158,7 +159,7 @@ def _print(server: Server) -> None:
     if d["backbone_only"]:
         table.add_row("exits", "none (backbone only)")
     else:
-        table.add_row("exits", ", ".join(d["exits"]))
+        table.add_row("exits", escape(", ".join(d["exits"])))
         default = d["default_operating_point"]
         points = d["operating_points"]
         if default is not None:

@@ -21,13 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from exitsearch._io import sha256_of
 from exitsearch.core.pause import PauseConfig
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.pause import PauseMode, PausingViT
@@ -73,13 +73,9 @@ class RandomPausing:
             )
         self.mode = PauseMode.parse(self.mode).value
         self.vit.eval().requires_grad_(False)
-        h = hashlib.sha256()
-        for name, t in sorted(self.vit.state_dict().items()):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            if t.numel():
-                h.update(t.view(torch.uint8).numpy().tobytes())
-        self._weights = h.hexdigest()
+        self._weights = sha256_of(
+            *(p for item in sorted(self.vit.state_dict().items()) for p in item)
+        )
 
     def identity(self) -> dict[str, Any]:
         """The sampler as plain values, the model's weights (auxiliary decoder included) by
