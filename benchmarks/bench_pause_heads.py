@@ -8,8 +8,10 @@ space's range at one of its pause layers (``RandomPausing``). Both banks are the
 validation under pause configurations of the space's grid; the JSON gives each head's accuracy
 per configuration and the mean gain of the heads that sit after a pause layer.
 
+    exitsearch pause train --task classification --out runs/cls --epochs 1 --limit 8000 \\
+        --init exitsearch/assets/fmnist-vit12/model.safetensors
     python benchmarks/bench_pause_heads.py --paumer runs/cls --train-limit 4000 \\
-        --out results/paumer/heads_under_pausing.json
+        --val-size 2000 --out results/paumer/heads_under_pausing.json
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def main() -> None:
         except Exception:  # a configuration that pauses every token does not fit
             continue
     doc: dict = {
-        "paumer": str(args.paumer),
+        "paumer": Path(args.paumer).name,
         "space": space.name,
         "heads": [s.key for s in specs],
         "train_limit": args.train_limit,
