@@ -68,8 +68,8 @@ def train(
     import torch
 
     from exitsearch.backbone import create_backbone
-    from exitsearch.backbone.train import BackboneTrainConfig, train_backbone
     from exitsearch.data import load_splits
+    from exitsearch.training.backbone_trainer import BackboneTrainConfig, train_backbone
 
     torch.manual_seed(seed)
     spec = backbone_spec(model, override, checkpoint, pretrained)

@@ -69,6 +69,22 @@ def test_the_core_imports_nothing_above_it():
         assert not bad, bad
 
 
+MODELS_MAY_IMPORT = (
+    *CORE_MAY_IMPORT,
+    "exitsearch.data",
+    "exitsearch.device",
+    "exitsearch._io",
+    "exitsearch._mismatch",
+)
+
+
+def test_the_backbone_imports_no_layer_above_it():
+    # training a backbone is the training layer's (exitsearch.training.backbone_trainer)
+    files = sorted((PACKAGE / "backbone").glob("*.py"))
+    bad = [msg for f in files for msg in outside(f, (*MODELS_MAY_IMPORT, "exitsearch.backbone"))]
+    assert not bad, bad
+
+
 def test_the_exported_runtime_does_not_import_the_search():
     bad = [
         msg for name in RUNTIME for msg in outside(PACKAGE / "export" / name, RUNTIME_MAY_IMPORT)

@@ -1,4 +1,5 @@
-"""Backbones: timm Vision Transformers as stacks of blocks, their weights and training."""
+"""Backbones: timm Vision Transformers as stacks of blocks, and their weights (training them is
+:mod:`exitsearch.training.backbone_trainer`)."""
 
 from typing import TYPE_CHECKING
 

@@ -1,6 +1,6 @@
 """The training loop shared by every strategy: phases, checkpoints each epoch, exact resume.
 
-Conventions of :mod:`exitsearch.backbone.train`: each epoch's shuffling, augmentation and random
+Conventions of :mod:`exitsearch.training.backbone_trainer`: each epoch's shuffling, augmentation and random
 draws come from a generator seeded with ``(seed, epoch)``, and torch's global generator (dropout)
 is forked and seeded the same way, so a run resumed from an epoch checkpoint continues exactly
 as the uninterrupted run would have. After every epoch the weights (backbone, heads, training-only

@@ -8,7 +8,7 @@ random-pausing baseline, trained the same way) and minimises eq. 3,
 ``L_main + lambda * L_aux^l`` with ``lambda = 0.1``. Backbone, auxiliary decoder and main
 decoder are all trained. Mode ``none`` trains without pausing (the Segmenter baseline).
 
-Checkpoints and resume follow :mod:`exitsearch.backbone.train`: each epoch's shuffling,
+Checkpoints and resume follow :mod:`exitsearch.training.backbone_trainer`: each epoch's shuffling,
 augmentation, pause sampling and random pausing draw from a generator seeded with
 ``(seed, epoch)``, and ``last.safetensors`` + ``train_state.json`` are written after every
 epoch, so a resumed run continues exactly as the uninterrupted one would have.

@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from exitsearch._io import file_sha256, load_safetensors, read_json
-from exitsearch.backbone.train import BackboneTrainConfig, evaluate_accuracy, train_backbone
 from exitsearch.errors import ConfigError, TrainingDivergedError
 from exitsearch.progress import NullProgress
+from exitsearch.training.backbone_trainer import (
+    BackboneTrainConfig,
+    evaluate_accuracy,
+    train_backbone,
+)
 
 CONFIG = BackboneTrainConfig(epochs=2, batch_size=64, eval_batch_size=256, seed=3)
 FILES = ("model.safetensors", "backbone.json", "checkpoint-epoch2.safetensors", "train_state.json")
