@@ -92,6 +92,7 @@ def profile(
         device = str(resolve_device(device).device)
     if out is not None:
         from exitsearch.backbone import resolve_spec
+        from exitsearch.heads import HeadContext, measure_heads_latency
         from exitsearch.profile.table import measure_table
         from exitsearch.search.space import load_search_space
 
@@ -102,7 +103,10 @@ def profile(
             f"timing the backbone and {len(candidates)} candidate heads on {device} at batch "
             f"{sizes[0]} ..."
         )
-        device_table = measure_table(bb, arch, candidates, device, sizes[0], warmup, repeats)
+        heads_ms = measure_heads_latency(
+            candidates, HeadContext.from_backbone(bb), device, sizes[0], warmup, repeats
+        )
+        device_table = measure_table(bb, arch, heads_ms, device, sizes[0], warmup, repeats)
         atomic_write_json(out, device_table.to_json())
         err_console.print(f"wrote {out}: use it with `exitsearch run --latency-table {out}`")
         tables = [device_table.backbone]

@@ -11,7 +11,7 @@ from exitsearch.heads.mappings import (
     candidate_values,
     lgvit_heads,
 )
-from exitsearch.heads.profile import HeadCost, head_cost, profile_heads
+from exitsearch.heads.profile import HeadCost, head_cost, measure_heads_latency, profile_heads
 from exitsearch.heads.registry import create_head, get_head_class, list_heads, register_head
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "head_cost",
     "lgvit_heads",
     "list_heads",
+    "measure_heads_latency",
     "profile_heads",
     "register_head",
 ]

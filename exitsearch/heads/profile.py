@@ -1,7 +1,9 @@
-"""What an exit head costs: FLOPs (fvcore, 1 multiply-accumulate = 1 FLOP) and parameters."""
+"""What an exit head costs: FLOPs (fvcore, 1 multiply-accumulate = 1 FLOP), parameters, and
+measured milliseconds."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -11,8 +13,9 @@ from torch import nn
 from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec, UncertaintyPredictor
 from exitsearch.heads.registry import create_head
 from exitsearch.profile.flops import count_flops
+from exitsearch.profile.latency import resolve_device, time_call
 
-__all__ = ["HeadCost", "head_cost", "profile_heads"]
+__all__ = ["HeadCost", "head_cost", "measure_heads_latency", "profile_heads"]
 
 
 @dataclass(frozen=True)
@@ -82,4 +85,34 @@ def profile_heads(specs: Iterable[HeadSpec], ctx: HeadContext) -> dict[str, Head
         if variant not in by_variant:
             by_variant[variant] = head_cost(spec, ctx)
         out[spec.key] = by_variant[variant]
+    return out
+
+
+def measure_heads_latency(
+    specs: list[HeadSpec],
+    ctx: HeadContext,
+    device: str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, float]:
+    """Median milliseconds per batch of every head in ``specs``, by :attr:`HeadSpec.key`.
+
+    A head's cost does not depend on its location, so each distinct variant is timed once.
+    """
+    dev = resolve_device(device)
+    x = torch.randn(batch_size, ctx.num_tokens, ctx.embed_dim, device=dev)
+    by_variant: dict[tuple[str, bool], float] = {}
+    out: dict[str, float] = {}
+    for spec in specs:
+        ident = (spec.variant, spec.uncertainty)
+        if ident not in by_variant:
+            head = create_head(spec, ctx).to(dev).eval()
+            fn = (
+                (lambda h=head: h.uncertainty(h(x)))
+                if head.uncertainty is not None
+                else (lambda h=head: h(x))
+            )
+            by_variant[ident] = statistics.median(time_call(fn, dev, warmup, repeats))
+        out[spec.key] = by_variant[ident]
     return out

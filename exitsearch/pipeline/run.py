@@ -18,13 +18,12 @@ from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
 from exitsearch.heads import HeadContext, HeadSpec
-from exitsearch.heads.profile import profile_heads
+from exitsearch.heads.profile import measure_heads_latency, profile_heads
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
 from exitsearch.profile import (
     BackboneProfile,
     LatencyTable,
-    measure_heads_latency,
     measure_latency,
     profile_backbone,
 )

@@ -4,7 +4,6 @@ from exitsearch.profile.backbone import BackboneProfile, BlockCost, block_flops,
 from exitsearch.profile.flops import EXTRA_HANDLES, UNIT, FlopCount, count_flops
 from exitsearch.profile.latency import (
     LatencyTable,
-    measure_heads_latency,
     measure_latency,
     resolve_device,
     time_call,
@@ -19,7 +18,6 @@ __all__ = [
     "LatencyTable",
     "block_flops",
     "count_flops",
-    "measure_heads_latency",
     "measure_latency",
     "profile_backbone",
     "resolve_device",

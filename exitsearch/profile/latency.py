@@ -22,7 +22,6 @@ from exitsearch.errors import ConfigError
 
 __all__ = [
     "LatencyTable",
-    "measure_heads_latency",
     "measure_latency",
     "parts_note",
     "resolve_device",
@@ -181,35 +180,3 @@ def measure_latency(
         threads=torch.get_num_threads(),
         repeats=repeats,
     )
-
-
-def measure_heads_latency(
-    specs: list[Any],
-    ctx: Any,
-    device: str = "cpu",
-    batch_size: int = 1,
-    warmup: int = 3,
-    repeats: int = 10,
-) -> dict[str, float]:
-    """Median milliseconds per batch of every head in ``specs``, by :attr:`HeadSpec.key`.
-
-    A head's cost does not depend on its location, so each distinct variant is timed once.
-    """
-    from exitsearch.heads import create_head
-
-    dev = resolve_device(device)
-    x = torch.randn(batch_size, ctx.num_tokens, ctx.embed_dim, device=dev)
-    by_variant: dict[tuple[str, bool], float] = {}
-    out: dict[str, float] = {}
-    for spec in specs:
-        ident = (spec.variant, spec.uncertainty)
-        if ident not in by_variant:
-            head = create_head(spec, ctx).to(dev).eval()
-            fn = (
-                (lambda h=head: h.uncertainty(h(x)))
-                if head.uncertainty is not None
-                else (lambda h=head: h(x))
-            )
-            by_variant[ident] = statistics.median(time_call(fn, dev, warmup, repeats))
-        out[spec.key] = by_variant[ident]
-    return out
