@@ -49,8 +49,9 @@ def export(
     """Export a front member as a bundle: a runnable model with per-sample exits.
 
     `exitsearch.load` turns the bundle into a model (backbone and head weights, operating points, training recipe)."""
-    from exitsearch.export import bundle_from_run, export_bundle, read_manifest
+    from exitsearch.export import export_bundle, read_manifest
     from exitsearch.export.onnx import EXPORTERS
+    from exitsearch.pipeline.selection import bundle_from_run
     from exitsearch.profile import UNIT
 
     if best and config is not None:

@@ -99,6 +99,17 @@ def test_profile_and_heads_form_no_cycle():
     assert not bad, bad
 
 
+def test_export_does_not_import_the_pipeline():
+    bad = [
+        msg
+        for f in sorted((PACKAGE / "export").glob("*.py"))
+        for module, _, line in imports(f)
+        if module.startswith(("exitsearch.pipeline", "exitsearch.distributed", "exitsearch.serve"))
+        for msg in [f"{f.name}:{line} imports {module}"]
+    ]
+    assert not bad, bad
+
+
 def test_the_exported_runtime_does_not_import_the_search():
     bad = [
         msg for name in RUNTIME for msg in outside(PACKAGE / "export" / name, RUNTIME_MAY_IMPORT)

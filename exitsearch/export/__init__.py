@@ -3,8 +3,8 @@
 * :class:`MultiExitModel` runs per-sample exits in PyTorch and switches operating points at
   run time (:meth:`~MultiExitModel.set_operating_point`).
 * :func:`export_bundle` / :func:`load_bundle` (``exitsearch.load``) write and read a
-  self-contained, checksummed bundle folder; :func:`bundle_from_run` picks a configuration
-  from a run folder's Pareto front.
+  self-contained, checksummed bundle folder (picking a configuration from a run folder's
+  Pareto front is :func:`exitsearch.pipeline.selection.bundle_from_run`).
 * :func:`export_onnx` / :class:`OnnxMultiExitModel`: one ONNX graph per part, run by a numpy
   controller with onnxruntime.
 * :func:`benchmark`: measured against predicted speed-up, with a per-part profile.
@@ -20,7 +20,6 @@ from exitsearch.export.bundle import (
     read_manifest,
 )
 from exitsearch.export.costs import exit_costs
-from exitsearch.export.from_run import RunSelection, bundle_from_run
 from exitsearch.export.onnx import export_onnx
 from exitsearch.export.onnx_runtime import (
     ONNX_ATOL,
@@ -40,9 +39,7 @@ __all__ = [
     "MultiExitModel",
     "OnnxMultiExitModel",
     "OperatingPoint",
-    "RunSelection",
     "benchmark",
-    "bundle_from_run",
     "choose_point",
     "exit_costs",
     "exit_statistics_np",

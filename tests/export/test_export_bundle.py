@@ -18,11 +18,11 @@ from exitsearch.errors import BundleError
 from exitsearch.export import (
     BUNDLE_SCHEMA,
     OperatingPoint,
-    bundle_from_run,
     export_bundle,
     load_bundle,
     read_manifest,
 )
+from exitsearch.pipeline.selection import bundle_from_run
 from exitsearch.search.refine import shared_curve
 
 

@@ -22,10 +22,11 @@ from exitsearch.backbone import BackboneSpec, create_backbone
 from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, iterate_batches, load_splits
 from exitsearch.errors import BudgetError, ConfigError
-from exitsearch.export import bundle_from_run, export_bundle, load_bundle
+from exitsearch.export import export_bundle, load_bundle
 from exitsearch.heads import HeadContext
 from exitsearch.pausing import PauseConfig, build_paumer, predict_under_pause
 from exitsearch.pipeline.run import RunSettings, run_pipeline
+from exitsearch.pipeline.selection import bundle_from_run
 from exitsearch.report import schema
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.study import SearchSettings
