@@ -68,6 +68,7 @@ def export(
         sel.operating_points,
         sel.predicted,
         sel.meta,
+        aux_decoder=sel.aux_decoder,
         onnx=onnx,
         onnx_exporter=onnx_exporter,
         overwrite=overwrite,

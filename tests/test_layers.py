@@ -99,12 +99,19 @@ def test_profile_and_heads_form_no_cycle():
     assert not bad, bad
 
 
-def test_export_does_not_import_the_pipeline():
+def test_export_does_not_import_the_pipeline_or_the_report():
     bad = [
         msg
         for f in sorted((PACKAGE / "export").glob("*.py"))
         for module, _, line in imports(f)
-        if module.startswith(("exitsearch.pipeline", "exitsearch.distributed", "exitsearch.serve"))
+        if module.startswith(
+            (
+                "exitsearch.pipeline",
+                "exitsearch.report",
+                "exitsearch.distributed",
+                "exitsearch.serve",
+            )
+        )
         for msg in [f"{f.name}:{line} imports {module}"]
     ]
     assert not bad, bad

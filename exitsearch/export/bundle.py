@@ -66,6 +66,7 @@ __all__ = [
     "load_bundle",
     "load_onnx_bundle",
     "read_manifest",
+    "read_safetensors",
 ]
 
 BUNDLE_SCHEMA = 1
@@ -111,10 +112,9 @@ def export_bundle(
         onnx: also export every part as an ONNX graph into ``onnx/``.
         onnx_exporter: ``dynamo`` (torch.export based) or ``legacy`` (TorchScript based).
         overwrite: replace an existing bundle at ``out_dir``.
-        aux_decoder: PAUMER's auxiliary decoder, for a configuration with ``pause``. When not
-            given it is read from the run folder ``extra_meta["run_dir"]`` names (its
-            ``pareto.json`` records the decoder's weights in the ``pause`` section), which is
-            what ``exitsearch export RUN`` passes.
+        aux_decoder: PAUMER's auxiliary decoder, required for a configuration with ``pause``
+            (:func:`exitsearch.pipeline.selection.bundle_from_run` reads a run's own, as
+            ``exitsearch export RUN`` does).
 
     Returns:
         The bundle folder.
@@ -137,7 +137,11 @@ def export_bundle(
                 "(the graphs have fixed token counts per part); export without --onnx"
             )
         if aux_decoder is None:
-            aux_decoder = _aux_from_run(extra_meta or {}, backbone)
+            raise BundleError(
+                "a configuration with a pause configuration needs PAUMER's auxiliary decoder: "
+                "pass aux_decoder (a run folder's member brings it: "
+                "exitsearch.pipeline.selection.bundle_from_run)"
+            )
     modules = _heads_in_exit_order(heads, config)
     points = list(operating_points)
     own_val = dict((predicted or {}).get("val") or {})
@@ -305,48 +309,6 @@ def _manifest(
     return doc
 
 
-def _aux_from_run(meta: Mapping[str, Any], backbone: Backbone) -> nn.Module:
-    """The auxiliary decoder a run folder's ``pareto.json`` names (``pause.aux``)."""
-    from exitsearch.pausing.pause import AuxDecoder
-    from exitsearch.report.schema import PARETO_JSON
-
-    run_dir = meta.get("run_dir")
-    if not run_dir:
-        raise BundleError(
-            "a configuration with a pause configuration needs PAUMER's auxiliary decoder: pass "
-            "aux_decoder, or export it from its run folder"
-        )
-    ppath = Path(run_dir) / PARETO_JSON
-    try:
-        section = json.loads(ppath.read_text(encoding="utf-8"))["pause"]
-        path = Path(run_dir) / section["aux"]
-        digest = section.get("aux_sha256")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(
-            f"{ppath}: names no auxiliary decoder for the pause configuration ({exc!r})"
-        ) from None
-    if not path.is_file():
-        raise BundleError(f"{path}: file is missing (the run's auxiliary decoder)")
-    if digest and file_sha256(path) != digest:
-        raise BundleError(f"{path}: checksum differs from the one recorded in {ppath}")
-    state = _read_safetensors(path)
-    if "fc.weight" not in state:
-        raise BundleError(f"{path}: not an auxiliary decoder's weights (no fc.weight)")
-    classes, dim = state["fc.weight"].shape
-    aux = AuxDecoder(int(dim), int(classes))
-    try:
-        aux.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise BundleError(
-            f"{path}: does not fit an auxiliary decoder ({state_mismatch(aux, state)})"
-        ) from None
-    if int(dim) != backbone.embed_dim:
-        raise BundleError(
-            f"{path}: a decoder of width {dim} for a backbone of {backbone.embed_dim}"
-        )
-    return aux.eval()
-
-
 def _recipe(config: ExitConfig, meta: Mapping[str, Any]) -> str:
     recipe = {
         "strategy": "classifier-wise",
@@ -494,7 +456,7 @@ def load_bundle(
         )
     ctx = HeadContext.from_backbone(backbone)
     heads = [create_head(s, ctx) for s in config.exits]
-    state = _read_safetensors(root / HEADS_FILE)
+    state = read_safetensors(root / HEADS_FILE)
     for k, (s, head) in enumerate(zip(config.exits, heads, strict=True)):
         sub = {name[len(f"{k}.") :]: t for name, t in state.items() if name.startswith(f"{k}.")}
         try:
@@ -560,7 +522,8 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Mu
     return load_bundle(path, device)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; an unreadable file is a one-line :class:`BundleError`."""
     from safetensors.torch import load_file
 
     try:
@@ -572,7 +535,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_state(module: nn.Module, path: Path) -> None:
-    state = _read_safetensors(path)
+    state = read_safetensors(path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError:

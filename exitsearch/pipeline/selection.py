@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exitsearch._io import portable_path
+from exitsearch._io import file_sha256, portable_path
+from exitsearch._mismatch import state_mismatch
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.core.config import ExitConfig
 from exitsearch.errors import BundleError, ConfigError
+from exitsearch.export.bundle import read_safetensors
 from exitsearch.export.points import OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.pipeline.cache import MANIFEST, StageStore
@@ -40,6 +42,8 @@ class RunSelection:
         operating_points: the placement's threshold settings from ``placements.json``.
         predicted: ``{"val": ..., "test": ...}`` as the search scored the member.
         meta: run name, data spec, budget, head training settings.
+        aux_decoder: PAUMER's auxiliary decoder when the member pauses tokens (the run's own,
+            as ``pareto.json`` names it), else None.
     """
 
     config_id: int
@@ -49,6 +53,7 @@ class RunSelection:
     operating_points: list[OperatingPoint]
     predicted: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    aux_decoder: Any = None
 
 
 def _read(path: Path, what: str) -> Any:
@@ -124,7 +129,8 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
         "head_training": head_training,
     }
     predicted = {k: dict(member[k]) for k in ("val", "test") if isinstance(member.get(k), dict)}
-    return RunSelection(config_id, backbone, heads, config, points, predicted, meta)
+    aux = _aux_decoder(run, pareto, ppath, backbone) if config.pause else None
+    return RunSelection(config_id, backbone, heads, config, points, predicted, meta, aux)
 
 
 def _backbone(spec: BackboneSpec, run: Path, sha: str | None, ppath: Path) -> Backbone:
@@ -170,3 +176,37 @@ def _heads(
             )
     bank.load(weights)
     return bank.subset([s.key for s in config.exits]).eval(), summary.get("config")
+
+
+def _aux_decoder(run: Path, pareto: dict[str, Any], ppath: Path, backbone: Backbone) -> Any:
+    """The auxiliary decoder the run's ``pareto.json`` names (``pause.aux``), checked."""
+    from exitsearch.pausing.pause import AuxDecoder
+
+    try:
+        section = pareto["pause"]
+        path = run / section["aux"]
+        digest = section.get("aux_sha256")
+    except (KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{ppath}: names no auxiliary decoder for the pause configuration ({exc!r})"
+        ) from None
+    if not path.is_file():
+        raise BundleError(f"{path}: file is missing (the run's auxiliary decoder)")
+    if digest and file_sha256(path) != digest:
+        raise BundleError(f"{path}: checksum differs from the one recorded in {ppath}")
+    state = read_safetensors(path)
+    if "fc.weight" not in state:
+        raise BundleError(f"{path}: not an auxiliary decoder's weights (no fc.weight)")
+    classes, dim = state["fc.weight"].shape
+    aux = AuxDecoder(int(dim), int(classes))
+    try:
+        aux.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise BundleError(
+            f"{path}: does not fit an auxiliary decoder ({state_mismatch(aux, state)})"
+        ) from None
+    if int(dim) != backbone.embed_dim:
+        raise BundleError(
+            f"{path}: a decoder of width {dim} for a backbone of {backbone.embed_dim}"
+        )
+    return aux.eval()

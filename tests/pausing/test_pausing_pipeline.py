@@ -134,7 +134,8 @@ def test_the_exported_member_exits_where_the_evaluator_said(result, files):  # t
         sel.operating_points,
         sel.predicted,
         sel.meta,
-    )  # the auxiliary decoder is found through the run folder
+        aux_decoder=sel.aux_decoder,  # the run's own, as its pareto.json names it
+    )
     model = load_bundle(path)
     assert model.pausing and model.manifest["config"]["pause"] == sel.config.to_dict()["pause"]
     data = load_splits(DATA).val
