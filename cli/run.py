@@ -376,6 +376,7 @@ def print_front(doc: dict) -> None:
         f"recommended ({doc.get('recommendation_rule', 'most accurate within budget')}): "
         f"id {rec['id']}: {escape(rec['description'])}; validation "
         f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at "
-        f"{rec['val']['mean_flops'] / 1e6:.2f} MFLOPs ({rec['speedup']:.2f}x)",
+        + (f"{rec['val']['mean_ms']:.3g} ms, " if rec["val"].get("mean_ms") is not None else "")
+        + f"{rec['val']['mean_flops'] / 1e6:.2f} MFLOPs ({rec['speedup']:.2f}x)",
         highlight=False,
     )

@@ -58,10 +58,10 @@ def refit_operating_points(
     first (as ``placements.json`` lists them for a searched placement)."""
     ev = Evaluator(predictions, "val", costs)
     pts = refine_placement(ev, config, per_exit=True)
-    keep = pareto_mask([p.accuracy for p in pts], [p.mean_flops for p in pts])
-    chosen = sorted((p for p, k in zip(pts, keep, strict=True) if k), key=lambda p: p.mean_flops)
+    keep = pareto_mask([p.accuracy for p in pts], [p.mean_cost for p in pts])
+    chosen = sorted((p for p, k in zip(pts, keep, strict=True) if k), key=lambda p: p.mean_cost)
     return [
-        OperatingPoint(p.config.thresholds, p.config.threshold_mode, p.mean_flops, p.accuracy)
+        OperatingPoint(p.config.thresholds, p.config.threshold_mode, p.mean_cost, p.accuracy)
         for p in chosen
     ]
 

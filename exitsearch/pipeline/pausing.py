@@ -416,7 +416,7 @@ def _attach(points: Sequence[CurvePoint], cfg: PauseConfig) -> list[CurvePoint]:
     if not cfg:
         return list(points)
     return [
-        CurvePoint(replace(p.config, pause=dict(cfg.fractions)), p.accuracy, p.mean_flops)
+        CurvePoint(replace(p.config, pause=dict(cfg.fractions)), p.accuracy, p.mean_cost)
         for p in points
     ]
 
@@ -425,9 +425,9 @@ def _merge(points: Sequence[CurvePoint]) -> list[CurvePoint]:
     """Non-dominated points of feasible per-configuration fronts, cheapest first."""
     if not points:
         return []
-    mask = pareto_mask([p.accuracy for p in points], [p.mean_flops for p in points])
+    mask = pareto_mask([p.accuracy for p in points], [p.mean_cost for p in points])
     chosen = [p for p, keep in zip(points, mask, strict=True) if keep]
-    return sorted(chosen, key=lambda p: (p.mean_flops, -p.accuracy))
+    return sorted(chosen, key=lambda p: (p.mean_cost, -p.accuracy))
 
 
 def _check_budget_unit(settings: RunSettings) -> None:
@@ -729,7 +729,7 @@ class _Search:
                 f = self.fronts[cfg.key].front
                 study.tell(
                     t,
-                    hypervolume([p.accuracy for p in f], [p.mean_flops / scale for p in f], *ref),
+                    hypervolume([p.accuracy for p in f], [p.mean_cost / scale for p in f], *ref),
                 )
             remaining -= k
         configs = [

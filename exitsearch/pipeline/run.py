@@ -672,7 +672,8 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             ctx.candidates = kept
         bank = stage_heads(ctx)
         preds = stage_predict(ctx, bank)
-        ev = Evaluator(preds, "val", costs)
+        # a budget in milliseconds makes the search rank by the latency table's milliseconds
+        ev = Evaluator(preds, "val", costs, constraint.unit)
         for note in validation_notes(ev, preds.num_classes):
             progress.log(f"note: {note}")
             notes.append(note)
@@ -693,6 +694,7 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             {k: v for k, v in asdict(settings.search).items() if k not in ("n_trials", "timeout")},
             settings.seed_baselines,
             ctx.keys.get("latency"),
+            *(["ranked-by-ms"] if constraint.unit == "ms" else []),
         )
         ctx.keys["search"] = search_key
         study_name = f"search-{search_key[:12]}"

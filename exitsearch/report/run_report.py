@@ -46,15 +46,16 @@ def finite_or_none(x: float) -> float | None:
 
 
 def hv_reference(
-    num_classes: int, constraint: BudgetConstraint, backbone_flops: float
+    num_classes: int, constraint: BudgetConstraint, backbone_cost: float
 ) -> tuple[float, float]:
-    """Hypervolume reference: chance accuracy, and the budget (or the backbone) as cost fraction."""
-    cost = constraint.flops / backbone_flops if constraint.flops is not None else 1.0
+    """Hypervolume reference: chance accuracy, and the budget (or the backbone) as cost fraction
+    (``backbone_cost`` in the budget's unit)."""
+    cost = constraint.limit / backbone_cost if constraint.limit is not None else 1.0
     return 1.0 / num_classes, cost
 
 
 def front_hypervolume(points: list[CurvePoint], ref: tuple[float, float], scale: float) -> float:
-    return hypervolume([p.accuracy for p in points], [p.mean_flops / scale for p in points], *ref)
+    return hypervolume([p.accuracy for p in points], [p.mean_cost / scale for p in points], *ref)
 
 
 def write_report(
@@ -70,8 +71,11 @@ def write_report(
     from exitsearch.search.baselines import score_baselines
 
     run_dir = ctx.run_dir
-    scale = float(costs.backbone_flops)
-    val, test = Evaluator(preds, "val", costs), Evaluator(preds, "test", costs)
+    # the search ranked by the budget's unit (FLOPs, or milliseconds with a latency table);
+    # fronts, baselines and hypervolumes are compared in it
+    val = Evaluator(preds, "val", costs, constraint.unit)
+    test = Evaluator(preds, "test", costs, constraint.unit)
+    scale = val.backbone_cost
     ref = hv_reference(preds.num_classes, constraint, scale)
     backbone_ok = (val.backbone_correct(), test.backbone_correct())
     members = [
@@ -82,7 +86,8 @@ def write_report(
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = front_hypervolume(result.front, ref, scale)
     base_docs, base_fronts = baseline_documents(baselines, test, ref, scale, front_hv)
-    placements = placement_curves(val, result.front)
+    # operating points carry FLOPs, whatever the unit the search ranked by
+    placements = placement_curves(Evaluator(preds, "val", costs), result.front)
     bb_val, bb_test = val.backbone(), test.backbone()
     doc = {
         "schema": schema.PARETO_SCHEMA,
@@ -300,9 +305,9 @@ def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
             "thresholds",
             "threshold_mode",
             "val_accuracy",
-            "val_mean_flops",
+            f"val_mean_{test.unit}",
             "test_accuracy",
-            "test_mean_flops",
+            f"test_mean_{test.unit}",
         )
     }
     for p in points:
@@ -319,9 +324,9 @@ def columns_of(points: list[CurvePoint], test: Evaluator) -> dict[str, Any]:
             ("thresholds", _thresholds_column(p.config)),
             ("threshold_mode", p.config.threshold_mode),
             ("val_accuracy", p.accuracy),
-            ("val_mean_flops", p.mean_flops),
+            (f"val_mean_{test.unit}", p.mean_cost),
             ("test_accuracy", test_acc),
-            ("test_mean_flops", test_mean),
+            (f"test_mean_{test.unit}", test_mean),
         ):
             cols[k].append(v)
     return {"placements": configs, **cols}
@@ -359,9 +364,9 @@ def placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[d
         seen.setdefault(p.config.placement_key, p.config)
     for key, config in seen.items():
         pts = refine_placement(ev, config, per_exit=True)
-        mask = pareto_mask([q.accuracy for q in pts], [q.mean_flops for q in pts])
+        mask = pareto_mask([q.accuracy for q in pts], [q.mean_cost for q in pts])
         optimal = sorted(
-            (q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_flops
+            (q for q, m in zip(pts, mask, strict=True) if m), key=lambda q: q.mean_cost
         )
         chosen = [optimal[i] for i in spread(len(optimal), MAX_OPERATING_POINTS)]
         out[key] = [
@@ -369,7 +374,7 @@ def placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[d
                 "thresholds": list(q.config.thresholds),
                 "threshold_mode": q.config.threshold_mode,
                 "val_accuracy": q.accuracy,
-                "mean_flops": q.mean_flops,
+                "mean_flops": q.mean_cost,
             }
             for q in chosen
         ]
@@ -450,15 +455,22 @@ def plot_pareto(
 
     worst = constraint.kind is BudgetKind.MAX
     what = "max" if worst else "mean"
+    # the axis is the unit the search ranked by: MFLOPs, or milliseconds with a latency table
+    ms = val.unit == "ms"
+    div = 1.0 if ms else 1e6
+    key = ("max_" if worst else "mean_") + ("ms" if ms else "flops")
 
-    def cost_of(config: ExitConfig, mean_flops: float) -> float:
-        return (val.quick(config)[2] if worst else mean_flops) / 1e6
+    def cost_of(config: ExitConfig, mean_cost: float) -> float:
+        return (val.quick(config)[2] if worst else mean_cost) / div
+
+    def shown(cost: float) -> str:
+        return f"{cost:.3g} ms" if ms else format_flops(cost)
 
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=120)
     trials = [t for t in result.trials if t.get("feasible")]
     if trials and not worst:  # trials record their mean cost only
         ax.scatter(
-            [t["mean_flops"] / 1e6 for t in trials],
+            [t["mean_cost"] / div for t in trials],
             [t["accuracy"] for t in trials],
             s=4,
             color="0.75",
@@ -468,7 +480,7 @@ def plot_pareto(
     cmap = plt.get_cmap("tab20")
     markers = "os^vD<>phP*X8"
     for i, b in enumerate(x for x in baselines if x.front):
-        xs = [cost_of(p.config, p.mean_flops) for p in b.front]
+        xs = [cost_of(p.config, p.mean_cost) for p in b.front]
         ys = [p.accuracy for p in b.front]
         style = {"color": cmap(i % 20), "marker": markers[i % len(markers)], "label": b.name}
         if len(xs) == 1:
@@ -485,7 +497,7 @@ def plot_pareto(
                 markersize=5,
                 **style,
             )
-    fx = [m["val"]["max_flops" if worst else "mean_flops"] / 1e6 for m in members]
+    fx = [m["val"][key] / div for m in members]
     by_cost = sorted(range(len(members)), key=lambda i: (fx[i], -members[i]["val"]["accuracy"]))
     ax.step(
         [fx[i] for i in by_cost],
@@ -506,7 +518,7 @@ def plot_pareto(
     )
     rec = next(m for m in members if m["recommended"])
     ax.scatter(
-        [rec["val"]["max_flops" if worst else "mean_flops"] / 1e6],
+        [rec["val"][key] / div],
         [rec["val"]["accuracy"]],
         s=140,
         marker="D",
@@ -514,31 +526,38 @@ def plot_pareto(
         edgecolors="crimson",
         linewidths=2,
         zorder=7,
-        label="recommended",
+        label="recommended" + (f" ({format_flops(rec['val']['mean_flops'])} mean)" if ms else ""),
     )
-    if constraint.flops is not None and constraint.flops < 1.5 * scale:
+    if constraint.limit is not None and constraint.limit < 1.5 * scale:
         text = f"{ctx.settings.budget} = " if ctx.settings.budget else ""
         ax.axvline(
-            constraint.flops / 1e6,
+            constraint.limit / div,
             color="crimson",
             ls="--",
             lw=1,
-            label=f"budget {text}{format_flops(constraint.flops)} ({what} cost)",
+            label=f"budget {text}{shown(constraint.limit)} ({what} cost)",
         )
     ax.axhline(
         backbone_acc,
         color="0.4",
         ls=":",
         lw=1,
-        label=f"backbone alone (validation {backbone_acc:.4f}, {format_flops(scale)})",
+        label=f"backbone alone (validation {backbone_acc:.4f}, {shown(scale)})",
     )
     accs = [m["val"]["accuracy"] for m in members]
     accs += [p.accuracy for b in baselines for p in b.front]  # every plotted point in view
     ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(max(accs), backbone_acc) + 0.01))
-    ax.set_xlabel(f"{what} cost per sample (MFLOPs; backbone {format_flops(scale)})")
+    if ms:
+        ax.set_xlabel(
+            f"{what} time per sample (ms, from the latency table; backbone {shown(scale)}, "
+            f"{format_flops(val.costs.backbone_flops)})"
+        )
+    else:
+        ax.set_xlabel(f"{what} cost per sample (MFLOPs; backbone {format_flops(scale)})")
     ax.set_ylabel("accuracy")
     ax.set_title(
-        f"{ctx.settings.backbone.model}: accuracy against {what} cost ({ctx.space.name} space)"
+        f"{ctx.settings.backbone.model}: accuracy against {what} {'time' if ms else 'cost'} "
+        f"({ctx.space.name} space)"
     )
     ax.grid(alpha=0.3)
     # outside the axes: the legend never covers a curve

@@ -33,6 +33,8 @@
                 "thresholds": [float | [float, ...], ...],   # shared: one number; per exit: a list
                 "val_accuracy": [...], "val_mean_flops": [...],
                 "test_accuracy": [...], "test_mean_flops": [...]}}
+  (``val_mean_ms``/``test_mean_ms`` instead when the budget is in milliseconds: the run
+  then ranks by the latency table's milliseconds)
 
 ``placements.json``: for every placement on the front, its own Pareto-optimal threshold
 settings on validation (the operating points an exported bundle can switch between; at most 64,

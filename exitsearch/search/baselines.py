@@ -116,7 +116,7 @@ def score_baselines(
             "backbone",
             "the backbone alone",
             None,
-            [CurvePoint(ExitConfig((), "confidence", ()), bb.accuracy, bb.mean_flops)],
+            [CurvePoint(ExitConfig((), "confidence", ()), bb.accuracy, ev.backbone_cost)],
         )
     for name, description, config in baseline_placements(heads, depth):
         cut = cut_to_budget(config, ev, budget)

@@ -19,7 +19,9 @@ from exitsearch.errors import ConfigError
 from exitsearch.search.costs import CostModel
 from exitsearch.training.predict import Predictions, SplitPredictions
 
-__all__ = ["Evaluation", "Evaluator"]
+__all__ = ["COST_UNITS", "Evaluation", "Evaluator"]
+
+COST_UNITS = ("flops", "ms")
 
 _MAX_BITS = 16
 # _LOWEST_BIT[c] is the index of the lowest set bit of c (c > 0).
@@ -49,16 +51,27 @@ class Evaluation:
 class Evaluator:
     """Evaluates configurations on one split of a :class:`Predictions` cache.
 
+    ``unit`` is the cost the search ranks by: ``flops`` (the default), or ``ms``, the latency
+    table's milliseconds per sample. :meth:`quick`, :meth:`exit_cost` and
+    :attr:`backbone_cost` answer in it; :meth:`evaluate` always reports both.
+
     Example:
         >>> ev = Evaluator(predictions, "val", costs)  # doctest: +SKIP
         >>> ev.evaluate(config).accuracy  # doctest: +SKIP
         0.9123
     """
 
-    def __init__(self, predictions: Predictions, split: str, costs: CostModel) -> None:
+    def __init__(
+        self, predictions: Predictions, split: str, costs: CostModel, unit: str = "flops"
+    ) -> None:
+        if unit not in COST_UNITS:
+            raise ConfigError(f"cost unit must be one of {', '.join(COST_UNITS)}, got {unit!r}")
+        if unit == "ms" and costs.latency is None:
+            raise ConfigError("ranking by milliseconds needs a latency table")
         self.predictions = predictions
         self.split = split
         self.costs = costs
+        self.unit = unit
         sp: SplitPredictions = predictions.splits[split]
         self.sp = sp
         self.n = sp.num_samples
@@ -181,11 +194,34 @@ class Evaluator:
         idx = self.exit_index(config)
         return self.correct[self.outcome_rows(config)[idx], self._cols].astype(bool)
 
+    def exit_cost(self, config: ExitConfig) -> np.ndarray:
+        """Cost of leaving at each exit of ``config`` (the final exit last unless cut), in
+        :attr:`unit`.
+
+        Raises:
+            ConfigError: milliseconds for a configuration the latency table does not cover
+                (one that pauses tokens).
+        """
+        if self.unit == "flops":
+            return self.costs.exit_flops(config)
+        ms = self.costs.exit_ms(config)
+        if ms is None:
+            raise ConfigError("the latency table was measured without pausing; rank by FLOPs")
+        return ms
+
+    @property
+    def backbone_cost(self) -> float:
+        """The backbone alone, per sample, in :attr:`unit` (the scale of cost fractions)."""
+        if self.unit == "flops":
+            return float(self.costs.backbone_flops)
+        return float(_backbone_ms(self.costs))  # type: ignore[arg-type]
+
     def quick(self, config: ExitConfig) -> tuple[float, float, float]:
-        """``(accuracy, mean FLOPs, max FLOPs)`` only: the search's inner loop."""
+        """``(accuracy, mean cost, max cost)`` only, cost in :attr:`unit`: the search's inner
+        loop."""
         idx = self._first_firing(config)
         rows = self.outcome_rows(config)
-        flops = self.costs.exit_flops(config)
+        flops = self.exit_cost(config)
         counts = np.bincount(idx, minlength=len(rows))
         if len(rows) <= _MAX_BITS:
             correct = np.zeros(self.n, dtype=np.uint16)
@@ -207,7 +243,7 @@ class Evaluator:
             sp.uncertainty[:, columns],
         )
         preds = Predictions(self.predictions.heads, {name: part}, self.predictions.num_classes)
-        return Evaluator(preds, name, self.costs)
+        return Evaluator(preds, name, self.costs, self.unit)
 
     def halves(self) -> tuple[Evaluator, Evaluator]:
         """Evaluators on the even and the odd samples (cross-fitting), made once."""
@@ -227,8 +263,13 @@ class Evaluator:
         """The backbone alone: every sample through every block to the final exit."""
         acc = float(self.correct[self._final].mean())
         total = float(self.costs.backbone_flops)
-        ms = None
-        if self.costs.latency is not None:
-            lat = self.costs.latency.per_sample()
-            ms = lat.stem_ms + sum(lat.block_ms) + lat.head_ms
+        ms = _backbone_ms(self.costs)
         return Evaluation(acc, total, total, total, 1.0, (self.n,), ms, ms, ms)
+
+
+def _backbone_ms(costs: CostModel) -> float | None:
+    """Milliseconds per sample of the backbone alone, from the latency table (None without)."""
+    if costs.latency is None:
+        return None
+    lat = costs.latency.per_sample()
+    return float(lat.stem_ms + sum(lat.block_ms) + lat.head_ms)

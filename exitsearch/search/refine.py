@@ -40,9 +40,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CurvePoint:
+    """A configuration with its accuracy and mean cost per sample on the evaluator's split;
+    the cost is in the evaluator's unit (FLOPs, or milliseconds when it ranks by them)."""
+
     config: ExitConfig
     accuracy: float
-    mean_flops: float
+    mean_cost: float
 
 
 def _outcomes(
@@ -56,7 +59,7 @@ def _outcomes(
     else:
         r = np.vstack([r, np.full((1, ev.n), np.inf)])
     correct = ev.correct[ev.outcome_rows(config)].astype(np.float64)
-    return r, correct, ev.costs.exit_flops(config), crit
+    return r, correct, ev.exit_cost(config), crit
 
 
 def _between(values: np.ndarray, integer: bool) -> np.ndarray:
@@ -154,7 +157,7 @@ def refine_per_exit(
 ) -> list[CurvePoint]:
     """Per-exit thresholds by exact coordinate ascent on ``accuracy - lambda * cost``.
 
-    Cost is measured as a fraction of the backbone's FLOPs. Returns one point per lambda
+    Cost is measured as a fraction of the backbone's, in the evaluator's unit. Returns one point per lambda
     (duplicates removed).
     """
     r, correct, cost, crit = _outcomes(ev, config)
@@ -162,12 +165,12 @@ def refine_per_exit(
     early = k_count - 1  # exits whose threshold matters (a cut model's last exit always fires)
     if early == 0:
         return []
-    scale = float(ev.costs.backbone_flops)
+    scale = ev.backbone_cost
     lambdas = np.logspace(-3.5, 0.5, 17) if lambdas is None else lambdas
     shared = shared_curve(ev, config)
     out: dict[tuple[float, ...], CurvePoint] = {}
     for lam in lambdas:
-        start = max(shared, key=lambda p: p.accuracy - lam * p.mean_flops / scale)
+        start = max(shared, key=lambda p: p.accuracy - lam * p.mean_cost / scale)
         bounds = np.append([crit.bound(t) for t in start.config.thresholds], -np.inf)[:k_count]
         if config.cut:
             bounds[-1] = -np.inf
@@ -208,7 +211,7 @@ def per_exit_generalises(
     if ev.n < 2 * MIN_HALF:
         return False
     lambdas = np.logspace(-3.5, 0.5, 17) if lambdas is None else lambdas
-    scale = float(ev.costs.backbone_flops)
+    scale = ev.backbone_cost
     even, odd = ev.halves()
     gain = 0.0
     for fit, held_out in ((even, odd), (odd, even)):
@@ -219,7 +222,7 @@ def per_exit_generalises(
         for lam in lambdas:
             scores = []
             for family in (per_exit, shared):
-                chosen = max(family, key=lambda p: p.accuracy - lam * p.mean_flops / scale)
+                chosen = max(family, key=lambda p: p.accuracy - lam * p.mean_cost / scale)
                 acc, mean, _ = held_out.quick(chosen.config)
                 scores.append(acc - lam * mean / scale)
             gain += scores[0] - scores[1]

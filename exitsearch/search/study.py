@@ -1,7 +1,8 @@
 """The budget-aware multi-objective search over exit configurations.
 
-Objectives (Optuna directions): maximise validation accuracy, minimise mean FLOPs (as a fraction
-of the backbone's). The budget is a constraint (``Trial.set_constraint``): feasible when the
+Objectives (Optuna directions): maximise validation accuracy, minimise the mean cost as a
+fraction of the backbone's, in the evaluator's unit: FLOPs, or the latency table's milliseconds
+when the budget is in milliseconds (the search then ranks by measured time). The budget is a constraint (``Trial.set_constraint``): feasible when the
 budgeted cost minus the budget is <= 0. After the trials, every placement on the trials' best
 fronts is refined exactly (:mod:`exitsearch.search.refine`) and the feasible Pareto set of all
 refined points is the result.
@@ -100,26 +101,35 @@ class BudgetConstraint:
     def limited(self) -> bool:
         return self.flops is not None or self.ms is not None
 
-    def cost(self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float) -> float:
-        """The configuration's budgeted cost in the budget's unit and kind."""
-        if self.ms is not None:
-            e = ev.evaluate(config)
-            if e.mean_ms is None:
-                raise ConfigError("a budget in milliseconds needs a latency table")
-            return float(e.max_ms if self.kind is BudgetKind.MAX else e.mean_ms)
-        return max_flops if self.kind is BudgetKind.MAX else mean_flops
+    @property
+    def unit(self) -> str:
+        """The unit the budget limits, and so the one the search ranks by."""
+        return "ms" if self.ms is not None else "flops"
+
+    def cost(self, ev: Evaluator, config: ExitConfig, mean_cost: float, max_cost: float) -> float:
+        """The configuration's budgeted cost in the budget's unit and kind (``mean_cost`` and
+        ``max_cost``: its costs in ``ev``'s unit, as :meth:`Evaluator.quick` gives them)."""
+        worst = self.kind is BudgetKind.MAX
+        if ev.unit == self.unit:
+            return max_cost if worst else mean_cost
+        e = ev.evaluate(config)
+        if self.ms is None:
+            return float(e.max_flops if worst else e.mean_flops)
+        if e.mean_ms is None:
+            raise ConfigError("a budget in milliseconds needs a latency table")
+        return float(e.max_ms if worst else e.mean_ms)
 
     def violation(
-        self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float
+        self, ev: Evaluator, config: ExitConfig, mean_cost: float, max_cost: float
     ) -> float:
         """Relative excess over the budget: feasible when <= 0 (Optuna's constraint convention)."""
         if not self.limited:
             return -1.0
         limit = self.ms if self.ms is not None else self.flops
-        return (self.cost(ev, config, mean_flops, max_flops) - limit) / limit  # type: ignore[operator]
+        return (self.cost(ev, config, mean_cost, max_cost) - limit) / limit  # type: ignore[operator]
 
-    def fits(self, ev: Evaluator, config: ExitConfig, mean_flops: float, max_flops: float) -> bool:
-        return self.violation(ev, config, mean_flops, max_flops) <= 1e-12
+    def fits(self, ev: Evaluator, config: ExitConfig, mean_cost: float, max_cost: float) -> bool:
+        return self.violation(ev, config, mean_cost, max_cost) <= 1e-12
 
     def exit_costs(self, ev: Evaluator, config: ExitConfig) -> np.ndarray:
         """Cost of leaving at each exit of ``config``, in the budget's unit."""
@@ -184,18 +194,18 @@ def front_of(
     feasible = []
     for p in points:
         if budget.limited:
-            if budget.kind is BudgetKind.MAX or budget.ms is not None:
+            if budget.kind is BudgetKind.MAX or budget.unit != ev.unit:
                 _, mean, mx = ev.quick(p.config)
                 if not budget.fits(ev, p.config, mean, mx):
                     continue
-            elif p.mean_flops > budget.flops * (1 + 1e-12):  # type: ignore[operator]
+            elif p.mean_cost > budget.limit * (1 + 1e-12):  # type: ignore[operator]
                 continue
         feasible.append(p)
     if not feasible:
         return []
-    mask = pareto_mask([p.accuracy for p in feasible], [p.mean_flops for p in feasible])
+    mask = pareto_mask([p.accuracy for p in feasible], [p.mean_cost for p in feasible])
     chosen = [p for p, keep in zip(feasible, mask, strict=True) if keep]
-    return sorted(chosen, key=lambda p: (p.mean_flops, -p.accuracy))
+    return sorted(chosen, key=lambda p: (p.mean_cost, -p.accuracy))
 
 
 def simplify(config: ExitConfig, ev: Evaluator) -> ExitConfig:
@@ -288,7 +298,7 @@ def run_search(
         return exhaustive_front(
             ev, sampler, budget, progress=progress, seed_placements=seed_placements
         )
-    scale = float(ev.costs.backbone_flops)
+    scale = ev.backbone_cost
     if storage is None:
         storage = optuna.storages.InMemoryStorage()
     if not resume:
@@ -305,7 +315,7 @@ def run_search(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy", "mean_flops_fraction"])
+        study.set_metric_names(["val_accuracy", f"mean_{ev.unit}_fraction"])
     if exclusive:
         settle_interrupted(study, progress)
     done = sum(
@@ -381,7 +391,7 @@ def run_search(
             {
                 "number": t.number,
                 "accuracy": t.values[0],
-                "mean_flops": t.values[1] * scale,
+                "mean_cost": t.values[1] * scale,
                 "feasible": all(v <= 0 for v in t.constraints.values()),
             }
             for t in complete
@@ -421,16 +431,17 @@ def _placements_to_refine(
     pool = [
         p
         for p in raw
-        if budget.flops is None
-        or p.mean_flops <= budget.flops * (1 + 1e-12)
+        if budget.limit is None
         or budget.kind is BudgetKind.MAX
-    ] or list(raw)  # a millisecond budget is checked on the refined points
+        or budget.unit != ev.unit
+        or p.mean_cost <= budget.limit * (1 + 1e-12)
+    ] or list(raw)  # a budget in another unit is checked on the refined points
     chosen: dict[str, ExitConfig] = {}
     remaining = list(pool)
     for _ in range(settings.refine_fronts):
         if not remaining or len(chosen) >= settings.max_refine:
             break
-        mask = pareto_mask([p.accuracy for p in remaining], [p.mean_flops for p in remaining])
+        mask = pareto_mask([p.accuracy for p in remaining], [p.mean_cost for p in remaining])
         layer = [p for p, m in zip(remaining, mask, strict=True) if m]
         remaining = [p for p, m in zip(remaining, mask, strict=True) if not m]
         for p in sorted(layer, key=lambda p: -p.accuracy):

@@ -120,9 +120,9 @@ def make_run(world: World, root: Path) -> dict[str, Any]:
     save_safetensors(root / "backbone.safetensors", world.backbone.model.state_dict())
     base = ExitConfig(SPECS, "confidence", (0.5,) * len(SPECS), "shared")
     curve = shared_curve(world.ev, base)
-    keep = pareto_mask([p.accuracy for p in curve], [p.mean_flops for p in curve])
+    keep = pareto_mask([p.accuracy for p in curve], [p.mean_cost for p in curve])
     front_points = sorted(
-        (p for p, k in zip(curve, keep, strict=True) if k), key=lambda p: p.mean_flops
+        (p for p, k in zip(curve, keep, strict=True) if k), key=lambda p: p.mean_cost
     )
     chosen = [front_points[0], front_points[len(front_points) // 2], front_points[-1]]
     test_ev = Evaluator(world.predictions, "test", world.costs)
@@ -169,7 +169,7 @@ def make_run(world: World, root: Path) -> dict[str, Any]:
     }
     placements = {
         base.placement_key: [
-            OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy).to_dict()
+            OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy).to_dict()
             for p in front_points
         ]
     }

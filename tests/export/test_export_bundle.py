@@ -31,7 +31,7 @@ def exported(world: World, tmp_path_factory: pytest.TempPathFactory):  # type: i
     curve = shared_curve(world.ev, ExitConfig(SPECS, "patience", (1.0,) * 3, "shared"))
     config = spread_point(curve, world.ev).config
     points = [
-        OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy)
+        OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy)
         for p in curve
         if p.config.thresholds != config.thresholds
     ]

@@ -47,7 +47,7 @@ def bundles(request, world: World, tmp_path_factory: pytest.TempPathFactory):  #
     curve = shared_curve(world.ev, base)
     config = spread_point(curve, world.ev).config
     points = [
-        OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy)
+        OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy)
         for p in curve[:: max(1, len(curve) // 4)]
     ]
     path = export_bundle(

@@ -70,7 +70,7 @@ def anytime(world: World):  # type: ignore[no-untyped-def]
     curve = shared_curve(world.ev, ExitConfig(SPECS, "confidence", (0.5,) * 3, "shared"))
     step = max(1, len(curve) // 8)
     points = [
-        OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy)
+        OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy)
         for p in curve[::step]
     ]
     return world.model(curve[0].config, points), points

@@ -73,12 +73,10 @@ def _export(
     costs = cost_model(backbone, config)
     ev = Evaluator(preds, "val", costs)
     curve = shared_curve(ev, config)
-    keep = pareto_mask([p.accuracy for p in curve], [p.mean_flops for p in curve])
-    front = sorted((p for p, k in zip(curve, keep, strict=True) if k), key=lambda p: p.mean_flops)
+    keep = pareto_mask([p.accuracy for p in curve], [p.mean_cost for p in curve])
+    front = sorted((p for p, k in zip(curve, keep, strict=True) if k), key=lambda p: p.mean_cost)
     chosen = front[len(front) // 2]
-    points = [
-        OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy) for p in front
-    ]
+    points = [OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy) for p in front]
     test = Evaluator(preds, "test", costs)
     predicted = {
         "val": ev.evaluate(chosen.config).to_dict(),

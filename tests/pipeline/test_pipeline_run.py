@@ -424,8 +424,8 @@ def test_rerun_reuses_every_stage_and_gives_the_same_front(first, copy_of_first,
         for p in (copy_of_first / schema.CACHE_DIR).glob(f"*/{MANIFEST}")
     } == manifests
     assert weights.stat().st_mtime_ns == mtime
-    assert [(p.config, p.accuracy, p.mean_flops) for p in again.search.front] == [
-        (p.config, p.accuracy, p.mean_flops) for p in result.search.front
+    assert [(p.config, p.accuracy, p.mean_cost) for p in again.search.front] == [
+        (p.config, p.accuracy, p.mean_cost) for p in result.search.front
     ]
     assert _doc(copy_of_first)["front"] == _doc(first_dir)["front"]
 

@@ -160,14 +160,14 @@ def test_front_of_mean_budget_is_the_feasible_non_dominated_set(world, flops):
     points = _points(world)
     budget = BudgetConstraint(flops, BudgetKind.MEAN)
     front = front_of(points, budget, ev)
-    feasible = [p for p in points if flops is None or p.mean_flops <= flops]
+    feasible = [p for p in points if flops is None or p.mean_cost <= flops]
     acc = [p.accuracy for p in feasible]
-    cost = [p.mean_flops for p in feasible]
+    cost = [p.mean_cost for p in feasible]
     expected = {(acc[i], cost[i]) for i in range(len(feasible)) if not dominated(i, acc, cost)}
-    assert {(p.accuracy, p.mean_flops) for p in front} == expected
+    assert {(p.accuracy, p.mean_cost) for p in front} == expected
     assert len(front) == len(expected)  # duplicates kept once
-    assert [p.mean_flops for p in front] == sorted(p.mean_flops for p in front)
-    assert all(flops is None or p.mean_flops <= flops for p in front)
+    assert [p.mean_cost for p in front] == sorted(p.mean_cost for p in front)
+    assert all(flops is None or p.mean_cost <= flops for p in front)
 
 
 def test_front_of_max_budget_checks_the_worst_case(world):
@@ -182,13 +182,13 @@ def test_front_of_max_budget_checks_the_worst_case(world):
     assert front
     feasible = [p for p in points + cut_points if ev.quick(p.config)[2] <= 400.0]
     acc = [p.accuracy for p in feasible]
-    cost = [p.mean_flops for p in feasible]
+    cost = [p.mean_cost for p in feasible]
     expected = {(acc[i], cost[i]) for i in range(len(feasible)) if not dominated(i, acc, cost)}
-    assert {(p.accuracy, p.mean_flops) for p in front} == expected
+    assert {(p.accuracy, p.mean_cost) for p in front} == expected
     for p in front:
         assert ev.evaluate(p.config).max_flops <= 400.0
     # mean-feasible points whose worst case is over budget exist and were left out
-    assert any(p.mean_flops <= 400.0 and ev.quick(p.config)[2] > 400.0 for p in points)
+    assert any(p.mean_cost <= 400.0 and ev.quick(p.config)[2] > 400.0 for p in points)
 
 
 def test_front_of_nothing_feasible_is_empty(world):
@@ -202,4 +202,4 @@ def test_curve_point_front_is_exact_for_hand_points(world):
     c = _config(world, ("mlp@4",))
     pts = [CurvePoint(c, 0.5, 300.0), CurvePoint(c, 0.6, 300.0), CurvePoint(c, 0.7, 500.0)]
     front = front_of(pts, BudgetConstraint(450.0), ev)
-    assert [(p.accuracy, p.mean_flops) for p in front] == [(0.6, 300.0)]
+    assert [(p.accuracy, p.mean_cost) for p in front] == [(0.6, 300.0)]

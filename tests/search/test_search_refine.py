@@ -76,14 +76,14 @@ def test_shared_curve_is_exactly_the_brute_force_sweep(world, criterion, keys, c
         )
         brute.add(_key(b.accuracy, b.mean))
     curve = shared_curve(ev, config)
-    assert {_key(p.accuracy, p.mean_flops) for p in curve} == brute
+    assert {_key(p.accuracy, p.mean_cost) for p in curve} == brute
     # every point reproduces itself and is one shared threshold
     for p in curve:
         assert p.config.threshold_mode == "shared"
         assert len(set(p.config.thresholds)) == 1
         assert p.config.placement_key == config.placement_key
         acc, mean, _ = ev.quick(p.config)
-        assert (acc, mean) == pytest.approx((p.accuracy, p.mean_flops), rel=1e-12, abs=1e-12)
+        assert (acc, mean) == pytest.approx((p.accuracy, p.mean_cost), rel=1e-12, abs=1e-12)
 
 
 def _record_bounds(world, config) -> np.ndarray:
@@ -140,11 +140,11 @@ def test_shared_curve_has_the_documented_end_points(world):
     # nobody leaves early: the final exit's accuracy at 760 + 5 + 14 FLOPs
     sp = world.preds.splits["val"]
     first = curve[0]
-    assert first.mean_flops == 779
+    assert first.mean_cost == 779
     assert first.accuracy == pytest.approx(float(np.mean(sp.pred[-1] == sp.labels)))
     # the lowest threshold: everybody leaves at mlp@2 (220 + 7)
-    last = min(curve, key=lambda p: p.mean_flops)
-    assert last.mean_flops == 227
+    last = min(curve, key=lambda p: p.mean_cost)
+    assert last.mean_cost == 227
     assert last.accuracy == pytest.approx(
         float(np.mean(sp.pred[world.preds.row("mlp@2")] == sp.labels))
     )
@@ -166,13 +166,13 @@ def test_refine_per_exit_reproduces_and_beats_the_shared_curve(world, criterion,
         assert p.config.threshold_mode == "per_exit"
         assert p.config.placement_key == config.placement_key
         acc, mean, _ = ev.quick(p.config)
-        assert (acc, mean) == pytest.approx((p.accuracy, p.mean_flops), rel=1e-12, abs=1e-12)
+        assert (acc, mean) == pytest.approx((p.accuracy, p.mean_cost), rel=1e-12, abs=1e-12)
         b = brute_evaluate(world.preds, "val", p.config, world.head_flops)
-        assert (b.accuracy, b.mean) == pytest.approx((p.accuracy, p.mean_flops), rel=1e-12)
+        assert (b.accuracy, b.mean) == pytest.approx((p.accuracy, p.mean_cost), rel=1e-12)
     for lam in LAMBDAS:
 
         def score(p, lam=lam):
-            return p.accuracy - lam * p.mean_flops / scale
+            return p.accuracy - lam * p.mean_cost / scale
 
         assert max(map(score, refined)) >= max(map(score, shared)) - 1e-12, lam
     if criterion != "patience":
@@ -191,8 +191,8 @@ def test_refine_per_exit_finds_better_than_shared_somewhere(world):
     shared = shared_curve(ev, config)
     refined = refine_per_exit(ev, config, lambdas=LAMBDAS)
     gains = [
-        max(p.accuracy - lam * p.mean_flops / BACKBONE for p in refined)
-        - max(p.accuracy - lam * p.mean_flops / BACKBONE for p in shared)
+        max(p.accuracy - lam * p.mean_cost / BACKBONE for p in refined)
+        - max(p.accuracy - lam * p.mean_cost / BACKBONE for p in shared)
         for lam in LAMBDAS
     ]
     assert max(gains) > 1e-9
@@ -204,7 +204,7 @@ def test_refine_of_a_cut_single_exit_is_empty_and_placement_adds_the_curve(world
     assert refine_per_exit(ev, config) == []
     points = refine_placement(ev, config)
     # every sample leaves at the only exit: one outcome, 470 + 7 FLOPs
-    assert {_key(p.accuracy, p.mean_flops) for p in points} == {
+    assert {_key(p.accuracy, p.mean_cost) for p in points} == {
         _key(
             float(
                 np.mean(
@@ -270,9 +270,7 @@ def _out_of_fold_gain(ev, config) -> float:
         for lam in lambdas:
             s = [
                 (lambda a, m, _: a - lam * m / scale)(
-                    *held.quick(
-                        max(f, key=lambda p: p.accuracy - lam * p.mean_flops / scale).config
-                    )
+                    *held.quick(max(f, key=lambda p: p.accuracy - lam * p.mean_cost / scale).config)
                 )
                 for f in families
             ]

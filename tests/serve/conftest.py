@@ -34,8 +34,8 @@ def bundle(serve_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path
     curve = shared_curve(world.ev, ExitConfig(SPECS, "confidence", (0.5,) * 3, "shared"))
     config = spread_point(curve, world.ev).config
     points = sorted(
-        (OperatingPoint(p.config.thresholds, "shared", p.mean_flops, p.accuracy) for p in curve),
-        key=lambda p: p.mean_flops,
+        (OperatingPoint(p.config.thresholds, "shared", p.mean_cost, p.accuracy) for p in curve),
+        key=lambda p: p.mean_flops,  # OperatingPoint's FLOPs
     )
     return export_bundle(
         tmp_path_factory.mktemp("serve-bundles") / "tiny",
