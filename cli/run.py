@@ -305,7 +305,8 @@ def print_front(doc: dict) -> None:
     )
     pausing = any(m["config"].get("pause") for m in doc["front"])
     timed = any(m["val"].get("mean_ms") is not None for m in doc["front"])
-    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", *(["ms"] if timed else []), "speed"]
+    # with milliseconds the speed-up column gives way, so that the exits still fit 80 columns
+    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", *(["ms"] if timed else ["speed"])]
     cols.append("exits; criterion")
     for col in cols:
         table.add_column(
@@ -338,8 +339,7 @@ def print_front(doc: dict) -> None:
             f"{gain['difference'] * 100:+.2f}{sure}",
             f"{m['test']['accuracy']:.4f}",
             f"{v['mean_flops'] / 1e6:.2f}",
-            *([f"{v['mean_ms']:.3g}"] if timed else []),
-            f"{m['speedup']:.2f}x",
+            f"{v['mean_ms']:.3g}" if timed else f"{m['speedup']:.2f}x",
             escape(config),
             style=style,
         )
@@ -353,7 +353,13 @@ def print_front(doc: dict) -> None:
     console.print(
         "±95%: half-width of the 95 % interval of the validation accuracy, in points; gain: "
         "validation accuracy minus the backbone's on the same samples, in points (* when its 95 % "
-        "interval excludes 0); speed: the backbone's FLOPs over the mean",
+        "interval excludes 0); "
+        + (
+            "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "
+            "in pareto.csv)"
+            if timed
+            else "speed: the backbone's FLOPs over the mean"
+        ),
         highlight=False,
     )
     base = Table(
