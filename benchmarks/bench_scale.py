@@ -248,7 +248,8 @@ def measure(args: argparse.Namespace, data: Path, run_dir: Path) -> dict:
         "images": sum(1 for _ in data.rglob("*.jpg")),
         "seconds": seconds,
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # KiB on Linux
-        "command": "exitsearch " + " ".join(cmd[3:]),
+        # the run folder is a temporary one: recorded as RUN, not as this machine's path
+        "command": "exitsearch " + " ".join(cmd[3:]).replace(str(run_dir), "RUN"),
         "stage_seconds": report.get("timings"),
         "stage_lines": [line for line in err.splitlines() if line.startswith(("heads:", "note:"))],
     }
