@@ -221,7 +221,7 @@ class Evaluator:
         loop."""
         idx = self._first_firing(config)
         rows = self.outcome_rows(config)
-        flops = self.exit_cost(config)
+        cost = self.exit_cost(config)
         counts = np.bincount(idx, minlength=len(rows))
         if len(rows) <= _MAX_BITS:
             correct = np.zeros(self.n, dtype=np.uint16)
@@ -230,7 +230,7 @@ class Evaluator:
             right = np.count_nonzero((correct >> idx.astype(np.uint16)) & 1)
         else:
             right = int(self.correct[rows[idx], self._cols].sum())
-        return right / self.n, float(counts @ flops) / self.n, float(flops[counts > 0].max())
+        return right / self.n, float(counts @ cost) / self.n, float(cost[counts > 0].max())
 
     def subset(self, columns: np.ndarray, name: str) -> Evaluator:
         """An evaluator on the samples ``columns`` of this split only."""
@@ -271,5 +271,4 @@ def _backbone_ms(costs: CostModel) -> float | None:
     """Milliseconds per sample of the backbone alone, from the latency table (None without)."""
     if costs.latency is None:
         return None
-    lat = costs.latency.per_sample()
-    return float(lat.stem_ms + sum(lat.block_ms) + lat.head_ms)
+    return float(costs.latency.per_sample().parts_ms)

@@ -387,7 +387,8 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
             p.fail(
                 "heads", f"placement lgvit takes exactly lph and gah heads; got {', '.join(heads)}"
             )
-        for head_type, opts in doc["heads"].items():
+        raw = doc["heads"] if isinstance(doc["heads"], dict) else {}  # a list names types only
+        for head_type, opts in raw.items():
             param = MAPPED_PARAM[head_type]
             if isinstance(opts, dict) and param in opts:
                 mapping = "kernel_mapping" if param == "k" else "window_mapping"
@@ -396,7 +397,12 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
                     f"placement lgvit trains the values its mapping can produce; choose them "
                     f"with {mapping} ({param}_first, {param}_last) instead",
                 )
-        heads = {h: replace(o, values=()) for h, o in heads.items()}
+        # LGViT places local heads in the shallow half and global ones in the deep half
+        halves = {"lph": "shallow", "gah": "deep"}
+        for h, o in heads.items():
+            if o.half not in ("all", halves[h]):
+                p.fail(f"heads.{h}.half", f"placement lgvit puts {h} in the {halves[h]} half")
+        heads = {h: replace(o, values=(), half=halves[h]) for h, o in heads.items()}
     kernel = doc.get("kernel_mapping", {})
     window = doc.get("window_mapping", {})
     if not isinstance(kernel, dict) or not isinstance(window, dict):

@@ -72,6 +72,12 @@ def test_lgvit_space_trains_exactly_the_values_its_mappings_produce():
     assert min(v for _, t, v in trained if t == "gah") == 2
 
 
+def test_lgvit_placement_takes_its_heads_as_a_list_too():
+    # same mappings as the shipped lgvit space (its defaults), so the same heads to train
+    listed = parse_search_space({"placement": "lgvit", "heads": ["lph", "gah"]})
+    assert listed.candidate_heads(12) == load_search_space("lgvit").candidate_heads(12)
+
+
 def test_spaces_load_by_path_too(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(
@@ -132,6 +138,11 @@ MALFORMED = [
         "lgvit with a hand-given kernel list",
         {"placement": "lgvit", "heads": {"lph": {"k": [0, 3]}, "gah": {}}},
         "heads.lph.k",
+    ),
+    (
+        "lgvit with a global head in the shallow half",
+        {"placement": "lgvit", "heads": {"lph": {}, "gah": {"half": "shallow"}}},
+        "heads.gah.half",
     ),
     (
         "a window below LGViT's minimum of 2",
