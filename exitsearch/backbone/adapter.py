@@ -1,4 +1,11 @@
-"""A timm Vision Transformer seen as a stack of blocks that exits can be attached to."""
+"""A timm Vision Transformer seen as a stack of blocks that exits can be attached to.
+
+:class:`Backbone` is the plain ViT/DeiT family (one token sequence of one width through every
+block); :class:`exitsearch.backbone.swin.SwinBackbone` is the hierarchical family, whose hidden
+states change grid and width from stage to stage. Everything downstream asks a backbone for the
+shape of its state after block m (:meth:`Backbone.state_grid`, :meth:`Backbone.state_dim`) instead
+of assuming one.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +36,12 @@ class Backbone(nn.Module):
         >>> len(states), tuple(states[0].shape)
         (4, (2, 17, 192))
     """
+
+    family = "vit"
+    """The backbone family's name (``exitsearch backbone list`` groups models by it)."""
+
+    supports_pausing = True
+    """Whether PAUMER's token pausing applies: it needs global attention over one sequence."""
 
     def __init__(
         self,
@@ -93,6 +106,63 @@ class Backbone(nn.Module):
     def in_chans(self) -> int:
         return int(self.model.patch_embed.proj.in_channels)
 
+    # -------------------------------------------------------- state after block m
+    def _check_location(self, location: int) -> None:
+        if not 0 <= location <= self.depth:
+            raise IndexError(f"`0 <= location <= {self.depth}` must hold, got {location=}")
+
+    def state_grid(self, location: int) -> tuple[int, int]:
+        """Patch grid (rows, cols) of the hidden state after block ``location`` (0: embedding)."""
+        self._check_location(location)
+        return self.grid_size
+
+    def state_dim(self, location: int) -> int:
+        """Width of the hidden state after block ``location`` (0: the embedding)."""
+        self._check_location(location)
+        return self.embed_dim
+
+    def state_heads(self, location: int) -> int:
+        """Attention heads of the block that produced the state after ``location`` (0: block 1's)."""
+        self._check_location(location)
+        return self.num_heads
+
+    def state_tokens(self, location: int) -> int:
+        """Tokens of the hidden state after block ``location``, prefix tokens included."""
+        rows, cols = self.state_grid(location)
+        return self.num_prefix_tokens + rows * cols
+
+    def state_example(
+        self, location: int, batch: int = 1, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Zeros shaped like the hidden state after block ``location``: (batch, tokens, dim)."""
+        return torch.zeros(
+            batch, self.state_tokens(location), self.state_dim(location), device=device
+        )
+
+    def attention_span(self, location: int) -> int:
+        """Keys each query of block ``location + 1`` attends to (all tokens for global attention)."""
+        return self.state_tokens(location)
+
+    @property
+    def uniform_states(self) -> bool:
+        """Whether every block's hidden state has the embedding's shape (plain ViT: yes)."""
+        return True
+
+    def stem_module_names(self) -> list[str]:
+        """Qualified names (under this module) of what runs before block 1."""
+        return ["model.patch_embed", "model.norm_pre"]
+
+    def block_module_names(self, index: int) -> list[str]:
+        """Qualified names of what block ``index`` (1-based) runs, in order."""
+        if not 1 <= index <= self.depth:
+            raise IndexError(f"`1 <= index <= {self.depth}` must hold, but got {index=}")
+        return [f"model.blocks.{index - 1}"]
+
+    def block_modules(self, start: int, stop: int) -> list[nn.Module]:
+        """The modules blocks ``[start, stop)`` (0-based, as :meth:`run_blocks`) run."""
+        mods = dict(self.named_modules())
+        return [mods[n] for i in range(start, stop) for n in self.block_module_names(i + 1)]
+
     def preprocess(self) -> Preprocess:
         """The model's own preprocessing: timm's data config, fitted to its size and channels."""
         return Preprocess.for_model(self.model, **self.preprocess_overrides)
@@ -155,6 +225,7 @@ class Backbone(nn.Module):
     def describe(self) -> dict[str, object]:
         return {
             "model": self.spec.model,
+            "family": self.family,
             "depth": self.depth,
             "embed_dim": self.embed_dim,
             "num_heads": self.num_heads,

@@ -10,10 +10,9 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
-
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.backbone.checkpoint import load_weights
+from exitsearch.backbone.families import FAMILIES, family_of
 from exitsearch.backbone.presets import PRESETS
 from exitsearch.backbone.spec import BackboneSpec
 from exitsearch.errors import BackboneError
@@ -21,15 +20,12 @@ from exitsearch.errors import BackboneError
 __all__ = ["create_backbone", "list_backbones", "resolve_spec"]
 
 
-# timm modules whose models are plain ``VisionTransformer``s (or subclasses with the same token
-# sequence): the ones create_backbone accepts.
-_VIT_MODULES = ("vision_transformer", "deit")
-
-
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Preset names and timm models of the plain ViT family that match ``pattern``."""
+    """Preset names and timm models of the supported families (ViT/DeiT, Swin) that match
+    ``pattern``."""
     names = [p for p in PRESETS if pattern == "*" or pattern.strip("*") in p]
-    found = sorted({n for module in _VIT_MODULES for n in timm.list_models(pattern, module=module)})
+    modules = [m for _, fam in FAMILIES.items() for m in fam.timm_modules]
+    found = sorted({n for module in modules for n in timm.list_models(pattern, module=module)})
     return names + found
 
 
@@ -90,11 +86,12 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
         ) from None
     except OSError as exc:  # hub downloads fail with OSError subclasses when offline
         raise BackboneError(_download_message(name, exc)) from None
-    if not isinstance(model, VisionTransformer):
+    family = family_of(model)
+    if family is None:
+        known = ", ".join(f.description.split(":")[0] for _, f in FAMILIES.items())
         raise BackboneError(
-            f"{name} is a {type(model).__name__}, not a plain Vision Transformer: exits need one "
-            "token sequence per block (ViT and DeiT families); hierarchical models such as Swin "
-            "are not supported"
+            f"{name} is a {type(model).__name__}, a family exitsearch cannot attach exits to; "
+            f"supported: {known}"
         )
     if hasattr(model.patch_embed, "backbone"):
         raise BackboneError(
@@ -115,7 +112,7 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
     if record is not None and isinstance(record.get("preprocess"), dict):
         preprocess = {**record["preprocess"], **preprocess}
     preprocess.pop("input_size", None)  # the model's own size and channels decide
-    return Backbone(model.eval(), spec, preprocess, record)
+    return family.adapter(model.eval(), spec, preprocess, record)
 
 
 def checkpoint_record(checkpoint: str | None) -> dict[str, Any] | None:
@@ -139,14 +136,21 @@ def _check_overrides(ov: dict[str, Any]) -> None:
         "embed_dim",
         "depth",
         "num_heads",
+        "depths",
+        "window_size",
     ):
-        if key in ov and ov[key] < (0 if key == "num_classes" else 1):
+        values = ov[key] if isinstance(ov.get(key), tuple) else (ov.get(key),)
+        if key in ov and (not values or min(values) < (0 if key == "num_classes" else 1)):
             raise BackboneError(f"override {key}={ov[key]} is impossible: it must be positive")
     if "img_size" in ov and "patch_size" in ov and ov["img_size"] % ov["patch_size"]:
         raise BackboneError(
             f"img_size={ov['img_size']} is not a multiple of patch_size={ov['patch_size']}"
         )
-    if "embed_dim" in ov and "num_heads" in ov and ov["embed_dim"] % ov["num_heads"]:
+    if (
+        isinstance(ov.get("num_heads"), int)
+        and "embed_dim" in ov
+        and ov["embed_dim"] % ov["num_heads"]
+    ):
         raise BackboneError(
             f"embed_dim={ov['embed_dim']} is not divisible by num_heads={ov['num_heads']}"
         )

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from exitsearch.backbone.spec import BackboneSpec
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "preset_dir"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "SWIN_PRESET", "Preset", "preset_dir"]
 
 DEFAULT_PRESET = "fmnist-vit12"
+SWIN_PRESET = "fmnist-swin12"
 
 
 @dataclass(frozen=True)
@@ -49,5 +50,28 @@ PRESETS: dict[str, Preset] = {
         ),
         data="fashion-mnist",
         description="12-block ViT (width 96, 7x7 patches of 4 px) trained on Fashion-MNIST",
+    ),
+    SWIN_PRESET: Preset(
+        name=SWIN_PRESET,
+        spec=BackboneSpec(
+            model="swin_tiny_patch4_window7_224",
+            overrides={
+                "img_size": 28,
+                "patch_size": 2,
+                "in_chans": 1,
+                "num_classes": 10,
+                "embed_dim": 40,
+                "depths": (2, 2, 6, 2),
+                "num_heads": (2, 4, 8, 16),
+                "window_size": 7,
+            },
+            preprocess={"crop_pct": 1.0, "interpolation": "bilinear"},
+        ),
+        data="fashion-mnist",
+        description=(
+            "12-block Swin (stages of 2, 2, 6, 2 blocks, widths 40-320, grids 14x14 to 2x2, "
+            "windows of 7) for Fashion-MNIST; architecture only: its weights are not shipped "
+            "(`exitsearch backbone train --model fmnist-swin12` trains them)"
+        ),
     ),
 }

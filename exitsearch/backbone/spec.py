@@ -9,8 +9,19 @@ from exitsearch.errors import ConfigError
 
 __all__ = ["ALLOWED_OVERRIDES", "BackboneSpec", "parse_overrides"]
 
-# Constructor arguments of timm's VisionTransformer that a user may override by name, with the
-# type each takes. Width and depth are included: timm builds the model from them directly.
+
+class IntOrInts:
+    """Override type of a number that may also be one per stage: ``3`` or ``2,4,8`` (Swin)."""
+
+
+class Ints:
+    """Override type of one number per stage, comma-separated: ``depths=2,2,6,2`` (Swin)."""
+
+
+# Constructor arguments of timm's VisionTransformer and SwinTransformer that a user may override
+# by name, with the type each takes. Width and depth are included: timm builds the model from them
+# directly. ``depth`` is the ViT's, ``depths`` (one per stage) and ``window_size`` are Swin's;
+# ``num_heads`` is one number for a ViT and may be one per stage for Swin.
 ALLOWED_OVERRIDES: dict[str, type] = {
     "img_size": int,
     "patch_size": int,
@@ -18,7 +29,9 @@ ALLOWED_OVERRIDES: dict[str, type] = {
     "num_classes": int,
     "embed_dim": int,
     "depth": int,
-    "num_heads": int,
+    "depths": Ints,
+    "window_size": int,
+    "num_heads": IntOrInts,
     "mlp_ratio": float,
     "class_token": bool,
     "global_pool": str,
@@ -53,6 +66,9 @@ class BackboneSpec:
             raise ConfigError(
                 f"unknown override(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_OVERRIDES)}"
             )
+        # Per-stage values read back from JSON are lists: one spelling, so specs compare equal
+        ov = {k: tuple(v) if isinstance(v, list) else v for k, v in self.overrides.items()}
+        object.__setattr__(self, "overrides", ov)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,13 +105,25 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"unknown override {key!r}; allowed: {', '.join(ALLOWED_OVERRIDES)}")
         raw = raw.strip()
         try:
-            if kind is bool:
+            if kind in (Ints, IntOrInts):
+                parts = [int(v) for v in raw.replace(" ", "").strip("()[]").split(",") if v]
+                if not parts:
+                    raise ValueError(raw)
+                value: Any = (
+                    parts[0]
+                    if kind is IntOrInts and len(parts) == 1 and "," not in raw
+                    else tuple(parts)
+                )
+            elif kind is bool:
                 if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(raw)
-                value: Any = raw.lower() in ("true", "1", "yes")
+                value = raw.lower() in ("true", "1", "yes")
             else:
                 value = kind(raw)
         except ValueError:
-            raise ConfigError(f"override {key} takes a {kind.__name__}, got {raw!r}") from None
+            what = {Ints: "comma-separated ints", IntOrInts: "an int or comma-separated ints"}
+            raise ConfigError(
+                f"override {key} takes {what.get(kind, 'a ' + kind.__name__)}, got {raw!r}"
+            ) from None
         out[key] = value
     return out

@@ -160,7 +160,7 @@ def _check_batch_memory(model: MultiExitModel, batch_size: int) -> None:
     bb = model.backbone
     per_sample = 4 * bb.in_chans * bb.img_size[0] * bb.img_size[1]  # float32 input
     # tokens of a block: input, attention output, and the MLP's 4x-wide hidden layer
-    per_sample += 4 * bb.num_tokens * bb.embed_dim * 6
+    per_sample += 4 * max(bb.state_tokens(m) * bb.state_dim(m) for m in range(bb.depth + 1)) * 6
     check_fits_in_memory(
         batch_size * per_sample,
         f"batch size {batch_size}",

@@ -113,7 +113,10 @@ def export_onnx(
     dev = next(model.parameters()).device
     locs = list(model.config.locations)
     starts = [0, *locs]
-    tokens = torch.zeros(2, bb.num_tokens, bb.embed_dim, device=dev)
+
+    def tokens(location: int) -> torch.Tensor:
+        return bb.state_example(location, batch=2, device=dev)
+
     image = torch.zeros(2, bb.in_chans, *bb.img_size, device=dev)
     t0 = time.perf_counter()
     graphs: dict[str, Any] = {"segments": [], "heads": []}
@@ -128,14 +131,14 @@ def export_onnx(
 
     graphs["stem"] = emit("stem", _Stem(model), image, "x", ["tokens"])
     for k, (a, b) in enumerate(zip(starts[:-1], locs, strict=True)):
-        f = emit(f"segment_{k}", _Segment(model, a, b), tokens, "tokens", ["tokens_out"])
+        f = emit(f"segment_{k}", _Segment(model, a, b), tokens(a), "tokens", ["tokens_out"])
         graphs["segments"].append({"file": f, "start": a, "stop": b})
     for k, head in enumerate(model.heads):
         has_unc = getattr(head, "uncertainty", None) is not None
         f = emit(
             f"head_{k}",
             _Head(head),
-            tokens,
+            tokens(locs[k]),
             "tokens",
             ["logits", "uncertainty"] if has_unc else ["logits"],
         )
@@ -145,14 +148,18 @@ def export_onnx(
     last = starts[-1]
     graphs["rest"] = (
         {
-            "file": emit("rest", _Segment(model, last, bb.depth), tokens, "tokens", ["tokens_out"]),
+            "file": emit(
+                "rest", _Segment(model, last, bb.depth), tokens(last), "tokens", ["tokens_out"]
+            ),
             "start": last,
             "stop": bb.depth,
         }
         if last < bb.depth
         else None
     )
-    graphs["final_head"] = emit("final_head", _FinalHead(model), tokens, "tokens", ["logits"])
+    graphs["final_head"] = emit(
+        "final_head", _FinalHead(model), tokens(bb.depth), "tokens", ["logits"]
+    )
     graphs["exporter"] = exporter
     graphs["opset"] = opset
     graphs["seconds"] = round(time.perf_counter() - t0, 3)

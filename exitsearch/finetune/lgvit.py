@@ -185,6 +185,13 @@ class LGViT(FinetuneStrategy):
     hparams: LGViTHyperparameters
 
     def bind(self, net: MultiExitNet) -> None:
+        if not net.backbone.uniform_states:
+            raise ConfigError(
+                f"LGViT fine-tuning distils each exit's feature map from the final block's, and "
+                f"the {net.backbone.family} backbone {net.backbone.spec.model} changes grid and "
+                "width between stages; fine-tune it with end_to_end, classifier_wise, layer_wise "
+                "or mevit"
+            )
         self.lph = [k for k, h in enumerate(net.heads) if isinstance(h, LocalPerceptionHead)]
         self.gah = [k for k, h in enumerate(net.heads) if isinstance(h, GlobalAggregationHead)]
         self.hete = _first_last(self.lph) + _first_last(self.gah)

@@ -96,7 +96,7 @@ class MultiExitNet(nn.Module):
 
     def block_parameters(self, start: int, stop: int) -> list[nn.Parameter]:
         """Parameters of blocks ``[start, stop)`` (0-based, half-open, as ``run_blocks``)."""
-        return [p for blk in self.backbone.model.blocks[start:stop] for p in blk.parameters()]
+        return [p for m in self.backbone.block_modules(start, stop) for p in m.parameters()]
 
     def stem_parameters(self) -> list[nn.Parameter]:
         """Everything of the backbone before block 1: patch embedding, prefix tokens, position

@@ -2,7 +2,13 @@
 
 # Importing the head modules registers their types.
 from exitsearch.heads import cnn, gah, linear, lph, mixer, mlp, resmlp, vit  # noqa: F401
-from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec, UncertaintyPredictor
+from exitsearch.heads.base import (
+    ExitHead,
+    HeadContext,
+    HeadSpec,
+    StateShape,
+    UncertaintyPredictor,
+)
 from exitsearch.heads.common import MLPClassifier, NormLinearClassifier
 from exitsearch.heads.mappings import (
     KernelMapping,
@@ -17,6 +23,7 @@ from exitsearch.heads.registry import create_head, get_head_class, list_heads, r
 __all__ = [
     "ExitHead",
     "HeadContext",
+    "StateShape",
     "HeadCost",
     "HeadSpec",
     "KernelMapping",

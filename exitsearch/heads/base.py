@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -16,10 +16,20 @@ __all__ = [
     "ExitHead",
     "HeadContext",
     "HeadSpec",
+    "StateShape",
     "UncertaintyPredictor",
     "split_tokens",
     "tokens_to_grid",
 ]
+
+
+@dataclass(frozen=True)
+class StateShape:
+    """The hidden state's shape after one block: width, patch grid, and the block's heads."""
+
+    embed_dim: int
+    grid_size: tuple[int, int]
+    num_heads: int
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class HeadContext:
         num_heads: attention heads of the backbone's blocks (a default for attention heads).
         has_class_token: whether token 0 is a class token; without one, heads pool instead.
         depth: number of blocks L of the backbone (for mappings over locations).
+        locations: the state's shape after each block 1..L where it changes from stage to stage
+            (Swin); empty when every block keeps the embedding's shape (plain ViT). A head is
+            built for ``ctx.at(location)``, whose grid, width and heads are its location's.
     """
 
     embed_dim: int
@@ -43,6 +56,21 @@ class HeadContext:
     num_heads: int = 1
     has_class_token: bool = True
     depth: int = 12
+    locations: tuple[StateShape, ...] = ()
+
+    def at(self, location: int) -> HeadContext:
+        """The context of a head after block ``location``: its stage's grid, width and heads."""
+        if not self.locations:
+            return self
+        if not 1 <= location <= len(self.locations):
+            raise ValueError(f"`1 <= location <= {len(self.locations)}` must hold, got {location}")
+        s = self.locations[location - 1]
+        return replace(self, embed_dim=s.embed_dim, grid_size=s.grid_size, num_heads=s.num_heads)
+
+    @property
+    def shape(self) -> tuple[int, tuple[int, int], int]:
+        """What a head's size depends on besides its type: (width, grid, attention heads)."""
+        return self.embed_dim, self.grid_size, self.num_heads
 
     @property
     def num_patches(self) -> int:
@@ -54,6 +82,14 @@ class HeadContext:
 
     @classmethod
     def from_backbone(cls, backbone: Any) -> HeadContext:
+        locations = (
+            ()
+            if getattr(backbone, "uniform_states", True)
+            else tuple(
+                StateShape(backbone.state_dim(m), backbone.state_grid(m), backbone.state_heads(m))
+                for m in range(1, backbone.depth + 1)
+            )
+        )
         return cls(
             embed_dim=backbone.embed_dim,
             num_prefix_tokens=backbone.num_prefix_tokens,
@@ -62,6 +98,7 @@ class HeadContext:
             num_heads=backbone.num_heads,
             has_class_token=backbone.has_class_token,
             depth=backbone.depth,
+            locations=locations,
         )
 
 

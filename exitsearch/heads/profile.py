@@ -4,6 +4,7 @@ measured milliseconds."""
 from __future__ import annotations
 
 import statistics
+from typing import Any
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -49,9 +50,8 @@ class _WithUncertainty(nn.Module):
 
 
 def head_cost(spec: HeadSpec, ctx: HeadContext) -> HeadCost:
-    """FLOPs and parameters of the head ``spec`` describes, on one (1, tokens, D) hidden state.
-
-    The location does not enter: every location sees a hidden state of the same shape.
+    """FLOPs and parameters of the head ``spec`` describes, on one (1, tokens, D) hidden state
+    of its location's shape (every location's on a plain ViT; its stage's on Swin).
 
     Raises:
         ConfigError: unknown head type or parameters it does not take.
@@ -66,7 +66,8 @@ def head_cost(spec: HeadSpec, ctx: HeadContext) -> HeadCost:
     module: nn.Module = (
         head if head.uncertainty is None else _WithUncertainty(head, head.uncertainty)
     )
-    hidden = torch.zeros(1, ctx.num_tokens, ctx.embed_dim)
+    here = ctx.at(spec.location)
+    hidden = torch.zeros(1, here.num_tokens, here.embed_dim)
     count = count_flops(module, hidden)
     params = sum(p.numel() for p in module.parameters())
     return HeadCost(count.total, params, dict(count.uncounted_ops))
@@ -75,13 +76,14 @@ def head_cost(spec: HeadSpec, ctx: HeadContext) -> HeadCost:
 def profile_heads(specs: Iterable[HeadSpec], ctx: HeadContext) -> dict[str, HeadCost]:
     """:func:`head_cost` of every spec, keyed by ``spec.key``.
 
-    A head's cost does not depend on its location, so each distinct (type, params,
-    uncertainty) is built and counted once and shared by all its locations.
+    A head's cost depends on its location only through the state's shape there, so each
+    distinct (type, params, uncertainty, shape) is built and counted once and shared by all its
+    locations (all locations on a plain ViT, a stage's on Swin).
     """
-    by_variant: dict[tuple[str, bool], HeadCost] = {}
+    by_variant: dict[tuple[str, bool, Any], HeadCost] = {}
     out: dict[str, HeadCost] = {}
     for spec in specs:
-        variant = (spec.variant, spec.uncertainty)
+        variant = (spec.variant, spec.uncertainty, ctx.at(spec.location).shape)
         if variant not in by_variant:
             by_variant[variant] = head_cost(spec, ctx)
         out[spec.key] = by_variant[variant]
@@ -98,15 +100,17 @@ def measure_heads_latency(
 ) -> dict[str, float]:
     """Median milliseconds per batch of every head in ``specs``, by :attr:`HeadSpec.key`.
 
-    A head's cost does not depend on its location, so each distinct variant is timed once.
+    A head's time depends on its location only through the state's shape there, so each
+    distinct variant and shape is timed once.
     """
     dev = resolve_device(device)
-    x = torch.randn(batch_size, ctx.num_tokens, ctx.embed_dim, device=dev)
-    by_variant: dict[tuple[str, bool], float] = {}
+    by_variant: dict[tuple[str, bool, Any], float] = {}
     out: dict[str, float] = {}
     for spec in specs:
-        ident = (spec.variant, spec.uncertainty)
+        here = ctx.at(spec.location)
+        ident = (spec.variant, spec.uncertainty, here.shape)
         if ident not in by_variant:
+            x = torch.randn(batch_size, here.num_tokens, here.embed_dim, device=dev)
             head = create_head(spec, ctx).to(dev).eval()
             fn = (
                 (lambda h=head: h.uncertainty(h(x)))

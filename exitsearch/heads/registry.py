@@ -36,12 +36,14 @@ def get_head_class(name: str) -> type[ExitHead]:
 
 
 def create_head(spec: HeadSpec, ctx: HeadContext, **extra: Any) -> ExitHead:
-    """Build the head that ``spec`` describes for a backbone described by ``ctx``.
+    """Build the head that ``spec`` describes for a backbone described by ``ctx``, sized for the
+    hidden state at the spec's location (:meth:`HeadContext.at`).
 
     Raises:
         ConfigError: unknown head type, or parameters the type does not take.
     """
     cls = get_head_class(spec.type)
+    ctx = ctx.at(spec.location)
     try:
         head = cls(ctx, **dict(spec.params), **extra)
     except TypeError as exc:

@@ -190,6 +190,13 @@ class PausingViT(nn.Module):
 
     def __init__(self, backbone: Backbone, aux_decoder: AuxDecoder) -> None:
         super().__init__()
+        if not backbone.supports_pausing:
+            raise ConfigError(
+                f"token pausing (PAUMER) does not apply to {backbone.spec.model}: its "
+                f"{backbone.family} blocks attend within windows of a fixed grid, which a paused "
+                "token would leave with a hole; pause a plain ViT/DeiT backbone, or search this "
+                "one without a pause space"
+            )
         self.backbone = backbone
         self.aux = aux_decoder
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.errors import ConfigError
 from exitsearch.profile.flops import UNIT, count_flops
 
 __all__ = ["BackboneProfile", "BlockCost", "block_flops", "profile_backbone"]
@@ -96,18 +97,22 @@ def profile_backbone(backbone: Backbone) -> BackboneProfile:
     """
     x = torch.zeros(1, backbone.in_chans, *backbone.img_size)
     fc = count_flops(backbone, x)
-    blocks_flops = [fc.module(f"model.blocks.{i}") for i in range(backbone.depth)]
-    stem = fc.module("model.patch_embed") + fc.module("model.norm_pre")
+    blocks_flops = [
+        sum(fc.module(n) for n in backbone.block_module_names(i + 1)) for i in range(backbone.depth)
+    ]
+    stem = sum(fc.module(n) for n in backbone.stem_module_names())
     head = fc.total - stem - sum(blocks_flops)
     cum = stem
     blocks = []
-    for i, (flops, blk) in enumerate(zip(blocks_flops, backbone.model.blocks, strict=True)):
+    for i, flops in enumerate(blocks_flops):
         cum += flops
         blocks.append(
             BlockCost(
                 index=i + 1,
                 flops=flops,
-                params=sum(p.numel() for p in blk.parameters()),
+                params=sum(
+                    p.numel() for m in backbone.block_modules(i, i + 1) for p in m.parameters()
+                ),
                 cumulative_flops=cum,
                 share=cum / fc.total if fc.total else 0.0,
             )
@@ -129,5 +134,10 @@ def block_flops(backbone: Backbone, index: int, num_tokens: int) -> int:
     """FLOPs of block ``index`` (1-based) run on ``num_tokens`` tokens (e.g. after pausing)."""
     if not 1 <= index <= backbone.depth:
         raise IndexError(f"`1 <= index <= {backbone.depth}` must hold, but got index={index}")
-    tokens = torch.zeros(1, num_tokens, backbone.embed_dim)
+    if not backbone.supports_pausing:
+        raise ConfigError(
+            f"{backbone.spec.model} ({backbone.family}) blocks run on their whole grid; "
+            "token counts other than the grid's do not apply"
+        )
+    tokens = torch.zeros(1, num_tokens, backbone.state_dim(index - 1))
     return count_flops(backbone.model.blocks[index - 1], tokens).total

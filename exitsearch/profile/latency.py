@@ -147,7 +147,9 @@ def measure_latency(
         * 4
         * (
             backbone.in_chans * backbone.img_size[0] * backbone.img_size[1]
-            + (backbone.depth + 1) * backbone.num_tokens * backbone.embed_dim
+            + sum(
+                backbone.state_tokens(m) * backbone.state_dim(m) for m in range(backbone.depth + 1)
+            )
         ),
         f"latency at batch size {batch_size}",
         "choose a smaller --batch-size",
@@ -164,7 +166,7 @@ def measure_latency(
         return statistics.median(time_call(fn, dev, warmup, repeats))
 
     stem = med(lambda: bb.embed(x))
-    blocks = [med(lambda i=i: bb.model.blocks[i](tokens[i])) for i in range(bb.depth)]
+    blocks = [med(lambda i=i: bb.run_blocks(tokens[i], i, i + 1)) for i in range(bb.depth)]
     head = med(lambda: bb.final_head(tokens[-1]))
     full = med(lambda: bb(x))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"

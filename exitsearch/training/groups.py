@@ -143,19 +143,29 @@ def plan_head_groups(
     if limit <= 0:
         raise ConfigError(f"the head memory limit must be positive, but got {limit} bytes")
     itemsize = 2 if rt.amp_dtype is not None else 4
-    tokens, dim = backbone.num_tokens, backbone.embed_dim
-    per_state = batch_size * tokens * dim * itemsize
-    # One block of the frozen pass: attention scores and the MLP's hidden layer, in float32.
-    block = batch_size * tokens * (backbone.num_heads * tokens + 4 * dim) * 4
-    sample = torch.zeros(2, tokens, dim)
+    # Bytes of the hidden states kept up to block m (their shapes change by stage on Swin).
+    state_bytes = [0]
+    for m in range(1, backbone.depth + 1):
+        elems = backbone.state_tokens(m) * backbone.state_dim(m)
+        state_bytes.append(state_bytes[-1] + batch_size * elems * itemsize)
+    # One block of the frozen pass: attention scores and the MLP's hidden layer, in float32; the
+    # largest over the blocks.
+    block = max(
+        batch_size
+        * backbone.state_tokens(m)
+        * (backbone.state_heads(m) * backbone.attention_span(m) + 4 * backbone.state_dim(m))
+        * 4
+        for m in range(backbone.depth)
+    )
     act_per_type: dict[str, int] = {}
     params: list[int] = []
     acts: list[int] = []
     for spec, head in bank:
         params.append(sum(p.numel() for p in head.parameters()))
         kind = spec.to_dict().get("type", spec.key)
-        shape_key = f"{kind}:{params[-1]}"
+        shape_key = f"{kind}:{params[-1]}:{backbone.state_grid(spec.location)}"
         if shape_key not in act_per_type:
+            sample = backbone.state_example(spec.location, batch=2)
             act_per_type[shape_key] = activation_bytes(head, sample)
         # Twice: the saved activations and their gradients during the backward pass.
         acts.append(2 * act_per_type[shape_key] * batch_size)
@@ -166,7 +176,7 @@ def plan_head_groups(
     def cost(group: list[int]) -> int:
         deepest = max(bank.specs[i].location for i in group)
         own = sum(params[i] for i in group) * (GROUP_BYTES_PER_PARAM + (4 if rt.is_cuda else 0))
-        return deepest * per_state + block + max(acts[i] for i in group) + own
+        return state_bytes[deepest] + block + max(acts[i] for i in group) + own
 
     groups: list[list[int]] = [list(g) for g in fixed or ()]
     for i in order if fixed is None else ():

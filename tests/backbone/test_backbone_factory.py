@@ -30,11 +30,12 @@ def test_unknown_name_without_close_match_points_to_the_list():
         create_backbone("qqqqqqqqqqqq")
 
 
-def test_swin_is_not_a_plain_vit():
-    # a narrow Swin (embed_dim 24) builds quickly; the family is what is refused
-    with pytest.raises(BackboneError, match="not a plain Vision Transformer") as info:
-        create_backbone("swin_tiny_patch4_window7_224", embed_dim=24)
-    assert "Swin" in str(info.value)
+def test_a_family_without_an_adapter_is_refused():
+    # a CNN has no blocks of tokens to attach exits to; the message names what is supported
+    with pytest.raises(BackboneError, match="resnet18 is a ResNet") as info:
+        create_backbone("resnet18")
+    assert "ViT/DeiT" in str(info.value) and "Swin" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,8 @@ def test_list_backbones():
     names = list_backbones()
     assert names[0] == DEFAULT_PRESET
     assert {"vit_base_patch16_224", "deit_tiny_distilled_patch16_224"} <= set(names)
-    assert not any(n.startswith("swin") for n in names)
+    assert "swin_base_patch4_window7_224" in names  # the hierarchical family
+    assert not any(n.startswith("resnet") for n in names)
     small = list_backbones("*small*")
     assert "vit_small_patch16_224" in small and DEFAULT_PRESET not in small
     assert DEFAULT_PRESET in list_backbones("fmnist*")
