@@ -10,6 +10,7 @@ from typing import Any
 
 import timm
 import torch
+
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.backbone.checkpoint import load_weights
 from exitsearch.backbone.families import FAMILIES, family_of

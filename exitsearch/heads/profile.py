@@ -4,9 +4,9 @@ measured milliseconds."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,9 +113,9 @@ def measure_heads_latency(
             x = torch.randn(batch_size, here.num_tokens, here.embed_dim, device=dev)
             head = create_head(spec, ctx).to(dev).eval()
             fn = (
-                (lambda h=head: h.uncertainty(h(x)))
+                (lambda h=head, x=x: h.uncertainty(h(x)))
                 if head.uncertainty is not None
-                else (lambda h=head: h(x))
+                else (lambda h=head, x=x: h(x))
             )
             by_variant[ident] = statistics.median(time_call(fn, dev, warmup, repeats))
         out[spec.key] = by_variant[ident]
