@@ -87,11 +87,10 @@ class LayerWise(FinetuneStrategy):
     def phases(self, net: MultiExitNet, epochs: int) -> list[Phase]:
         n = self.hparams.segment_epochs or epochs
         segs = segments(net)
-        blocks = net.backbone.model.blocks
         out = []
         for i, (start, stop, k) in enumerate(segs):
             params = net.block_parameters(start, stop)
-            modules: list[torch.nn.Module] = list(blocks[start:stop])
+            modules: list[torch.nn.Module] = net.backbone.block_modules(start, stop)
             if start == 0:
                 params = net.stem_parameters() + params
                 modules.append(net.backbone.model.patch_embed)

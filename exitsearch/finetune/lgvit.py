@@ -189,7 +189,7 @@ class LGViT(FinetuneStrategy):
             raise ConfigError(
                 f"LGViT fine-tuning distils each exit's feature map from the final block's, and "
                 f"the {net.backbone.family} backbone {net.backbone.spec.model} changes grid and "
-                "width between stages; fine-tune it with end_to_end, classifier_wise, layer_wise "
+                "width between stages; fine-tune it with end-to-end, classifier-wise, layer-wise "
                 "or mevit"
             )
         self.lph = [k for k, h in enumerate(net.heads) if isinstance(h, LocalPerceptionHead)]
