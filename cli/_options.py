@@ -20,7 +20,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help=f"timm ViT-family model name, or a shipped preset (default {DEFAULT_PRESET}).",
+        help=f"timm ViT, DeiT or Swin model name, or a shipped preset (default {DEFAULT_PRESET}).",
     ),
 ]
 OverrideOpt = Annotated[
@@ -29,7 +29,8 @@ OverrideOpt = Annotated[
         "--override",
         "-o",
         help="Constructor override key=value (img_size, patch_size, in_chans, num_classes, "
-        "embed_dim, depth, num_heads, class_token, global_pool...); repeatable.",
+        "embed_dim, depth, num_heads, class_token, global_pool...; Swin: depths=2,2,6,2, "
+        "num_heads=3,6,12,24, window_size); repeatable.",
     ),
 ]
 CheckpointOpt = Annotated[

@@ -103,7 +103,7 @@ def train(
 def list_(
     pattern: Annotated[str, typer.Argument(help="Filter, e.g. 'vit_*' or '*small*'.")] = "*",
 ) -> None:
-    """List shipped presets and the timm ViT-family models exitsearch can use."""
+    """List shipped presets and the timm models (ViT, DeiT, Swin) exitsearch can use."""
     from exitsearch.backbone import list_backbones
 
     table = Table("name", "kind", "description")

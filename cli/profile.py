@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from exitsearch_cli._console import console, err_console, handle_errors
@@ -31,7 +31,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 @handle_errors
 def profile(
     model: Annotated[
-        str, typer.Argument(help="timm ViT-family model name or a shipped preset.")
+        str, typer.Argument(help="timm ViT, DeiT or Swin model name or a shipped preset.")
     ] = DEFAULT_PRESET,
     override: OverrideOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -133,8 +133,11 @@ def profile(
 
     name = model if model == prof.model else f"{model} ({prof.model})"
     table = Table(title=f"{name}: {format_flops(prof.total_flops)} per sample ({UNIT})")
+    # a hierarchical backbone (Swin) says what each block's state is, and where patches merge
+    staged = not bb.uniform_states
     for col in (
         "part",
+        *(["state"] if staged else []),
         f"{prefix}FLOPs",
         "cumulative",
         "share",
@@ -144,6 +147,7 @@ def profile(
         table.add_column(col, justify="right")
     table.add_row(
         "stem",
+        *([_state(bb, 0)] if staged else []),
         f(prof.stem_flops),
         f(prof.stem_flops),
         f"{prof.stem_flops / prof.total_flops:.1%}",
@@ -151,8 +155,10 @@ def profile(
         *(f"{t.stem_ms:.3f}" for t in tables),
     )
     for i, b in enumerate(prof.blocks):
+        merges = staged and len(bb.block_module_names(b.index)) > 1
         table.add_row(
-            f"block {b.index}",
+            f"block {b.index}" + (" +merge" if merges else ""),
+            *([_state(bb, b.index)] if staged else []),
             f(b.flops),
             f(b.cumulative_flops),
             f"{b.share:.1%}",
@@ -161,6 +167,7 @@ def profile(
         )
     table.add_row(
         "norm+head",
+        *([""] if staged else []),
         f(prof.head_flops),
         f(prof.total_flops),
         "100.0%",
@@ -178,3 +185,9 @@ def profile(
         note = parts_note(t.per_sample())
         if note:
             err_console.print(f"note: {escape(note)}", highlight=False)
+
+
+def _state(bb: Any, location: int) -> str:
+    """``rows x cols x width`` of the hidden state after block ``location``."""
+    rows, cols = bb.state_grid(location)
+    return f"{rows}x{cols}x{bb.state_dim(location)}"

@@ -54,7 +54,8 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
 
     Raises:
         BackboneError: unknown name (with close matches), an override timm cannot build, a
-            model outside the plain ViT family, or pretrained weights that cannot be fetched.
+            model of a family without an adapter (see :data:`~exitsearch.backbone.families.FAMILIES`),
+            or pretrained weights that cannot be fetched.
         CheckpointError: the checkpoint is unreadable or does not fit.
     """
     if isinstance(spec, str):

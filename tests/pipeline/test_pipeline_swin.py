@@ -96,8 +96,19 @@ def test_bench_times_the_swin_bundle(runner: CliRunner, run_dir: Path, tmp_path:
     report = tmp_path / "bench.json"
     result = runner.invoke(
         app,
-        ["bench", str(bundle), "--batch-size", "8", "--repeats", "2", "--warmup", "1"]
-        + ["--no-stream", "--json-out", str(report)],
+        [
+            "bench",
+            str(bundle),
+            "--batch-size",
+            "8",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--no-stream",
+            "--json-out",
+            str(report),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(report.read_text())
