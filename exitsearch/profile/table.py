@@ -10,6 +10,7 @@ is refused with a message that says what differs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,8 +70,10 @@ class DeviceTable:
                 f"this run's model takes {'x'.join(map(str, input_size))}; measure a table "
                 "for this model"
             )
-        if dict(architecture) != self.architecture:
-            ours, theirs = dict(architecture), self.architecture
+        # compared as JSON holds them: per-stage overrides (Swin's depths) are lists there
+        ours = json.loads(json.dumps(dict(architecture)))
+        theirs = json.loads(json.dumps(self.architecture))
+        if ours != theirs:
             keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             k = keys[0]
             raise ConfigError(

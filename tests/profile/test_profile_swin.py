@@ -94,3 +94,24 @@ def test_block_flops_on_other_token_counts_is_refused():
     )
     with pytest.raises(ConfigError, match="whole grid"):
         block_flops(bb, 1, 100)
+
+
+def test_a_swin_latency_table_reads_back_as_the_same_model(tmp_path):
+    from exitsearch._io import atomic_write_json
+    from exitsearch.backbone import BackboneSpec, resolve_spec
+    from exitsearch.heads import HeadContext, HeadSpec, measure_heads_latency
+    from exitsearch.profile.table import measure_table, read_table
+
+    spec = BackboneSpec(
+        "swin_tiny_patch4_window7_224",
+        overrides={"img_size": 28, "patch_size": 2, "in_chans": 1, **CASES[0]},
+    )
+    bb = create_backbone(spec)
+    arch = {**resolve_spec(spec).to_dict(), "checkpoint": None, "pretrained": False}
+    heads = [HeadSpec("linear", m) for m in (1, 5)]
+    ms = measure_heads_latency(heads, HeadContext.from_backbone(bb), "cpu", 2, 0, 1)
+    table = measure_table(bb, arch, ms, "cpu", 2, warmup=0, repeats=1)
+    assert len(table.backbone.block_ms) == bb.depth
+    atomic_write_json(tmp_path / "t.json", table.to_json())
+    # per-stage overrides come back from JSON as lists: still the same model
+    read_table(tmp_path / "t.json").check(arch, table.input_size, [h.key for h in heads])
