@@ -67,8 +67,11 @@ def profile(
     ] = "default",
 ) -> None:
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
+    from dataclasses import replace
+
     from exitsearch._io import atomic_write_json, check_output_file
     from exitsearch.backbone import create_backbone
+    from exitsearch.export.overhead import with_exit_overhead
     from exitsearch.profile import UNIT, measure_latency, profile_backbone
 
     sizes = parse_batch_sizes(batch_size) if latency else []
@@ -107,11 +110,18 @@ def profile(
             candidates, HeadContext.from_backbone(bb), device, sizes[0], warmup, repeats
         )
         device_table = measure_table(bb, arch, heads_ms, device, sizes[0], warmup, repeats)
+        device_table = replace(
+            device_table,
+            backbone=with_exit_overhead(device_table.backbone, bb, warmup, repeats),
+        )
         atomic_write_json(out, device_table.to_json())
         err_console.print(f"wrote {out}: use it with `exitsearch run --latency-table {out}`")
         tables = [device_table.backbone]
     else:
-        tables = [measure_latency(bb, device, b, warmup, repeats) for b in sizes]
+        tables = [
+            with_exit_overhead(measure_latency(bb, device, b, warmup, repeats), bb, warmup, repeats)
+            for b in sizes
+        ]
     doc = prof.to_json()
     if tables:
         doc["latency"] = [t.to_json() for t in tables]
@@ -181,6 +191,10 @@ def profile(
         console.print(
             f"batch {t.batch_size} on {t.device_name}: parts sum to {t.parts_ms:.3f} ms, "
             f"full forward {t.full_ms:.3f} ms (median of {t.repeats}, {t.threads} threads)"
+        )
+        console.print(
+            f"  and the exported runtime's work between them: {t.exit_decision_ms:.3f} ms per "
+            f"early exit a batch passes, {t.exit_fixed_ms:.3f} ms per batch"
         )
         note = parts_note(t.per_sample())
         if note:

@@ -285,7 +285,7 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         return None
     batch = ctx.settings.latency_batch_size
     key = sha256_of(
-        "latency-v1", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
+        "latency-v2", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
     )
     ctx.keys["latency"] = key
     folder = ctx.store.lookup("latency", key)
@@ -294,7 +294,9 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         ctx.progress.log(
             f"latency: measuring the backbone and {len(ctx.candidates)} heads on {device} at batch {batch}"
         )
-        table = measure_latency(ctx.backbone, device, batch)
+        from exitsearch.export.overhead import with_exit_overhead
+
+        table = with_exit_overhead(measure_latency(ctx.backbone, device, batch), ctx.backbone)
         heads = measure_heads_latency(
             ctx.candidates, HeadContext.from_backbone(ctx.backbone), device, batch
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ from exitsearch.backbone.adapter import Backbone
 from exitsearch.errors import ConfigError
 
 __all__ = [
+    "EXIT_DECISION",
+    "EXIT_FIXED",
     "LatencyTable",
     "measure_latency",
     "parts_note",
@@ -58,9 +60,19 @@ def time_call(
     return out
 
 
+# Keys of LatencyTable.extra: what the exported runtime spends beyond the parts, per batch
+# (exitsearch.export.overhead measures them; 0 when a table was written without them).
+EXIT_DECISION = "exit_decision_ms"
+"""Deciding at one early exit: scores from the logits, the criterion, who leaves."""
+EXIT_FIXED = "exit_fixed_ms"
+"""Once per batch whatever the exits: input checks, the final exit's output, assembling rows."""
+
+
 @dataclass(frozen=True)
 class LatencyTable:
-    """Median milliseconds per batch of ``batch_size`` for each part of the backbone."""
+    """Median milliseconds per batch of ``batch_size`` for each part of the backbone, and
+    (in ``extra``) the runtime's work between the parts: :data:`EXIT_DECISION` per early exit
+    a sample passes, :data:`EXIT_FIXED` per batch."""
 
     model: str
     device: str
@@ -77,6 +89,18 @@ class LatencyTable:
     @property
     def parts_ms(self) -> float:
         return self.stem_ms + sum(self.block_ms) + self.head_ms
+
+    @property
+    def exit_decision_ms(self) -> float:
+        return float(self.extra.get(EXIT_DECISION, 0.0))
+
+    @property
+    def exit_fixed_ms(self) -> float:
+        return float(self.extra.get(EXIT_FIXED, 0.0))
+
+    def with_exit_overhead(self, decision_ms: float, fixed_ms: float) -> LatencyTable:
+        """This table with the runtime's per-exit and per-batch work (milliseconds per batch)."""
+        return replace(self, extra={**self.extra, EXIT_DECISION: decision_ms, EXIT_FIXED: fixed_ms})
 
     def cumulative_ms(self, location: int) -> float:
         """Milliseconds of the stem and blocks ``1..location`` per batch."""

@@ -160,16 +160,23 @@ class CostModel:
 
     def exit_ms(self, config: ExitConfig) -> np.ndarray | None:
         """Per-sample milliseconds of leaving at each exit, if a latency table is known
-        (None for pause configurations: the table was measured without pausing)."""
+        (None for pause configurations: the table was measured without pausing).
+
+        Besides the parts (stem, blocks, heads, final head), a sample pays the runtime's
+        decision at every early exit it passes and a fixed share of its batch, when the table
+        measured them (:data:`~exitsearch.profile.latency.EXIT_DECISION`, ``EXIT_FIXED``).
+        """
         if self.latency is None or config.pause:
             return None
         lat = self.latency.per_sample()
         cum = lat.stem_ms + np.cumsum(lat.block_ms)
         heads = np.cumsum(self._heads(config, self.head_ms, "latency"))
-        early = cum[np.asarray(config.locations, dtype=np.int64) - 1] + heads
-        if config.cut:
-            return early
-        return np.append(early, cum[-1] + lat.head_ms + (heads[-1] if len(heads) else 0.0))
+        decided = lat.exit_decision_ms * np.arange(1, len(heads) + 1, dtype=np.float64)
+        early = cum[np.asarray(config.locations, dtype=np.int64) - 1] + heads + decided
+        if not config.cut:
+            passed = (heads[-1] + decided[-1]) if len(heads) else 0.0
+            early = np.append(early, cum[-1] + lat.head_ms + passed)
+        return early + lat.exit_fixed_ms
 
     def cheapest_exit_flops(self, keys: list[str], locations: list[int]) -> float:
         """The least any configuration can cost: one early exit, every sample leaving there."""

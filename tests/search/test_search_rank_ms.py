@@ -71,3 +71,22 @@ def _config(world: World, keys: tuple[str, ...]):
     from exitsearch.core.config import ExitConfig
 
     return ExitConfig(tuple(world.spec(k) for k in keys), "confidence", (0.5,) * len(keys))
+
+
+def test_the_runtimes_work_between_parts_is_priced_per_exit_passed(world: World) -> None:
+    timed = _timed(world)
+    plain = timed.costs
+    # per batch of 1: 0.2 ms per early exit a sample reaches, 0.3 ms once per sample
+    busy = replace(plain, latency=LATENCY.with_exit_overhead(0.2, 0.3))
+    for keys in (("linear@1+u", "mlp@2"), ("linear@1+u", "mlp@2", "linear@4+u")):
+        config = _config(timed, keys)
+        n = len(keys)
+        extra = np.append(0.2 * np.arange(1, n + 1), 0.2 * n) + 0.3
+        assert np.allclose(busy.exit_ms(config) - plain.exit_ms(config), extra)
+        cut = replace(config, cut=True)
+        assert np.allclose(busy.exit_ms(cut) - plain.exit_ms(cut), extra[:-1])
+    # a table written before these were measured prices them at 0
+    assert LatencyTable.from_json(LATENCY.to_json()).exit_decision_ms == 0.0
+    back = LatencyTable.from_json(busy.latency.to_json())
+    assert (back.exit_decision_ms, back.exit_fixed_ms) == (0.2, 0.3)
+    assert back.per_sample().exit_decision_ms == 0.2  # batch 1
