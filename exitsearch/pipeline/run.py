@@ -124,10 +124,23 @@ class RunContext:
         return self.settings.run_dir
 
 
+def _check_preset_has_weights(spec: BackboneSpec) -> None:
+    """A preset names a trained backbone: searching its random initialisation is a mistake."""
+    from exitsearch.backbone.presets import PRESETS
+
+    if spec.model in PRESETS and not spec.pretrained and resolve_spec(spec).checkpoint is None:
+        raise ConfigError(
+            f"preset {spec.model} ships no weights: train them first (`exitsearch backbone train "
+            f"--model {spec.model} --from-scratch --out build/{spec.model}`) and pass --checkpoint "
+            f"build/{spec.model}/model.safetensors"
+        )
+
+
 def prepare(settings: RunSettings, progress: Progress | None = None) -> RunContext:
     """Load backbone, data and search space; fail early on bad input."""
     progress = progress or NullProgress()
     space = load_search_space(settings.space)
+    _check_preset_has_weights(settings.backbone)
     backbone = create_backbone(settings.backbone)
     bad = nonfinite_tensors(backbone.model)
     if bad:

@@ -138,3 +138,14 @@ def test_lgvit_fine_tuning_refuses_swin_in_one_line(runner: CliRunner, run_dir: 
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "changes grid and width" in lines[0], result.output
+
+
+def test_a_preset_without_weights_is_refused_before_any_work(runner: CliRunner, tmp_path: Path):
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app, ["run", "--model", "fmnist-swin12", "--budget", "50%", "--run", str(run)]
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ships no weights" in lines[0] and "--checkpoint" in lines[0]
+    assert not run.exists()
