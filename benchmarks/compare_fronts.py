@@ -1,7 +1,8 @@
 """Two runs' fronts at matched FLOPs: which backbone's exits give more accuracy per FLOP.
 
-Reads the ``pareto.json`` of two runs of ``exitsearch run`` on the same data and splits (e.g. the
-Swin and the ViT reference runs). At each cost in a grid it picks, for each run, the member a
+Reads the ``pareto.json`` of two runs of ``exitsearch run`` on the same data (e.g. the Swin and
+the ViT reference runs): the same test split; each run's validation split is the one its
+backbone's training left out, and each run picks its members on its own. At each cost in a grid it picks, for each run, the member a
 user would pick there: the most accurate on validation among those whose mean validation cost is
 within that cost; it reports that member's validation and test accuracy and its 95 % intervals,
 and the test difference of the two picks. The plot draws both fronts (validation) and the picks'
@@ -41,7 +42,11 @@ def load_front(run: Path) -> dict[str, Any]:
         for m in doc["front"]
     ]
     bb = doc["backbone"]
+    rec = next(m for m in members if m["id"] == doc["recommended"])
     return {
+        "recommended": {**rec, "speedup": float(bb["flops"]) / rec["val_flops"]},
+        "baseline_ratios": {b["name"]: b["ratio"] for b in doc.get("baselines", [])},
+        "timings_s": {k: round(float(v), 1) for k, v in (doc.get("timings") or {}).items()},
         "run": str(run),
         "model": bb["spec"]["model"],
         "backbone_flops": float(bb["flops"]),
@@ -68,7 +73,9 @@ def main() -> None:
     args = ap.parse_args()
 
     a, b = load_front(args.run_a), load_front(args.run_b)
-    if a["data"] != b["data"]:
+    # test accuracies compare only on the same test split; each run picks on its own validation
+    same_test = ("source", "data_dir", "limit")
+    if any(a["data"].get(k) != b["data"].get(k) for k in same_test):
         raise SystemExit(f"the runs used different data: {a['data']} vs {b['data']}")
     top = min(max(m["val_flops"] for m in f["members"]) for f in (a, b))
     low = max(min(m["val_flops"] for m in f["members"]) for f in (a, b))
@@ -98,9 +105,13 @@ def main() -> None:
                 "test_accuracy": f["backbone_test"],
                 "front_members": len(f["members"]),
                 "budget": f["budget"],
+                "recommended": f["recommended"],
+                "baseline_hypervolume_ratios": f["baseline_ratios"],
+                "stage_seconds": f["timings_s"],
             }
             for f in (a, b)
         },
+        "data": {f["model"]: f["data"] for f in (a, b)},
         "rule": "at each cost, each run's most accurate member on validation within that mean "
         "validation cost; test accuracy of that member",
         "matched": rows,
@@ -123,7 +134,7 @@ def plot(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, Any]], path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for f, colour in ((a, "tab:blue"), (b, "tab:orange")):
+    for side, (f, colour) in enumerate(((a, "tab:blue"), (b, "tab:orange"))):
         ms = f["members"]
         left.step(
             [m["val_flops"] / 1e6 for m in ms],
@@ -135,7 +146,7 @@ def plot(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, Any]], path:
         left.axhline(f["backbone_val"], color=colour, ls=":", lw=1)
         left.annotate(
             f"{f['model']} backbone ({f['backbone_flops'] / 1e6:.1f} MFLOPs)",
-            (0.02, f["backbone_val"]),
+            (0.02 + 0.5 * side, f["backbone_val"]),
             xycoords=("axes fraction", "data"),
             color=colour,
             fontsize=8,
@@ -155,7 +166,7 @@ def plot(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, Any]], path:
         right.axhline(f["backbone_test"], color=colour, ls=":", lw=1)
     left.set_xlabel("mean MFLOPs per sample (validation)")
     left.set_ylabel("validation accuracy")
-    left.set_title("fronts (validation)")
+    left.set_title("fronts (each run's own validation split)")
     left.legend(loc="lower right", fontsize=8)
     right.set_xlabel("cost limit, MFLOPs per sample")
     right.set_ylabel("test accuracy of the pick (95 % interval)")
