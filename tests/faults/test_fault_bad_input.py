@@ -274,7 +274,10 @@ def test_bad_checkpoints(world: World, tmp_path: Path, make, fragment: str):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["run", "--model", "resnet50"], "resnet50 is a ResNet, not a plain Vision Transformer"),
+        (
+            ["run", "--model", "resnet50"],
+            "resnet50 is a ResNet, a family exitsearch cannot attach exits to",
+        ),
         (
             ["run", "--model", ""],
             "unknown model ''; `exitsearch backbone list` shows the known ones",
