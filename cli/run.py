@@ -289,11 +289,25 @@ def _thinned(front: list[dict], rows: int) -> list[dict]:
     return [front[i] for i in sorted(picks)]
 
 
+def _budget_amount(budget: dict) -> str:
+    """The budget as typed, with the amount it resolved to when the text does not say it
+    (``50% = 36.40 MFLOPs``, ``36395712 = 36.40 MFLOPs``)."""
+    text = str(budget["text"])
+    if budget.get("ms") is not None and budget.get("flops") is None:
+        amount = f"{float(budget['ms']):.4g} ms"
+    elif budget.get("flops") is not None:
+        amount = format_flops(float(budget["flops"]))
+    else:
+        return text
+    says_unit = any(u in text.lower() for u in ("flop", "mac", "ms"))
+    return text if says_unit else f"{text} = {amount}"
+
+
 def print_front(doc: dict) -> None:
     bb = doc["backbone"]
     budget = doc["budget"]
     title = (
-        f"Pareto front within budget {budget['text']} ({budget['kind']})"
+        f"Pareto front within budget {_budget_amount(budget)} ({budget['kind']})"
         if budget["text"]
         else "Pareto front (no budget)"
     )

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from exitsearch.data import FASHION_MNIST_DIR
 from exitsearch.report import schema
 from exitsearch.search.space import builtin_spaces
+from exitsearch.units import format_flops
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -147,7 +148,10 @@ def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())
-    assert "Pareto front within budget 70% (mean)" in out
+    # the budget as typed, and what it amounts to for this backbone
+    pareto = json.loads((run_dir / schema.PARETO_JSON).read_text())
+    amount = format_flops(pareto["budget"]["flops"])
+    assert f"Pareto front within budget 70% = {amount} (mean)" in out
     assert "recommended (the member whose gain over the backbone has the highest 95 % lower" in out
     assert "baselines" in out and "ryu@2" in out
     for name in (schema.PARETO_JSON, schema.PARETO_CSV, schema.STUDY_DB):
