@@ -190,8 +190,9 @@ class Backbone(nn.Module):
             raise IndexError(
                 f"`0 <= start <= stop <= {self.depth}` must hold, got ({start=}, {stop=})"
             )
-        for blk in self.model.blocks[start:stop]:
-            tokens = blk(tokens)
+        blocks = self.model.blocks
+        for i in range(start, stop):  # by index: slicing a Sequential builds a new module
+            tokens = blocks[i](tokens)
         return tokens
 
     def hidden_states(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -199,8 +200,9 @@ class Backbone(nn.Module):
         upto = self.depth if upto is None else upto
         tokens = self.embed(x)
         out = []
-        for blk in self.model.blocks[:upto]:
-            tokens = blk(tokens)
+        blocks = self.model.blocks
+        for i in range(upto):
+            tokens = blocks[i](tokens)
             out.append(tokens)
         return out
 
