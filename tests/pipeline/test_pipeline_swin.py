@@ -116,7 +116,7 @@ def test_bench_times_the_swin_bundle(runner: CliRunner, run_dir: Path, tmp_path:
     assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])
 
 
-@pytest.mark.parametrize("strategy", ["end-to-end", "layer-wise", "mevit"])
+@pytest.mark.parametrize("strategy", ["end-to-end", "classifier-wise", "layer-wise", "mevit"])
 def test_swin_bundle_fine_tunes(runner: CliRunner, run_dir: Path, tmp_path: Path, strategy: str):
     bundle = run_dir.parent / "bundle"
     if not bundle.is_dir():
