@@ -32,8 +32,8 @@ from exitsearch.data import ArrayDataset, DataSpec, DataSplits
 from exitsearch.device import resolve_device
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext
+from exitsearch.heads.bank import HeadBank
 from exitsearch.search.space import load_search_space
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.groups import plan_head_groups
 from exitsearch.training.heads import HeadTrainConfig, train_heads
 

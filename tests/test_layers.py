@@ -99,7 +99,7 @@ def test_profile_and_heads_form_no_cycle():
     assert not bad, bad
 
 
-def test_export_does_not_import_the_pipeline_or_the_report():
+def test_export_does_not_import_the_pipeline_the_report_or_training():
     bad = [
         msg
         for f in sorted((PACKAGE / "export").glob("*.py"))
@@ -110,6 +110,7 @@ def test_export_does_not_import_the_pipeline_or_the_report():
                 "exitsearch.report",
                 "exitsearch.distributed",
                 "exitsearch.serve",
+                "exitsearch.training",  # a bank of heads is the heads layer's
             )
         )
         for msg in [f"{f.name}:{line} imports {module}"]

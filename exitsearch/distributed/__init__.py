@@ -6,7 +6,7 @@ address nothing here imports Ray. What runs where:
 * pause-configuration trials (:func:`run_pause_search`): Optuna asks and tells on the driver,
   each evaluation is a Ray task (:class:`RayExecutor`) retried when its node is lost;
 * head training (:func:`train_heads_sharded`): one task per group of exit locations, merged
-  into one :class:`~exitsearch.training.bank.HeadBank`;
+  into one :class:`~exitsearch.heads.bank.HeadBank`;
 * latency tables and bench runs (:func:`profile_latency_on_cluster`, :func:`bench_on_cluster`):
   one task per device and batch size;
 * cache-scored exit-configuration trials stay in the driver's process (microseconds each, far

@@ -37,8 +37,8 @@ from exitsearch.data.splits import DataSpec, DataSplits
 from exitsearch.distributed.tasks import ShardJob, train_shard_task
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.heads import (
     SUMMARY,
     WEIGHTS,

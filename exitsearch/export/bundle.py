@@ -48,8 +48,8 @@ from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
 from exitsearch.export.runtime import ExitCosts, MultiExitModel
 from exitsearch.heads import HeadContext, create_head
+from exitsearch.heads.bank import HeadBank
 from exitsearch.profile.flops import UNIT
-from exitsearch.training.bank import HeadBank
 
 __all__ = [
     "AUX_FILE",

@@ -21,7 +21,7 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.data import ArrayDataset, iterate_batches
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext
-from exitsearch.training.bank import HeadBank
+from exitsearch.heads.bank import HeadBank
 
 __all__ = ["MultiExitNet"]
 

@@ -1,7 +1,8 @@
-"""Exit heads: one registry, one factory, one module per head family."""
+"""Exit heads: one registry, one factory, one module per head family, and banks of heads."""
 
 # Importing the head modules registers their types.
 from exitsearch.heads import cnn, gah, linear, lph, mixer, mlp, resmlp, vit  # noqa: F401
+from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.base import (
     ExitHead,
     HeadContext,
@@ -22,6 +23,7 @@ from exitsearch.heads.registry import create_head, get_head_class, list_heads, r
 
 __all__ = [
     "ExitHead",
+    "HeadBank",
     "HeadContext",
     "HeadCost",
     "HeadSpec",

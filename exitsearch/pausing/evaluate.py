@@ -28,9 +28,9 @@ from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import ConfigError
+from exitsearch.heads.bank import HeadBank
 from exitsearch.pausing.pause import PauseMode, PausingViT
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = [

@@ -137,8 +137,8 @@ _LOADED: dict[tuple[str, int], Any] = {}
 def _loaded(folder: str) -> tuple[Any, Any]:
     """``(PaumerModel, HeadBank)`` of a pause-model folder, loaded once per process."""
     from exitsearch.heads import HeadContext, HeadSpec
+    from exitsearch.heads.bank import HeadBank
     from exitsearch.pausing.model import MODEL_FILE, load_paumer
-    from exitsearch.training.bank import HeadBank
     from exitsearch.training.heads import SUMMARY, WEIGHTS
 
     root = Path(folder)

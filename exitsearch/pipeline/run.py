@@ -18,6 +18,7 @@ from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.profile import measure_heads_latency, profile_heads
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
@@ -36,7 +37,6 @@ from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import SearchSpace, load_search_space
 from exitsearch.search.storage import check_storage, open_storage
 from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettings, run_search
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.heads import (
     SUMMARY,
     WEIGHTS,

@@ -22,9 +22,9 @@ from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.bundle import read_safetensors
 from exitsearch.export.points import OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.pipeline.cache import MANIFEST, StageStore
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.heads import SUMMARY
 
 __all__ = ["RunSelection", "bundle_from_run"]

@@ -1,7 +1,7 @@
 """Training exit heads (classifier-wise, all at once) and caching their predictions; the epoch
 checkpoints every training resumes from."""
 
-from exitsearch.training.bank import HeadBank
+from exitsearch.heads.bank import HeadBank
 from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
 from exitsearch.training.heads import HeadStatus, HeadTrainConfig, HeadTrainResult, train_heads
 from exitsearch.training.predict import Predictions, SplitPredictions, predict

@@ -29,7 +29,7 @@ from exitsearch.backbone.adapter import Backbone
 from exitsearch.device import Runtime
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
-from exitsearch.training.bank import HeadBank
+from exitsearch.heads.bank import HeadBank
 from exitsearch.units import format_bytes
 
 __all__ = ["HeadGroupPlan", "activation_bytes", "default_memory_limit", "plan_head_groups"]

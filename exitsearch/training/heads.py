@@ -38,8 +38,8 @@ from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
 from exitsearch.training.groups import HeadGroupPlan, plan_head_groups
 from exitsearch.training.loop import EpochLoop

@@ -26,8 +26,8 @@ from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import CacheError
 from exitsearch.heads import HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.bank import HeadBank
 
 __all__ = ["Predictions", "SplitPredictions", "predict"]
 

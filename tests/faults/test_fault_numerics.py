@@ -29,9 +29,9 @@ from exitsearch.backbone import create_backbone
 from exitsearch.core.config import ExitConfig
 from exitsearch.data import FASHION_MNIST_DIR
 from exitsearch.heads import ExitHead, HeadContext, HeadSpec, register_head
+from exitsearch.heads.bank import HeadBank
 from exitsearch.report import schema
 from exitsearch.search.study import run_search
-from exitsearch.training.bank import HeadBank
 
 pytestmark = [
     pytest.mark.slow,

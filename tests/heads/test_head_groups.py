@@ -13,9 +13,9 @@ from exitsearch.data import DataSpec, load_splits
 from exitsearch.device import resolve_device
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress
 from exitsearch.training import HeadTrainConfig, train_heads
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.groups import activation_bytes, plan_head_groups
 
 TINY = {

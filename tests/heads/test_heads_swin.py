@@ -8,9 +8,9 @@ import torch
 from exitsearch.backbone import create_backbone
 from exitsearch.device import resolve_device
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
+from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.registry import create_head
 from exitsearch.search.space import load_search_space
-from exitsearch.training.bank import HeadBank
 from exitsearch.training.groups import plan_head_groups
 
 SMALL = {

@@ -11,7 +11,8 @@ from torch import nn
 
 from exitsearch._io import derive_seed, load_safetensors, save_safetensors
 from exitsearch.errors import CacheError
-from exitsearch.heads import ExitHead, HeadContext, HeadSpec, create_head
+from exitsearch.heads.base import ExitHead, HeadContext, HeadSpec
+from exitsearch.heads.registry import create_head
 
 __all__ = ["HeadBank"]
 
