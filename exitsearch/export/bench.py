@@ -38,8 +38,8 @@ from exitsearch._io import portable_path
 from exitsearch._memory import check_fits_in_memory
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
+from exitsearch.intervals import median_interval
 from exitsearch.profile.latency import resolve_device
-from exitsearch.search.intervals import median_interval
 
 __all__ = ["BenchReport", "BenchRow", "PartTime", "bench_inputs", "benchmark"]
 

@@ -555,7 +555,7 @@ def check_validation_size(n: int, origin: str) -> None:
 
 def validation_notes(ev: Evaluator, num_classes: int) -> list[str]:
     """What the run should say before searching: few validation samples, a backbone at chance."""
-    from exitsearch.search.intervals import wilson_interval
+    from exitsearch.intervals import wilson_interval
 
     notes = []
     if ev.n < FEW_VALIDATION:

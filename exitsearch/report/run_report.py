@@ -13,11 +13,11 @@ from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
 from exitsearch.device import environment
+from exitsearch.intervals import paired_difference, wilson_interval
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
-from exitsearch.search.intervals import paired_difference, wilson_interval
 from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import CurvePoint, refine_placement
 from exitsearch.search.study import BudgetConstraint, SearchResult

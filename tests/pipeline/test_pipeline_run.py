@@ -27,6 +27,7 @@ from exitsearch.backbone import BackboneSpec
 from exitsearch.core.config import ExitConfig
 from exitsearch.data import FASHION_MNIST_DIR, DataSpec
 from exitsearch.errors import BudgetError, DataError
+from exitsearch.intervals import paired_difference, wilson_interval
 from exitsearch.pipeline.cache import MANIFEST, StageStore
 from exitsearch.pipeline.run import (
     RunSettings,
@@ -40,7 +41,6 @@ from exitsearch.report import schema
 from exitsearch.report.run_report import config_of_column
 from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
-from exitsearch.search.intervals import paired_difference, wilson_interval
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.study import SearchSettings
 from exitsearch.training.heads import SUMMARY, HeadTrainConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exitsearch.search.intervals import median_interval, paired_difference, wilson_interval
+from exitsearch.intervals import median_interval, paired_difference, wilson_interval
 
 
 def _pairs(rng: np.random.Generator, n: int, p_both: float, p_a: float, p_b: float):
