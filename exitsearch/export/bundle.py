@@ -546,9 +546,14 @@ def _load_state(module: nn.Module, path: Path) -> None:
 
 
 def load_onnx_bundle(
-    path: str | os.PathLike[str], threads: int | None = None, *, verify: bool = True
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    *,
+    verify: bool = True,
+    shared_threads: bool = False,
 ) -> Any:
-    """The ONNX graphs of the bundle at ``path`` under their controller.
+    """The ONNX graphs of the bundle at ``path`` under their controller (``threads`` and
+    ``shared_threads`` as :class:`~exitsearch.export.onnx_runtime.OnnxMultiExitModel` takes them).
 
     Raises:
         BundleError: see :func:`~exitsearch.export.bundle.read_manifest`; also a bundle exported
@@ -568,4 +573,6 @@ def load_onnx_bundle(
         costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
-    return OnnxMultiExitModel(root / ONNX_DIR, doc["onnx"], config, points, costs, threads)
+    return OnnxMultiExitModel(
+        root / ONNX_DIR, doc["onnx"], config, points, costs, threads, shared_threads
+    )

@@ -25,15 +25,37 @@ from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.export.runtime import needs_history
 from exitsearch.export.staged import ExitOutput, Flight, Outputs, Staged, Tick
 
-__all__ = ["ONNX_ATOL", "OnnxMultiExitModel", "exit_statistics_np", "session"]
+__all__ = ["ONNX_ATOL", "OnnxMultiExitModel", "exit_statistics_np", "session", "shared_pool"]
 
 ONNX_ATOL = 1e-4
 """Logits of the ONNX graphs agree with PyTorch within this absolute tolerance (float32;
 measured differences on tiny and 12-block ViTs are around 1e-6)."""
 
 
-def session(path: Path, threads: int | None) -> Any:
-    """An onnxruntime CPU session for the graph at ``path`` (quiet: errors only)."""
+_SHARED_POOL: dict[str, int] = {}
+"""``{"threads": n}`` once this process has made onnxruntime's global thread pool."""
+
+
+def shared_pool(threads: int) -> bool:
+    """Make onnxruntime's global intra-op pool of ``threads`` threads, which every session of a
+    model then shares, once per process. False when it cannot serve ``threads``: a pool of
+    another size was made first (onnxruntime makes it once), or this onnxruntime has none."""
+    import onnxruntime as ort
+
+    if "threads" not in _SHARED_POOL:
+        if not hasattr(ort, "set_global_thread_pool_sizes"):
+            return False
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+        except Exception:  # made earlier in this process by someone else: size unknown
+            return False
+        _SHARED_POOL["threads"] = threads
+    return _SHARED_POOL["threads"] == threads
+
+
+def session(path: Path, threads: int | None, shared: bool = False) -> Any:
+    """An onnxruntime CPU session for the graph at ``path`` (quiet: errors only); with
+    ``shared``, on the global pool that :func:`shared_pool` made."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,7 +64,9 @@ def session(path: Path, threads: int | None) -> Any:
     # Idle pool threads spin by default and then starve the next session's threads of cores:
     # the 25 graphs of a 12-block model with 11 exits ran 4x slower than one graph.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
+    if shared:
+        opts.use_per_session_threads = False
+    elif threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     try:
@@ -76,6 +100,11 @@ class OnnxMultiExitModel(Staged, Anytime):
         operating_points: threshold settings to switch between (see :class:`MultiExitModel`).
         costs: FLOPs per exit, if known.
         threads: onnxruntime intra-op threads (its default when None).
+        shared_threads: with ``threads`` above 1, run every graph on one shared pool of
+            ``threads`` threads (onnxruntime's global pool, :func:`shared_pool`) instead of a
+            pool per graph. onnxruntime makes that pool once per process and then refuses
+            sessions with a pool of their own, so once a model in this process shared it, every
+            later model shares it too, at its size. :attr:`thread_pool` says which.
     """
 
     def __init__(
@@ -86,6 +115,7 @@ class OnnxMultiExitModel(Staged, Anytime):
         operating_points: Sequence[OperatingPoint] = (),
         costs: ExitCosts | None = None,
         threads: int | None = None,
+        shared_threads: bool = False,
     ) -> None:
         root = Path(onnx_dir)
         self.config = config
@@ -98,15 +128,23 @@ class OnnxMultiExitModel(Staged, Anytime):
             raise BundleError(
                 f"{root}: {len(graphs['heads'])} head graphs for {len(config.exits)} exits"
             )
-        self.stem = session(root / graphs["stem"], threads)
-        self.segments = [session(root / s["file"], threads) for s in graphs["segments"]]
+        if shared_threads and threads and threads > 1:
+            shared_pool(threads)
+        shared = "threads" in _SHARED_POOL
+        self.thread_pool = f"shared ({_SHARED_POOL['threads']} threads)" if shared else "per graph"
+
+        def open_graph(name: str) -> Any:
+            return session(root / name, threads, shared)
+
+        self.stem = open_graph(graphs["stem"])
+        self.segments = [open_graph(s["file"]) for s in graphs["segments"]]
         self.segment_ranges = [(int(s["start"]), int(s["stop"])) for s in graphs["segments"]]
-        self.heads = [session(root / h["file"], threads) for h in graphs["heads"]]
+        self.heads = [open_graph(h["file"]) for h in graphs["heads"]]
         self.head_has_unc = [bool(h["uncertainty"]) for h in graphs["heads"]]
         rest = graphs.get("rest")
-        self.rest = session(root / rest["file"], threads) if rest else None
+        self.rest = open_graph(rest["file"]) if rest else None
         self.rest_range = (int(rest["start"]), int(rest["stop"])) if rest else None
-        self.final_head = session(root / graphs["final_head"], threads)
+        self.final_head = open_graph(graphs["final_head"])
         self.graphs = dict(graphs)
         self.set_thresholds(config.thresholds)
 

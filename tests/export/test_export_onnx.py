@@ -7,6 +7,8 @@ float32), identical exit indices on real validation images at batch sizes 1, 7 a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +165,33 @@ def test_exit_after_the_last_block_has_no_rest_graph(world: World, tmp_path: Pat
     idx_o, _, logits_o = world.run_split(onnx_model, 16, limit=64)
     np.testing.assert_array_equal(idx_o, idx_t)
     np.testing.assert_allclose(logits_o, logits_t, atol=ONNX_ATOL, rtol=0)
+
+
+SHARED_POOL_CHECK = """
+import sys
+import numpy as np
+from exitsearch.export import load_onnx_bundle
+path = sys.argv[1]
+x = np.random.default_rng(0).standard_normal((24, 1, 28, 28)).astype(np.float32)
+own = load_onnx_bundle(path, threads=2)  # a pool per graph (made before the shared one)
+shared = load_onnx_bundle(path, threads=2, shared_threads=True)
+later = load_onnx_bundle(path, threads=1)  # onnxruntime now refuses pools of their own
+a, b, c = own(x), shared(x), later(x)
+assert own.thread_pool == "per graph", own.thread_pool
+assert shared.thread_pool == later.thread_pool == "shared (2 threads)", later.thread_pool
+assert list(a.exit_index) == list(b.exit_index) == list(c.exit_index)
+np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), atol=1e-5, rtol=0)
+print("ok")
+"""
+
+
+def test_graphs_can_share_one_thread_pool(bundles):  # type: ignore[no-untyped-def]
+    # in a process of its own: onnxruntime's global pool is made once per process
+    path, _ = bundles
+    done = subprocess.run(
+        [sys.executable, "-c", SHARED_POOL_CHECK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
