@@ -104,12 +104,29 @@ def list_(
     pattern: Annotated[str, typer.Argument(help="Filter, e.g. 'vit_*' or '*small*'.")] = "*",
 ) -> None:
     """List shipped presets and the timm models (ViT, DeiT, Swin) exitsearch can use."""
-    from exitsearch.backbone import list_backbones
+    import timm
 
-    table = Table("name", "kind", "description")
+    from exitsearch.backbone import list_backbones
+    from exitsearch.backbone.families import FAMILIES
+
+    family = {
+        model: name
+        for name, fam in FAMILIES.items()
+        for module in fam.timm_modules
+        for model in timm.list_models(
+            [pattern, *(p.spec.model for p in PRESETS.values())], module=module
+        )
+    }
+    table = Table("name", "kind", "family", "description")
     for name in list_backbones(pattern):
         preset = PRESETS.get(name)
-        table.add_row(name, "preset" if preset else "timm", preset.description if preset else "")
+        arch = preset.spec.model if preset else name
+        table.add_row(
+            name,
+            "preset" if preset else "timm",
+            family.get(arch, ""),
+            preset.description if preset else "",
+        )
     console.print(table)
 
 

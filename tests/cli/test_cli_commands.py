@@ -125,6 +125,11 @@ def test_backbone_list(runner):
     assert "vit_base_patch16_224" in result.stdout
     filtered = runner.invoke(app, ["backbone", "list", "*small*"])
     assert "vit_small_patch16_224" in filtered.stdout and PRESET not in filtered.stdout
+    # each model's family: a Swin says so, a ViT says so
+    wide = runner.invoke(app, ["backbone", "list", "*tiny*"], env={"COLUMNS": "200"})
+    rows = {line.split("│")[1].strip(): line for line in wide.stdout.splitlines() if "│" in line}
+    assert "│ swin " in rows["swin_tiny_patch4_window7_224"]
+    assert "│ vit " in rows["vit_tiny_patch16_224"]
 
 
 def test_backbone_train_with_data_dir(runner, tmp_path, small_fmnist_dir, tiny_overrides):
