@@ -38,6 +38,14 @@ def bench(
         bool,
         typer.Option("--onnx", help="Also time the bundle's ONNX graphs (onnxruntime, CPU)."),
     ] = False,
+    onnx_shared_threads: Annotated[
+        bool,
+        typer.Option(
+            "--onnx-shared-threads",
+            help="Run every ONNX graph on one shared thread pool (onnxruntime's global pool) "
+            "instead of a pool per graph: faster at batch 1, slower in stream mode here.",
+        ),
+    ] = False,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -95,6 +103,8 @@ def bench(
         torch.set_num_threads(threads)
     if budget is not None and point is not None:
         raise ConfigError("--budget and --point exclude each other")
+    if onnx_shared_threads and not onnx:
+        raise ConfigError("--onnx-shared-threads applies to --onnx: add --onnx")
     model = load_bundle(bundle)
     if budget is not None:
         model.set_operating_point(budget)
@@ -105,7 +115,9 @@ def bench(
     device = str(resolve_device(device).device)
     onnx_model = None
     if onnx:
-        onnx_model = load_onnx_bundle(bundle, threads=torch.get_num_threads())
+        onnx_model = load_onnx_bundle(
+            bundle, threads=torch.get_num_threads(), shared_threads=onnx_shared_threads
+        )
         if device != "cpu":
             err_console.print("note: the ONNX graphs run on the CPU (CPUExecutionProvider)")
     report = benchmark(
@@ -119,10 +131,15 @@ def bench(
         stream_repeats=stream_repeats,
     )
     if json_out:
-        atomic_write_json(json_out, report.to_json())
+        doc = report.to_json()
+        if onnx_model is not None:
+            doc["onnx_thread_pool"] = onnx_model.thread_pool
+        atomic_write_json(json_out, doc)
     if plot:
         plot_bench([report.to_json()], plot, title=report.configuration[:90])
     print_report(report)
+    if onnx_model is not None:
+        console.print(f"onnxruntime thread pool: {onnx_model.thread_pool}", highlight=False)
 
 
 def print_report(report: BenchReport) -> None:

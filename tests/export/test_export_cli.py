@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,29 @@ def test_export_onnx_then_bench(runner: CliRunner, onnx_bundle: Path, tmp_path: 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(r["predicted_speedup"] > 0 and r["parts"] for r in doc["rows"])
     assert doc["inputs"].startswith("fashion-mnist validation")
+
+
+def test_bench_with_one_shared_onnx_thread_pool(onnx_bundle: Path, tmp_path: Path):
+    # the real command in a process of its own: onnxruntime's global pool is made once per
+    # process and would hold every later session of this test process
+    out = tmp_path / "bench.json"
+    exe = Path(sys.executable).with_name("exitsearch")
+    args = [str(exe), "bench", str(onnx_bundle), "--batch-size", "1", "--repeats", "2"]
+    args += ["--warmup", "1", "--threads", "2", "--onnx", "--onnx-shared-threads"]
+    done = subprocess.run(
+        [*args, "--json-out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "onnxruntime thread pool: shared (2 threads)" in " ".join(done.stdout.split())
+    doc = json.loads(out.read_text())
+    assert doc["onnx_thread_pool"] == "shared (2 threads)"
+    assert [r["engine"] for r in doc["rows"]] == ["torch", "onnx"]
+
+
+def test_shared_onnx_threads_need_onnx(runner: CliRunner, onnx_bundle: Path):
+    result = runner.invoke(app, ["bench", str(onnx_bundle), "--onnx-shared-threads"])
+    assert result.exit_code == 2
+    assert "add --onnx" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_bench_at_a_budget_and_on_a_damaged_bundle(
