@@ -160,8 +160,11 @@ class Backbone(nn.Module):
 
     def block_modules(self, start: int, stop: int) -> list[nn.Module]:
         """The modules blocks ``[start, stop)`` (0-based, as :meth:`run_blocks`) run."""
-        mods = dict(self.named_modules())
-        return [mods[n] for i in range(start, stop) for n in self.block_module_names(i + 1)]
+        return [
+            self.get_submodule(n)
+            for i in range(start, stop)
+            for n in self.block_module_names(i + 1)
+        ]
 
     def preprocess(self) -> Preprocess:
         """The model's own preprocessing: timm's data config, fitted to its size and channels."""
@@ -200,9 +203,8 @@ class Backbone(nn.Module):
         upto = self.depth if upto is None else upto
         tokens = self.embed(x)
         out = []
-        blocks = self.model.blocks
         for i in range(upto):
-            tokens = blocks[i](tokens)
+            tokens = self.run_blocks(tokens, i, i + 1)
             out.append(tokens)
         return out
 

@@ -146,15 +146,6 @@ class SwinBackbone(Backbone):
             x = stage.blocks[j](x)
         return x.flatten(1, 2)
 
-    def hidden_states(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
-        upto = self.depth if upto is None else upto
-        tokens = self.embed(x)
-        out = []
-        for i in range(upto):
-            tokens = self.run_blocks(tokens, i, i + 1)
-            out.append(tokens)
-        return out
-
     def final_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final norm, average pooling and classifier on the state after the last block."""
         return self.model.forward_head(self.model.norm(self._grid(tokens, self.depth)))

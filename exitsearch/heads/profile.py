@@ -49,6 +49,13 @@ class _WithUncertainty(nn.Module):
         return logits, self.predictor(logits)
 
 
+def variant_key(spec: HeadSpec, ctx: HeadContext) -> tuple[str, bool, Any]:
+    """What a head's size depends on: its type and parameters, its uncertainty predictor, and
+    the state's shape at its location (one shape everywhere on a plain ViT, one per stage on
+    Swin). Heads of one key cost the same."""
+    return spec.variant, spec.uncertainty, ctx.at(spec.location).shape
+
+
 def head_cost(spec: HeadSpec, ctx: HeadContext) -> HeadCost:
     """FLOPs and parameters of the head ``spec`` describes, on one (1, tokens, D) hidden state
     of its location's shape (every location's on a plain ViT; its stage's on Swin).
@@ -83,7 +90,7 @@ def profile_heads(specs: Iterable[HeadSpec], ctx: HeadContext) -> dict[str, Head
     by_variant: dict[tuple[str, bool, Any], HeadCost] = {}
     out: dict[str, HeadCost] = {}
     for spec in specs:
-        variant = (spec.variant, spec.uncertainty, ctx.at(spec.location).shape)
+        variant = variant_key(spec, ctx)
         if variant not in by_variant:
             by_variant[variant] = head_cost(spec, ctx)
         out[spec.key] = by_variant[variant]
@@ -108,7 +115,7 @@ def measure_heads_latency(
     out: dict[str, float] = {}
     for spec in specs:
         here = ctx.at(spec.location)
-        ident = (spec.variant, spec.uncertainty, here.shape)
+        ident = variant_key(spec, ctx)
         if ident not in by_variant:
             x = torch.randn(batch_size, here.num_tokens, here.embed_dim, device=dev)
             head = create_head(spec, ctx).to(dev).eval()
