@@ -51,13 +51,14 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, augmentation.")] = 0,
     augment: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--augment",
-            help="Light augmentations: crop,flip (default), crop, flip or none. Leave out flip "
-            "for digits, text and anything a mirror changes.",
+            help="Light augmentations: crop,flip, crop, flip or none; default crop,flip (flip "
+            "for counting, where a crop could cut objects away). Leave out flip for digits, text "
+            "and anything a mirror changes.",
         ),
-    ] = "crop,flip",
+    ] = None,
     no_augment: Annotated[
         bool, typer.Option("--no-augment", help="No augmentation (same as --augment none).")
     ] = False,
@@ -68,6 +69,7 @@ def train(
     import torch
 
     from exitsearch.backbone import create_backbone
+    from exitsearch.core.task import get_task
     from exitsearch.data import load_splits
     from exitsearch.training.backbone_trainer import BackboneTrainConfig, train_backbone
 
@@ -86,15 +88,18 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         seed=seed,
-        augment=_augment_setting("none" if no_augment else augment),
+        augment=_augment_setting(
+            "none" if no_augment else augment or get_task(splits.task).augment
+        ),
     )
     with RichProgress() as progress:
         meta = train_backbone(
             bb, splits, cfg, out, progress=progress, command=invocation(), device=device
         )
+    quality = meta["quality"]
     console.print(
-        f"validation accuracy {meta['val_acc']:.4f}, test accuracy {meta['test_acc']:.4f}; "
-        f"weights in {out}/model.safetensors"
+        f"validation {quality} {meta['val_quality']:.4f}, test {quality} "
+        f"{meta['test_quality']:.4f}; weights in {out}/model.safetensors"
     )
 
 

@@ -188,7 +188,7 @@ def print_report(report: BenchReport) -> None:
         acc = (
             ""
             if r.accuracy is None
-            else (f"; accuracy {r.accuracy:.4f} (backbone {r.backbone_accuracy:.4f})")
+            else (f"; {report.quality} {r.accuracy:.4f} (backbone {r.backbone_accuracy:.4f})")
         )
         console.print(
             f"{r.label}: samples per exit {' '.join(map(str, r.exit_counts))}{acc}",

@@ -49,6 +49,7 @@ def export(
     """Export a front member as a bundle: a runnable model with per-sample exits.
 
     `exitsearch.load` turns the bundle into a model (backbone and head weights, operating points, training recipe)."""
+    from exitsearch.core.task import get_task
     from exitsearch.export import export_bundle, read_manifest
     from exitsearch.export.onnx import EXPORTERS
     from exitsearch.pipeline.selection import bundle_from_run
@@ -69,6 +70,7 @@ def export(
         sel.predicted,
         sel.meta,
         aux_decoder=sel.aux_decoder,
+        task=sel.task,
         onnx=onnx,
         onnx_exporter=onnx_exporter,
         overwrite=overwrite,
@@ -77,13 +79,14 @@ def export(
     costs = doc["costs"]
     console.print(f"[bold]bundle[/] {escape(str(path))}", highlight=False)
     console.print(f"configuration {sel.config_id}: {escape(doc['description'])}", highlight=False)
+    task = get_task(doc.get("task"))
     table = Table(title=f"predicted (cost per sample in {UNIT})")
-    for col in ("split", "accuracy", "mean cost", "speed-up"):
+    for col in ("split", task.quality, "mean cost", "speed-up"):
         table.add_column(col, justify="right")
     for split, ev in doc["predicted"].items():
         table.add_row(
             split,
-            f"{ev['accuracy']:.4f}",
+            task.format(ev["accuracy"]),
             format_flops(ev["mean_flops"]),
             f"{costs['backbone_flops'] / ev['mean_flops']:.2f}x",
         )

@@ -304,6 +304,16 @@ def _budget_amount(budget: dict) -> str:
 
 
 def print_front(doc: dict) -> None:
+    from exitsearch.core.task import CLASSIFICATION, get_task
+
+    task = get_task(doc.get("task"))
+    classify = task.name == CLASSIFICATION
+    quality = task.quality
+
+    def points(d: float) -> str:
+        """A score difference: points of accuracy, or the change of the MAE."""
+        return f"{d * 100:+.2f}" if classify else f"{task.shown(d):+.3f}"
+
     bb = doc["backbone"]
     budget = doc["budget"]
     title = (
@@ -312,8 +322,9 @@ def print_front(doc: dict) -> None:
         else "Pareto front (no budget)"
     )
     table = Table(
-        title=f"{title}; backbone {format_flops(bb['flops'])}, accuracy "
-        f"{bb['val_accuracy']:.4f} on validation, {bb['test_accuracy']:.4f} on test",
+        title=f"{title}; backbone {format_flops(bb['flops'])}, {quality} "
+        f"{task.format(bb['val_accuracy'])} on validation, {task.format(bb['test_accuracy'])} "
+        "on test",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -348,10 +359,10 @@ def print_front(doc: dict) -> None:
             config += f"; pause {pause}"
         table.add_row(
             f"{m['id']}{' *' if m['recommended'] else ''}",
-            f"{v['accuracy']:.4f}",
-            f"{half * 100:.2f}",
-            f"{gain['difference'] * 100:+.2f}{sure}",
-            f"{m['test']['accuracy']:.4f}",
+            task.format(v["accuracy"]),
+            f"{half * 100:.2f}" if classify else f"{half:.3f}",
+            f"{points(gain['difference'])}{sure}",
+            task.format(m["test"]["accuracy"]),
             f"{v['mean_flops'] / 1e6:.2f}",
             f"{v['mean_ms']:.3g}" if timed else f"{m['speedup']:.2f}x",
             escape(config),
@@ -364,10 +375,11 @@ def print_front(doc: dict) -> None:
             "pareto.csv lists all",
             highlight=False,
         )
+    unit = "in points" if classify else "in objects"
     console.print(
-        "±95%: half-width of the 95 % interval of the validation accuracy, in points; gain: "
-        "validation accuracy minus the backbone's on the same samples, in points (* when its 95 % "
-        "interval excludes 0); "
+        f"val, test: {quality}; ±95%: half-width of the 95 % interval of the validation "
+        f"{quality}, {unit}; gain: validation {quality} minus the backbone's on the same "
+        f"samples, {unit} (* when its 95 % interval excludes 0); "
         + (
             "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "
             "in pareto.csv)"
@@ -379,7 +391,7 @@ def print_front(doc: dict) -> None:
     base = Table(
         title="baselines (same evaluator, same caches): hypervolume of the searched front / baseline's"
     )
-    for col in ("baseline", "points", "best val acc", "ratio"):
+    for col in ("baseline", "points", f"best val {'acc' if classify else quality}", "ratio"):
         base.add_column(col, justify="left" if col == "baseline" else "right")
     for b in doc["baselines"]:
         best = b["best_val_accuracy"]
@@ -389,13 +401,14 @@ def print_front(doc: dict) -> None:
             ratio = "inf: none in budget"
         else:
             ratio = "inf: no area"
-        base.add_row(b["name"], str(b["points"]), "-" if best is None else f"{best:.4f}", ratio)
+        base.add_row(b["name"], str(b["points"]), "-" if best is None else task.format(best), ratio)
     console.print(base)
     rec = next(m for m in doc["front"] if m["recommended"])
     console.print(
         f"recommended ({doc.get('recommendation_rule', 'most accurate within budget')}): "
         f"id {rec['id']}: {escape(rec['description'])}; validation "
-        f"{rec['val']['accuracy']:.4f}, test {rec['test']['accuracy']:.4f} at "
+        + ("" if classify else f"{quality} ")
+        + f"{task.format(rec['val']['accuracy'])}, test {task.format(rec['test']['accuracy'])} at "
         + (f"{rec['val']['mean_ms']:.3g} ms, " if rec["val"].get("mean_ms") is not None else "")
         + f"{rec['val']['mean_flops'] / 1e6:.2f} MFLOPs ({rec['speedup']:.2f}x)",
         highlight=False,

@@ -8,6 +8,11 @@ of Newcombe, "Improved confidence intervals for the difference between binomial 
 on paired data", Statistics in Medicine 1998), which combines the two Wilson intervals with the
 correlation of the paired outcomes.
 
+A counting task's score is minus a sample's absolute error, not a proportion: its mean gets the
+normal interval ``mean +- z * sd / sqrt(n)`` and a paired difference the same interval of the
+per-sample differences (validation splits hold hundreds to thousands of samples, where the
+normal approximation of a mean holds).
+
 These intervals speak of the samples the validation split could have held, not of thresholds that
 were chosen on it: a member picked for being best on validation is optimistic by more than its
 interval says.
@@ -20,7 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Z95", "PairedDifference", "median_interval", "paired_difference", "wilson_interval"]
+__all__ = [
+    "Z95",
+    "PairedDifference",
+    "mean_interval",
+    "median_interval",
+    "paired_difference",
+    "paired_mean_difference",
+    "paired_scores",
+    "score_interval",
+    "wilson_interval",
+]
 
 Z95 = 1.959963984540054  # the two-sided 95 % quantile of the standard normal
 
@@ -93,6 +108,47 @@ def paired_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDif
     lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     return PairedDifference(d, max(-1.0, d - lower), min(1.0, d + upper), only_a, only_b, n)
+
+
+def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """The normal interval ``mean +- z * sd / sqrt(n)`` of a mean (the value itself for n < 2)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return -math.inf, math.inf
+    m = float(x.mean())
+    if x.size < 2:
+        return m, m
+    half = z * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return m - half, m + half
+
+
+def paired_mean_difference(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDifference:
+    """``mean(a) - mean(b)`` of paired scores with the normal interval of the differences;
+    ``only_a``/``only_b`` count the samples where ``a``/``b`` scores higher."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need two vectors of one length, got {a.shape}, {b.shape}")
+    d = a - b
+    low, high = mean_interval(d, z)
+    mean = float(d.mean()) if d.size else 0.0
+    return PairedDifference(
+        mean, low, high, int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0)), d.size
+    )
+
+
+def score_interval(scores: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """95 % interval of a mean score: Wilson for right/wrong (bool) outcomes, else normal."""
+    if scores.dtype == np.bool_:
+        return wilson_interval(int(scores.sum()), scores.size, z)
+    return mean_interval(scores, z)
+
+
+def paired_scores(a: np.ndarray, b: np.ndarray, z: float = Z95) -> PairedDifference:
+    """The paired difference of two members' scores: Newcombe for bool outcomes, else normal."""
+    if a.dtype == np.bool_ and b.dtype == np.bool_:
+        return paired_difference(a, b, z)
+    return paired_mean_difference(a, b, z)
 
 
 def median_interval(

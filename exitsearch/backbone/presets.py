@@ -8,10 +8,11 @@ from pathlib import Path
 
 from exitsearch.backbone.spec import BackboneSpec
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "SWIN_PRESET", "Preset", "preset_dir"]
+__all__ = ["COUNT_PRESET", "DEFAULT_PRESET", "PRESETS", "SWIN_PRESET", "Preset", "preset_dir"]
 
 DEFAULT_PRESET = "fmnist-vit12"
 SWIN_PRESET = "fmnist-swin12"
+COUNT_PRESET = "fmnist-count-vit12"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,28 @@ PRESETS: dict[str, Preset] = {
             "12-block Swin (stages of 2, 2, 6, 2 blocks, widths 40-320, grids 14x14 to 2x2, "
             "windows of 7) for Fashion-MNIST; architecture only: its weights are not shipped "
             "(`exitsearch backbone train --model fmnist-swin12` trains them)"
+        ),
+    ),
+    COUNT_PRESET: Preset(
+        name=COUNT_PRESET,
+        spec=BackboneSpec(
+            model="vit_tiny_patch16_224",
+            overrides={
+                "img_size": 56,
+                "patch_size": 8,
+                "in_chans": 1,
+                "num_classes": 2,
+                "embed_dim": 96,
+                "num_heads": 3,
+                "depth": 12,
+            },
+            preprocess={"crop_pct": 1.0, "interpolation": "bilinear"},
+        ),
+        data="fashion-mnist-count",
+        description=(
+            "12-block ViT (width 96, 7x7 patches of 8 px) counting Fashion-MNIST garments on "
+            "56-px canvases (two outputs: a Laplace location and log scale); architecture only "
+            "(`exitsearch backbone train --model fmnist-count-vit12 --data fashion-mnist-count`)"
         ),
     ),
 }

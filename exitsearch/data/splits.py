@@ -185,6 +185,7 @@ class DataSplits:
     val: Samples
     test: Samples
     spec: DataSpec
+    task: str = "classification"
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -246,4 +247,4 @@ def load_splits(
         train, val, test = (
             d.subset(np.arange(min(spec.limit, len(d)))) for d in (train, val, test)
         )
-    return DataSplits(train, val, test, spec)
+    return DataSplits(train, val, test, spec, source.task)

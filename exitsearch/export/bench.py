@@ -36,6 +36,7 @@ import torch
 
 from exitsearch._io import portable_path
 from exitsearch._memory import check_fits_in_memory
+from exitsearch.core.task import Task
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
 from exitsearch.intervals import median_interval
@@ -124,6 +125,8 @@ class BenchReport:
     load_average: list[float] | None = None
     cpus: int = 1
     notes: list[str] = field(default_factory=list)
+    quality: str = "accuracy"
+    """What the rows' ``accuracy`` fields hold: the accuracy, or a counting task's MAE."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,7 +219,9 @@ def benchmark(
         backbone_flops=costs.backbone_flops,
         configuration=model.describe(),
         operating_point=model.point_index,
+        quality=model.task.quality,
     )
+    scorer = _Scorer(model.task)
     report.load_average, report.cpus = _load()
     busy = _busy_note(report.load_average, report.cpus)
     if busy:
@@ -243,6 +248,7 @@ def benchmark(
                 repeats,
                 costs.exit_flops,
                 costs.backbone_flops,
+                scorer,
             )
         )
         if stream and b > 1:
@@ -257,6 +263,7 @@ def benchmark(
                     stream_repeats,
                     costs.exit_flops,
                     costs.backbone_flops,
+                    scorer,
                 )
             )
         if onnx_model is not None:
@@ -274,6 +281,7 @@ def benchmark(
                     repeats,
                     costs.exit_flops,
                     costs.backbone_flops,
+                    scorer,
                 )
             )
             if stream and b > 1:
@@ -288,6 +296,7 @@ def benchmark(
                         stream_repeats,
                         costs.exit_flops,
                         costs.backbone_flops,
+                        scorer,
                     )
                 )
     return report
@@ -358,6 +367,7 @@ def _measure(
     repeats: int,
     exit_flops: Sequence[float],
     backbone_flops: float,
+    scorer: _Scorer,
 ) -> BenchRow:
     for w in range(warmup):
         x = batches[w % len(batches)][0]
@@ -381,9 +391,8 @@ def _measure(
                 model_out = out
         exits.append(model_out.exit_index.cpu().numpy())
         if y is not None:
-            right += int((model_out.prediction.cpu() == y).sum())
-            bb_pred = torch.as_tensor(np.asarray(_cpu(bb_logits))).argmax(-1)
-            right_bb += int((bb_pred == y).sum())
+            right += scorer.total(model_out.prediction, y)
+            right_bb += scorer.total(scorer.predict(bb_logits), y)
             seen += len(y)
     idx = np.concatenate(exits)
     mean_flops = float(np.asarray(exit_flops, dtype=np.float64)[idx].mean())
@@ -404,8 +413,8 @@ def _measure(
         predicted_speedup=backbone_flops / mean_flops,
         mean_flops=mean_flops,
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
-        accuracy=right / seen if seen else None,
-        backbone_accuracy=right_bb / seen if seen else None,
+        accuracy=scorer.shown(right / seen) if seen else None,
+        backbone_accuracy=scorer.shown(right_bb / seen) if seen else None,
         parts=_profile(batches, profiled_fn, sync, repeats),
     )
 
@@ -420,6 +429,7 @@ def _measure_stream(
     repeats: int,
     exit_flops: Sequence[float],
     backbone_flops: float,
+    scorer: _Scorer,
 ) -> BenchRow:
     """Stream mode: the batches as one stream through the model (``predict_fn(pool, b,
     tick)``), against the backbone on the same batches; each pass timed whole, ``repeats``
@@ -454,9 +464,9 @@ def _measure_stream(
     right = right_bb = None
     if all(y is not None for y in labels):
         y_all = torch.cat(labels)  # type: ignore[arg-type]
-        right = int((model_out.prediction.cpu() == y_all).sum()) / len(y_all)
-        bb_pred = torch.cat([torch.as_tensor(np.asarray(_cpu(t))) for t in bb_logits]).argmax(-1)
-        right_bb = int((bb_pred == y_all).sum()) / len(y_all)
+        right = scorer.shown(scorer.total(model_out.prediction, y_all) / len(y_all))
+        bb_pred = torch.cat([scorer.predict(t) for t in bb_logits])
+        right_bb = scorer.shown(scorer.total(bb_pred, y_all) / len(y_all))
     n_batches = len(batches)
     # every pass runs the same images, so a pass is a throughput measurement of its own and
     # the median pass is the throughput least disturbed by other load on the machine
@@ -482,6 +492,24 @@ def _measure_stream(
         parts=_profile([(pool, None)], lambda x, tick: predict_fn(x, b, tick), sync, 1, n_batches),
         mode="stream",
     )
+
+
+class _Scorer:
+    """Predictions and scores of a task on timed batches: right predictions (accuracy), or
+    minus the absolute error of a count (MAE)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def predict(self, outputs: Any) -> torch.Tensor:
+        """The prediction from a backbone's raw outputs (a tensor or an array)."""
+        return self.task.statistics(torch.as_tensor(np.asarray(_cpu(outputs))))[2]
+
+    def total(self, pred: torch.Tensor, y: torch.Tensor) -> float:
+        return float(self.task.scores(pred.cpu().numpy(), y.cpu().numpy()).sum())
+
+    def shown(self, mean_score: float) -> float:
+        return self.task.shown(mean_score)
 
 
 def _cpu(t: Any) -> Any:

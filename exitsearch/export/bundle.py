@@ -43,6 +43,7 @@ from exitsearch._io import (
 from exitsearch._mismatch import state_mismatch, unreadable_safetensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import CLASSIFICATION
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import OperatingPoint
@@ -95,6 +96,7 @@ def export_bundle(
     onnx_exporter: str = "dynamo",
     overwrite: bool = False,
     aux_decoder: nn.Module | None = None,
+    task: str | None = None,
 ) -> Path:
     """Write ``config`` with its heads and backbone as a bundle folder at ``out_dir``.
 
@@ -115,6 +117,7 @@ def export_bundle(
         aux_decoder: PAUMER's auxiliary decoder, required for a configuration with ``pause``
             (:func:`exitsearch.pipeline.selection.bundle_from_run` reads a run's own, as
             ``exitsearch export RUN`` does).
+        task: what the exits predict (:mod:`exitsearch.core.task`; default classification).
 
     Returns:
         The bundle folder.
@@ -155,7 +158,9 @@ def export_bundle(
             )
         )
     points.sort(key=lambda p: (p.mean_flops, -p.val_accuracy))
-    model = MultiExitModel(backbone, modules, config, points, costs, aux_decoder=aux_decoder)
+    model = MultiExitModel(
+        backbone, modules, config, points, costs, aux_decoder=aux_decoder, task=task
+    )
     meta = dict(extra_meta or {})
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +286,7 @@ def _manifest(
                 "std": list(transform.std),
             },
         },
+        **({} if model.task.name == CLASSIFICATION else {"task": model.task.name}),
         "config": config.to_dict(),
         "exits": [s.to_dict() | {"key": s.key} for s in config.exits],
         "description": config.describe()
@@ -469,7 +475,9 @@ def load_bundle(
     aux = None
     if config.pause:
         aux = _load_aux(root, doc, backbone)
-    model = MultiExitModel(backbone, heads, config, points, costs, aux_decoder=aux)
+    model = MultiExitModel(
+        backbone, heads, config, points, costs, aux_decoder=aux, task=doc.get("task")
+    )
     model.preprocess = _preprocess(bdoc, backbone)
     backbone.preprocess_overrides = {  # finetuning and bench read it through the backbone
         k: v for k, v in model.preprocess.to_dict().items() if k != "input_size"
@@ -574,5 +582,12 @@ def load_onnx_bundle(
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
     return OnnxMultiExitModel(
-        root / ONNX_DIR, doc["onnx"], config, points, costs, threads, shared_threads
+        root / ONNX_DIR,
+        doc["onnx"],
+        config,
+        points,
+        costs,
+        threads,
+        shared_threads,
+        task=doc.get("task"),
     )

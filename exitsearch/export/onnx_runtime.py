@@ -20,6 +20,7 @@ import torch
 
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.criteria import create_criterion
+from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.points import Anytime, ExitCosts, OperatingPoint
 from exitsearch.export.runtime import needs_history
@@ -116,8 +117,10 @@ class OnnxMultiExitModel(Staged, Anytime):
         costs: ExitCosts | None = None,
         threads: int | None = None,
         shared_threads: bool = False,
+        task: str | None = None,
     ) -> None:
         root = Path(onnx_dir)
+        self.task = get_task(task)
         self.config = config
         self.criterion = create_criterion(config.criterion)
         self._history = needs_history(self.criterion)
@@ -195,7 +198,7 @@ class OnnxMultiExitModel(Staged, Anytime):
             logits = self._tensor(self.final_head, flight.tokens)
             if tick:
                 tick("final head")
-            return self._decide(k, flight, out, logits, _statistics(logits), None, tick)
+            return self._decide(k, flight, out, logits, self._statistics(logits)[0], None, tick)
         start, stop = self.segment_ranges[k]
         flight.tokens = self._tensor(self.segments[k], flight.tokens)
         if tick:
@@ -204,12 +207,18 @@ class OnnxMultiExitModel(Staged, Anytime):
         logits = torch.from_numpy(outs[0])
         if tick:
             tick(f"head {self.config.exits[k].key}")
-        unc = (
-            torch.from_numpy(outs[1].astype(np.float32))
-            if self.criterion.needs_uncertainty and self.head_has_unc[k]
-            else None
-        )
-        return self._decide(k, flight, out, logits, _statistics(logits), unc, tick)
+        stats, unc = self._statistics(logits)
+        if unc is None and self.criterion.needs_uncertainty and self.head_has_unc[k]:
+            unc = torch.from_numpy(outs[1].astype(np.float32))
+        return self._decide(k, flight, out, logits, stats, unc, tick)
+
+    def _statistics(self, logits: torch.Tensor) -> tuple[Any, torch.Tensor | None]:
+        """``((confidence, entropy, prediction), uncertainty or None)`` of an exit's outputs:
+        classification in numpy (:func:`exit_statistics_np`), other tasks by their own rule."""
+        if self.task.name == CLASSIFICATION:
+            return _statistics(logits), None
+        conf, ent, pred, unc = self.task.statistics(logits)
+        return (conf, ent, pred), unc
 
     def _tensor(self, sess: Any, tokens: torch.Tensor) -> torch.Tensor:
         """The first output of ``sess`` on ``tokens``, as a tensor (no copies either way)."""

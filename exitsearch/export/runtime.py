@@ -38,7 +38,8 @@ from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.core.config import ExitConfig
-from exitsearch.core.criteria import ExitCriterion, create_criterion, exit_statistics
+from exitsearch.core.criteria import ExitCriterion, create_criterion
+from exitsearch.core.task import get_task
 from exitsearch.data.preprocess import Preprocess
 from exitsearch.errors import ConfigError
 from exitsearch.export.inputs import ModelInputs
@@ -93,8 +94,11 @@ class MultiExitModel(Staged, Anytime, nn.Module):
         operating_points: Sequence[OperatingPoint] = (),
         costs: ExitCosts | None = None,
         aux_decoder: nn.Module | None = None,
+        task: str | None = None,
     ) -> None:
         super().__init__()
+        # what the exits predict (exitsearch.core.task): classes, or a count
+        self.task = get_task(task)
         heads = list(heads)
         if len(heads) != len(config.exits):
             raise ConfigError(
@@ -121,7 +125,7 @@ class MultiExitModel(Staged, Anytime, nn.Module):
         self.heads = nn.ModuleList(heads)
         self.config = config
         self.criterion = create_criterion(config.criterion)
-        if self.criterion.needs_uncertainty:
+        if self.criterion.needs_uncertainty and not self.task.native_uncertainty:
             missing = [
                 s.key
                 for s, h in zip(config.exits, heads, strict=True)
@@ -280,17 +284,16 @@ class MultiExitModel(Staged, Anytime, nn.Module):
             logits = bb.final_head(hidden)
             if tick:
                 tick("final head")
-            return self._decide(k, flight, out, logits, exit_statistics(logits), None, tick)
+            conf, ent, pred, _ = self.task.statistics(logits)
+            return self._decide(k, flight, out, logits, (conf, ent, pred), None, tick)
         head = self.heads[k]
         logits = head(hidden)
-        unc = (
-            head.uncertainty(logits.float())
-            if self.criterion.needs_uncertainty and (head.uncertainty is not None)
-            else None
-        )
+        conf, ent, pred, unc = self.task.statistics(logits)
+        if unc is None and self.criterion.needs_uncertainty and head.uncertainty is not None:
+            unc = head.uncertainty(logits.float())
         if tick:
             tick(f"head {self.config.exits[k].key}")
-        return self._decide(k, flight, out, logits, exit_statistics(logits), unc, tick)
+        return self._decide(k, flight, out, logits, (conf, ent, pred), unc, tick)
 
     def describe(self) -> str:
         point = "" if self.point_index is None else f", operating point {self.point_index}"

@@ -33,6 +33,7 @@ from exitsearch._io import (
     sha256_of,
 )
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import CLASSIFICATION
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BundleError, CacheError, ConfigError
 from exitsearch.export import MultiExitModel
@@ -129,6 +130,11 @@ def _load_source(recipe: Recipe, bundle: str | os.PathLike[str] | None) -> Multi
     model = load_bundle(path)
     if not model.config.exits:
         raise ConfigError(f"{path}: the configuration has no early exits to fine-tune")
+    if model.task.name != CLASSIFICATION:
+        raise ConfigError(
+            f"{path}: a {model.task.name} bundle; fine-tuning strategies train classification "
+            "losses only (its heads were trained with their own loss by `exitsearch run`)"
+        )
     return model
 
 

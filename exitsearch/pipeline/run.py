@@ -15,6 +15,7 @@ from exitsearch._io import atomic_write_json, file_sha256, read_json, sha256_of
 from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
+from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
 from exitsearch.heads import HeadContext, HeadSpec
@@ -153,16 +154,14 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
     splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
     settings = replace(settings, data=splits.spec)  # the split rule adopted from the backbone
     backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)
-    if splits.num_classes < 2:
+    task = get_task(splits.task)
+    if splits.num_classes < 2 and task.name == CLASSIFICATION:
         raise DataError(
             f"{settings.data.source}: the data has a single class, so every prediction is right "
             "and every accuracy is 1.0 whatever the exits do; give data of at least two classes"
         )
-    if splits.num_classes != backbone.num_classes:
-        raise ConfigError(
-            f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}; "
-            f"pass --override num_classes={splits.num_classes} and a matching checkpoint"
-        )
+    task.check_outputs(splits.num_classes, backbone.num_classes)
+    space = space.for_task(task)
     candidates = space.candidate_heads(backbone.depth)
     store = StageStore(settings.run_dir / schema.CACHE_DIR, progress)
     return RunContext(settings, backbone, splits, space, candidates, store, progress)
@@ -555,7 +554,7 @@ def check_validation_size(n: int, origin: str) -> None:
 
 def validation_notes(ev: Evaluator, num_classes: int) -> list[str]:
     """What the run should say before searching: few validation samples, a backbone at chance."""
-    from exitsearch.intervals import wilson_interval
+    from exitsearch.intervals import mean_interval, wilson_interval
 
     notes = []
     if ev.n < FEW_VALIDATION:
@@ -564,13 +563,19 @@ def validation_notes(ev: Evaluator, num_classes: int) -> list[str]:
             "(see the intervals) and thresholds fitted to them may not hold on new data"
         )
     backbone_ok = ev.backbone_correct()
-    low, high = wilson_interval(int(backbone_ok.sum()), ev.n)
-    chance = 1.0 / num_classes
+    if ev.task.name == CLASSIFICATION:
+        low, high = wilson_interval(int(backbone_ok.sum()), ev.n)
+        chance = 1.0 / num_classes
+    else:
+        low, high = mean_interval(backbone_ok)
+        chance = ev.task.chance(ev.sp.labels)
     if low <= chance:
+        shown = sorted(ev.task.shown(v) for v in (low, high))
         notes.append(
-            f"the backbone is no better than chance on validation (accuracy "
-            f"{backbone_ok.mean():.4f}, chance {chance:.4f}, 95 % interval {low:.4f} to "
-            f"{high:.4f}): no exit configuration can be trusted; train or fine-tune it first"
+            f"the backbone is no better than chance on validation ({ev.task.quality} "
+            f"{ev.task.format(float(backbone_ok.mean()))}, chance {ev.task.format(chance)}, "
+            f"95 % interval {shown[0]:.4f} to {shown[1]:.4f}): no exit configuration can be "
+            "trusted; train or fine-tune it first"
         )
     return notes
 

@@ -18,6 +18,7 @@ from exitsearch._io import file_sha256, portable_path
 from exitsearch._mismatch import state_mismatch
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import CLASSIFICATION
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.bundle import read_safetensors
 from exitsearch.export.points import OperatingPoint
@@ -44,6 +45,7 @@ class RunSelection:
         meta: run name, data spec, budget, head training settings.
         aux_decoder: PAUMER's auxiliary decoder when the member pauses tokens (the run's own,
             as ``pareto.json`` names it), else None.
+        task: what the exits predict (``classification``, ``counting``).
     """
 
     config_id: int
@@ -54,6 +56,7 @@ class RunSelection:
     predicted: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     aux_decoder: Any = None
+    task: str = CLASSIFICATION
 
 
 def _read(path: Path, what: str) -> Any:
@@ -130,7 +133,8 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
     }
     predicted = {k: dict(member[k]) for k in ("val", "test") if isinstance(member.get(k), dict)}
     aux = _aux_decoder(run, pareto, ppath, backbone) if config.pause else None
-    return RunSelection(config_id, backbone, heads, config, points, predicted, meta, aux)
+    task = pareto.get("task", CLASSIFICATION)
+    return RunSelection(config_id, backbone, heads, config, points, predicted, meta, aux, task)
 
 
 def _backbone(spec: BackboneSpec, run: Path, sha: str | None, ppath: Path) -> Backbone:

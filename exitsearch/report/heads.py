@@ -1,7 +1,8 @@
 """Accuracy of every trained (location, head) against its cumulative cost; practical exits.
 
 Multi-Exit ViT calls an exit *practical* when it is more accurate than every exit that costs less
-(an earlier or lighter branch), *impractical* otherwise. Marked on validation accuracy.
+(an earlier or lighter branch), *impractical* otherwise. Marked on validation accuracy (for a
+counting task, on the mean score: minus the MAE; the table and plot show the MAE).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from exitsearch._io import atomic_path
+from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.profile.backbone import BackboneProfile
 from exitsearch.training.predict import Predictions
 
@@ -35,8 +37,12 @@ def head_table(
     preds: Predictions, profile: BackboneProfile, head_flops: dict[str, int]
 ) -> list[HeadRow]:
     """One row per head (cheapest first) plus the backbone's final exit (key ``final``)."""
-    val = preds.splits["val"].accuracy()
-    test = preds.splits["test"].accuracy() if "test" in preds.splits else None
+
+    def mean_score(split: str) -> np.ndarray:
+        return preds.splits[split].scores(preds.task).mean(axis=1, dtype=np.float64)
+
+    val = mean_score("val")
+    test = mean_score("test") if "test" in preds.splits else None
     rows = []
     for i, s in enumerate(preds.heads):
         rows.append(
@@ -70,16 +76,33 @@ def head_table(
     return out
 
 
-def write_heads_csv(rows: list[HeadRow], path: str | Path) -> None:
+def write_heads_csv(rows: list[HeadRow], path: str | Path, task: Task | None = None) -> None:
+    """The rows as CSV; a counting task's columns are ``val_mae``/``test_mae``."""
+    task = task or get_task(None)
+
+    def shown(r: HeadRow) -> dict[str, object]:
+        d = asdict(r)
+        if task.name == CLASSIFICATION:
+            return d
+        q = task.quality.lower()
+        return {
+            (k.replace("accuracy", q) if k.endswith("_accuracy") else k): (
+                task.shown(v) if k.endswith("_accuracy") and v is not None else v
+            )
+            for k, v in d.items()
+        }
+
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(asdict(rows[0])))
+        writer = csv.DictWriter(fh, fieldnames=list(shown(rows[0])))
         writer.writeheader()
         for r in rows:
-            writer.writerow(asdict(r))
+            writer.writerow(shown(r))
 
 
-def plot_heads(rows: list[HeadRow], path: str | Path, title: str) -> None:
-    """Validation accuracy against cumulative MFLOPs, one marker per head type, practical circled."""
+def plot_heads(rows: list[HeadRow], path: str | Path, title: str, task: Task | None = None) -> None:
+    """Validation accuracy (or MAE) against cumulative MFLOPs, one marker per head type,
+    practical circled."""
+    task = task or get_task(None)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +116,7 @@ def plot_heads(rows: list[HeadRow], path: str | Path, title: str) -> None:
         pts = [r for r in rows if r.key != "final" and r.head.split("[")[0] == t]
         ax.scatter(
             [r.cumulative_flops / 1e6 for r in pts],
-            [r.val_accuracy for r in pts],
+            [task.shown(r.val_accuracy) for r in pts],
             s=18,
             marker=markers[i % len(markers)],
             color=cmap(i % 10),
@@ -103,7 +126,7 @@ def plot_heads(rows: list[HeadRow], path: str | Path, title: str) -> None:
     prac = [r for r in rows if r.practical]
     ax.scatter(
         [r.cumulative_flops / 1e6 for r in prac],
-        [r.val_accuracy for r in prac],
+        [task.shown(r.val_accuracy) for r in prac],
         s=110,
         facecolors="none",
         edgecolors="black",
@@ -113,7 +136,7 @@ def plot_heads(rows: list[HeadRow], path: str | Path, title: str) -> None:
     final = next(r for r in rows if r.key == "final")
     ax.scatter(
         [final.cumulative_flops / 1e6],
-        [final.val_accuracy],
+        [task.shown(final.val_accuracy)],
         marker="*",
         s=220,
         color="gold",
@@ -122,10 +145,16 @@ def plot_heads(rows: list[HeadRow], path: str | Path, title: str) -> None:
         zorder=5,
     )
     ax.set_xlabel("cumulative cost of the exit (MFLOPs, 1 MAC = 1 FLOP)")
-    ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     accs = [r.val_accuracy for r in rows]
-    ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(accs) + 0.03))  # every head shown
+    if task.name == CLASSIFICATION:
+        ax.set_ylabel("validation accuracy")
+        ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(accs) + 0.03))  # every head shown
+    else:  # every head shown, better upwards
+        ax.set_ylabel(f"validation {task.quality} (lower is better)")
+        span = [task.shown(v) for v in (min(accs), max(accs))]
+        pad = 0.05 * max(abs(span[0] - span[1]), 1e-3)
+        ax.set_ylim(max(span) + pad, max(0.0, min(span) - pad))
     ax.grid(alpha=0.3)
     # outside the axes: the legend never covers a head
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -12,8 +12,9 @@ import numpy as np
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
-from exitsearch.intervals import paired_difference, wilson_interval
+from exitsearch.intervals import paired_scores, score_interval
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.costs import CostModel
@@ -46,12 +47,16 @@ def finite_or_none(x: float) -> float | None:
 
 
 def hv_reference(
-    num_classes: int, constraint: BudgetConstraint, backbone_cost: float
+    num_classes: int,
+    constraint: BudgetConstraint,
+    backbone_cost: float,
+    chance: float | None = None,
 ) -> tuple[float, float]:
-    """Hypervolume reference: chance accuracy, and the budget (or the backbone) as cost fraction
+    """Hypervolume reference: chance accuracy (or ``chance``, the score of the best constant
+    prediction, for other tasks), and the budget (or the backbone) as cost fraction
     (``backbone_cost`` in the budget's unit)."""
     cost = constraint.limit / backbone_cost if constraint.limit is not None else 1.0
-    return 1.0 / num_classes, cost
+    return (1.0 / num_classes if chance is None else chance), cost
 
 
 def front_hypervolume(points: list[CurvePoint], ref: tuple[float, float], scale: float) -> float:
@@ -76,12 +81,14 @@ def write_report(
     val = Evaluator(preds, "val", costs, constraint.unit)
     test = Evaluator(preds, "test", costs, constraint.unit)
     scale = val.backbone_cost
-    ref = hv_reference(preds.num_classes, constraint, scale)
+    task = val.task
+    chance = None if task.name == CLASSIFICATION else task.chance(val.sp.labels)
+    ref = hv_reference(preds.num_classes, constraint, scale, chance)
     backbone_ok = (val.backbone_correct(), test.backbone_correct())
     members = [
         front_member(i, p.config, val, test, backbone_ok) for i, p in enumerate(result.front)
     ]
-    recommended, more = recommend(members, [val.correct_of(p.config) for p in result.front])
+    recommended, more = recommend(members, [val.correct_of(p.config) for p in result.front], task)
     notes = [*notes, *more]
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = front_hypervolume(result.front, ref, scale)
@@ -101,7 +108,10 @@ def write_report(
             "flops": costs.backbone_flops,
             "val_accuracy": bb_val.accuracy,
             "test_accuracy": bb_test.accuracy,
+            **_reported(task, "val_", bb_val.accuracy),
+            **_reported(task, "test_", bb_test.accuracy),
         },
+        **_task_fields(task),
         "data": ctx.settings.data.to_dict(),
         "budget": {
             "text": ctx.settings.budget,
@@ -120,8 +130,7 @@ def write_report(
         "front": members,
         "recommended": recommended["id"],
         "recommendation_rule": RECOMMENDATION_RULE,
-        "intervals": "95 %: Wilson score for accuracy; Newcombe's paired hybrid score for the "
-        "difference to the backbone on the same samples",
+        "intervals": INTERVALS[task.name == CLASSIFICATION],
         "baselines": base_docs,
         "hypervolume": {
             "front": front_hv,
@@ -145,7 +154,7 @@ def write_report(
     atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
     atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
     atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
-    write_pareto_csv(run_dir / schema.PARETO_CSV, members)
+    write_pareto_csv(run_dir / schema.PARETO_CSV, members, task)
     plot_pareto(
         run_dir / schema.PARETO_PNG,
         result,
@@ -158,11 +167,12 @@ def write_report(
         val,
     )
     rows = head_table(preds, costs.profile, dict(costs.head_flops))
-    write_heads_csv(rows, run_dir / schema.HEADS_CSV)
+    write_heads_csv(rows, run_dir / schema.HEADS_CSV, task)
     plot_heads(
         rows,
         run_dir / schema.HEADS_PNG,
         f"{len(preds.heads)} exit heads on {ctx.settings.backbone.model}",
+        task,
     )
     write_run_record(run_dir, ctx)
     return doc
@@ -195,14 +205,48 @@ RECOMMENDATION_RULE = (
 )
 
 
-def _how_sure(correct: np.ndarray, backbone_correct: np.ndarray) -> dict[str, Any]:
-    """95 % interval of the accuracy, and the paired difference to the backbone."""
-    low, high = wilson_interval(int(correct.sum()), correct.size)
+INTERVALS = {
+    True: "95 %: Wilson score for accuracy; Newcombe's paired hybrid score for the "
+    "difference to the backbone on the same samples",
+    False: "95 %: normal intervals of the mean score (minus the absolute error) and of its "
+    "paired difference to the backbone on the same samples",
+}
+
+
+def _task_fields(task: Task) -> dict[str, Any]:
+    """What a non-classification report says about its scores: the task, the quality it
+    reports, and that ``accuracy`` fields hold the mean score."""
+    if task.name == CLASSIFICATION:
+        return {}
     return {
+        "task": task.name,
+        "quality": task.quality,
+        "score": f"each `accuracy` is the mean per-sample score, here minus the {task.quality}; "
+        f"`{task.quality.lower()}` fields hold the {task.quality} itself",
+    }
+
+
+def _reported(task: Task, prefix: str, score: float) -> dict[str, float]:
+    """``{prefix + quality: value}`` for tasks whose quality is not the mean score."""
+    if task.name == CLASSIFICATION:
+        return {}
+    return {f"{prefix}{task.quality.lower()}": task.shown(score)}
+
+
+def _how_sure(correct: np.ndarray, backbone_correct: np.ndarray, task: Task) -> dict[str, Any]:
+    """95 % interval of the mean score, and the paired difference to the backbone."""
+    low, high = score_interval(correct)
+    out: dict[str, Any] = {
         "accuracy_low": low,
         "accuracy_high": high,
-        "vs_backbone": paired_difference(correct, backbone_correct).to_dict(),
+        "vs_backbone": paired_scores(correct, backbone_correct).to_dict(),
     }
+    if task.name != CLASSIFICATION:
+        q = task.quality.lower()
+        shown = sorted((task.shown(low), task.shown(high)))
+        mean = float(correct.mean(dtype=np.float64))
+        out |= {q: task.shown(mean), f"{q}_low": shown[0], f"{q}_high": shown[1]}
+    return out
 
 
 def front_member(
@@ -222,15 +266,15 @@ def front_member(
         "placement": config.placement_key,
         "description": config.describe(),
         **extra,
-        "val": ve.to_dict() | _how_sure(val.correct_of(config), backbone_ok[0]),
-        "test": te.to_dict() | _how_sure(test.correct_of(config), backbone_ok[1]),
+        "val": ve.to_dict() | _how_sure(val.correct_of(config), backbone_ok[0], val.task),
+        "test": te.to_dict() | _how_sure(test.correct_of(config), backbone_ok[1], val.task),
         "speedup": ve.speedup,
         "recommended": False,
     }
 
 
 def recommend(
-    members: list[dict[str, Any]], correct: list[np.ndarray]
+    members: list[dict[str, Any]], correct: list[np.ndarray], task: Task | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """Mark the member :data:`RECOMMENDATION_RULE` chooses; return it and the notes on what the
     validation split cannot tell (``correct``: each member's per-sample outcomes)."""
@@ -238,11 +282,30 @@ def recommend(
         members, key=lambda m: (m["val"]["vs_backbone"]["low"], -m["val"]["mean_flops"])
     )
     recommended["recommended"] = True
-    return recommended, _uncertainty_notes(members, correct, recommended)
+    return recommended, _uncertainty_notes(members, correct, recommended, task or get_task(None))
+
+
+def gain_text(task: Task, difference: float) -> str:
+    """A difference of mean scores as a user reads it: ``+0.52 points`` of accuracy, or
+    ``-0.031 MAE``."""
+    if task.name == CLASSIFICATION:
+        return f"{difference * 100:+.2f} points"
+    return f"{task.shown(difference):+.3f} {task.quality}"
+
+
+def interval_text(task: Task, low: float, high: float) -> str:
+    """An interval of a score difference in the reported unit, low to high."""
+    if task.name == CLASSIFICATION:
+        return f"{low * 100:+.2f} to {high * 100:+.2f}"
+    a, b = sorted((task.shown(low), task.shown(high)))
+    return f"{a:+.3f} to {b:+.3f}"
 
 
 def _uncertainty_notes(
-    members: list[dict[str, Any]], correct: list[np.ndarray], recommended: dict[str, Any]
+    members: list[dict[str, Any]],
+    correct: list[np.ndarray],
+    recommended: dict[str, Any],
+    task: Task,
 ) -> list[str]:
     """What the validation split cannot tell: members apart, or a gain from noise."""
     notes = []
@@ -250,20 +313,21 @@ def _uncertainty_notes(
     best = max(range(len(members)), key=lambda i: members[i]["val"]["accuracy"])
     cheapest = min(range(len(members)), key=lambda i: members[i]["val"]["mean_flops"])
     if best != cheapest:
-        d = paired_difference(correct[best], correct[cheapest])
+        d = paired_scores(correct[best], correct[cheapest])
         if not d.significant:
             notes.append(
                 f"validation has {n} samples, too few to tell the front's members apart: the most "
-                f"accurate and the cheapest differ by {d.difference * 100:+.2f} points (95 % "
-                f"interval {d.low * 100:+.2f} to {d.high * 100:+.2f}); use more validation data "
+                f"accurate and the cheapest differ by {gain_text(task, d.difference)} (95 % "
+                f"interval {interval_text(task, d.low, d.high)}); use more validation data "
                 "before trusting the ordering"
             )
     gain = recommended["val"]["vs_backbone"]
     if gain["difference"] > 0 and gain["low"] <= 0:
         notes.append(
             f"the recommended configuration's gain over the backbone on validation "
-            f"({gain['difference'] * 100:+.2f} points, 95 % interval {gain['low'] * 100:+.2f} to "
-            f"{gain['high'] * 100:+.2f}) is within noise; expect no gain on new data"
+            f"({gain_text(task, gain['difference'])}, 95 % interval "
+            f"{interval_text(task, gain['low'], gain['high'])}) is within noise; expect no gain "
+            "on new data"
         )
     return notes
 
@@ -381,7 +445,10 @@ def placement_curves(ev: Evaluator, front: list[CurvePoint]) -> dict[str, list[d
     return out
 
 
-def write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
+def write_pareto_csv(path: Path, members: list[dict[str, Any]], task: Task | None = None) -> None:
+    """One row per front member; a counting run's columns give the MAE (``val_mae``...) and
+    its change against the backbone (negative is better) in place of accuracies and gains."""
+    task = task or get_task(None)
     fields = [
         "id",
         "recommended",
@@ -407,6 +474,8 @@ def write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
             "mean_ms",
             "max_ms",
         ]
+    if task.name != CLASSIFICATION:
+        fields = list(_csv_row(dict.fromkeys(fields, 0.0), task))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
@@ -431,7 +500,30 @@ def write_pareto_csv(path: Path, members: list[dict[str, Any]]) -> None:
             }
             if timed:
                 row |= {"mean_ms": m["val"].get("mean_ms"), "max_ms": m["val"].get("max_ms")}
-            w.writerow(row)
+            w.writerow(_csv_row(row, task) if task.name != CLASSIFICATION else row)
+
+
+def _csv_row(row: dict[str, Any], task: Task) -> dict[str, Any]:
+    """A CSV row in the reported quality: scores become the quality, and an interval's ends
+    swap where the quality falls as the score rises."""
+    q = task.quality.lower()
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k in ("val_accuracy", "test_accuracy"):
+            out[k.replace("accuracy", q)] = task.shown(v)
+        elif k == "val_accuracy_low":
+            out[f"val_{q}_low"] = task.shown(row["val_accuracy_high"])
+        elif k == "val_accuracy_high":
+            out[f"val_{q}_high"] = task.shown(row["val_accuracy_low"])
+        elif k == "val_gain_vs_backbone":
+            out[f"val_{q}_vs_backbone"] = task.shown(v)
+        elif k == "val_gain_low":
+            out[f"val_{q}_vs_backbone_low"] = task.shown(row["val_gain_high"])
+        elif k == "val_gain_high":
+            out[f"val_{q}_vs_backbone_high"] = task.shown(row["val_gain_low"])
+        else:
+            out[k] = v
+    return out
 
 
 def plot_pareto(
@@ -466,12 +558,18 @@ def plot_pareto(
     def shown(cost: float) -> str:
         return f"{cost:.3g} ms" if ms else format_flops(cost)
 
+    task = val.task
+
+    def y_of(values: Any) -> list[float]:
+        """Scores as the plot shows them: accuracy, or the MAE."""
+        return [task.shown(float(v)) for v in values]
+
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=120)
     trials = [t for t in result.trials if t.get("feasible")]
     if trials and not worst:  # trials record their mean cost only
         ax.scatter(
             [t["mean_cost"] / div for t in trials],
-            [t["accuracy"] for t in trials],
+            y_of(t["accuracy"] for t in trials),
             s=4,
             color="0.75",
             label=f"search trials ({len(result.trials)})",
@@ -481,7 +579,7 @@ def plot_pareto(
     markers = "os^vD<>phP*X8"
     for i, b in enumerate(x for x in baselines if x.front):
         xs = [cost_of(p.config, p.mean_cost) for p in b.front]
-        ys = [p.accuracy for p in b.front]
+        ys = y_of(p.accuracy for p in b.front)
         style = {"color": cmap(i % 20), "marker": markers[i % len(markers)], "label": b.name}
         if len(xs) == 1:
             ax.scatter(xs, ys, s=60, edgecolors="black", zorder=4, **style)
@@ -501,7 +599,7 @@ def plot_pareto(
     by_cost = sorted(range(len(members)), key=lambda i: (fx[i], -members[i]["val"]["accuracy"]))
     ax.step(
         [fx[i] for i in by_cost],
-        np.maximum.accumulate([members[i]["val"]["accuracy"] for i in by_cost]),
+        y_of(np.maximum.accumulate([members[i]["val"]["accuracy"] for i in by_cost])),
         where="post",
         color="black",
         lw=2.2,
@@ -510,7 +608,7 @@ def plot_pareto(
     )
     ax.scatter(
         fx,
-        [m["test"]["accuracy"] for m in members],
+        y_of(m["test"]["accuracy"] for m in members),
         s=12,
         color="crimson",
         zorder=6,
@@ -519,7 +617,7 @@ def plot_pareto(
     rec = next(m for m in members if m["recommended"])
     ax.scatter(
         [rec["val"][key] / div],
-        [rec["val"]["accuracy"]],
+        y_of([rec["val"]["accuracy"]]),
         s=140,
         marker="D",
         facecolors="none",
@@ -538,15 +636,20 @@ def plot_pareto(
             label=f"budget {text}{shown(constraint.limit)} ({what} cost)",
         )
     ax.axhline(
-        backbone_acc,
+        task.shown(backbone_acc),
         color="0.4",
         ls=":",
         lw=1,
-        label=f"backbone alone (validation {backbone_acc:.4f}, {shown(scale)})",
+        label=f"backbone alone (validation {task.format(backbone_acc)}, {shown(scale)})",
     )
     accs = [m["val"]["accuracy"] for m in members]
     accs += [p.accuracy for b in baselines for p in b.front]  # every plotted point in view
-    ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(max(accs), backbone_acc) + 0.01))
+    if task.name == CLASSIFICATION:
+        ax.set_ylim(max(0.0, min(accs) - 0.03), min(1.0, max(max(accs), backbone_acc) + 0.01))
+    else:  # the MAE, better upwards as accuracy is
+        span = y_of([min(accs), max(max(accs), backbone_acc)])
+        pad = 0.05 * max(abs(span[0] - span[1]), 1e-3)
+        ax.set_ylim(max(span) + pad, max(0.0, min(span) - pad))
     if ms:
         ax.set_xlabel(
             f"{what} time per sample (ms, from the latency table; backbone {shown(scale)}, "
@@ -554,9 +657,11 @@ def plot_pareto(
         )
     else:
         ax.set_xlabel(f"{what} cost per sample (MFLOPs; backbone {format_flops(scale)})")
-    ax.set_ylabel("accuracy")
+    quality = task.quality if task.higher_is_better else f"{task.quality} (lower is better)"
+    ax.set_ylabel(quality)
     ax.set_title(
-        f"{ctx.settings.backbone.model}: accuracy against {what} {'time' if ms else 'cost'} "
+        f"{ctx.settings.backbone.model}: {task.quality} against {what} "
+        f"{'time' if ms else 'cost'} "
         f"({ctx.space.name} space)"
     )
     ax.grid(alpha=0.3)

@@ -12,6 +12,9 @@ front to compare the search's front with (hypervolume ratio).
   heads in the shallow half, global heads in the deep half, LGViT's default mappings.
 * ``mevit``: linear exits after blocks L/2 .. L-1 (6..11 for L = 12) with MEViT's uncertainty
   criterion when predictors were trained, confidence otherwise.
+* ``anytime`` (tasks without a softmax, such as counting): Multi-Exit ViT's anytime setting,
+  where the budget decides one exit that every sample leaves at; its front is every trained head
+  alone, the model cut there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import CLASSIFICATION
 from exitsearch.heads import HeadSpec
 from exitsearch.heads.mappings import KernelMapping, WindowMapping
 from exitsearch.search.evaluator import Evaluator
@@ -27,7 +31,13 @@ from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import parse_search_space
 from exitsearch.search.study import BudgetConstraint, cut_to_budget, front_of
 
-__all__ = ["PAPER000_HEADS", "Baseline", "baseline_placements", "score_baselines"]
+__all__ = [
+    "PAPER000_HEADS",
+    "Baseline",
+    "anytime_baseline",
+    "baseline_placements",
+    "score_baselines",
+]
 
 PAPER000_HEADS = ("mlp", "cnn_ignore", "cnn_add", "cnn_project", "vit", "mixer", "resmlp")
 
@@ -122,4 +132,22 @@ def score_baselines(
         cut = cut_to_budget(config, ev, budget)
         points = shared_curve(ev, cut) if cut is not None else []
         result.append(Baseline(name, description, config, front_of(points, budget, ev)))
+    if ev.task.name != CLASSIFICATION:
+        result.append(anytime_baseline(ev, heads, budget))
     return result
+
+
+def anytime_baseline(ev: Evaluator, heads: list[HeadSpec], budget: BudgetConstraint) -> Baseline:
+    """Multi-Exit ViT's anytime setting: every sample leaves at one exit, the model cut there;
+    the front of every head alone."""
+    points = []
+    for s in heads:
+        config = ExitConfig((s,), "confidence", (1.0,), "shared", cut=True)
+        quality, mean, _ = ev.quick(config)
+        points.append(CurvePoint(config, quality, mean))
+    return Baseline(
+        "anytime",
+        "Multi-Exit ViT's anytime setting: every sample leaves at the one exit the budget affords",
+        None,
+        front_of(points, budget, ev),
+    )

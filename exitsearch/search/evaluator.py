@@ -15,6 +15,7 @@ import numpy as np
 
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.criteria import ExitCriterion, create_criterion
+from exitsearch.core.task import get_task
 from exitsearch.errors import ConfigError
 from exitsearch.search.costs import CostModel
 from exitsearch.training.predict import Predictions, SplitPredictions
@@ -32,7 +33,11 @@ for _bit in range(_MAX_BITS - 1, -1, -1):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Scores of one configuration on one split. Costs are per sample, in FLOPs (and ms)."""
+    """Scores of one configuration on one split. Costs are per sample, in FLOPs (and ms).
+
+    ``accuracy`` is the mean per-sample score: the accuracy for classification, minus the mean
+    absolute error for counting (:meth:`Task.shown <exitsearch.core.task.Task.shown>` turns it
+    into the reported MAE)."""
 
     accuracy: float
     mean_flops: float
@@ -75,13 +80,17 @@ class Evaluator:
         sp: SplitPredictions = predictions.splits[split]
         self.sp = sp
         self.n = sp.num_samples
-        self.correct = sp.correct
+        self.task = get_task(predictions.task)
+        # Per-sample score of every row, higher is better: right (1) or wrong (0) for
+        # classification, so its mean is the accuracy; minus the absolute error for counting.
+        self.correct = sp.scores(predictions.task)
+        self._binary = self.correct.dtype == np.bool_
         self._rows = {s.key: i for i, s in enumerate(predictions.heads)}
         self._final = len(predictions.heads)
         self._cols = np.arange(self.n)
         self._readiness: dict[str, np.ndarray] = {}
         self._criteria: dict[str, ExitCriterion] = {}
-        self._correct_u16 = self.correct.astype(np.uint16)
+        self._correct_u16 = self.correct.astype(np.uint16) if self._binary else None
         self._halves: tuple[Evaluator, Evaluator] | None = None
 
     # ---------------------------------------------------------------- internals
@@ -127,7 +136,13 @@ class Evaluator:
         assignment per exit.
         """
         crit = self._criterion(config.criterion)
-        if crit.needs_uncertainty and not all(s.uncertainty for s in config.exits):
+        if crit.name in self.task.unsupported_criteria:
+            raise ConfigError(f"criterion {crit.name} does not apply to {self.task.name}")
+        if (
+            crit.needs_uncertainty
+            and not self.task.native_uncertainty
+            and not all(s.uncertainty for s in config.exits)
+        ):
             raise ConfigError(
                 f"criterion {crit.name} needs heads trained with an uncertainty predictor"
             )
@@ -180,7 +195,7 @@ class Evaluator:
                 "max_ms": float(per_ms.max()),
             }
         return Evaluation(
-            accuracy=float(correct.mean()),
+            accuracy=float(correct.mean(dtype=np.float64)),
             mean_flops=mean,
             p95_flops=float(np.percentile(per_sample, 95)),
             max_flops=float(per_sample.max()),
@@ -190,9 +205,10 @@ class Evaluator:
         )
 
     def correct_of(self, config: ExitConfig) -> np.ndarray:
-        """Whether each sample is right under the configuration (bool, n): for paired tests."""
+        """Each sample's score under the configuration (n): whether it is right (bool) for
+        classification, minus its error for counting; for paired tests."""
         idx = self.exit_index(config)
-        return self.correct[self.outcome_rows(config)[idx], self._cols].astype(bool)
+        return self.correct[self.outcome_rows(config)[idx], self._cols]
 
     def exit_cost(self, config: ExitConfig) -> np.ndarray:
         """Cost of leaving at each exit of ``config`` (the final exit last unless cut), in
@@ -223,13 +239,13 @@ class Evaluator:
         rows = self.outcome_rows(config)
         cost = self.exit_cost(config)
         counts = np.bincount(idx, minlength=len(rows))
-        if len(rows) <= _MAX_BITS:
+        if self._binary and len(rows) <= _MAX_BITS:
             correct = np.zeros(self.n, dtype=np.uint16)
             for k, row in enumerate(rows):
                 correct |= self._correct_u16[row] << k
             right = np.count_nonzero((correct >> idx.astype(np.uint16)) & 1)
         else:
-            right = int(self.correct[rows[idx], self._cols].sum())
+            right = float(self.correct[rows[idx], self._cols].sum(dtype=np.float64))
         return right / self.n, float(counts @ cost) / self.n, float(cost[counts > 0].max())
 
     def subset(self, columns: np.ndarray, name: str) -> Evaluator:
@@ -242,7 +258,9 @@ class Evaluator:
             sp.pred[:, columns],
             sp.uncertainty[:, columns],
         )
-        preds = Predictions(self.predictions.heads, {name: part}, self.predictions.num_classes)
+        preds = Predictions(
+            self.predictions.heads, {name: part}, self.predictions.num_classes, self.task.name
+        )
         return Evaluator(preds, name, self.costs, self.unit)
 
     def halves(self) -> tuple[Evaluator, Evaluator]:
@@ -256,12 +274,12 @@ class Evaluator:
         return self._halves
 
     def backbone_correct(self) -> np.ndarray:
-        """Whether each sample is right at the backbone's own final exit (bool, n)."""
-        return self.correct[self._final].astype(bool)
+        """Each sample's score at the backbone's own final exit (n), as :meth:`correct_of`."""
+        return self.correct[self._final]
 
     def backbone(self) -> Evaluation:
         """The backbone alone: every sample through every block to the final exit."""
-        acc = float(self.correct[self._final].mean())
+        acc = float(self.correct[self._final].mean(dtype=np.float64))
         total = float(self.costs.backbone_flops)
         ms = _backbone_ms(self.costs)
         return Evaluation(acc, total, total, total, 1.0, (self.n,), ms, ms, ms)

@@ -47,7 +47,9 @@ class ConfigSampler:
         self.criteria = [
             c
             for c in self.space.criteria
-            if c != "uncertainty" or all(s.uncertainty for s in self.heads)
+            if c != "uncertainty"
+            or self.space.native_uncertainty
+            or all(s.uncertainty for s in self.heads)
         ]
 
     # ------------------------------------------------------------- placements

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from exitsearch.core.task import CLASSIFICATION, Task
 from exitsearch.errors import SearchSpaceError
 from exitsearch.heads import HeadSpec, list_heads
 from exitsearch.heads.mappings import MIN_WINDOW, KernelMapping, WindowMapping, candidate_values
@@ -213,6 +214,8 @@ class SearchSpace:
     window_last: tuple[int, ...] = (2, 3)
     pause: PauseOptions | None = None
     source: str = "<memory>"
+    native_uncertainty: bool = False
+    """Every exit predicts its own uncertainty (a counting task): no MEViT predictors."""
 
     # ------------------------------------------------------------------ resolve
     def candidate_locations(self, depth: int) -> list[int]:
@@ -268,6 +271,24 @@ class SearchSpace:
             raise SearchSpaceError(f"{self.source}: no candidate head at any location")
         return out
 
+    def for_task(self, task: Task) -> SearchSpace:
+        """This space for a task: without the criteria it does not support, and without MEViT
+        predictors when its exits predict their own uncertainty (a counting task)."""
+        if task.name == CLASSIFICATION:
+            return self
+        criteria = tuple(c for c in self.criteria if c not in task.unsupported_criteria)
+        if not criteria:
+            raise SearchSpaceError(
+                f"{self.source}: none of the criteria {', '.join(self.criteria)} applies to "
+                f"{task.name}"
+            )
+        return replace(
+            self,
+            criteria=criteria,
+            uncertainty=self.uncertainty and not task.native_uncertainty,
+            native_uncertainty=task.native_uncertainty,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A plain form that round-trips through :func:`parse_search_space` (used in hashes).
 
@@ -307,6 +328,8 @@ class SearchSpace:
                 "s_last": {"choices": list(self.window_last)},
             },
         }
+        if self.native_uncertainty:
+            doc["native_uncertainty"] = True
         if self.pause is not None:
             doc["pause"] = self.pause.to_dict()
         return doc
@@ -331,6 +354,7 @@ _TOP_KEYS = {
     "kernel_mapping",
     "window_mapping",
     "pause",
+    "native_uncertainty",
 }
 _HEAD_KEYS = {"half", "k", "s", "params"}
 _PAUSE_KEYS = {"layers", "taus", "mode", "max_layers", "trials"}
@@ -443,8 +467,9 @@ def parse_search_space(doc: Any, source: str = "<memory>") -> SearchSpace:
         ),
         pause=p.pause(doc.get("pause")),
         source=source,
+        native_uncertainty=p.boolean(doc, "native_uncertainty", default=False),
     )
-    if "uncertainty" in space.criteria and not space.uncertainty:
+    if "uncertainty" in space.criteria and not (space.uncertainty or space.native_uncertainty):
         p.fail(
             "criteria", "the uncertainty criterion needs `uncertainty: true` (trained predictors)"
         )

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from exitsearch._io import atomic_write_json, save_safetensors
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.data.transforms import Augment
@@ -27,7 +27,7 @@ from exitsearch.progress import NullProgress, Progress
 from exitsearch.training.checkpoint import EpochCheckpoint, Resumed, flatten_training_state
 from exitsearch.training.loop import EpochLoop, epoch_seed, kept_in
 
-__all__ = ["BackboneTrainConfig", "evaluate_accuracy", "train_backbone"]
+__all__ = ["BackboneTrainConfig", "evaluate_accuracy", "evaluate_backbone", "train_backbone"]
 
 STATE_FILE = "train_state.json"
 CKPT_FILE = "last.safetensors"
@@ -60,22 +60,40 @@ class BackboneTrainConfig:
         Augment.parse(self.augment)  # raises on an unknown augmentation
 
 
-@torch.no_grad()
 def evaluate_accuracy(
     backbone: Backbone, data: Any, batch_size: int = 512, device: str | Runtime | None = None
 ) -> float:
-    """Top-1 accuracy of the backbone's own exit on a dataset (on ``device``, default CPU)."""
+    """Top-1 accuracy of the backbone's own exit on a dataset (on ``device``, default CPU);
+    for counting, the share of exact counts."""
+    return evaluate_backbone(backbone, data, batch_size=batch_size, device=device)["acc"]
+
+
+@torch.no_grad()
+def evaluate_backbone(
+    backbone: Backbone,
+    data: Any,
+    task: str | None = None,
+    batch_size: int = 512,
+    device: str | Runtime | None = None,
+) -> dict[str, float]:
+    """The backbone's own exit on a dataset: ``acc`` (right predictions) and ``quality`` (the
+    task's reported quality: accuracy, or the MAE of a count)."""
+    kind = get_task(task)
     rt = resolve_device(device or "cpu")
     backbone.eval().to(rt.device)
     transform = backbone.input_transform()
-    correct = 0
+    right, score = 0, 0.0
     batch_size = bounded_batch(batch_size, data)
     for _, x, y in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
-        x, y = rt.to(x, y)
+        x = rt.to(x)
         with rt.autocast():
-            logits = backbone(transform(x))
-        correct += int((logits.argmax(-1) == y).sum())
-    return correct / max(len(data), 1)
+            out = backbone(transform(x))
+        pred = kind.statistics(out.float())[2].cpu().numpy()
+        labels = y.numpy()
+        right += int((pred == labels).sum())
+        score += float(kind.scores(pred, labels).sum())
+    n = max(len(data), 1)
+    return {"acc": right / n, "quality": kind.shown(score / n)}
 
 
 def train_backbone(
@@ -103,10 +121,12 @@ def train_backbone(
     progress = progress or NullProgress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if splits.num_classes != backbone.num_classes:
+    kind = get_task(splits.task)
+    kind.check_outputs(splits.num_classes, backbone.num_classes)
+    augment_parts = str(Augment.parse(config.augment))
+    if "crop" in augment_parts and "crop" not in kind.augment:
         raise ConfigError(
-            f"the data has {splits.num_classes} classes but the backbone predicts "
-            f"{backbone.num_classes}; pass the override num_classes={splits.num_classes}"
+            f"a {kind.name} target does not survive a random crop; use --augment {kind.augment}"
         )
     loop = EpochLoop(device, progress, kept_in(out))
     rt = loop.rt
@@ -163,29 +183,31 @@ def train_backbone(
                 group["lr"] = lr_at(step)
             with loop.autocast():
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            loss = kind.loss(logits, y, label_smoothing=config.label_smoothing)
             loop.check(loss, epoch, b)
             loop.optimise(loss, opt, clip=(model.parameters(), 1.0))
             loss_sum += loss.item() * len(y)
             seen += len(y)
             loop.advance(task, loss=loss_sum / seen)
-        val_acc = evaluate_accuracy(backbone, splits.val, config.eval_batch_size, rt)
+        val = evaluate_backbone(backbone, splits.val, kind.name, config.eval_batch_size, rt)
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / seen,
-                "val_acc": val_acc,
+                "val_acc": val["acc"],
+                **({} if kind.name == CLASSIFICATION else {f"val_{kind.quality}": val["quality"]}),
                 "seconds": time.perf_counter() - t0,
             }
         )
         progress.log(
-            f"epoch {epoch + 1}: loss {loss_sum / seen:.4f}, validation accuracy {val_acc:.4f}"
+            f"epoch {epoch + 1}: loss {loss_sum / seen:.4f}, validation {kind.quality} "
+            f"{val['quality']:.4f}"
         )
         tensors, opt_meta = flatten_training_state(opt, model=model)
         checkpoint.save(epoch + 1, tensors, {"history": history, "optimizer": opt_meta})
 
     model.eval()
-    test_acc = evaluate_accuracy(backbone, splits.test, config.eval_batch_size, rt)
+    test = evaluate_backbone(backbone, splits.test, kind.name, config.eval_batch_size, rt)
     model.to("cpu")
     save_safetensors(out / MODEL_FILE, model.state_dict())
     meta = {
@@ -201,8 +223,14 @@ def train_backbone(
         },
         "preprocess": backbone.preprocess().to_dict(),
         "data_fingerprint": splits.fingerprint(),
+        "task": kind.name,
+        "quality": kind.quality,
         "val_acc": history[-1]["val_acc"] if history else None,
-        "test_acc": test_acc,
+        "test_acc": test["acc"],
+        "val_quality": history[-1].get(f"val_{kind.quality}", history[-1]["val_acc"])
+        if history
+        else None,
+        "test_quality": test["quality"],
         "history": history,
         "weights_sha256": backbone.weights_checksum(),
         "command": command,

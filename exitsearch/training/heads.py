@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from exitsearch._io import atomic_write_json, derive_seed, sha256_of
 from exitsearch._state import flatten_optimizer_state, unflatten_optimizer_state
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.task import get_task
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime
@@ -190,9 +191,12 @@ def train_heads(
     progress = progress or NullProgress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if splits.num_classes != backbone.num_classes:
+    kind = get_task(splits.task)
+    kind.check_outputs(splits.num_classes, backbone.num_classes)
+    if kind.native_uncertainty and any(s.uncertainty for s in specs):
         raise ConfigError(
-            f"the data has {splits.num_classes} classes but the backbone predicts {backbone.num_classes}"
+            f"{kind.name} exits predict their own uncertainty; heads take no MEViT predictor "
+            "(uncertainty: false)"
         )
     bad = [s.key for s in specs if s.location >= backbone.depth + 1]
     if bad:
@@ -312,7 +316,7 @@ def train_heads(
                     torch.manual_seed(derive_seed(config.seed, spec.key, epoch, b))
                     with autocast:
                         logits = head(states[spec.location])
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = kind.loss(logits, y)
                     if head.uncertainty is not None:
                         u = head.uncertainty(logits.detach().float())
                         loss = loss + config.uncertainty_weight * F.mse_loss(
@@ -331,7 +335,7 @@ def train_heads(
                 loop.advance(task, heads=len(active))
             del states
             val_loss, val_acc = _validate(
-                backbone, bank, splits, config, active, transform, upto, autocast, rt
+                backbone, bank, splits, config, active, transform, upto, autocast, rt, kind
             )
             passes += math.ceil(len(splits.val) / bounded_batch(config.eval_batch_size, splits.val))
             for i in active:
@@ -349,8 +353,9 @@ def train_heads(
                 )
             _checkpoint(checkpoint, plan, g, epoch + 1, bank, best, optimizers, statuses, passes)
             done = sum(statuses[i].state != "training" for i in group)
+            right = "accuracy" if kind.quality == "accuracy" else "share of exact counts"
             progress.log(
-                f"{label} {epoch + 1}: best validation accuracy "
+                f"{label} {epoch + 1}: best validation {right} "
                 f"{max(statuses[i].best_acc for i in group):.4f}, "
                 f"{len(group) - done} of {len(group)} heads still training"
             )
@@ -441,7 +446,7 @@ def _diverge(
 
 
 @torch.no_grad()
-def _validate(backbone, bank, splits, config, active, transform, upto, autocast, rt):  # type: ignore[no-untyped-def]
+def _validate(backbone, bank, splits, config, active, transform, upto, autocast, rt, kind):  # type: ignore[no-untyped-def]
     bank.eval()
     loss = dict.fromkeys(active, 0.0)
     correct = dict.fromkeys(active, 0)
@@ -453,8 +458,8 @@ def _validate(backbone, bank, splits, config, active, transform, upto, autocast,
         for i in active:
             with autocast:
                 logits = bank.heads[i](states[bank.specs[i].location - 1]).float()
-            loss[i] += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct[i] += int((logits.argmax(-1) == y).sum())
+            loss[i] += float(kind.loss(logits, y)) * len(y)
+            correct[i] += int((kind.statistics(logits)[2] == y).sum())
     n = max(len(splits.val), 1)
     return {i: v / n for i, v in loss.items()}, {i: v / n for i, v in correct.items()}
 

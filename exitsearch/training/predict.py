@@ -7,6 +7,10 @@ final exit, one column per sample. The search reads only this.
 * ``entropy``: entropy of the softmax divided by ``log(num_classes)``, in [0, 1].
 * ``pred``: predicted label; ``correct = pred == labels``.
 * ``uncertainty``: MEViT's predicted uncertainty (eq. 3); NaN for heads without one.
+
+For a counting task (:mod:`exitsearch.core.task`) the prediction is the rounded count, the
+confidence and uncertainty come from each exit's predicted Laplace scale, entropy is NaN, and a
+sample's score is minus its absolute error.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from exitsearch._io import atomic_path, atomic_write_json, read_json
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.core.criteria import exit_statistics
+from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.data.loader import bounded_batch, iterate_batches
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
@@ -46,6 +50,10 @@ class SplitPredictions:
     def correct(self) -> np.ndarray:
         return self.pred == self.labels[None, :]
 
+    def scores(self, task: str | None = None) -> np.ndarray:
+        """Per-sample score of every row (higher is better): right/wrong, or minus the error."""
+        return get_task(task).scores(self.pred, self.labels)
+
     @property
     def num_samples(self) -> int:
         return int(self.labels.shape[0])
@@ -62,6 +70,7 @@ class Predictions:
     heads: list[HeadSpec]
     splits: dict[str, SplitPredictions]
     num_classes: int
+    task: str = CLASSIFICATION
 
     def row(self, key: str) -> int:
         if key == FINAL:
@@ -90,6 +99,7 @@ class Predictions:
                 "heads": [s.to_dict() | {"key": s.key} for s in self.heads],
                 "splits": list(self.splits),
                 "num_classes": self.num_classes,
+                **({} if self.task == CLASSIFICATION else {"task": self.task}),
             },
         )
 
@@ -106,7 +116,12 @@ class Predictions:
                 raise CacheError(
                     f"{root / (name + '.npz')}: unreadable predictions ({exc})"
                 ) from None
-        return cls([HeadSpec.from_dict(h) for h in meta["heads"]], splits, int(meta["num_classes"]))
+        return cls(
+            [HeadSpec.from_dict(h) for h in meta["heads"]],
+            splits,
+            int(meta["num_classes"]),
+            meta.get("task", CLASSIFICATION),
+        )
 
 
 @torch.no_grad()
@@ -125,6 +140,7 @@ def predict(
     samples only by a few numbers per sample and head. ``device`` defaults to the CPU.
     """
     progress = progress or NullProgress()
+    kind = get_task(splits.task)
     rt = resolve_device(device or "cpu")
     rt.place(backbone.eval(), bank.eval())
     transform = backbone.input_transform()
@@ -147,17 +163,21 @@ def predict(
             for i, (spec, head) in enumerate(bank):
                 with rt.autocast():
                     logits = head(states[spec.location - 1]).float()
-                c, e, p = (t.cpu().numpy() for t in exit_statistics(logits))
-                conf[i, cols], ent[i, cols], pred[i, cols] = c, e, p
-                if head.uncertainty is not None:
+                c, e, p, u = kind.statistics(logits)
+                conf[i, cols], ent[i, cols], pred[i, cols] = (t.cpu().numpy() for t in (c, e, p))
+                if u is not None:
+                    unc[i, cols] = u.cpu().numpy()
+                elif head.uncertainty is not None:
                     unc[i, cols] = head.uncertainty(logits).cpu().numpy()
             with rt.autocast():
                 final = backbone.final_head(states[-1]).float()
-            c, e, p = (t.cpu().numpy() for t in exit_statistics(final))
-            conf[-1, cols], ent[-1, cols], pred[-1, cols] = c, e, p
+            c, e, p, u = kind.statistics(final)
+            conf[-1, cols], ent[-1, cols], pred[-1, cols] = (t.cpu().numpy() for t in (c, e, p))
+            if u is not None:
+                unc[-1, cols] = u.cpu().numpy()
             progress.advance(task)
         progress.finish(task)
         out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
     backbone.to("cpu")
     bank.to("cpu")
-    return Predictions(list(bank.specs), out, backbone.num_classes)
+    return Predictions(list(bank.specs), out, backbone.num_classes, kind.name)

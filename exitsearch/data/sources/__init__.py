@@ -10,7 +10,7 @@ Adding a format is one module that calls :func:`register_source`.
 Example:
     >>> from exitsearch.data.sources import source_names
     >>> source_names()
-    ['fashion-mnist', 'npz', 'webdataset', 'folder']
+    ['fashion-mnist', 'fashion-mnist-count', 'npz', 'webdataset', 'folder']
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class SourceData:
     train: Samples
     val: Samples | None = None
     test: Samples | None = None
+    task: str = "classification"
+    """What the labels are (:mod:`exitsearch.core.task`): class indices, or counts."""
 
 
 @dataclass(frozen=True)
@@ -88,4 +90,4 @@ def open_source(spec: Any) -> SourceData:
 
 
 # Registration order is matching order: named sources first, the folder catch-all last.
-from exitsearch.data.sources import fashion_mnist, npz, webdataset, folder  # noqa: E402, F401, I001
+from exitsearch.data.sources import fashion_mnist, counting, npz, webdataset, folder  # noqa: E402, F401, I001

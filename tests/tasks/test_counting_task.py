@@ -1,0 +1,116 @@
+"""The counting task: its generator, the Laplace loss and statistics derived from the density,
+and the evaluator's MAE against a hand count of exits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.task import COUNTING, get_task, task_names
+from exitsearch.data.sources.counting import CANVAS, ITEM, MAX_COUNT, make_canvases
+from exitsearch.errors import ConfigError
+from exitsearch.heads import HeadSpec
+from exitsearch.profile.backbone import BackboneProfile, BlockCost
+from exitsearch.search.costs import CostModel
+from exitsearch.search.evaluator import Evaluator
+from exitsearch.training.predict import Predictions, SplitPredictions
+
+TASK = get_task(COUNTING)
+
+
+def test_tasks_are_registered():
+    assert {"classification", "counting"} <= set(task_names())
+    with pytest.raises(ConfigError, match="unknown task"):
+        get_task("segmentation")
+
+
+def test_canvases_are_deterministic_and_hold_their_count():
+    white = np.full((5, 28, 28), 255, np.uint8)  # each item a full 14x14 square once downscaled
+    x, y = make_canvases(white, 300, seed=3)
+    x2, y2 = make_canvases(white, 300, seed=3)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert x.shape == (300, 1, CANVAS, CANVAS) and x.dtype == np.uint8
+    assert y.min() >= 0 and y.max() <= MAX_COUNT and len(set(y.tolist())) == MAX_COUNT + 1
+    lit = (x[:, 0] > 0).sum(axis=(1, 2))
+    assert (lit[y == 0] == 0).all()
+    # k squares of 14x14 cover at most k * 196 pixels and, shifted at most 3 px from disjoint
+    # cells, overlap a neighbour by at most 6 px on a side: at least k * 8 * 8 stay their own
+    assert (lit <= y * ITEM * ITEM).all()
+    assert (lit >= y * (ITEM - 6) ** 2).all()
+    different = make_canvases(white, 300, seed=4)[1]
+    assert not np.array_equal(different, y)
+
+
+def _laplace_pdf(x: np.ndarray, mu: float, b: float) -> np.ndarray:
+    return np.exp(-np.abs(x - mu) / b) / (2 * b)
+
+
+@pytest.mark.parametrize(("mu", "s"), [(3.2, -1.0), (0.4, 0.3), (6.5, -2.5), (-0.7, 0.0)])
+def test_statistics_follow_the_laplace_density(mu: float, s: float):
+    out = torch.tensor([[mu, s]], dtype=torch.float32)
+    conf, ent, pred, unc = TASK.statistics(out)
+    b = math.exp(s)
+    expected_pred = max(0, round(mu))
+    assert int(pred) == expected_pred
+    # the predicted count's unit interval, integrated numerically from the density
+    grid = np.linspace(expected_pred - 0.5, expected_pred + 0.5, 200_001)
+    mass = np.trapezoid(_laplace_pdf(grid, mu, b), grid)
+    assert float(conf) == pytest.approx(mass, abs=1e-5)
+    # uncertainty: the mass further than half an object from mu
+    far = np.linspace(mu + 0.5, mu + 60 * b + 0.5, 400_001)
+    assert float(unc) == pytest.approx(2 * np.trapezoid(_laplace_pdf(far, mu, b), far), abs=1e-5)
+    assert math.isnan(float(ent))
+
+
+def test_loss_is_the_laplace_negative_log_likelihood():
+    out = torch.tensor([[2.0, 0.5], [4.0, -1.0]])
+    y = torch.tensor([3, 4])
+    nll = [
+        -math.log(_laplace_pdf(np.array([t]), m, math.exp(s))[0])
+        for (m, s), t in zip(out.tolist(), y.tolist(), strict=True)
+    ]
+    # the NLL less its constant log 2
+    assert float(TASK.loss(out, y)) == pytest.approx(np.mean(nll) - math.log(2), rel=1e-6)
+
+
+def _predictions(pred: np.ndarray, unc: np.ndarray, labels: np.ndarray) -> Predictions:
+    heads = [HeadSpec("linear", 1), HeadSpec("linear", 2)]
+    rows, n = pred.shape
+    nan = np.full((rows, n), np.nan, np.float32)
+    sp = SplitPredictions(labels, nan + 0.5, nan, pred.astype(np.int32), unc.astype(np.float32))
+    return Predictions(heads, {"val": sp}, 10, COUNTING)
+
+
+def _costs() -> CostModel:
+    """Stem 10, blocks of 100, 110 and 120 FLOPs, final head 5; exit heads of 3 FLOPs."""
+    flops, blocks, cum = (100, 110, 120), [], 10
+    for i, f in enumerate(flops):
+        cum += f
+        blocks.append(BlockCost(i + 1, f, 0, cum, cum / 345))
+    profile = BackboneProfile("toy", (1, 56, 56), 50, 345, 10, 5, blocks, 0)
+    return CostModel(profile, {"linear@1": 3, "linear@2": 3})
+
+
+def test_evaluator_scores_the_mae_of_the_exits_taken():
+    rng = np.random.default_rng(0)
+    n = 500
+    labels = rng.integers(0, 10, n)
+    pred = np.stack([labels + rng.integers(-2, 3, n), labels + rng.integers(-1, 2, n), labels])
+    unc = rng.uniform(0, 1, (3, n))
+    ev = Evaluator(_predictions(pred, unc, labels), "val", _costs())
+    config = ExitConfig(tuple(HeadSpec("linear", m) for m in (1, 2)), "uncertainty", (0.3, 0.6))
+    # by hand: the first exit whose uncertainty is at most its threshold, else the final one
+    exit_at = np.where(unc[0] <= 0.3, 0, np.where(unc[1] <= 0.6, 1, 2))
+    mae = np.abs(pred[exit_at, np.arange(n)] - labels).mean()
+    result = ev.evaluate(config)
+    assert TASK.shown(result.accuracy) == pytest.approx(mae)
+    assert ev.quick(config)[0] == pytest.approx(result.accuracy)
+    # a sample pays every head it passed: exit 2 adds head 1's 3 FLOPs, the final exit both
+    flops = np.array([10 + 100 + 3, 10 + 210 + 3 + 3, 345 + 3 + 3])[exit_at].mean()
+    assert result.mean_flops == pytest.approx(flops)
+    with pytest.raises(ConfigError, match="does not apply to counting"):
+        ev.evaluate(config.__class__(config.exits, "entropy", (0.3, 0.6)))
