@@ -15,7 +15,8 @@ is better, whose mean over samples is the run's quality.
   There is no softmax, so the criteria read what the learned scale says (Multi-Exit ViT leaves the
   exit policy open beyond the anytime setting): ``uncertainty`` is ``exp(-0.5 / b)``, the
   probability that the count is off by more than half an object, and ``confidence`` is the
-  probability mass of the predicted count's unit interval. Entropy has no meaning here.
+  probability mass of the predicted count's unit interval (for count 0, everything below half an
+  object). Entropy has no meaning here.
 
 Adding a task is one module that calls :func:`register_task`.
 """
@@ -103,6 +104,13 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def scores(self, pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Per-sample score of predictions ``pred`` (rows, n) against ``labels`` (n,)."""
+
+    def ranked(self, out: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most probable labels of each sample and their probabilities, most
+        probable first: ``(labels (B, k) int64, probabilities (B, k) float32)``."""
+        probs = torch.softmax(out.float(), dim=-1).cpu().numpy()
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, : min(k, probs.shape[-1])]
+        return order.astype(np.int64), np.take_along_axis(probs, order, axis=-1)
 
     def shown(self, quality: float) -> float:
         """The quality as reported, from a mean score."""
@@ -200,9 +208,31 @@ class Counting(Task):
     def statistics(self, out):  # type: ignore[no-untyped-def]
         mu, b = laplace_parts(out)
         pred = mu.round().clamp_(min=0.0)
-        conf = _laplace_cdf(pred + 0.5, mu, b) - _laplace_cdf(pred - 0.5, mu, b)
+        # count 0 holds everything below half an object: no count is negative
+        below = torch.where(pred > 0, _laplace_cdf(pred - 0.5, mu, b), 0.0)
+        conf = _laplace_cdf(pred + 0.5, mu, b) - below
         unc = torch.exp(-0.5 / b)
         return conf, torch.full_like(mu, math.nan), pred.long(), unc
+
+    def ranked(self, out: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` counts with the most Laplace mass (a count ``c`` holds the interval
+        ``[c - 0.5, c + 0.5)``, count 0 everything below 0.5): the whole counts nearest ``mu``."""
+        mu, b = laplace_parts(out)
+        centre = mu.round().clamp(min=0.0)
+        # candidates nearest first (0, -1, +1, -2, ...), so a tie keeps the predicted count first
+        steps = [0.0] + [float(sign * d) for d in range(1, k + 1) for sign in (-1, 1)]
+        cand = (centre[:, None] + torch.tensor(steps)[None, :]).clamp(min=0.0)
+        upper = _laplace_cdf(cand + 0.5, mu[:, None], b[:, None])
+        lower = torch.where(cand > 0, _laplace_cdf(cand - 0.5, mu[:, None], b[:, None]), 0.0)
+        mass = upper - lower
+        # a count clamped to 0 twice is one candidate
+        zero = cand == 0
+        seen_zero = zero & (torch.cumsum(zero.int(), dim=1) > 1)
+        mass = torch.where(seen_zero, -1.0, mass)
+        values, order = torch.sort(mass, dim=1, descending=True, stable=True)
+        labels = torch.gather(cand, 1, order[:, :k]).long()
+        top = values[:, :k]
+        return labels.cpu().numpy(), top.clamp(min=0.0).cpu().numpy()
 
     def scores(self, pred, labels):  # type: ignore[no-untyped-def]
         ref = labels[None, :] if pred.ndim == 2 else labels

@@ -615,6 +615,7 @@ def describe_bundle(model: Any, options: ServeOptions) -> dict[str, Any]:
         "backbone_only": options.backbone_only,
         "input_size": list(model.preprocess.input_size),
         "num_classes": int(model.backbone.num_classes),
+        "task": model.task.name,
         "exits": [] if options.backbone_only else [h.key for h in model.config.exits],
         "backbone_flops": costs.backbone_flops,
         "operating_points": [] if options.backbone_only else points,

@@ -136,16 +136,19 @@ class ServingModel:
                 self.use(point)
                 out = self.model.run(x)
                 logits, exits = out.logits, out.exit_index.cpu().numpy()
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        task = self.model.task
+        most = max((int(k) for k in top_k), default=1)
+        labels, probs = task.ranked(logits.float().cpu(), max(most, 1))
         answers = []
-        for i, row in enumerate(probs):
-            k = min(int(top_k[i]), self.num_classes)
-            order = np.argsort(-row, kind="stable")[:k]
+        for i in range(len(labels)):
+            k = min(int(top_k[i]), labels.shape[1])
             e = int(exits[i])
             answers.append(
                 Answer(
-                    label=int(np.argmax(row)),
-                    top=tuple((int(c), float(row[c])) for c in order),
+                    label=int(labels[i, 0]),
+                    top=tuple(
+                        (int(c), float(p)) for c, p in zip(labels[i, :k], probs[i, :k], strict=True)
+                    ),
                     exit=e,
                     block=self._blocks[e] if not self.backbone_only else self.depth,
                 )

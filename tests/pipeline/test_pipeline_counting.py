@@ -165,3 +165,25 @@ def test_a_crop_is_refused_for_counting(runner: CliRunner, tmp_path: Path):
     args = ["backbone", "train", *MODEL, *DATA, "--augment", "crop", "--epochs", "1"]
     line = _one_line_error(runner.invoke(app, [*args, "--out", str(tmp_path / "bb")]))
     assert "crop" in line and "--augment flip" in line
+
+
+def test_serving_answers_a_count_with_its_nearest_counts(run_dir: Path):
+    from PIL import Image
+
+    import exitsearch
+    from exitsearch.serve import ServingModel
+
+    out = _export(run_dir, "bundle")
+    engine = ServingModel(exitsearch.load(out))
+    doc = json.loads((run_dir / schema.PARETO_JSON).read_text())
+    val = load_splits(DataSpec.from_dict(doc["data"])).val
+    images = [Image.fromarray(val.x[i, 0]) for i in range(16)]
+    answers = engine.infer(engine.pixels(images), None, [3] * 16)
+    reference = exitsearch.load(out).predict(images)
+    assert [a.label for a in answers] == reference.prediction.tolist()
+    assert [a.exit for a in answers] == reference.exit_index.tolist()
+    for a in answers:
+        counts = [c for c, _ in a.top]
+        assert counts[0] == a.label and len(set(counts)) == 3 and min(counts) >= 0
+        assert all(abs(c - a.label) <= 2 for c in counts)
+        assert 0 <= a.top[0][1] <= 1 and a.top[0][1] >= a.top[-1][1]

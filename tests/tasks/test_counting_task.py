@@ -57,13 +57,18 @@ def test_statistics_follow_the_laplace_density(mu: float, s: float):
     expected_pred = max(0, round(mu))
     assert int(pred) == expected_pred
     # the predicted count's unit interval, integrated numerically from the density
-    grid = np.linspace(expected_pred - 0.5, expected_pred + 0.5, 200_001)
+    low = expected_pred - 0.5 if expected_pred > 0 else mu - 60 * b  # count 0: all below 0.5
+    grid = np.linspace(low, expected_pred + 0.5, 400_001)
     mass = np.trapezoid(_laplace_pdf(grid, mu, b), grid)
     assert float(conf) == pytest.approx(mass, abs=1e-5)
     # uncertainty: the mass further than half an object from mu
     far = np.linspace(mu + 0.5, mu + 60 * b + 0.5, 400_001)
     assert float(unc) == pytest.approx(2 * np.trapezoid(_laplace_pdf(far, mu, b), far), abs=1e-5)
     assert math.isnan(float(ent))
+    # the ranked counts: the predicted one first, with the same mass, then its neighbours
+    labels, probs = TASK.ranked(out, 3)
+    assert labels[0, 0] == expected_pred and probs[0, 0] == pytest.approx(float(conf))
+    assert len(set(labels[0].tolist())) == 3 and (np.diff(probs[0]) <= 0).all()
 
 
 def test_loss_is_the_laplace_negative_log_likelihood():
