@@ -49,6 +49,26 @@ DataOpt = Annotated[
         help="'fashion-mnist', a folder with one sub-folder per class, or an .npz with x and y.",
     ),
 ]
+PresetDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="'fashion-mnist', 'fashion-mnist-count', a folder with one sub-folder per class, or "
+        "an .npz with x and y (default: the preset's own data; fashion-mnist otherwise).",
+    ),
+]
+
+
+def preset_data(model: str, data: str | None) -> str:
+    """``--data``, or the data a preset was made for, or Fashion-MNIST."""
+    if data is not None:
+        return data
+    from exitsearch.backbone.presets import PRESETS
+
+    preset = PRESETS.get(model)
+    return preset.data if preset is not None else "fashion-mnist"
+
+
 DataDirOpt = Annotated[
     str | None,
     typer.Option("--data-dir", help="Folder of the Fashion-MNIST IDX files (default: Debian's)."),

@@ -9,17 +9,18 @@ from exitsearch_cli._console import RichProgress, console, handle_errors, invoca
 from exitsearch_cli._options import (
     CheckpointOpt,
     DataDirOpt,
-    DataOpt,
     DeviceOpt,
     LimitOpt,
     ModelOpt,
     OverrideOpt,
+    PresetDataOpt,
     PretrainedOpt,
     SplitSeedOpt,
     ValSizeOpt,
     WorkersOpt,
     backbone_spec,
     data_spec,
+    preset_data,
     use_workers,
 )
 from rich.table import Table
@@ -40,7 +41,7 @@ def train(
     from_scratch: Annotated[
         bool, typer.Option("--from-scratch", help="Ignore a preset's shipped weights.")
     ] = False,
-    data: DataOpt = "fashion-mnist",
+    data: PresetDataOpt = None,
     data_dir: DataDirOpt = None,
     val_size: ValSizeOpt = None,
     split_seed: SplitSeedOpt = 0,
@@ -74,6 +75,7 @@ def train(
     from exitsearch.training.backbone_trainer import BackboneTrainConfig, train_backbone
 
     torch.manual_seed(seed)
+    data = preset_data(model, data)
     spec = backbone_spec(model, override, checkpoint, pretrained)
     if from_scratch and spec.model in PRESETS:
         spec = PRESETS[spec.model].spec

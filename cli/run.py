@@ -12,7 +12,6 @@ from exitsearch_cli._options import (
     Bf16Opt,
     CheckpointOpt,
     DataDirOpt,
-    DataOpt,
     DeviceOpt,
     HeadBatchOpt,
     HeadEpochsOpt,
@@ -22,6 +21,7 @@ from exitsearch_cli._options import (
     LimitOpt,
     ModelOpt,
     OverrideOpt,
+    PresetDataOpt,
     PretrainedOpt,
     RunOpt,
     SpaceOpt,
@@ -32,6 +32,7 @@ from exitsearch_cli._options import (
     data_spec,
     head_config,
     parse_head_memory,
+    preset_data,
     run_folder,
     use_workers,
 )
@@ -68,7 +69,7 @@ def run(
     override: OverrideOpt = None,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
-    data: DataOpt = "fashion-mnist",
+    data: PresetDataOpt = None,
     data_dir: DataDirOpt = None,
     val_size: ValSizeOpt = None,
     split_seed: SplitSeedOpt = 0,
@@ -181,6 +182,7 @@ def run(
     from exitsearch.pipeline.run import RunSettings, run_pipeline
     from exitsearch.search.study import SearchSettings
 
+    data = preset_data(model, data)
     if ray_address is not None:  # fail before any work when the cluster cannot be reached
         from exitsearch.distributed.cluster import probe
 
