@@ -333,7 +333,8 @@ def print_front(doc: dict) -> None:
     pausing = any(m["config"].get("pause") for m in doc["front"])
     timed = any(m["val"].get("mean_ms") is not None for m in doc["front"])
     # with milliseconds the speed-up column gives way, so that the exits still fit 80 columns
-    cols = ["id", "val", "±95%", "gain", "test", "MFLOPs", *(["ms"] if timed else ["speed"])]
+    gain_col = "gain" if classify else "vs bb"
+    cols = ["id", "val", "±95%", gain_col, "test", "MFLOPs", *(["ms"] if timed else ["speed"])]
     cols.append("exits; criterion")
     for col in cols:
         table.add_column(
@@ -380,7 +381,7 @@ def print_front(doc: dict) -> None:
     unit = "in points" if classify else "in objects"
     console.print(
         f"val, test: {quality}; ±95%: half-width of the 95 % interval of the validation "
-        f"{quality}, {unit}; gain: validation {quality} minus the backbone's on the same "
+        f"{quality}, {unit}; {gain_col}: validation {quality} minus the backbone's on the same "
         f"samples, {unit} (* when its 95 % interval excludes 0); "
         + (
             "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "

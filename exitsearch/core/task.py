@@ -85,6 +85,8 @@ class Task(abc.ABC):
     unsupported_criteria: tuple[str, ...] = ()
     augment: str = "crop,flip"
     """The training augmentations that keep a sample's target."""
+    version: int = 1
+    """Changes when the loss or the head initialisation changes (caches keyed on it)."""
 
     @abc.abstractmethod
     def outputs(self, num_classes: int) -> int:
@@ -104,6 +106,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def scores(self, pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Per-sample score of predictions ``pred`` (rows, n) against ``labels`` (n,)."""
+
+    def init_head(self, head: torch.nn.Module, labels: np.ndarray) -> None:
+        """Start a new exit head where training should (classification: as created)."""
+        return None
 
     def ranked(self, out: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable labels of each sample and their probabilities, most
@@ -189,7 +195,8 @@ class Counting(Task):
     higher_is_better = False
     native_uncertainty = True
     unsupported_criteria = ("entropy",)
-    augment = "flip"  # a crop could cut objects away and change the count
+    augment = "flip"
+    version = 2  # a crop could cut objects away and change the count
 
     def outputs(self, num_classes: int) -> int:
         return 2
@@ -213,6 +220,21 @@ class Counting(Task):
         conf = _laplace_cdf(pred + 0.5, mu, b) - below
         unc = torch.exp(-0.5 / b)
         return conf, torch.full_like(mu, math.nan), pred.long(), unc
+
+    def init_head(self, head: torch.nn.Module, labels: np.ndarray) -> None:
+        """Start the head at the best constant prediction of the training counts: its output
+        layer's bias at their median and the log of their mean distance to it. An exit head
+        trains for few steps, and an output that must first drift from 0 to a typical count
+        spends them on that."""
+        layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        out = next((m for m in reversed(layers) if m.out_features == 2), None)
+        if out is None or out.bias is None or labels.size == 0:
+            return
+        centre = float(np.median(labels))
+        spread = max(float(np.abs(labels - centre).mean()), 0.5)
+        with torch.no_grad():
+            out.bias[0] = centre
+            out.bias[1] = math.log(spread)
 
     def ranked(self, out: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` counts with the most Laplace mass (a count ``c`` holds the interval

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -207,6 +208,9 @@ def train_heads(
     rt = loop.rt
     ctx = HeadContext.from_backbone(backbone)
     bank = HeadBank(specs, ctx, seed=config.seed)
+    labels = np.asarray(splits.train.y)
+    for head in bank.heads:
+        kind.init_head(head, labels)
     backbone.eval().requires_grad_(False).to(rt.device)
     transform = backbone.input_transform()
     statuses = [HeadStatus(key=s.key, lr=config.lr) for s in specs]
@@ -218,6 +222,7 @@ def train_heads(
         [s.to_dict() for s in specs],
         asdict(config),
         *([] if states_from is None else [states_from.identity()]),
+        *([] if kind.name == "classification" else [kind.name, kind.version]),
     )
     plan = plan_head_groups(backbone, bank, config.batch_size, rt, memory)
     start_group, start_epoch, passes = 0, 0, 0

@@ -119,3 +119,24 @@ def test_evaluator_scores_the_mae_of_the_exits_taken():
     assert result.mean_flops == pytest.approx(flops)
     with pytest.raises(ConfigError, match="does not apply to counting"):
         ev.evaluate(config.__class__(config.exits, "entropy", (0.3, 0.6)))
+
+
+def test_a_new_head_starts_at_the_best_constant_count():
+    from exitsearch.heads import HeadContext, create_head
+
+    ctx = HeadContext(embed_dim=16, num_prefix_tokens=1, grid_size=(4, 4), num_classes=2)
+    labels = np.array([0, 1, 1, 2, 3, 5, 8, 9, 9])
+    for head_type in ("linear", "mlp", "vit", "cnn_add"):
+        head = create_head(HeadSpec(head_type, 3), ctx)
+        TASK.init_head(head, labels)
+        last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        assert last.out_features == 2
+        median = float(np.median(labels))
+        assert float(last.bias[0].detach()) == pytest.approx(median)
+        assert float(last.bias[1].detach()) == pytest.approx(
+            math.log(np.abs(labels - median).mean())
+        )
+    untouched = create_head(HeadSpec("linear", 3), ctx)
+    before = [p.clone() for p in untouched.parameters()]
+    get_task("classification").init_head(untouched, labels)
+    assert all(torch.equal(a, b) for a, b in zip(before, untouched.parameters(), strict=True))
