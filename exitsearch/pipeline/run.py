@@ -343,6 +343,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
     here.
     """
     cfg = ctx.settings.heads
+    task = get_task(ctx.splits.task)
     key = sha256_of(
         "heads-v2",
         ctx.backbone.weights_checksum(),
@@ -350,6 +351,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         [s.to_dict() for s in ctx.candidates],
         asdict(cfg),
         *([] if states_from is None else [states_from.identity()]),
+        *([] if task.name == CLASSIFICATION else [task.name, task.version]),
     )
     ctx.keys["heads"] = key
     folder = ctx.store.lookup("heads", key)
