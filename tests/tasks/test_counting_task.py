@@ -12,7 +12,7 @@ import torch
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.task import COUNTING, get_task, task_names
 from exitsearch.data.sources.counting import CANVAS, ITEM, MAX_COUNT, make_canvases
-from exitsearch.errors import ConfigError
+from exitsearch.errors import ConfigError, DataError
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
 from exitsearch.search.costs import CostModel
@@ -140,3 +140,19 @@ def test_a_new_head_starts_at_the_best_constant_count():
     before = [p.clone() for p in untouched.parameters()]
     get_task("classification").init_head(untouched, labels)
     assert all(torch.equal(a, b) for a, b in zip(before, untouched.parameters(), strict=True))
+
+
+def test_an_npz_names_its_task(tmp_path):
+    from exitsearch.data import DataSpec, load_splits
+
+    white = np.full((3, 28, 28), 255, np.uint8)
+    x, y = make_canvases(white, 60, seed=0)
+    path = tmp_path / "counts.npz"
+    np.savez(path, x=x, y=y, task=np.array("counting"))
+    splits = load_splits(DataSpec(str(path), val_size=20), image_size=56)
+    assert splits.task == COUNTING and len(splits.val) == 20
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    assert load_splits(DataSpec(str(tmp_path / "plain.npz"), val_size=20)).task == "classification"
+    np.savez(tmp_path / "bad.npz", x=x, y=y, task=np.array("segmentation"))
+    with pytest.raises(DataError, match="unknown task 'segmentation'"):
+        load_splits(DataSpec(str(tmp_path / "bad.npz"), val_size=20))

@@ -1,4 +1,8 @@
-"""``.npz`` arrays: ``x`` and ``y``, optionally ``x_test``/``y_test``, ``classes`` and ``ids``.
+"""``.npz`` arrays: ``x`` and ``y``, optionally ``x_test``/``y_test``, ``classes``, ``ids`` and
+``task``.
+
+``task`` (a string, default ``"classification"``) says what ``y`` holds: class indices, or with
+``"counting"`` whole counts of objects (:mod:`exitsearch.core.task`).
 
 ``x`` may be N x H x W, N x H x W x C or N x C x H x W, uint8 or floats in [0, 1]. ``ids`` (and
 ``ids_test``) name each sample, for example by the relative path it had in an image folder; the
@@ -104,8 +108,30 @@ def _to_nchw(x: np.ndarray, p: Path, key: str) -> np.ndarray:
 
 
 @register_source(
-    "npz", lambda s: s.endswith(".npz"), "an .npz file with arrays x and y (x_test, y_test, ids)"
+    "npz",
+    lambda s: s.endswith(".npz"),
+    "an .npz file with arrays x and y (x_test, y_test, ids; task 'counting' for counts)",
 )
 def _open(spec: Any) -> SourceData:
     train, test = load_npz(spec.source)
-    return SourceData(train, None, test)
+    return SourceData(train, None, test, task=npz_task(spec.source))
+
+
+def npz_task(path: str | Path) -> str:
+    """The ``task`` an ``.npz`` file names (classification when it names none).
+
+    Raises:
+        DataError: ``task`` is not a single string naming a known task.
+    """
+    from exitsearch.core.task import CLASSIFICATION, task_names
+
+    with np.load(path, allow_pickle=False) as npz:
+        if "task" not in npz.files:
+            return CLASSIFICATION
+        value = npz["task"]
+    if value.ndim != 0 or value.dtype.kind not in "US":
+        raise DataError(f"{path}: task must be one string, e.g. 'counting'")
+    name = str(value)
+    if name not in task_names():
+        raise DataError(f"{path}: unknown task {name!r}; known: {', '.join(task_names())}")
+    return name
