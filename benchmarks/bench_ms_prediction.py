@@ -31,7 +31,7 @@ from exitsearch.heads import HeadContext, measure_heads_latency
 from exitsearch.pipeline.selection import bundle_from_run
 from exitsearch.profile import measure_latency
 from exitsearch.profile.backbone import profile_backbone
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 
 
 def _members(run: Path, n: int) -> list[int]:

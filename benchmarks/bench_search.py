@@ -26,7 +26,7 @@ import torch
 
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.sampling import ConfigSampler

@@ -1,5 +1,6 @@
 """The layers of ARCHITECTURE.md, read from the source: the core imports nothing above it, the
-exported runtime runs without the search, and no module imports another's private names."""
+exported runtime runs without the search, no two sub-packages import each other (directly or
+round a cycle), and no module imports another's private names."""
 
 from __future__ import annotations
 
@@ -135,6 +136,85 @@ def test_no_module_imports_a_private_name_of_another():
                 if n.startswith("_") and not n.startswith("__")
             ]
     assert not bad, bad
+
+
+def package_graph(root: Path = PACKAGE) -> dict[str, dict[str, list[str]]]:
+    """Which sub-package (or top-level module) of ``root`` imports which, with the places:
+    ``{importer: {imported: ["file:line", ...]}}``. Imports inside functions and under
+    ``TYPE_CHECKING`` count: a type is a dependency too."""
+    graph: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        source = rel.parts[0].removesuffix(".py")
+        for module, names, line in imports(path):
+            parts = module.split(".")
+            targets = [parts[1]] if len(parts) > 1 else [n for n in names if n != "__version__"]
+            for target in targets:
+                if target != source:
+                    graph.setdefault(source, {}).setdefault(target, []).append(f"{rel}:{line}")
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_between_sub_packages():
+    graph = package_graph()
+    assert {"pipeline", "report", "search", "export", "core"} <= set(graph)
+    bad = [
+        f"{a} -> {b} ({graph[a][b][0]})"
+        for component in cycles(graph)
+        for a in component
+        for b in component
+        if b in graph.get(a, {})
+    ]
+    assert not bad, bad
+
+
+def test_the_cycle_check_can_fail(tmp_path: Path):
+    for name, body in {
+        "a/x.py": "from exitsearch.b.y import f\n",
+        "b/y.py": "def g():\n    from exitsearch.c import h\n",
+        "c/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from exitsearch.a.x import T\n",
+        "d.py": "from exitsearch.a.x import T\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(body)
+    graph = package_graph(tmp_path)
+    assert graph["d"] == {"a": ["d.py:1"]}
+    assert cycles(graph) == [["a", "b", "c"]]
+    del graph["c"]
+    assert cycles(graph) == []
 
 
 def test_the_layer_checks_can_fail(tmp_path: Path):

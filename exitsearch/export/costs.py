@@ -9,9 +9,10 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.export.points import ExitCosts
 from exitsearch.heads import HeadContext, profile_heads
+from exitsearch.pausing.costs import with_pauses
 from exitsearch.pausing.pause import PausingViT
 from exitsearch.profile import profile_backbone
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 
 __all__ = ["exit_costs"]
 
@@ -26,5 +27,5 @@ def exit_costs(
     if config.pause:
         if aux_decoder is None:
             raise ConfigError("the cost of a pause configuration needs the auxiliary decoder")
-        model = model.with_pauses(PausingViT(backbone, aux_decoder), [config.pause])
+        model = with_pauses(model, PausingViT(backbone, aux_decoder), [config.pause])
     return ExitCosts(float(model.backbone_flops), tuple(float(v) for v in model.exit_flops(config)))

@@ -24,7 +24,7 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.export.points import OperatingPoint
 from exitsearch.finetune.evaluate import refit_operating_points, score_placement
 from exitsearch.profile import UNIT
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions
 from exitsearch.units import format_flops

@@ -11,7 +11,14 @@ under PAUMER's randomised pausing (:class:`RandomPausing`).
 """
 
 from exitsearch.core.pause import PAPER_TABLE1, PauseConfig, paper_table1
-from exitsearch.pausing.costs import PauseCost, aux_decoder_flops, pause_block_flops, pause_cost
+from exitsearch.pausing.costs import (
+    PauseCost,
+    aux_decoder_flops,
+    pause_block_flops,
+    pause_cost,
+    paused_block_flops,
+    with_pauses,
+)
 from exitsearch.pausing.evaluate import (
     PauseEvaluation,
     evaluate_metric,
@@ -91,6 +98,7 @@ __all__ = [
     "patch_labels",
     "pause_block_flops",
     "pause_cost",
+    "paused_block_flops",
     "predict_under_pause",
     "register_task",
     "run_paumer_report",
@@ -99,5 +107,6 @@ __all__ = [
     "timing_batch",
     "token_entropy",
     "train_paumer",
+    "with_pauses",
     "write_paumer_report",
 ]

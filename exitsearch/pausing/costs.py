@@ -10,7 +10,7 @@ Exit heads see assembled states, so their cost does not change under pausing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,11 +19,20 @@ from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.core.pause import PauseConfig
+from exitsearch.errors import ConfigError
 from exitsearch.pausing.pause import PauseMode, PausingViT, uses_aux_decoder
 from exitsearch.profile.backbone import block_flops, profile_backbone
+from exitsearch.profile.costs import CostModel
 from exitsearch.profile.flops import UNIT, FlopCount, count_flops
 
-__all__ = ["PauseCost", "aux_decoder_flops", "pause_block_flops", "pause_cost"]
+__all__ = [
+    "PauseCost",
+    "aux_decoder_flops",
+    "pause_block_flops",
+    "pause_cost",
+    "paused_block_flops",
+    "with_pauses",
+]
 
 # fvcore traces are the slow part (tens of ms each); a block's count depends only on its
 # architecture (its repr names every layer and size) and the token count.
@@ -160,3 +169,46 @@ def _profile(bb: Backbone) -> Any:
     if key not in _PROFILE_CACHE:
         _PROFILE_CACHE[key] = profile_backbone(bb)
     return _PROFILE_CACHE[key]
+
+
+def paused_block_flops(vit: Any, pause: Any, mode: str = "entropy") -> tuple[float, ...]:
+    """FLOPs of blocks ``1..L`` of ``vit`` (a ``PausingViT`` or a model holding one as ``.vit``)
+    under ``pause``, each on its own token count, with the auxiliary decoder at pause layer
+    ``l`` added to block ``l + 1`` (entropy mode; random pausing does not run it).
+
+    Raises:
+        ConfigError: the pause configuration does not fit the model.
+    """
+    inner = vit.vit if hasattr(vit, "vit") else vit
+    cfg = inner.resolve(pause)
+    blocks = [float(b) for b in pause_block_flops(inner, cfg)]
+    if uses_aux_decoder(mode):
+        tokens = inner.token_counts(cfg)
+        p = inner.num_prefix_tokens
+        for layer in cfg.layers:  # 1 <= layer <= L - 1: block layer + 1 exists
+            blocks[layer] += float(aux_decoder_flops(inner, tokens[layer - 1] - p))
+    return tuple(blocks)
+
+
+def with_pauses(
+    costs: CostModel, vit: Any, pauses: Iterable[Any], mode: PauseMode | str = "entropy"
+) -> CostModel:
+    """``costs`` plus the block costs of ``pauses`` (``PauseConfig`` or ``{layer: fraction}``)
+    on ``vit``, the pausing model whose backbone ``costs.profile`` describes.
+
+    Raises:
+        ConfigError: a pause configuration does not fit the model, or ``vit``'s backbone has
+            another depth than the profile.
+    """
+    inner = vit.vit if hasattr(vit, "vit") else vit
+    if inner.depth != costs.profile.depth:
+        raise ConfigError(
+            f"the pausing model has {inner.depth} blocks but the cost profile {costs.profile.depth}"
+        )
+    mode = PauseMode.parse(mode).value
+    tables: dict[str, tuple[float, ...]] = {}
+    for pause in pauses:
+        cfg = inner.resolve(pause)
+        if cfg and cfg.key not in costs.pause_blocks and cfg.key not in tables:
+            tables[cfg.key] = paused_block_flops(inner, cfg, mode)
+    return costs.with_pause_blocks(tables)

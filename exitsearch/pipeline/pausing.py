@@ -62,9 +62,10 @@ from exitsearch.backbone import BackboneSpec
 from exitsearch.core.pause import PauseConfig
 from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
+from exitsearch.pausing.costs import with_pauses
+from exitsearch.profile.costs import CostModel
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
-from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask
 from exitsearch.search.refine import CurvePoint
@@ -497,7 +498,7 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             raise ConfigError(f"{paumer.folder}: the extracted backbone does not match the model")
         profile, head_flops = stage_profile(ctx)
         grid = _grid(opts, model) if opts.trials is None else [PauseConfig()]
-        costs = CostModel(profile, head_flops).with_pauses(model, grid, opts.mode)
+        costs = with_pauses(CostModel(profile, head_flops), model, grid, opts.mode)
         first_location = min(s.location for s in ctx.candidates)
         first = [s for s in ctx.candidates if s.location == first_location]
         cheapest = min(  # the cheapest exit of any configuration known before the search
@@ -639,7 +640,7 @@ class _Search:
         new = [c for c in dict.fromkeys(configs) if c.key not in self.fronts]
         if not new:
             return
-        self.costs = self.costs.with_pauses(self.model, new, self.space.pause.mode)  # type: ignore[union-attr]
+        self.costs = with_pauses(self.costs, self.model, new, self.space.pause.mode)  # type: ignore[union-attr]
         preds = self.predictor.get(new, "val")
         if "" in [c.key for c in new]:  # no pausing first: its front seeds the others
             new = sorted(new, key=lambda c: c.key != "")

@@ -29,10 +29,10 @@ from exitsearch.profile import (
     measure_latency,
     profile_backbone,
 )
+from exitsearch.profile.costs import CostModel
 from exitsearch.profile.latency import parts_note
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
-from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import SearchSpace, load_search_space
@@ -359,7 +359,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         folder = ctx.store.folder("heads", key)
         t0 = time.perf_counter()
         if ctx.settings.ray_address is not None and states_from is None:
-            from exitsearch.distributed.pipeline import train_heads_on_cluster
+            from exitsearch.pipeline.cluster import train_heads_on_cluster
 
             result = train_heads_on_cluster(ctx, folder)
         else:

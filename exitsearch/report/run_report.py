@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -15,9 +15,9 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
 from exitsearch.intervals import paired_scores, score_interval
+from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
-from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import CurvePoint, refine_placement
@@ -26,9 +26,13 @@ from exitsearch.training.predict import Predictions
 from exitsearch.units import format_flops
 
 if TYPE_CHECKING:
-    from exitsearch.pipeline.run import RunContext
+    from exitsearch.backbone import Backbone
+    from exitsearch.heads import HeadSpec
+    from exitsearch.search.space import SearchSpace
+
 
 __all__ = [
+    "RunView",
     "finite_or_none",
     "front_hypervolume",
     "front_member",
@@ -39,6 +43,22 @@ __all__ = [
     "write_pareto_csv",
     "write_report",
 ]
+
+
+class RunView(Protocol):
+    """What the report reads of a run: its settings, backbone, space, candidate heads, stage
+    folders, cache keys and timings (the pipeline's ``RunContext`` is one)."""
+
+    settings: Any
+    backbone: Backbone
+    space: SearchSpace
+    candidates: list[HeadSpec]
+    keys: dict[str, str]
+    folders: dict[str, Path]
+    timings: dict[str, float]
+
+    @property
+    def run_dir(self) -> Path: ...
 
 
 def finite_or_none(x: float) -> float | None:
@@ -64,7 +84,7 @@ def front_hypervolume(points: list[CurvePoint], ref: tuple[float, float], scale:
 
 
 def write_report(
-    ctx: RunContext,
+    ctx: RunView,
     preds: Predictions,
     costs: CostModel,
     budget: Budget | None,
@@ -178,7 +198,7 @@ def write_report(
     return doc
 
 
-def write_run_record(run_dir: Path, ctx: Any, **extra: Any) -> None:
+def write_run_record(run_dir: Path, ctx: RunView, **extra: Any) -> None:
     """``run.json``: the settings, stage keys and timings of the run, and the software and
     machine it ran on (what a same-seed rerun elsewhere may differ by)."""
     atomic_write_json(
@@ -533,7 +553,7 @@ def plot_pareto(
     members: list[dict[str, Any]],
     constraint: BudgetConstraint,
     scale: float,
-    ctx: RunContext,
+    ctx: RunView,
     backbone_acc: float,
     val: Evaluator,
 ) -> None:

@@ -17,7 +17,7 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.core.criteria import ExitCriterion, create_criterion
 from exitsearch.core.task import get_task
 from exitsearch.errors import ConfigError
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = ["COST_UNITS", "Evaluation", "Evaluator"]

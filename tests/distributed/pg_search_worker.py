@@ -20,7 +20,7 @@ import optuna
 
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import parse_search_space

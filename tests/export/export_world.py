@@ -22,8 +22,8 @@ from exitsearch.data import DataSpec, DataSplits, iterate_batches, load_splits
 from exitsearch.export import MultiExitModel, OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.profile import UNIT, profile_backbone
+from exitsearch.profile.costs import CostModel
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
-from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_per_exit, shared_curve

@@ -23,8 +23,9 @@ from exitsearch.export.bundle import AUX_FILE
 from exitsearch.export.costs import exit_costs
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost, predict_under_pause
+from exitsearch.pausing.costs import with_pauses
 from exitsearch.profile import profile_backbone
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.refine import shared_curve
 from exitsearch.training import HeadTrainConfig, train_heads
@@ -57,8 +58,8 @@ class PauseWorld:
         self.preds = predict_under_pause(self.model, self.bank, self.splits, PAUSE, batch_size=100)
         ctx = HeadContext.from_backbone(self.backbone)
         flops = {k: c.flops for k, c in profile_heads(SPECS, ctx).items()}
-        self.costs = CostModel(profile_backbone(self.backbone), flops).with_pauses(
-            self.model, [PAUSE]
+        self.costs = with_pauses(
+            CostModel(profile_backbone(self.backbone), flops), self.model, [PAUSE]
         )
         self.ev = Evaluator(self.preds, "val", self.costs)
 

@@ -44,8 +44,8 @@ from exitsearch.errors import BudgetError
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.run import resolve_budget
 from exitsearch.profile import BackboneProfile
+from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
-from exitsearch.search.costs import CostModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -9,8 +9,9 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost
+from exitsearch.pausing.costs import paused_block_flops, with_pauses
 from exitsearch.profile import profile_backbone
-from exitsearch.search.costs import CostModel, paused_block_flops
+from exitsearch.profile.costs import CostModel
 
 SPECS = (HeadSpec("linear", 2), HeadSpec("mlp", 3), HeadSpec("linear", 5))
 
@@ -45,7 +46,7 @@ def test_exit_config_checks_pause_by_the_pause_config_rules():
 def test_exit_costs_count_paused_blocks_and_decoders(setup):  # type: ignore[no-untyped-def]
     model, costs = setup
     pause = {1: 0.2, 3: 0.4}
-    costs = costs.with_pauses(model, [pause])
+    costs = with_pauses(costs, model, [pause])
     pc = pause_cost(model, pause)
     heads = np.cumsum([costs.head_flops[s.key] for s in SPECS])
     got = costs.exit_flops(config(pause))
@@ -57,14 +58,14 @@ def test_exit_costs_count_paused_blocks_and_decoders(setup):  # type: ignore[no-
     assert got[-1] == pc.total + heads[-1]
     # cut: no final exit; random pausing runs no decoder
     assert np.array_equal(costs.exit_flops(config(pause, cut=True)), got[:-1])
-    rnd = CostModel(costs.profile, costs.head_flops).with_pauses(model, [pause], "random")
+    rnd = with_pauses(CostModel(costs.profile, costs.head_flops), model, [pause], "random")
     assert rnd.exit_flops(config(pause))[-1] == pc.total - sum(pc.aux.values()) + heads[-1]
 
 
 def test_the_plain_path_is_unchanged_and_no_pausing_is_the_profile(setup):  # type: ignore[no-untyped-def]
     model, costs = setup
     before = costs.exit_flops(config({}))
-    more = costs.with_pauses(model, [{}, {3: 0.4}])
+    more = with_pauses(costs, model, [{}, {3: 0.4}])
     assert list(more.pause_blocks) == ["3:0.4"]
     np.testing.assert_array_equal(more.exit_flops(config({})), before)
     # the blocks fvcore counts alone on 50 tokens are those of the whole-model trace
@@ -74,7 +75,7 @@ def test_the_plain_path_is_unchanged_and_no_pausing_is_the_profile(setup):  # ty
 def test_under_pause_gives_the_paused_costs_to_unpaused_configurations(setup):  # type: ignore[no-untyped-def]
     model, costs = setup
     pause = {2: 0.3, 4: 0.3}
-    costs = costs.with_pauses(model, [pause])
+    costs = with_pauses(costs, model, [pause])
     inner = costs.under_pause(pause)
     np.testing.assert_array_equal(inner.exit_flops(config({})), costs.exit_flops(config(pause)))
     assert inner.backbone_flops == costs.backbone_flops  # speed-ups keep their reference
@@ -89,5 +90,5 @@ def test_unknown_or_misfitting_pause_configurations_are_errors(setup):  # type: 
     with pytest.raises(ConfigError, match=r"no block costs known for pause configuration 3:0\.4"):
         costs.exit_flops(config({3: 0.4}))
     with pytest.raises(ConfigError, match=r"outside 1\.\.5"):
-        costs.with_pauses(model, [{6: 0.2}])
+        with_pauses(costs, model, [{6: 0.2}])
     assert costs.exit_ms(config({3: 0.4})) is None

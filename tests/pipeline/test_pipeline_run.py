@@ -37,9 +37,9 @@ from exitsearch.pipeline.run import (
     stage_profile,
 )
 from exitsearch.profile import BackboneProfile
+from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
 from exitsearch.report.run_report import config_of_column
-from exitsearch.search.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.study import SearchSettings

@@ -23,7 +23,7 @@ import pytest
 
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions, SplitPredictions
 

@@ -15,7 +15,7 @@ from exitsearch.data.sources.counting import CANVAS, ITEM, MAX_COUNT, make_canva
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.search.costs import CostModel
+from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions, SplitPredictions
 

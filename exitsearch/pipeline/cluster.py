@@ -1,8 +1,9 @@
-"""The pipeline's heads stage on a Ray cluster (``exitsearch run --ray-address``).
+"""The pipeline's heads stage on a Ray cluster (``exitsearch run --ray-address``), built from the
+shards and tasks of :mod:`exitsearch.distributed`.
 
 Called by :func:`exitsearch.pipeline.run.stage_heads` when ``RunSettings.ray_address`` is set;
 everything else of the pipeline is unchanged: the exit search scores cached predictions in the
-driver's process, far faster than a Ray task's round trip (see the package docstring). Heads
+driver's process, far faster than a Ray task's round trip (see :mod:`exitsearch.distributed`). Heads
 have seeds of their own, so the sharded bank equals the joint one and shares its cache entry.
 """
 

@@ -6,20 +6,20 @@ backbone plus all early heads. A cut configuration ends at its last early exit.
 
 Pause configurations (PAUMER) lower the cost of the blocks after a pause layer: each
 block is counted on the tokens it really processes (fvcore on the block fed that many tokens,
-:func:`exitsearch.pausing.pause_block_flops`), and the auxiliary decoder that chooses the
+:func:`exitsearch.pausing.costs.pause_block_flops`), and the auxiliary decoder that chooses the
 paused tokens after block ``l`` is counted on the tokens still processed there. It runs after
 the exit at ``l`` has decided (a sample leaving at ``l`` never needs it), so its cost is charged
 to the exits after ``l``: it is added to block ``l + 1``. Exit heads read assembled states (all
 tokens), so their cost does not change. The tables of the pause configurations a search uses
-are computed once (:meth:`CostModel.with_pauses`); configurations without pausing take the
-plain path, unchanged.
+are computed once by the pausing package (:func:`exitsearch.pausing.costs.with_pauses`) and
+handed over as tables (:meth:`CostModel.with_pause_blocks`), so this module knows no pausing
+model; configurations without pausing take the plain path, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
@@ -28,34 +28,12 @@ from exitsearch.errors import ConfigError
 from exitsearch.profile.backbone import BackboneProfile
 from exitsearch.profile.latency import LatencyTable
 
-__all__ = ["CostModel", "pause_key", "paused_block_flops"]
+__all__ = ["CostModel", "pause_key"]
 
 
 def pause_key(pause: Mapping[int, float]) -> str:
     """The canonical text of a pause configuration (``PauseConfig.key``; ``""`` when empty)."""
     return ",".join(f"{int(k)}:{float(v):g}" for k, v in sorted(dict(pause).items()))
-
-
-def paused_block_flops(vit: Any, pause: Any, mode: str = "entropy") -> tuple[float, ...]:
-    """FLOPs of blocks ``1..L`` of ``vit`` (a ``PausingViT`` or a model holding one as ``.vit``)
-    under ``pause``, each on its own token count, with the auxiliary decoder at pause layer
-    ``l`` added to block ``l + 1`` (entropy mode; random pausing does not run it).
-
-    Raises:
-        ConfigError: the pause configuration does not fit the model.
-    """
-    from exitsearch.pausing.costs import aux_decoder_flops, pause_block_flops
-    from exitsearch.pausing.pause import uses_aux_decoder
-
-    inner = vit.vit if hasattr(vit, "vit") else vit
-    cfg = inner.resolve(pause)
-    blocks = [float(b) for b in pause_block_flops(inner, cfg)]
-    if uses_aux_decoder(mode):
-        tokens = inner.token_counts(cfg)
-        p = inner.num_prefix_tokens
-        for layer in cfg.layers:  # 1 <= layer <= L - 1: block layer + 1 exists
-            blocks[layer] += float(aux_decoder_flops(inner, tokens[layer - 1] - p))
-    return tuple(blocks)
 
 
 @dataclass(frozen=True)
@@ -68,7 +46,8 @@ class CostModel:
         latency: per-sample milliseconds of the backbone parts, if measured.
         head_ms: per-sample milliseconds of each head by key, if measured.
         pause_blocks: per-block FLOPs under each known pause configuration, by its key (see
-            :func:`paused_block_flops`); filled by :meth:`with_pauses`.
+            :func:`exitsearch.pausing.costs.paused_block_flops`); filled by
+            :meth:`with_pause_blocks`.
     """
 
     profile: BackboneProfile
@@ -86,25 +65,21 @@ class CostModel:
         return self.latency is not None
 
     # ------------------------------------------------------------------ pausing
-    def with_pauses(self, vit: Any, pauses: Iterable[Any], mode: str = "entropy") -> CostModel:
-        """This model plus the block costs of ``pauses`` (``PauseConfig`` or ``{layer:
-        fraction}``) on ``vit``, the pausing model whose backbone ``profile`` describes.
+    def with_pause_blocks(self, tables: Mapping[str, tuple[float, ...]]) -> CostModel:
+        """This model plus per-block FLOPs under more pause configurations, by their key
+        (:func:`exitsearch.pausing.costs.with_pauses` computes them from a pausing model).
 
         Raises:
-            ConfigError: a pause configuration does not fit the model, or ``vit``'s backbone
-                has another depth than the profile.
+            ConfigError: a table has another number of blocks than the profile.
         """
-        inner = vit.vit if hasattr(vit, "vit") else vit
-        if inner.depth != self.profile.depth:
-            raise ConfigError(
-                f"the pausing model has {inner.depth} blocks but the cost profile "
-                f"{self.profile.depth}"
-            )
         table = dict(self.pause_blocks)
-        for pause in pauses:
-            cfg = inner.resolve(pause)
-            if cfg and cfg.key not in table:
-                table[cfg.key] = paused_block_flops(inner, cfg, mode)
+        for key, blocks in tables.items():
+            if len(blocks) != self.profile.depth:
+                raise ConfigError(
+                    f"pause configuration {key} gives {len(blocks)} block costs, the cost "
+                    f"profile has {self.profile.depth} blocks"
+                )
+            table.setdefault(key, tuple(float(b) for b in blocks))
         return replace(self, pause_blocks=table)
 
     def under_pause(self, pause: Mapping[int, float]) -> CostModel:
@@ -132,7 +107,7 @@ class CostModel:
             known = ", ".join(self.pause_blocks) or "none"
             raise ConfigError(
                 f"no block costs known for pause configuration {key} (known: {known}); "
-                "add them with CostModel.with_pauses"
+                "add them with exitsearch.pausing.costs.with_pauses"
             ) from None
 
     # -------------------------------------------------------------------- exits
