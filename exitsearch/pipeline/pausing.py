@@ -53,7 +53,6 @@ import optuna
 from exitsearch._io import (
     atomic_write_json,
     file_sha256,
-    portable_path,
     read_json,
     save_safetensors,
     sha256_of,
@@ -798,50 +797,16 @@ def write_pause_report(
     paumer: PaumerFiles,
     opts: PauseOptions,
 ) -> dict[str, Any]:
-    """The run folder's files, as :func:`exitsearch.report.run_report.write_report` writes them,
-    with every member scored on the predictions of its own pause configuration, plus a
-    ``pause`` section (the configurations, their costs and fronts, the auxiliary decoder)."""
-    from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
-    from exitsearch.report.run_report import (
-        baseline_documents,
-        finite_or_none,
-        front_hypervolume,
-        front_member,
-        hv_reference,
-        placement_curves,
-        plot_pareto,
-        recommend,
-        write_pareto_csv,
-        write_run_record,
-    )
-    from exitsearch.search.baselines import score_baselines
+    """The run folder's files, written by :func:`exitsearch.report.run_report.write_report` with
+    every member scored on the predictions of its own pause configuration, plus a ``pause``
+    section (the configurations, their costs and fronts, the auxiliary decoder)."""
+    from exitsearch.report.run_report import front_hypervolume, hv_reference, write_report
 
     run_dir = ctx.run_dir
     scale = float(costs.backbone_flops)
-    vals = {k: predictor.memo[(k, "val")] for k in run.fronts}
-    ev_val = {k: Evaluator(p, "val", costs) for k, p in vals.items()}
-    ev_test = {k: Evaluator(p, "test", costs) for k, p in tests.items()}
     ref = hv_reference(plain.num_classes, constraint, scale)
-    plain_val, plain_test = Evaluator(plain, "val", costs), Evaluator(plain, "test", costs)
-    backbone_ok = (plain_val.backbone_correct(), plain_test.backbone_correct())
-    members, correct = [], []
-    for i, p in enumerate(result.front):
-        key = PauseConfig(dict(p.config.pause)).key
-        member = front_member(i, p.config, ev_val[key], ev_test[key], backbone_ok, pause=key)
-        if key:
-            member["description"] += f" | pause {key}"
-        members.append(member)
-        correct.append(ev_val[key].correct_of(p.config))
-    recommended, uncertainty_notes = recommend(members, correct)
-    baselines = score_baselines(plain_val, ctx.candidates, ctx.backbone.depth, constraint)
-    front_hv = front_hypervolume(result.front, ref, scale)
-    base_docs, base_fronts = baseline_documents(baselines, plain_test, ref, scale, front_hv)
-    placements: dict[str, Any] = {}
-    for key in dict.fromkeys(m["pause"] for m in members):
-        pts = [p for p in result.front if PauseConfig(dict(p.config.pause)).key == key]
-        placements.update(placement_curves(ev_val[key], pts))
-    bb_val, bb_test = plain_val.backbone(), plain_test.backbone()
-    on_front = {m["pause"] for m in members}
+    paused = {k: (predictor.memo[(k, "val")], tests[k]) for k in tests}
+    on_front = {PauseConfig(dict(p.config.pause)).key for p in result.front}
     configurations = []
     for key, f in run.fronts.items():
         cfg = f.config
@@ -859,7 +824,9 @@ def write_pause_report(
                 "val_accuracy_without_exits": f.final_accuracy,
                 "hypervolume": front_hypervolume(f.front, ref, scale),
                 "front_points": len(f.front),
-                "on_merged_front": sum(1 for m in members if m["pause"] == key),
+                "on_merged_front": sum(
+                    1 for p in result.front if PauseConfig(dict(p.config.pause)).key == key
+                ),
                 "trials": f.result.n_trials,
                 "predictions": {
                     split: str(predictor.folders[(key, split)].relative_to(run_dir))
@@ -869,98 +836,36 @@ def write_pause_report(
             }
         )
     configurations.sort(key=lambda c: c["flops_without_exits"])
-    doc = {
-        "schema": schema.PARETO_SCHEMA,
-        "run": run_dir.name,
-        "unit": "FLOPs (MACs)",
-        "backbone": {
-            "spec": ctx.settings.backbone.to_dict(),
-            "resolved": ctx.backbone.spec.to_dict()
-            | {"checkpoint": portable_path(ctx.backbone.spec.checkpoint)},
-            "weights_sha256": ctx.backbone.weights_checksum(),
-            "flops": costs.backbone_flops,
-            "val_accuracy": bb_val.accuracy,
-            "test_accuracy": bb_test.accuracy,
-        },
-        "data": ctx.settings.data.to_dict(),
-        "budget": {
-            "text": ctx.settings.budget,
-            "kind": constraint.kind.value,
-            "flops": constraint.flops,
-            "ms": constraint.ms,
-        },
-        "space": ctx.space.name,
-        "artifacts": {
-            "heads": str((ctx.folders["heads"] / "heads.safetensors").relative_to(run_dir)),
-            "heads_summary": str((ctx.folders["heads"] / "heads.json").relative_to(run_dir)),
-            "predictions": str(ctx.folders["predict"].relative_to(run_dir)),
-            "profile": str((ctx.folders["profile"] / "profile.json").relative_to(run_dir)),
-            "study": schema.STUDY_DB,
-        },
-        "front": members,
-        "recommended": recommended["id"],
-        "baselines": base_docs,
-        "hypervolume": {
-            "front": front_hv,
-            "reference": {"accuracy": ref[0], "cost_fraction": ref[1]},
-        },
-        "search": {
-            "strategy": ctx.settings.search.strategy,
-            "n_trials": result.n_trials,
-            "failed_trials": result.n_failed,
-            "seconds": result.seconds,
-            "trials_per_second": finite_or_none(result.trials_per_second),
-            "refine_seconds": result.refine_seconds,
-            "placements_refined": result.placements_refined,
-            "seed": ctx.settings.search.seed,
-            "study_name": result.study_name,
-            "trials_per_pause": run.trials_per_pause,
-        },
-        PAUSE_SECTION: {
-            "paumer": paumer.source,
-            "paumer_sha256": paumer.model_sha256,
-            "mode": opts.mode,
-            "aux": str(paumer.aux.relative_to(run_dir)),
-            "aux_sha256": file_sha256(paumer.aux),
-            "space": opts.to_dict(),
-            "selection": "grid" if opts.trials is None else "sampled",
-            "outer_trials": run.outer_trials,
-            "configurations": configurations,
-            # the front of no pausing alone, to see what pausing as a dimension adds
-            "hypervolume_without_pausing": front_hypervolume(run.fronts[""].front, ref, scale)
-            if "" in run.fronts
-            else None,
-            "on_front": sorted(on_front, key=lambda k: (k != "", k)),
-            "predicted_by_this_run": predictor.computed,
-        },
-        "notes": [*notes, *uncertainty_notes],
-        "stage_keys": ctx.keys,
-        "timings": ctx.timings,
+    section = {
+        "paumer": paumer.source,
+        "paumer_sha256": paumer.model_sha256,
+        "mode": opts.mode,
+        "aux": str(paumer.aux.relative_to(run_dir)),
+        "aux_sha256": file_sha256(paumer.aux),
+        "space": opts.to_dict(),
+        "selection": "grid" if opts.trials is None else "sampled",
+        "outer_trials": run.outer_trials,
+        "configurations": configurations,
+        # the front of no pausing alone, to see what pausing as a dimension adds
+        "hypervolume_without_pausing": front_hypervolume(run.fronts[""].front, ref, scale)
+        if "" in run.fronts
+        else None,
+        "on_front": sorted(on_front, key=lambda k: (k != "", k)),
+        "predicted_by_this_run": predictor.computed,
     }
-    atomic_write_json(run_dir / schema.PARETO_JSON, doc, indent=None)
-    atomic_write_json(run_dir / schema.PLACEMENTS_JSON, placements, indent=None)
-    atomic_write_json(run_dir / schema.BASELINES_JSON, base_fronts, indent=None)
-    write_pareto_csv(run_dir / schema.PARETO_CSV, members)
-    plot_pareto(
-        run_dir / schema.PARETO_PNG,
-        result,
-        baselines,
-        members,
-        constraint,
-        scale,
+    return write_report(
         ctx,
-        bb_val.accuracy,
-        plain_val,
+        plain,
+        costs,
+        budget,
+        constraint,
+        result,
+        notes,
+        paused=paused,
+        sections={PAUSE_SECTION: section},
+        search_fields={"trials_per_pause": run.trials_per_pause},
+        record_fields={"paumer": paumer.source},
     )
-    rows = head_table(plain, costs.profile, dict(costs.head_flops))
-    write_heads_csv(rows, run_dir / schema.HEADS_CSV)
-    plot_heads(
-        rows,
-        run_dir / schema.HEADS_PNG,
-        f"{len(plain.heads)} exit heads on {ctx.settings.backbone.model} (no pausing)",
-    )
-    write_run_record(run_dir, ctx, paumer=paumer.source)
-    return doc
 
 
 def _token_counts(backbone: Any, cfg: PauseConfig) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +13,7 @@ import numpy as np
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.pause import PauseConfig
 from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
 from exitsearch.intervals import paired_scores, score_interval
@@ -91,8 +93,21 @@ def write_report(
     constraint: BudgetConstraint,
     result: SearchResult,
     notes: list[str],
+    *,
+    paused: Mapping[str, tuple[Predictions, Predictions]] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    search_fields: Mapping[str, Any] | None = None,
+    record_fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every result file of the run folder and return the ``pareto.json`` document."""
+    """Write every result file of the run folder and return the ``pareto.json`` document.
+
+    ``preds`` are the predictions without pausing (the baselines, the backbone and the heads
+    table read them). In a run with pause configurations as a dimension (PAUMER), ``paused``
+    holds each configuration's validation and test predictions by its key, and every front
+    member is scored on those of its own configuration (``""``: no pausing, ``preds``);
+    ``sections`` are added to ``pareto.json`` (the pause section), ``search_fields`` to its
+    ``search`` section and ``record_fields`` to ``run.json``.
+    """
     from exitsearch.search.baselines import score_baselines
 
     run_dir = ctx.run_dir
@@ -100,21 +115,41 @@ def write_report(
     # fronts, baselines and hypervolumes are compared in it
     val = Evaluator(preds, "val", costs, constraint.unit)
     test = Evaluator(preds, "test", costs, constraint.unit)
+    scored: dict[str, tuple[Evaluator, Evaluator]] = {"": (val, test)}
+    for key, (v, t) in (paused or {}).items():
+        if key:
+            scored[key] = (
+                Evaluator(v, "val", costs, constraint.unit),
+                Evaluator(t, "test", costs, constraint.unit),
+            )
     scale = val.backbone_cost
     task = val.task
     chance = None if task.name == CLASSIFICATION else task.chance(val.sp.labels)
     ref = hv_reference(preds.num_classes, constraint, scale, chance)
     backbone_ok = (val.backbone_correct(), test.backbone_correct())
-    members = [
-        front_member(i, p.config, val, test, backbone_ok) for i, p in enumerate(result.front)
-    ]
-    recommended, more = recommend(members, [val.correct_of(p.config) for p in result.front], task)
+    members, correct = [], []
+    for i, p in enumerate(result.front):
+        key = PauseConfig(dict(p.config.pause)).key
+        v, t = scored[key]
+        member = front_member(
+            i, p.config, v, t, backbone_ok, **({"pause": key} if paused is not None else {})
+        )
+        if key:
+            member["description"] += f" | pause {key}"
+        members.append(member)
+        correct.append(v.correct_of(p.config))
+    recommended, more = recommend(members, correct, task)
     notes = [*notes, *more]
     baselines = score_baselines(val, ctx.candidates, ctx.backbone.depth, constraint)
     front_hv = front_hypervolume(result.front, ref, scale)
     base_docs, base_fronts = baseline_documents(baselines, test, ref, scale, front_hv)
-    # operating points carry FLOPs, whatever the unit the search ranked by
-    placements = placement_curves(Evaluator(preds, "val", costs), result.front)
+    # operating points carry FLOPs, whatever the unit the search ranked by; each placement's
+    # on the predictions of its own pause configuration
+    placements: dict[str, Any] = {}
+    for key in dict.fromkeys(PauseConfig(dict(p.config.pause)).key for p in result.front):
+        on = scored[key][0].predictions
+        pts = [p for p in result.front if PauseConfig(dict(p.config.pause)).key == key]
+        placements.update(placement_curves(Evaluator(on, "val", costs), pts))
     bb_val, bb_test = val.backbone(), test.backbone()
     doc = {
         "schema": schema.PARETO_SCHEMA,
@@ -166,7 +201,9 @@ def write_report(
             "placements_refined": result.placements_refined,
             "seed": ctx.settings.search.seed,
             "study_name": result.study_name,
+            **(search_fields or {}),
         },
+        **(sections or {}),
         "notes": notes,
         "stage_keys": ctx.keys,
         "timings": ctx.timings,
@@ -191,10 +228,11 @@ def write_report(
     plot_heads(
         rows,
         run_dir / schema.HEADS_PNG,
-        f"{len(preds.heads)} exit heads on {ctx.settings.backbone.model}",
+        f"{len(preds.heads)} exit heads on {ctx.settings.backbone.model}"
+        + (" (no pausing)" if paused is not None else ""),
         task,
     )
-    write_run_record(run_dir, ctx)
+    write_run_record(run_dir, ctx, **(record_fields or {}))
     return doc
 
 
