@@ -63,7 +63,7 @@ from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
 from exitsearch.pausing.costs import with_pauses
 from exitsearch.profile.costs import CostModel
-from exitsearch.progress import NullProgress, Progress
+from exitsearch.progress import NullProgress
 from exitsearch.report import schema
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask
@@ -74,17 +74,17 @@ from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettin
 from exitsearch.training.predict import Predictions, SplitPredictions
 
 if TYPE_CHECKING:
-    from exitsearch.pipeline.run import PipelineResult, RunContext, RunSettings
+    from exitsearch.pipeline.run import RunContext, RunSettings
 
 __all__ = [
     "AUX_FILE",
     "BACKBONE_FILE",
     "MIN_TRIALS_PER_PAUSE",
     "OUTER_ROUND",
+    "PauseDimension",
     "PausePredictJob",
     "PauseRunResult",
     "prepare_paumer",
-    "run_pause_pipeline",
     "run_pause_predict_job",
     "space_pauses",
 ]
@@ -441,108 +441,147 @@ def _check_budget_unit(settings: RunSettings) -> None:
         )
 
 
-def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) -> PipelineResult:
-    """The pipeline of :func:`exitsearch.pipeline.run.run_pipeline` for a space with pause
-    configurations and a PAUMER classification model (``RunSettings.paumer``).
+class PauseDimension:
+    """The pause configurations of a run as a dimension of the pipeline's stages (PAUMER).
 
-    Raises:
-        ConfigError: no PAUMER model, a space without ``pause``, a model of another task, pause
-            layers outside the model.
-        BudgetError: a budget in milliseconds, below the cheapest exit, or nothing fits.
+    :func:`exitsearch.pipeline.run.run_pipeline` asks :meth:`of` whether the run has one and,
+    if so, lets it take part in its stages: the backbone is the PAUMER model's
+    (:meth:`backbone`, :meth:`open`), block costs are known under every configuration
+    (:meth:`costs`), heads train under randomised pausing (:meth:`states`), and the search
+    stage searches inside each configuration and merges the fronts (:meth:`search`), whose
+    report adds a pause section.
     """
-    from exitsearch.distributed.cluster import ray_cluster
-    from exitsearch.pipeline.lock import RunLock
-    from exitsearch.pipeline.run import (
-        PipelineResult,
-        prepare,
-        resolve_budget,
-        stage_heads,
-        stage_predict,
-        stage_profile,
-    )
-    from exitsearch.search.baselines import baseline_placements
-    from exitsearch.search.storage import open_storage
 
-    progress = progress or NullProgress()
-    space = load_search_space(settings.space)
-    if space.pause is None:
-        raise ConfigError(
-            f"--paumer needs a search space with a `pause` section; {settings.space} has none "
-            "(try --space paumer)"
-        )
-    if settings.paumer is None:
-        raise ConfigError(
-            f"search space {settings.space} has a `pause` section: pass --paumer DIR, a PAUMER "
-            "classification model (`exitsearch pause train --task classification`), whose "
-            "backbone the heads are trained on"
-        )
-    if settings.latency_device is not None or settings.latency_table is not None:
-        raise ConfigError(
-            "a latency table is measured without pausing; leave out --latency-device and "
-            "--latency-table with a pause space"
-        )
-    _check_budget_unit(settings)
-    opts: PauseOptions = space.pause
-    with RunLock(settings.run_dir):
-        paumer = prepare_paumer(settings.paumer, settings.run_dir / schema.CACHE_DIR)
-        settings = replace(settings, backbone=paumer.backbone)
-        ctx = prepare(settings, progress)
-        ctx.keys["paumer"] = paumer.key
-        depth = ctx.backbone.depth
-        opts.check(depth, space.source)
+    def __init__(self, space: SearchSpace, paumer_dir: str) -> None:
+        assert space.pause is not None
+        self.space = space
+        self.opts: PauseOptions = space.pause
+        self.paumer_dir = paumer_dir
+        self.paumer: PaumerFiles | None = None
+        self.model: Any = None
+        self.grid: list[PauseConfig] = []
+
+    @classmethod
+    def of(cls, settings: RunSettings) -> PauseDimension | None:
+        """The run's pause dimension; None for a space without ``pause`` and no ``--paumer``.
+
+        Raises:
+            ConfigError: ``--paumer`` with a space without ``pause``, a pause space without
+                ``--paumer``, or a latency table (measured without pausing).
+            BudgetError: a budget in milliseconds.
+        """
+        if settings.paumer is None and not space_pauses(settings.space):
+            return None
+        space = load_search_space(settings.space)
+        if space.pause is None:
+            raise ConfigError(
+                f"--paumer needs a search space with a `pause` section; {settings.space} has "
+                "none (try --space paumer)"
+            )
+        if settings.paumer is None:
+            raise ConfigError(
+                f"search space {settings.space} has a `pause` section: pass --paumer DIR, a "
+                "PAUMER classification model (`exitsearch pause train --task classification`), "
+                "whose backbone the heads are trained on"
+            )
+        if settings.latency_device is not None or settings.latency_table is not None:
+            raise ConfigError(
+                "a latency table is measured without pausing; leave out --latency-device and "
+                "--latency-table with a pause space"
+            )
+        _check_budget_unit(settings)
+        return cls(space, settings.paumer)
+
+    def backbone(self, settings: RunSettings) -> RunSettings:
+        """``settings`` with the PAUMER model's backbone (its weights extracted into the run's
+        cache): the heads are trained on exactly these weights."""
+        self.paumer = prepare_paumer(self.paumer_dir, settings.run_dir / schema.CACHE_DIR)
+        return replace(settings, backbone=self.paumer.backbone)
+
+    def open(self, ctx: RunContext) -> None:
+        """Load the PAUMER model and check the space and the run's backbone against it."""
         from exitsearch.pausing.model import load_paumer
 
-        model = load_paumer(paumer.folder)
-        if model.backbone.weights_checksum() != ctx.backbone.weights_checksum():
-            raise ConfigError(f"{paumer.folder}: the extracted backbone does not match the model")
-        profile, head_flops = stage_profile(ctx)
-        grid = _grid(opts, model) if opts.trials is None else [PauseConfig()]
-        costs = with_pauses(CostModel(profile, head_flops), model, grid, opts.mode)
-        first_location = min(s.location for s in ctx.candidates)
-        first = [s for s in ctx.candidates if s.location == first_location]
-        cheapest = min(  # the cheapest exit of any configuration known before the search
-            costs.under_pause(c.fractions).profile.cumulative(first_location) + head_flops[s.key]
-            for c in grid
-            for s in first
-        )
-        budget, constraint, note = resolve_budget(
-            settings.parsed_budget, settings.budget_kind, costs, cheapest
-        )
-        notes = [note] if note else []
-        plain = stage_predict(ctx, stage_heads(ctx, _random_pausing(opts, model)))
-        model_dir = _pause_model_folder(ctx, paumer)
-        storage = open_storage(settings.storage or (settings.run_dir / schema.STUDY_DB))
+        assert self.paumer is not None
+        ctx.keys["paumer"] = self.paumer.key
+        self.opts.check(ctx.backbone.depth, self.space.source)
+        self.model = load_paumer(self.paumer.folder)
+        if self.model.backbone.weights_checksum() != ctx.backbone.weights_checksum():
+            raise ConfigError(
+                f"{self.paumer.folder}: the extracted backbone does not match the model"
+            )
+
+    def costs(self, costs: CostModel) -> CostModel:
+        """``costs`` plus the block costs of the configurations known before the search (the
+        grid, or no pausing when the configurations are sampled)."""
+        self.grid = _grid(self.opts, self.model) if self.opts.trials is None else [PauseConfig()]
+        return with_pauses(costs, self.model, self.grid, self.opts.mode)
+
+    def states(self) -> Any:
+        """Heads read paused states: they train under PAUMER's randomised pausing."""
+        return _random_pausing(self.opts, self.model)
+
+    def search(
+        self,
+        ctx: RunContext,
+        plain: Predictions,
+        costs: CostModel,
+        constraint: BudgetConstraint,
+        storage: Any,
+        seeds: list[Any],
+    ) -> tuple[SearchResult, CostModel, dict[str, Any]]:
+        """Search inside each configuration (predicting validation under it, in parallel),
+        merge the feasible fronts, and predict test under the merged front's configurations.
+
+        Returns the merged result, the cost model with every configuration searched, and what
+        :func:`~exitsearch.report.run_report.write_report` adds for this dimension.
+
+        Raises:
+            BudgetError: nothing fits the budget.
+        """
+        from exitsearch.distributed.cluster import ray_cluster
+
+        assert self.paumer is not None
+        settings = ctx.settings
+        model_dir = _pause_model_folder(ctx, self.paumer)
         search_key = sha256_of(
             "pause-search-v1",
             ctx.keys["predict"],
             ctx.keys["profile"],
             ctx.keys["pause-model"],
-            space.to_dict(),
+            self.space.to_dict(),
             settings.budget,
             settings.budget_kind,
             asdict(settings.search),
             settings.seed_baselines,
         )
         ctx.keys["search"] = search_key
-        seeds = (
-            [c for _, _, c in baseline_placements(ctx.candidates, depth)]
-            if settings.seed_baselines
-            else []
-        )
         t0 = time.perf_counter()
         with ray_cluster(settings.ray_address) as info:
             if info is not None:
-                progress.log(f"pause predictions: {info.describe()}")
+                ctx.progress.log(f"pause predictions: {info.describe()}")
             executor = _executor(settings)
             try:
-                predictor = _PausePredictor(ctx, model_dir, opts.mode, executor)
+                predictor = _PausePredictor(ctx, model_dir, self.opts.mode, executor)
                 for split in ("val", "test"):
                     predictor.memo[("", split)] = plain
                     predictor.folders[("", split)] = ctx.folders["predict"]
                 search = _Search(
-                    ctx, space, costs, constraint, storage, search_key, seeds, predictor, model
+                    ctx,
+                    self.space,
+                    costs,
+                    constraint,
+                    storage,
+                    search_key,
+                    seeds,
+                    predictor,
+                    self.model,
                 )
-                run = search.grid(grid) if opts.trials is None else search.sampled(opts)
+                run = (
+                    search.grid(self.grid)
+                    if self.opts.trials is None
+                    else search.sampled(self.opts)
+                )
                 merged = _merge([p for f in run.fronts.values() for p in f.front])
                 if not merged:
                     raise BudgetError(
@@ -554,23 +593,81 @@ def run_pause_pipeline(settings: RunSettings, progress: Progress | None = None) 
             finally:
                 executor.close()
         ctx.timings["search"] = time.perf_counter() - t0
-        costs = search.costs
         result = _search_result(run, merged, search_key)
-        report = write_pause_report(
-            ctx,
-            plain,
-            costs,
-            budget,
-            constraint,
-            result,
-            notes,
-            run,
-            predictor,
-            tests,
-            paumer,
-            opts,
-        )
-        return PipelineResult(ctx, plain, costs, budget, constraint, result, notes, report)
+        report = self._report_fields(ctx, search.costs, constraint, result, run, predictor, tests)
+        return result, search.costs, report
+
+    def _report_fields(
+        self,
+        ctx: RunContext,
+        costs: CostModel,
+        constraint: BudgetConstraint,
+        result: SearchResult,
+        run: PauseRunResult,
+        predictor: _PausePredictor,
+        tests: Mapping[str, Predictions],
+    ) -> dict[str, Any]:
+        """What the report adds: members scored on their own configuration's predictions, and
+        a ``pause`` section (the configurations, their costs and fronts, the auxiliary
+        decoder)."""
+        from exitsearch.report.run_report import front_hypervolume, hv_reference
+
+        assert self.paumer is not None
+        run_dir = ctx.run_dir
+        scale = float(costs.backbone_flops)
+        plain = predictor.memo[("", "val")]
+        ref = hv_reference(plain.num_classes, constraint, scale)
+        on_front = [PauseConfig(dict(p.config.pause)).key for p in result.front]
+        configurations = []
+        for key, f in run.fronts.items():
+            cfg = f.config
+            blocks = costs.under_pause(cfg.fractions).profile.blocks
+            configurations.append(
+                {
+                    "pause": key,
+                    "fractions": cfg.to_dict(),
+                    "tokens": _token_counts(ctx.backbone, cfg),
+                    "flops_without_exits": float(
+                        costs.profile.stem_flops
+                        + sum(b.flops for b in blocks)
+                        + costs.profile.head_flops
+                    ),
+                    "val_accuracy_without_exits": f.final_accuracy,
+                    "hypervolume": front_hypervolume(f.front, ref, scale),
+                    "front_points": len(f.front),
+                    "on_merged_front": on_front.count(key),
+                    "trials": f.result.n_trials,
+                    "predictions": {
+                        split: str(predictor.folders[(key, split)].relative_to(run_dir))
+                        for split in ("val", "test")
+                        if (key, split) in predictor.folders
+                    },
+                }
+            )
+        configurations.sort(key=lambda c: c["flops_without_exits"])
+        section = {
+            "paumer": self.paumer.source,
+            "paumer_sha256": self.paumer.model_sha256,
+            "mode": self.opts.mode,
+            "aux": str(self.paumer.aux.relative_to(run_dir)),
+            "aux_sha256": file_sha256(self.paumer.aux),
+            "space": self.opts.to_dict(),
+            "selection": "grid" if self.opts.trials is None else "sampled",
+            "outer_trials": run.outer_trials,
+            "configurations": configurations,
+            # the front of no pausing alone, to see what pausing as a dimension adds
+            "hypervolume_without_pausing": front_hypervolume(run.fronts[""].front, ref, scale)
+            if "" in run.fronts
+            else None,
+            "on_front": sorted(set(on_front), key=lambda k: (k != "", k)),
+            "predicted_by_this_run": predictor.computed,
+        }
+        return {
+            "paused": {k: (predictor.memo[(k, "val")], tests[k]) for k in tests},
+            "sections": {PAUSE_SECTION: section},
+            "search_fields": {"trials_per_pause": run.trials_per_pause},
+            "record_fields": {"paumer": self.paumer.source},
+        }
 
 
 def _random_pausing(opts: PauseOptions, model: Any) -> Any:
@@ -783,91 +880,6 @@ def _search_result(run: PauseRunResult, merged: list[CurvePoint], key: str) -> S
 
 
 # ----------------------------------------------------------------------- report
-def write_pause_report(
-    ctx: RunContext,
-    plain: Predictions,
-    costs: CostModel,
-    budget: Any,
-    constraint: BudgetConstraint,
-    result: SearchResult,
-    notes: list[str],
-    run: PauseRunResult,
-    predictor: _PausePredictor,
-    tests: Mapping[str, Predictions],
-    paumer: PaumerFiles,
-    opts: PauseOptions,
-) -> dict[str, Any]:
-    """The run folder's files, written by :func:`exitsearch.report.run_report.write_report` with
-    every member scored on the predictions of its own pause configuration, plus a ``pause``
-    section (the configurations, their costs and fronts, the auxiliary decoder)."""
-    from exitsearch.report.run_report import front_hypervolume, hv_reference, write_report
-
-    run_dir = ctx.run_dir
-    scale = float(costs.backbone_flops)
-    ref = hv_reference(plain.num_classes, constraint, scale)
-    paused = {k: (predictor.memo[(k, "val")], tests[k]) for k in tests}
-    on_front = {PauseConfig(dict(p.config.pause)).key for p in result.front}
-    configurations = []
-    for key, f in run.fronts.items():
-        cfg = f.config
-        blocks = costs.under_pause(cfg.fractions).profile.blocks
-        configurations.append(
-            {
-                "pause": key,
-                "fractions": cfg.to_dict(),
-                "tokens": _token_counts(ctx.backbone, cfg),
-                "flops_without_exits": float(
-                    costs.profile.stem_flops
-                    + sum(b.flops for b in blocks)
-                    + costs.profile.head_flops
-                ),
-                "val_accuracy_without_exits": f.final_accuracy,
-                "hypervolume": front_hypervolume(f.front, ref, scale),
-                "front_points": len(f.front),
-                "on_merged_front": sum(
-                    1 for p in result.front if PauseConfig(dict(p.config.pause)).key == key
-                ),
-                "trials": f.result.n_trials,
-                "predictions": {
-                    split: str(predictor.folders[(key, split)].relative_to(run_dir))
-                    for split in ("val", "test")
-                    if (key, split) in predictor.folders
-                },
-            }
-        )
-    configurations.sort(key=lambda c: c["flops_without_exits"])
-    section = {
-        "paumer": paumer.source,
-        "paumer_sha256": paumer.model_sha256,
-        "mode": opts.mode,
-        "aux": str(paumer.aux.relative_to(run_dir)),
-        "aux_sha256": file_sha256(paumer.aux),
-        "space": opts.to_dict(),
-        "selection": "grid" if opts.trials is None else "sampled",
-        "outer_trials": run.outer_trials,
-        "configurations": configurations,
-        # the front of no pausing alone, to see what pausing as a dimension adds
-        "hypervolume_without_pausing": front_hypervolume(run.fronts[""].front, ref, scale)
-        if "" in run.fronts
-        else None,
-        "on_front": sorted(on_front, key=lambda k: (k != "", k)),
-        "predicted_by_this_run": predictor.computed,
-    }
-    return write_report(
-        ctx,
-        plain,
-        costs,
-        budget,
-        constraint,
-        result,
-        notes,
-        paused=paused,
-        sections={PAUSE_SECTION: section},
-        search_fields={"trials_per_pause": run.trials_per_pause},
-        record_fields={"paumer": paumer.source},
-    )
-
-
 def _token_counts(backbone: Any, cfg: PauseConfig) -> list[int]:
     """Tokens (prefix included) each block processes under ``cfg``."""
     counts = cfg.counts(backbone.num_patches)

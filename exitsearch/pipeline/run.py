@@ -15,6 +15,8 @@ from exitsearch._io import atomic_write_json, file_sha256, read_json, sha256_of
 from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.pause import PauseConfig
 from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
@@ -630,11 +632,19 @@ def claim_study(
 
 
 def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> PipelineResult:
-    """Run every stage (reusing valid ones) and write the report into the run folder."""
+    """Run every stage (reusing valid ones) and write the report into the run folder.
+
+    A space with a ``pause`` section (and ``--paumer``) adds pause configurations as a
+    dimension of the stages (:class:`~exitsearch.pipeline.pausing.PauseDimension`): the same
+    stages run, the heads train under randomised pausing, and the search stage searches inside
+    every configuration and merges their fronts.
+    """
+    from exitsearch.pipeline.pausing import PauseDimension
     from exitsearch.report.run_report import write_report
     from exitsearch.search.baselines import baseline_placements
 
     progress = progress or NullProgress()
+    pause = PauseDimension.of(settings)
     parsed = settings.parsed_budget
     if parsed is not None and (
         parsed.unit is BudgetUnit.MILLISECONDS
@@ -656,21 +666,27 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
         read_table(settings.latency_table)
     if settings.storage is not None:  # a user's own file is refused before any work
         check_storage(settings.storage)
-    # -- pause configurations as a search dimension (exitsearch.pipeline.pausing) --
-    from exitsearch.pipeline.pausing import run_pause_pipeline, space_pauses
-
-    if settings.paumer is not None or space_pauses(settings.space):
-        return run_pause_pipeline(settings, progress)
-    # --
     with RunLock(settings.run_dir):
+        if pause is not None:
+            settings = pause.backbone(settings)
         ctx = prepare(settings, progress)
+        if pause is not None:
+            pause.open(ctx)
         check_validation_size(len(ctx.splits.val), ctx.splits.val.origin)
         profile, head_flops = stage_profile(ctx)
         latency = stage_latency(ctx)
         costs = CostModel(profile, head_flops, *(latency or (None, {})))
+        grid = [PauseConfig()]
+        if pause is not None:
+            costs = pause.costs(costs)
+            grid = pause.grid
         first_location = min(s.location for s in ctx.candidates)
         first = [s for s in ctx.candidates if s.location == first_location]
-        cheapest = min(profile.cumulative(first_location) + head_flops[s.key] for s in first)
+        cheapest = min(  # the cheapest exit of any configuration known before the search
+            costs.under_pause(c.fractions).profile.cumulative(first_location) + head_flops[s.key]
+            for c in grid
+            for s in first
+        )
         cheapest_ms = None
         if latency is not None:
             per_sample = latency[0].per_sample()
@@ -683,7 +699,12 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
         notes = [note] if note else []
         if note:  # said before the long stages start, not only in the final report
             progress.log(f"note: {note}")
-        kept, skipped = affordable_heads(ctx.candidates, profile, head_flops, constraint)
+        # with pausing, blocks cost less than the unpaused profile says: every head is kept
+        kept, skipped = (
+            affordable_heads(ctx.candidates, profile, head_flops, constraint)
+            if pause is None
+            else (ctx.candidates, [])
+        )
         if skipped:
             skip_note = (
                 f"{len(skipped)} of {len(ctx.candidates)} candidate heads not trained: "
@@ -692,57 +713,77 @@ def run_pipeline(settings: RunSettings, progress: Progress | None = None) -> Pip
             progress.log(f"note: {skip_note}")
             notes.append(skip_note)
             ctx.candidates = kept
-        bank = stage_heads(ctx)
+        bank = stage_heads(ctx, pause.states() if pause is not None else None)
         preds = stage_predict(ctx, bank)
         # a budget in milliseconds makes the search rank by the latency table's milliseconds
         ev = Evaluator(preds, "val", costs, constraint.unit)
         for note in validation_notes(ev, preds.num_classes):
             progress.log(f"note: {note}")
             notes.append(note)
-        sampler = ConfigSampler(ctx.space, ctx.candidates, ctx.backbone.depth)
         seeds = (
             [c for _, _, c in baseline_placements(ctx.candidates, ctx.backbone.depth)]
             if settings.seed_baselines
             else []
         )
         storage = open_storage(settings.storage or (settings.run_dir / schema.STUDY_DB))
-        search_key = sha256_of(
-            "search-v1",
-            ctx.keys["predict"],
-            ctx.keys["profile"],
-            ctx.space.to_dict(),
-            settings.budget,
-            settings.budget_kind,
-            {k: v for k, v in asdict(settings.search).items() if k not in ("n_trials", "timeout")},
-            settings.seed_baselines,
-            ctx.keys.get("latency"),
-            *(["ranked-by-ms"] if constraint.unit == "ms" else []),
-        )
-        ctx.keys["search"] = search_key
-        study_name = f"search-{search_key[:12]}"
-        resume = settings.resume
-        if settings.storage is None:  # the run folder's own study.db
-            claim_study(
-                storage, study_name, settings.run_dir / schema.CACHE_DIR, progress, fresh=not resume
-            )
-            resume = True
-        t0 = time.perf_counter()
-        result = _search_or_explain(
-            ev,
-            sampler,
-            constraint,
-            settings.search,
-            storage=storage,
-            study_name=study_name,
-            resume=resume,
-            seed_placements=seeds,
-            progress=progress,
-            exclusive=settings.storage is None,
-        )
-        ctx.timings["search"] = time.perf_counter() - t0
-        if not result.front:
-            raise BudgetError(
-                f"no configuration found within budget {settings.budget}; try a larger budget or more trials"
-            )
-        report = write_report(ctx, preds, costs, budget, constraint, result, notes)
+        if pause is not None:
+            result, costs, dimension = pause.search(ctx, preds, costs, constraint, storage, seeds)
+        else:
+            result, dimension = _search_stage(ctx, ev, constraint, storage, seeds), {}
+        report = write_report(ctx, preds, costs, budget, constraint, result, notes, **dimension)
         return PipelineResult(ctx, preds, costs, budget, constraint, result, notes, report)
+
+
+def _search_stage(
+    ctx: RunContext,
+    ev: Evaluator,
+    constraint: BudgetConstraint,
+    storage: Any,
+    seeds: list[ExitConfig],
+) -> SearchResult:
+    """The exit search on cached validation predictions, in the run's Optuna study.
+
+    Raises:
+        BudgetError: nothing fits the budget.
+    """
+    settings = ctx.settings
+    search_key = sha256_of(
+        "search-v1",
+        ctx.keys["predict"],
+        ctx.keys["profile"],
+        ctx.space.to_dict(),
+        settings.budget,
+        settings.budget_kind,
+        {k: v for k, v in asdict(settings.search).items() if k not in ("n_trials", "timeout")},
+        settings.seed_baselines,
+        ctx.keys.get("latency"),
+        *(["ranked-by-ms"] if constraint.unit == "ms" else []),
+    )
+    ctx.keys["search"] = search_key
+    study_name = f"search-{search_key[:12]}"
+    resume = settings.resume
+    if settings.storage is None:  # the run folder's own study.db
+        claim_study(
+            storage, study_name, settings.run_dir / schema.CACHE_DIR, ctx.progress, fresh=not resume
+        )
+        resume = True
+    t0 = time.perf_counter()
+    result = _search_or_explain(
+        ev,
+        ConfigSampler(ctx.space, ctx.candidates, ctx.backbone.depth),
+        constraint,
+        settings.search,
+        storage=storage,
+        study_name=study_name,
+        resume=resume,
+        seed_placements=seeds,
+        progress=ctx.progress,
+        exclusive=settings.storage is None,
+    )
+    ctx.timings["search"] = time.perf_counter() - t0
+    if not result.front:
+        raise BudgetError(
+            f"no configuration found within budget {settings.budget}; try a larger budget or "
+            "more trials"
+        )
+    return result
