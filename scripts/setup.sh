@@ -33,6 +33,8 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "installing exitsearch and its dependencies into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # setuptools warns on every editable install that a folder named like the package may shadow
+  # it; here that folder is the package itself
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
