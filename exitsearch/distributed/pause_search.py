@@ -22,9 +22,7 @@ told with metric 0 and its violation, which is all a constrained sampler uses of
 
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,9 +41,15 @@ from exitsearch.errors import BudgetError, ConfigError
 from exitsearch.pausing.pause import PauseMode
 from exitsearch.pausing.pool import PauseJob
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.search.driver import (
+    FAILED,
+    finished,
+    open_study,
+    run_rounds,
+    settle_interrupted,
+)
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.strategies import INTERRUPTED, create_sampler
-from exitsearch.search.study import settle_interrupted
 
 __all__ = [
     "PausePoint",
@@ -257,28 +261,18 @@ def run_pause_search(
     owned = executor is None
     executor = executor or LocalExecutor()
 
-    storage = storage or optuna.storages.InMemoryStorage()
-    if not resume:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=study_name, storage=storage)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
+    study = open_study(
+        storage,
+        study_name,
         directions=["maximize", "minimize"],
         sampler=create_sampler(
             settings.strategy, settings.seed, population_size=settings.population_size
         ),
-        load_if_exists=True,
+        resume=resume,
+        metric_names=[metric_name, "flops_fraction"],
     )
-    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([metric_name, "flops_fraction"])
-    settle_interrupted(study, progress)
-    done = sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-        if not t.system_attrs.get(INTERRUPTED)
-    )
+    settle_interrupted(study, progress, "pause search")
+    done = finished(study)
     remaining = max(0, settings.n_trials - done)
     if done:
         progress.log(f"pause search: {done} finished trial(s) kept, {remaining} to go")
@@ -316,41 +310,44 @@ def run_pause_search(
     progress.start(task, settings.n_trials)
     progress.advance(task, done)
     ran_now: set[int] = set()
+
+    def run_round(trials: list[optuna.Trial]) -> list[Any]:
+        plans = [plan(t) for t in trials]
+        todo = [p for p in plans if p.job is not None]
+        results = iter(executor.map([p.job for p in todo]) if todo else [])
+        told: list[Any] = []
+        for p in plans:
+            frac = p.flops / full
+            if p.job is None:
+                told.append([0.0, frac])
+                continue
+            res = next(results)
+            if isinstance(res, TrialFailure):
+                p.trial.set_user_attr("error", res.error)
+                told.append(FAILED)
+            else:
+                p.trial.set_user_attr("node", res.get("node_id", ""))
+                told.append([float(res["metric"]), frac])
+            ran_now.add(p.trial.number)
+        return told
+
     t0 = time.perf_counter()
     try:
-        while remaining > 0:
-            k = min(settings.round_size - done % settings.round_size, remaining)
-            plans = [plan(_ask(study)) for _ in range(k)]
-            todo = [p for p in plans if p.job is not None]
-            results = iter(executor.map([p.job for p in todo]) if todo else [])
-            for p in plans:  # told in trial order: the sampler never sees finishing order
-                frac = p.flops / full
-                if p.job is None:
-                    study.tell(p.trial, [0.0, frac])
-                else:
-                    res = next(results)
-                    if isinstance(res, TrialFailure):
-                        p.trial.set_user_attr("error", res.error)
-                        study.tell(p.trial, state=TrialState.FAIL)
-                    else:
-                        p.trial.set_user_attr("node", res.get("node_id", ""))
-                        study.tell(p.trial, [float(res["metric"]), frac])
-                    ran_now.add(p.trial.number)
-                progress.advance(task, 1)
-            done += k
-            remaining -= k
+        run_rounds(
+            study,
+            remaining,
+            settings.round_size,
+            run_round,
+            done=done,
+            progress=progress,
+            task=task,
+        )
     finally:
         progress.finish(task)
         if owned:
             executor.close()
     seconds = time.perf_counter() - t0
     return _result(study, ran_now, seconds, metric_name, full, budget_flops)
-
-
-def _ask(study: optuna.Study) -> optuna.Trial:
-    with warnings.catch_warnings():  # RDB storages with heartbeats warn outside optimize()
-        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        return study.ask()
 
 
 def _result(

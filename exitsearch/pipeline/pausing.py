@@ -36,12 +36,10 @@ write per trial would make them 50 times slower.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import time
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -781,24 +779,20 @@ class _Search:
 
     def sampled(self, opts: PauseOptions) -> PauseRunResult:
         """An outer Optuna study samples ``opts.trials`` configurations (see module)."""
-        import optuna
         from optuna.trial import TrialState
 
+        from exitsearch.search.driver import finished, open_study, run_rounds, settle_interrupted
         from exitsearch.search.strategies import create_sampler
 
         assert opts.trials is not None
         self.trials = _trials_per_pause(self.ctx.settings.search.n_trials, opts.trials)
         settings = self.ctx.settings
-        name = f"search-{self.key[:12]}-pauses"
-        if not settings.resume:
-            with contextlib.suppress(KeyError):
-                optuna.delete_study(study_name=name, storage=self.storage)
-        study = optuna.create_study(
-            study_name=name,
-            storage=self.storage,
-            direction="maximize",
+        study = open_study(
+            self.storage,
+            f"search-{self.key[:12]}-pauses",
+            directions=["maximize"],
             sampler=create_sampler("tpe", settings.search.seed),
-            load_if_exists=True,
+            resume=settings.resume,
         )
         from exitsearch.report.run_report import hv_reference
 
@@ -808,27 +802,23 @@ class _Search:
             float(self.costs.backbone_flops),
         )
         scale = float(self.costs.backbone_flops)
-        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for t in stale:  # asked by a killed run: asked again below
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        settle_interrupted(study, self.ctx.progress, "pause configurations")  # asked again below
+        done = finished(study)
         self.search([PauseConfig()])
-        remaining = opts.trials - len(done)
-        while remaining > 0:
-            k = min(OUTER_ROUND, remaining)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                asked = [study.ask() for _ in range(k)]
+
+        def run_round(asked: list[Any]) -> list[float]:
             configs = [self._sample(t, opts) for t in asked]
             self.search(configs)
+            values = []
             for t, cfg in zip(asked, configs, strict=True):
                 t.set_user_attr("pause", cfg.key)
                 f = self.fronts[cfg.key].front
-                study.tell(
-                    t,
-                    hypervolume([p.accuracy for p in f], [p.mean_cost / scale for p in f], *ref),
+                values.append(
+                    hypervolume([p.accuracy for p in f], [p.mean_cost / scale for p in f], *ref)
                 )
-            remaining -= k
+            return values
+
+        run_rounds(study, max(0, opts.trials - done), OUTER_ROUND, run_round, done=done)
         configs = [
             PauseConfig.parse(t.user_attrs["pause"])
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from exitsearch.core.criteria import create_criterion
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.progress import NullProgress, Progress
+from exitsearch.search.driver import finished, mark_interrupted, open_study, settle_interrupted
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_placement, shared_curve
@@ -46,7 +46,6 @@ __all__ = [
     "exhaustive_front",
     "front_of",
     "run_search",
-    "settle_interrupted",
 ]
 
 
@@ -250,26 +249,6 @@ def simple_front(
     return front_of(points, budget, ev)
 
 
-def _mark_interrupted(study: optuna.Study, only: set[int] | None = None) -> int:
-    """Mark the study's RUNNING trials (those of ``only``, when given) as interrupted and
-    failed, so a resumed run redoes them; returns how many."""
-    stale = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if only is None or t._trial_id in only
-    ]
-    for t in stale:
-        study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED, True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(stale)
-
-
-def settle_interrupted(study: optuna.Study, progress: Progress) -> None:
-    """Trials left RUNNING by a killed process are marked FAIL so the study can go on."""
-    if n := _mark_interrupted(study):
-        progress.log(f"search: {n} trial(s) interrupted earlier were marked failed")
-
-
 def run_search(
     ev: Evaluator,
     sampler: ConfigSampler,
@@ -299,30 +278,19 @@ def run_search(
             ev, sampler, budget, progress=progress, seed_placements=seed_placements
         )
     scale = ev.backbone_cost
-    if storage is None:
-        storage = optuna.storages.InMemoryStorage()
-    if not resume:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=study_name, storage=storage)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
+    study = open_study(
+        storage,
+        study_name,
         directions=["maximize", "minimize"],
         sampler=create_sampler(
             settings.strategy, settings.seed, population_size=settings.population_size
         ),
-        load_if_exists=True,
+        resume=resume,
+        metric_names=["val_accuracy", f"mean_{ev.unit}_fraction"],
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy", f"mean_{ev.unit}_fraction"])
     if exclusive:
         settle_interrupted(study, progress)
-    done = sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-        if not t.system_attrs.get(INTERRUPTED)
-    )
+    done = finished(study)
     remaining = max(0, settings.n_trials - done)
     if done:
         progress.log(f"search: {done} finished trial(s) kept, {remaining} to go")
@@ -371,7 +339,7 @@ def run_search(
             # this process's trials only (every RUNNING one when the study is this run's alone);
             # the storage may be mid-transaction: then the next run settles them
             with contextlib.suppress(Exception):
-                _mark_interrupted(study, None if exclusive else mine)
+                mark_interrupted(study, None if exclusive else mine)
             raise
     seconds = time.perf_counter() - t0
     progress.finish(task)
