@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitsearch.core.criteria import exit_statistics
 from exitsearch.core.pause import PauseConfig
-from exitsearch.data.loader import iterate_batches
 from exitsearch.data.samples import ArrayDataset
 from exitsearch.data.splits import DataSplits
 from exitsearch.device import Runtime, resolve_device
 from exitsearch.errors import ConfigError
 from exitsearch.heads.bank import HeadBank
 from exitsearch.pausing.pause import PauseMode, PausingViT
-from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.predict import Predictions, SplitPredictions
+from exitsearch.progress import Progress
+from exitsearch.training.predict import Predictions, predict_states
 
 __all__ = [
     "CLOCKS",
@@ -265,7 +263,6 @@ def predict_under_pause(
     Raises:
         ConfigError: the model's main head is not a classifier.
     """
-    progress = progress or NullProgress()
     rt = resolve_device(device or "cpu")
     vit: PausingViT = model.vit if hasattr(model, "vit") else model
     if getattr(model, "decoder", None) is not None:
@@ -274,33 +271,22 @@ def predict_under_pause(
     cfg = vit.resolve(pause)
     model.eval().to(rt.device)
     bank.eval().to(rt.device)
-    transform = vit.backbone.input_transform()
     locations = sorted({s.location for s in bank.specs})
     gen = torch.Generator().manual_seed(seed)
-    rows = len(bank) + 1
-    out: dict[str, SplitPredictions] = {}
-    for name in names:
-        data = splits.get(name)
-        n = len(data)
-        conf = np.empty((rows, n), np.float32)
-        ent = np.empty((rows, n), np.float32)
-        pred = np.empty((rows, n), np.int32)
-        unc = np.full((rows, n), np.nan, np.float32)
-        task = f"predict {name} under pause {cfg.label}"
-        progress.start(task, math.ceil(n / batch_size))
-        for idx, x, _ in iterate_batches(data, batch_size, pin_memory=rt.pin_memory):
-            cols = idx.numpy()
-            with rt.autocast():
-                res = vit.forward_states(transform(rt.to(x)), cfg, locations, mode, gen)
-                for i, (spec, exit_head) in enumerate(bank):
-                    logits = exit_head(res.states[spec.location])
-                    c, e, p = (t.cpu().numpy() for t in exit_statistics(logits))
-                    conf[i, cols], ent[i, cols], pred[i, cols] = c, e, p
-                    if exit_head.uncertainty is not None:
-                        unc[i, cols] = exit_head.uncertainty(logits.float()).float().cpu().numpy()
-                c, e, p = (t.cpu().numpy() for t in exit_statistics(head(res.final)))
-                conf[-1, cols], ent[-1, cols], pred[-1, cols] = c, e, p
-            progress.advance(task)
-        progress.finish(task)
-        out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
-    return Predictions(list(bank.specs), out, vit.backbone.num_classes)
+
+    def states_of(x: torch.Tensor) -> tuple[Mapping[int, torch.Tensor], torch.Tensor]:
+        res = vit.forward_states(x, cfg, locations, mode, gen)
+        return res.states, head(res.final)
+
+    return predict_states(
+        states_of,
+        bank,
+        splits,
+        vit.backbone.input_transform(),
+        rt,
+        names=names,
+        batch_size=batch_size,
+        progress=progress,
+        label=f" under pause {cfg.label}",
+        num_classes=vit.backbone.num_classes,
+    )

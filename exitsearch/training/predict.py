@@ -16,6 +16,7 @@ sample's score is minus its absolute error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from exitsearch.heads import HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress, Progress
 
-__all__ = ["Predictions", "SplitPredictions", "predict"]
+__all__ = ["Predictions", "SplitPredictions", "StatesFn", "predict", "predict_states"]
 
 FINAL = "final"
 
@@ -124,26 +125,36 @@ class Predictions:
         )
 
 
+# A model's forward for the prediction loop: a transformed batch on the device in, the state
+# after every block the heads read ({block: tokens}, blocks numbered 1..L) and the final
+# exit's outputs out.
+StatesFn = Callable[[torch.Tensor], tuple[Mapping[int, torch.Tensor], torch.Tensor]]
+
+
 @torch.no_grad()
-def predict(
-    backbone: Backbone,
+def predict_states(
+    states_of: StatesFn,
     bank: HeadBank,
     splits: DataSplits,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    rt: Runtime,
+    *,
+    task: str = CLASSIFICATION,
     names: tuple[str, ...] = ("val", "test"),
     batch_size: int = 1000,
     progress: Progress | None = None,
-    device: str | Runtime | None = None,
+    label: str = "",
+    num_classes: int,
 ) -> Predictions:
-    """Run the backbone once per batch and every head of ``bank`` on its location's state.
+    """The prediction loop: ``states_of`` once per batch, every head of ``bank`` on the state
+    after its block, the task's statistics of every exit written into preallocated arrays per
+    split (memory grows with the samples only by a few numbers per sample and head).
 
-    Outputs are written into preallocated arrays per split, so memory grows with the number of
-    samples only by a few numbers per sample and head. ``device`` defaults to the CPU.
+    :func:`predict` runs it on a backbone, :func:`exitsearch.pausing.predict_under_pause` on a
+    backbone under a pause configuration.
     """
     progress = progress or NullProgress()
-    kind = get_task(splits.task)
-    rt = resolve_device(device or "cpu")
-    rt.place(backbone.eval(), bank.eval())
-    transform = backbone.input_transform()
+    kind = get_task(task)
     out: dict[str, SplitPredictions] = {}
     rows = len(bank) + 1
     for name in names:
@@ -154,30 +165,64 @@ def predict(
         ent = np.empty((rows, n), np.float32)
         pred = np.empty((rows, n), np.int32)
         unc = np.full((rows, n), np.nan, np.float32)
-        task = f"predict {name}"
-        progress.start(task, math.ceil(n / batch))
+        what = f"predict {name}{label}"
+        progress.start(what, math.ceil(n / batch))
         for idx, x, _ in iterate_batches(data, batch, pin_memory=rt.pin_memory):
             with rt.autocast():
-                states = backbone.hidden_states(transform(rt.to(x)))
+                states, final = states_of(transform(rt.to(x)))
             cols = idx.numpy()
             for i, (spec, head) in enumerate(bank):
                 with rt.autocast():
-                    logits = head(states[spec.location - 1]).float()
+                    logits = head(states[spec.location]).float()
                 c, e, p, u = kind.statistics(logits)
                 conf[i, cols], ent[i, cols], pred[i, cols] = (t.cpu().numpy() for t in (c, e, p))
                 if u is not None:
                     unc[i, cols] = u.cpu().numpy()
                 elif head.uncertainty is not None:
-                    unc[i, cols] = head.uncertainty(logits).cpu().numpy()
-            with rt.autocast():
-                final = backbone.final_head(states[-1]).float()
-            c, e, p, u = kind.statistics(final)
+                    unc[i, cols] = head.uncertainty(logits).float().cpu().numpy()
+            c, e, p, u = kind.statistics(final.float())
             conf[-1, cols], ent[-1, cols], pred[-1, cols] = (t.cpu().numpy() for t in (c, e, p))
             if u is not None:
                 unc[-1, cols] = u.cpu().numpy()
-            progress.advance(task)
-        progress.finish(task)
+            progress.advance(what)
+        progress.finish(what)
         out[name] = SplitPredictions(np.asarray(data.y, np.int64), conf, ent, pred, unc)
-    backbone.to("cpu")
-    bank.to("cpu")
-    return Predictions(list(bank.specs), out, backbone.num_classes, kind.name)
+    return Predictions(list(bank.specs), out, num_classes, kind.name)
+
+
+def predict(
+    backbone: Backbone,
+    bank: HeadBank,
+    splits: DataSplits,
+    names: tuple[str, ...] = ("val", "test"),
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+    device: str | Runtime | None = None,
+) -> Predictions:
+    """Run the backbone once per batch and every head of ``bank`` on its location's state
+    (:func:`predict_states`). ``device`` defaults to the CPU.
+    """
+    rt = resolve_device(device or "cpu")
+    rt.place(backbone.eval(), bank.eval())
+    upto = max((s.location for s in bank.specs), default=0)
+
+    def states_of(x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        states = backbone.hidden_states(x)
+        return dict(enumerate(states[:upto], start=1)), backbone.final_head(states[-1])
+
+    try:
+        return predict_states(
+            states_of,
+            bank,
+            splits,
+            backbone.input_transform(),
+            rt,
+            task=splits.task,
+            names=names,
+            batch_size=batch_size,
+            progress=progress,
+            num_classes=backbone.num_classes,
+        )
+    finally:
+        backbone.to("cpu")
+        bank.to("cpu")
