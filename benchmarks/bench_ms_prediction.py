@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from exitsearch._io import atomic_write_json, read_json
+from exitsearch.core.costs import CostModel
 from exitsearch.export import benchmark, export_bundle, load_bundle
 from exitsearch.export.bench import bench_inputs
 from exitsearch.export.overhead import with_exit_overhead
@@ -31,7 +32,6 @@ from exitsearch.heads import HeadContext, measure_heads_latency
 from exitsearch.pipeline.selection import bundle_from_run
 from exitsearch.profile import measure_latency
 from exitsearch.profile.backbone import profile_backbone
-from exitsearch.profile.costs import CostModel
 
 
 def _members(run: Path, n: int) -> list[int]:

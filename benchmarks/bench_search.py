@@ -24,9 +24,9 @@ import numpy as np
 import optuna
 import torch
 
+from exitsearch.core.costs import CostModel
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.sampling import ConfigSampler

@@ -6,13 +6,13 @@ from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.errors import ConfigError
 from exitsearch.export.points import ExitCosts
 from exitsearch.heads import HeadContext, profile_heads
 from exitsearch.pausing.costs import with_pauses
 from exitsearch.pausing.pause import PausingViT
 from exitsearch.profile import profile_backbone
-from exitsearch.profile.costs import CostModel
 
 __all__ = ["exit_costs"]
 

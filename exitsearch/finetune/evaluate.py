@@ -17,11 +17,11 @@ from typing import Any
 
 from exitsearch.backbone import Backbone
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.errors import BudgetError
 from exitsearch.export.points import ExitCosts, OperatingPoint, choose_point
 from exitsearch.heads import HeadContext, profile_heads
 from exitsearch.profile import profile_backbone
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import refine_placement

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.export.points import OperatingPoint
 from exitsearch.finetune.evaluate import refit_operating_points, score_placement
 from exitsearch.profile import UNIT
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions
 from exitsearch.units import format_flops

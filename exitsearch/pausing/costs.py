@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.costs import CostModel
 from exitsearch.core.pause import PauseConfig
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.pause import PauseMode, PausingViT, uses_aux_decoder
 from exitsearch.profile.backbone import block_flops, profile_backbone
-from exitsearch.profile.costs import CostModel
 from exitsearch.profile.flops import UNIT, FlopCount, count_flops
 
 __all__ = [

@@ -56,11 +56,11 @@ from exitsearch._io import (
     sha256_of,
 )
 from exitsearch.backbone import BackboneSpec
+from exitsearch.core.costs import CostModel
 from exitsearch.core.pause import PauseConfig
 from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
 from exitsearch.pausing.costs import with_pauses
-from exitsearch.profile.costs import CostModel
 from exitsearch.progress import NullProgress
 from exitsearch.report import schema
 from exitsearch.search.evaluator import Evaluator

@@ -16,6 +16,7 @@ from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.core.pause import PauseConfig
 from exitsearch.core.task import CLASSIFICATION, get_task
 from exitsearch.data import DataSpec, DataSplits, load_splits
@@ -31,7 +32,6 @@ from exitsearch.profile import (
     measure_latency,
     profile_backbone,
 )
-from exitsearch.profile.costs import CostModel
 from exitsearch.profile.latency import parts_note
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema

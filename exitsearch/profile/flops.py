@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["EXTRA_HANDLES", "UNIT", "FlopCount", "count_flops"]
+from exitsearch.core.costs import UNIT
 
-UNIT = "FLOPs (MACs)"
+__all__ = ["EXTRA_HANDLES", "UNIT", "FlopCount", "count_flops"]
 
 
 def _shape(value: Any) -> list[int]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from exitsearch._memory import check_fits_in_memory
 from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.costs import EXIT_DECISION, EXIT_FIXED, LatencyTable
 from exitsearch.errors import ConfigError
 
 __all__ = [
@@ -58,77 +58,6 @@ def time_call(
             sync()
             out.append((time.perf_counter() - t0) * 1e3)
     return out
-
-
-# Keys of LatencyTable.extra: what the exported runtime spends beyond the parts, per batch
-# (exitsearch.export.overhead measures them; 0 when a table was written without them).
-EXIT_DECISION = "exit_decision_ms"
-"""Deciding at one early exit: scores from the logits, the criterion, who leaves."""
-EXIT_FIXED = "exit_fixed_ms"
-"""Once per batch whatever the exits: input checks, the final exit's output, assembling rows."""
-
-
-@dataclass(frozen=True)
-class LatencyTable:
-    """Median milliseconds per batch of ``batch_size`` for each part of the backbone, and
-    (in ``extra``) the runtime's work between the parts: :data:`EXIT_DECISION` per early exit
-    a sample passes, :data:`EXIT_FIXED` per batch."""
-
-    model: str
-    device: str
-    device_name: str
-    batch_size: int
-    stem_ms: float
-    block_ms: list[float]
-    head_ms: float
-    full_ms: float
-    threads: int
-    repeats: int
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def parts_ms(self) -> float:
-        return self.stem_ms + sum(self.block_ms) + self.head_ms
-
-    @property
-    def exit_decision_ms(self) -> float:
-        return float(self.extra.get(EXIT_DECISION, 0.0))
-
-    @property
-    def exit_fixed_ms(self) -> float:
-        return float(self.extra.get(EXIT_FIXED, 0.0))
-
-    def with_exit_overhead(self, decision_ms: float, fixed_ms: float) -> LatencyTable:
-        """This table with the runtime's per-exit and per-batch work (milliseconds per batch)."""
-        return replace(self, extra={**self.extra, EXIT_DECISION: decision_ms, EXIT_FIXED: fixed_ms})
-
-    def cumulative_ms(self, location: int) -> float:
-        """Milliseconds of the stem and blocks ``1..location`` per batch."""
-        return self.stem_ms + sum(self.block_ms[:location])
-
-    def per_sample(self) -> LatencyTable:
-        b = self.batch_size
-        return LatencyTable(
-            self.model,
-            self.device,
-            self.device_name,
-            1,
-            self.stem_ms / b,
-            [x / b for x in self.block_ms],
-            self.head_ms / b,
-            self.full_ms / b,
-            self.threads,
-            self.repeats,
-            {k: v / b for k, v in self.extra.items()},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "parts_ms": self.parts_ms}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LatencyTable:
-        d = {k: v for k, v in d.items() if k != "parts_ms"}
-        return cls(**d)
 
 
 # The parts of a latency table may miss the whole forward by this share before a run says so.

@@ -13,11 +13,11 @@ import numpy as np
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.core.pause import PauseConfig
 from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
 from exitsearch.intervals import paired_scores, score_interval
-from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
 from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
 from exitsearch.search.evaluator import Evaluator

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.core.criteria import ExitCriterion, create_criterion
 from exitsearch.core.task import get_task
 from exitsearch.errors import ConfigError
-from exitsearch.profile.costs import CostModel
 from exitsearch.training.predict import Predictions, SplitPredictions
 
 __all__ = ["COST_UNITS", "Evaluation", "Evaluator"]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from exitsearch.core.costs import CostModel
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import parse_search_space

@@ -18,11 +18,11 @@ import torch
 from exitsearch._io import atomic_write_json, save_safetensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.data import DataSpec, DataSplits, iterate_batches, load_splits
 from exitsearch.export import MultiExitModel, OperatingPoint
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.profile import UNIT, profile_backbone
-from exitsearch.profile.costs import CostModel
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.data import DataSpec, iterate_batches, load_splits
 from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export import MultiExitModel, export_bundle, load_bundle, read_manifest
@@ -25,7 +26,6 @@ from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost, predict_under_pause
 from exitsearch.pausing.costs import with_pauses
 from exitsearch.profile import profile_backbone
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.refine import shared_curve
 from exitsearch.training import HeadTrainConfig, train_heads

@@ -40,11 +40,11 @@ from typer.testing import CliRunner
 from exitsearch._io import read_json
 from exitsearch.backbone import create_backbone
 from exitsearch.budget import parse_budget
+from exitsearch.core.costs import CostModel
 from exitsearch.errors import BudgetError
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.run import resolve_budget
 from exitsearch.profile import BackboneProfile
-from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

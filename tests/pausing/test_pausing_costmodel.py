@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec, profile_heads
 from exitsearch.pausing import build_paumer, pause_cost
 from exitsearch.pausing.costs import paused_block_flops, with_pauses
 from exitsearch.profile import profile_backbone
-from exitsearch.profile.costs import CostModel
 
 SPECS = (HeadSpec("linear", 2), HeadSpec("mlp", 3), HeadSpec("linear", 5))
 

@@ -25,6 +25,7 @@ import torch
 from exitsearch._io import read_json
 from exitsearch.backbone import BackboneSpec
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.data import FASHION_MNIST_DIR, DataSpec
 from exitsearch.errors import BudgetError, DataError
 from exitsearch.intervals import paired_difference, wilson_interval
@@ -37,7 +38,6 @@ from exitsearch.pipeline.run import (
     stage_profile,
 )
 from exitsearch.profile import BackboneProfile
-from exitsearch.profile.costs import CostModel
 from exitsearch.report import schema
 from exitsearch.report.run_report import config_of_column
 from exitsearch.search.evaluator import Evaluator

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from exitsearch.core.costs import CostModel
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions, SplitPredictions
 

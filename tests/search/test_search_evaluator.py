@@ -7,9 +7,9 @@ import pytest
 from search_brute import CUMULATIVE, brute_evaluate, brute_exit_index, cumulative
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
-from exitsearch.profile.costs import CostModel
 
 ALL = ("linear@1+u", "mlp@2", "linear@2+u", "linear@3+u", "mlp@4", "linear@5+u")
 CONTINUOUS = ("confidence", "entropy", "uncertainty")

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from exitsearch.core.config import ExitConfig
+from exitsearch.core.costs import CostModel
 from exitsearch.core.task import COUNTING, get_task, task_names
 from exitsearch.data.sources.counting import CANVAS, ITEM, MAX_COUNT, make_canvases
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.heads import HeadSpec
 from exitsearch.profile.backbone import BackboneProfile, BlockCost
-from exitsearch.profile.costs import CostModel
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.training.predict import Predictions, SplitPredictions
 

@@ -1,4 +1,6 @@
-"""The cost of leaving at each exit of a configuration (DESIGN.md, cost accounting).
+"""What a backbone's parts cost (FLOPs per block, a latency table), and the cost of leaving at
+each exit of a configuration (DESIGN.md, cost accounting). Plain values: the profiler
+(:mod:`exitsearch.profile`) measures them.
 
 Leaving at early exit k costs the backbone up to and including its block plus every exit head
 evaluated on the way (those that did not fire, and this one). The final exit costs the whole
@@ -19,16 +21,171 @@ model; configurations without pausing take the plain path, unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
-from exitsearch.profile.backbone import BackboneProfile
-from exitsearch.profile.latency import LatencyTable
 
-__all__ = ["CostModel", "pause_key"]
+__all__ = [
+    "EXIT_DECISION",
+    "EXIT_FIXED",
+    "UNIT",
+    "BackboneProfile",
+    "BlockCost",
+    "CostModel",
+    "LatencyTable",
+    "pause_key",
+]
+
+UNIT = "FLOPs (MACs)"
+
+# Keys of LatencyTable.extra: what the exported runtime spends beyond the parts, per batch
+# (exitsearch.export.overhead measures them; 0 when a table was written without them).
+EXIT_DECISION = "exit_decision_ms"
+"""Deciding at one early exit: scores from the logits, the criterion, who leaves."""
+EXIT_FIXED = "exit_fixed_ms"
+"""Once per batch whatever the exits: input checks, the final exit's output, assembling rows."""
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Median milliseconds per batch of ``batch_size`` for each part of the backbone, and
+    (in ``extra``) the runtime's work between the parts: :data:`EXIT_DECISION` per early exit
+    a sample passes, :data:`EXIT_FIXED` per batch."""
+
+    model: str
+    device: str
+    device_name: str
+    batch_size: int
+    stem_ms: float
+    block_ms: list[float]
+    head_ms: float
+    full_ms: float
+    threads: int
+    repeats: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parts_ms(self) -> float:
+        return self.stem_ms + sum(self.block_ms) + self.head_ms
+
+    @property
+    def exit_decision_ms(self) -> float:
+        return float(self.extra.get(EXIT_DECISION, 0.0))
+
+    @property
+    def exit_fixed_ms(self) -> float:
+        return float(self.extra.get(EXIT_FIXED, 0.0))
+
+    def with_exit_overhead(self, decision_ms: float, fixed_ms: float) -> LatencyTable:
+        """This table with the runtime's per-exit and per-batch work (milliseconds per batch)."""
+        return replace(self, extra={**self.extra, EXIT_DECISION: decision_ms, EXIT_FIXED: fixed_ms})
+
+    def cumulative_ms(self, location: int) -> float:
+        """Milliseconds of the stem and blocks ``1..location`` per batch."""
+        return self.stem_ms + sum(self.block_ms[:location])
+
+    def per_sample(self) -> LatencyTable:
+        b = self.batch_size
+        return LatencyTable(
+            self.model,
+            self.device,
+            self.device_name,
+            1,
+            self.stem_ms / b,
+            [x / b for x in self.block_ms],
+            self.head_ms / b,
+            self.full_ms / b,
+            self.threads,
+            self.repeats,
+            {k: v / b for k, v in self.extra.items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "parts_ms": self.parts_ms}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatencyTable:
+        d = {k: v for k, v in d.items() if k != "parts_ms"}
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """Cost of one block; ``index`` is 1-based (exit after block ``index``)."""
+
+    index: int
+    flops: int
+    params: int
+    cumulative_flops: int
+    share: float
+
+
+@dataclass(frozen=True)
+class BackboneProfile:
+    """What a backbone costs per sample at its input size.
+
+    ``total_flops == stem_flops + sum(block.flops) + head_flops`` holds exactly.
+    ``cumulative_flops`` of block m counts the stem and blocks 1..m: the backbone part of the
+    cost of an exit after block m.
+    """
+
+    model: str
+    input_shape: tuple[int, ...]
+    num_tokens: int
+    total_flops: int
+    stem_flops: int
+    head_flops: int
+    blocks: list[BlockCost]
+    params: int
+    uncounted_ops: dict[str, int] = field(default_factory=dict)
+    unit: str = UNIT
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def cumulative(self, location: int) -> int:
+        """FLOPs of the stem and blocks ``1..location`` (``0`` gives the stem alone)."""
+        if not 0 <= location <= self.depth:
+            raise IndexError(
+                f"`0 <= location <= {self.depth}` must hold, but got location={location}"
+            )
+        if location == 0:
+            return self.stem_flops
+        return self.blocks[location - 1].cumulative_flops
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "unit": self.unit,
+            "total_flops": self.total_flops,
+            "blocks": [asdict(b) for b in self.blocks],
+            "stem_flops": self.stem_flops,
+            "head_flops": self.head_flops,
+            "params": self.params,
+            "input_shape": list(self.input_shape),
+            "num_tokens": self.num_tokens,
+            "uncounted_ops": self.uncounted_ops,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BackboneProfile:
+        return cls(
+            model=d["model"],
+            input_shape=tuple(d["input_shape"]),
+            num_tokens=int(d["num_tokens"]),
+            total_flops=int(d["total_flops"]),
+            stem_flops=int(d["stem_flops"]),
+            head_flops=int(d["head_flops"]),
+            blocks=[BlockCost(**b) for b in d["blocks"]],
+            params=int(d["params"]),
+            uncounted_ops=dict(d.get("uncounted_ops", {})),
+            unit=d.get("unit", UNIT),
+        )
 
 
 def pause_key(pause: Mapping[int, float]) -> str:
