@@ -35,7 +35,7 @@ from exitsearch.heads import HeadContext
 from exitsearch.heads.bank import HeadBank
 from exitsearch.search.space import load_search_space
 from exitsearch.training.groups import plan_head_groups
-from exitsearch.training.heads import HeadTrainConfig, train_heads
+from exitsearch.training.head_training import HeadTrainConfig, train_heads
 
 GiB = 1 << 30
 GOAL = 8 * GiB

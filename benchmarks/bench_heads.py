@@ -23,7 +23,7 @@ import torch
 from exitsearch.backbone import DEFAULT_PRESET, create_backbone
 from exitsearch.data import DataSpec, load_splits
 from exitsearch.search.space import load_search_space
-from exitsearch.training.heads import HeadTrainConfig, train_heads
+from exitsearch.training.head_training import HeadTrainConfig, train_heads
 
 
 def main() -> None:

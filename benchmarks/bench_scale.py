@@ -46,7 +46,7 @@ from exitsearch.data import DataSpec, iterate_batches, load_splits
 from exitsearch.heads import HeadContext, profile_heads
 from exitsearch.profile import profile_backbone
 from exitsearch.search.space import load_search_space
-from exitsearch.training.heads import HeadTrainConfig, train_heads
+from exitsearch.training.head_training import HeadTrainConfig, train_heads
 from exitsearch.training.predict import predict
 
 

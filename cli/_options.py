@@ -13,7 +13,7 @@ from exitsearch.units import parse_bytes
 
 if TYPE_CHECKING:
     from exitsearch.data import DataSpec
-    from exitsearch.training.heads import HeadTrainConfig
+    from exitsearch.training.head_training import HeadTrainConfig
 
 ModelOpt = Annotated[
     str,
@@ -200,7 +200,7 @@ def parse_head_memory(text: str | None) -> int | None:
 def head_config(
     epochs: int, batch_size: int, lr: float, limit: int | None, bf16: bool, seed: int
 ) -> HeadTrainConfig:
-    from exitsearch.training.heads import HeadTrainConfig
+    from exitsearch.training.head_training import HeadTrainConfig
 
     return HeadTrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, train_limit=limit, bf16=bf16, seed=seed

@@ -140,7 +140,7 @@ def train(
     checkpoints each epoch and resumes when rerun.
     """
     from exitsearch.pipeline.run import prepare, stage_heads, stage_predict, stage_profile
-    from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
+    from exitsearch.report.head_table import head_table, plot_heads, write_heads_csv
 
     settings = _settings(
         run_dir,

@@ -426,7 +426,12 @@ def search(
         ),
     ] = None,
     n_trials: Annotated[int, typer.Option("--n-trials", help="Trials of the study in total.")] = 32,
-    strategy: Annotated[str, typer.Option(help="nsga2, nsga3, tpe, random...")] = "nsga2",
+    sampler: Annotated[
+        str, typer.Option("--sampler", help="Optuna sampler: nsga2, nsga3, tpe, random...")
+    ] = "nsga2",
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", hidden=True, help="Former name of --sampler.")
+    ] = None,
     population: Annotated[
         int, typer.Option(help="NSGA population; also the trials evaluated per round.")
     ] = 16,
@@ -485,6 +490,7 @@ def search(
 ) -> None:
     """Search pause configurations (Optuna, trials by inference on validation) for the best
     metric per FLOPs; with --report, add the front to the Table 1 report at measured images/s."""
+    sampler = strategy or sampler
     from exitsearch._io import read_json
     from exitsearch.device import resolve_device
     from exitsearch.distributed.cluster import ray_cluster, task_device
@@ -517,7 +523,7 @@ def search(
         else PauseSpace.for_depth(depth, taus=tau_list, mode=mode)
     )
     settings = PauseSearchSettings(
-        strategy=strategy,
+        sampler=sampler,
         n_trials=n_trials,
         seed=seed,
         population_size=population,
@@ -568,7 +574,7 @@ def search(
         "data": data.to_dict(),
         "space": {"layers": list(space.layers), "taus": list(space.taus), "mode": space.mode},
         "settings": {
-            "strategy": strategy,
+            "sampler": sampler,
             "n_trials": n_trials,
             "population": population,
             "seed": seed,

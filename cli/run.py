@@ -92,9 +92,17 @@ def run(
             "--seed", help="Seed of head initialisation and of the search (same seed, same front)."
         ),
     ] = 0,
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="nsga2, nsga3, tpe, gp, random or exhaustive.")
+    sampler: Annotated[
+        str,
+        typer.Option(
+            "--sampler",
+            help="Optuna sampler of the search: nsga2, nsga3, tpe, gp or random; or exhaustive "
+            "(every configuration).",
+        ),
     ] = "nsga2",
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", hidden=True, help="Former name of --sampler.")
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -213,7 +221,9 @@ def run(
         budget=budget,
         budget_kind=budget_kind,
         heads=head_config(head_epochs, head_batch_size, head_lr, head_train_limit, bf16, seed),
-        search=SearchSettings(strategy=strategy, n_trials=n_trials, timeout=timeout, seed=seed),
+        search=SearchSettings(
+            sampler=strategy or sampler, n_trials=n_trials, timeout=timeout, seed=seed
+        ),
         resume=resume,
         storage=storage,
         latency_device=latency_device,

@@ -71,7 +71,7 @@ def test_cuda_puts_images_and_convolutions_channels_last():
 @cuda
 def test_heads_trained_on_cuda_match_the_cpu_closely(tiny_splits, make_tiny, tmp_path):
     from exitsearch.heads import HeadSpec
-    from exitsearch.training.heads import HeadTrainConfig, train_heads
+    from exitsearch.training.head_training import HeadTrainConfig, train_heads
 
     specs = [HeadSpec("linear", 1), HeadSpec("mlp", 2)]
     cfg = HeadTrainConfig(epochs=2, batch_size=64)

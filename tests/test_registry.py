@@ -65,7 +65,7 @@ def test_scoped_entries_are_gone_after_the_block():
         ),
         ("exitsearch.pausing.tasks", "list_tasks", None),
         ("exitsearch.data.sources", "source_names", None),
-        ("exitsearch.search.strategies", "list_strategies", None),
+        ("exitsearch.search.samplers", "list_samplers", None),
     ],
 )
 def test_every_extension_point_uses_it(module, lookup, message):

@@ -33,7 +33,7 @@ from exitsearch.distributed.executors import (
     TrialExecutor,
     TrialFailure,
 )
-from exitsearch.distributed.heads import (
+from exitsearch.distributed.head_shards import (
     backbone_bytes,
     merge_shards,
     shard_by_location,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exitsearch.backbone.adapter import Backbone
-from exitsearch.distributed.heads import backbone_bytes
+from exitsearch.distributed.head_shards import backbone_bytes
 from exitsearch.distributed.shipping import ship_folder
 from exitsearch.distributed.tasks import bench_task, latency_task
 from exitsearch.errors import ConfigError

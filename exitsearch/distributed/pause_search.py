@@ -4,7 +4,7 @@ A pause configuration cannot be scored from cached predictions: every trial is a
 validation split (:func:`~exitsearch.pausing.run_pause_job`), which is what is worth spreading
 over a cluster. Optuna stays the source of truth on the driver: trials are asked and told
 there, the budget is a constraint (``Trial.set_constraint``, feasible when <= 0), samplers are
-reseeded per trial (:mod:`exitsearch.search.strategies`), and only the evaluations run
+reseeded per trial (:mod:`exitsearch.search.samplers`), and only the evaluations run
 elsewhere, through a :class:`~exitsearch.distributed.executors.TrialExecutor`.
 
 Trials run in synchronous batches of ``batch_size``: a batch is asked, evaluated in parallel,
@@ -49,7 +49,7 @@ from exitsearch.search.driver import (
     settle_interrupted,
 )
 from exitsearch.search.pareto import pareto_mask
-from exitsearch.search.strategies import INTERRUPTED, create_sampler
+from exitsearch.search.samplers import INTERRUPTED, create_sampler
 
 __all__ = [
     "PausePoint",
@@ -122,7 +122,7 @@ class PauseSearchSettings:
     """How the pause search runs.
 
     Attributes:
-        strategy: a registered strategy (``nsga2``, ``tpe``, ``random``...).
+        sampler: a registered sampler (``nsga2``, ``tpe``, ``random``...).
         n_trials: trials in the study in total (a resumed study runs only the missing ones).
         seed: seeds every trial's sampler; the same seed gives the same front.
         population_size: NSGA-II/III population.
@@ -134,7 +134,7 @@ class PauseSearchSettings:
             when it has one); with Ray, each trial then requests a GPU.
     """
 
-    strategy: str = "nsga2"
+    sampler: str = "nsga2"
     n_trials: int = 60
     seed: int = 0
     population_size: int = 16
@@ -266,7 +266,7 @@ def run_pause_search(
         study_name,
         directions=["maximize", "minimize"],
         sampler=create_sampler(
-            settings.strategy, settings.seed, population_size=settings.population_size
+            settings.sampler, settings.seed, population_size=settings.population_size
         ),
         resume=resume,
         metric_names=[metric_name, "flops_fraction"],

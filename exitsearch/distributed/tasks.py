@@ -116,7 +116,7 @@ def _load_backbone(spec: Mapping[str, Any], weights: Any, sha: str) -> Any:
 
 
 def train_shard_task(job: ShardJob) -> dict[str, Any]:
-    """Train one shard's heads with :func:`~exitsearch.training.heads.train_heads`.
+    """Train one shard's heads with :func:`~exitsearch.training.head_training.train_heads`.
 
     Returns the shard's best weights (safetensors bytes, keys of a bank of the shard's heads),
     each head's :class:`HeadStatus` as a dict, seconds, backbone passes and the node.
@@ -129,7 +129,7 @@ def train_shard_task(job: ShardJob) -> dict[str, Any]:
     from exitsearch.data import DataSpec, load_splits
     from exitsearch.errors import DataError
     from exitsearch.heads import HeadSpec
-    from exitsearch.training.heads import HeadTrainConfig, train_heads
+    from exitsearch.training.head_training import HeadTrainConfig, train_heads
 
     _threads(job.threads)
     backbone = _load_backbone(job.backbone, job.weights, job.weights_sha256)

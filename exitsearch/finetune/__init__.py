@@ -1,7 +1,7 @@
 """Fine-tuning a chosen configuration: classifier-wise, end-to-end, layer-wise (Multi-Exit ViT),
 LGViT's two-stage self-distillation and MEViT's sandwich rule.
 
-* :func:`create_strategy` / :func:`register_strategy`: the strategy registry; each strategy is a
+* :func:`create_strategy` / :func:`register_sampler`: the strategy registry; each strategy is a
   :class:`FinetuneStrategy` with a dataclass of :class:`Hyperparameters` that checks itself.
 * :func:`finetune` runs a :class:`Recipe` (:func:`make_recipe`, or a bundle's ``train.yaml``
   read by :meth:`Recipe.from_yaml`): trains with checkpoints and exact resume, scores the new
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from exitsearch.finetune.compare import compare_strategies
     from exitsearch.finetune.end_to_end import EndToEnd, EndToEndHyperparameters
     from exitsearch.finetune.evaluate import refit_operating_points
+    from exitsearch.finetune.job import FinetuneResult, finetune, make_recipe
     from exitsearch.finetune.layer_wise import LayerWise, LayerWiseHyperparameters
     from exitsearch.finetune.lgvit import AligningModule, LGViT, LGViTHyperparameters
     from exitsearch.finetune.mevit import MEViT, MEViTHyperparameters
@@ -39,11 +40,10 @@ if TYPE_CHECKING:
     from exitsearch.finetune.registry import (
         create_strategy,
         get_strategy_class,
-        list_strategies,
-        register_strategy,
+        list_samplers,
+        register_sampler,
     )
     from exitsearch.finetune.report import finetune_report, write_comparison
-    from exitsearch.finetune.run import FinetuneResult, finetune, make_recipe
     from exitsearch.finetune.settings import TrainSettings
     from exitsearch.finetune.trainer import TrainingLog, load_checkpoint, train_configuration
 
@@ -75,11 +75,11 @@ __all__ = [
     "finetune",
     "finetune_report",
     "get_strategy_class",
-    "list_strategies",
+    "list_samplers",
     "load_checkpoint",
     "make_recipe",
     "refit_operating_points",
-    "register_strategy",
+    "register_sampler",
     "train_configuration",
     "write_comparison",
 ]
@@ -93,7 +93,7 @@ __getattr__, __dir__ = lazy_exports(
         "ClassifierWiseHyperparameters": "exitsearch.finetune.classifier_wise",
         "EndToEnd": "exitsearch.finetune.end_to_end",
         "EndToEndHyperparameters": "exitsearch.finetune.end_to_end",
-        "FinetuneResult": "exitsearch.finetune.run",
+        "FinetuneResult": "exitsearch.finetune.job",
         "FinetuneStrategy": "exitsearch.finetune.base",
         "Hyperparameters": "exitsearch.finetune.base",
         "LGViT": "exitsearch.finetune.lgvit",
@@ -110,14 +110,14 @@ __getattr__, __dir__ = lazy_exports(
         "TrainingLog": "exitsearch.finetune.trainer",
         "compare_strategies": "exitsearch.finetune.compare",
         "create_strategy": "exitsearch.finetune.registry",
-        "finetune": "exitsearch.finetune.run",
+        "finetune": "exitsearch.finetune.job",
         "finetune_report": "exitsearch.finetune.report",
         "get_strategy_class": "exitsearch.finetune.registry",
-        "list_strategies": "exitsearch.finetune.registry",
+        "list_samplers": "exitsearch.finetune.registry",
         "load_checkpoint": "exitsearch.finetune.trainer",
-        "make_recipe": "exitsearch.finetune.run",
+        "make_recipe": "exitsearch.finetune.job",
         "refit_operating_points": "exitsearch.finetune.evaluate",
-        "register_strategy": "exitsearch.finetune.registry",
+        "register_sampler": "exitsearch.finetune.registry",
         "train_configuration": "exitsearch.finetune.trainer",
         "write_comparison": "exitsearch.finetune.report",
     },

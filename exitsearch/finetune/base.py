@@ -149,7 +149,7 @@ class FinetuneStrategy(abc.ABC):
     """Base class of training strategies for a fixed exit configuration.
 
     Subclasses set ``Hyperparameters`` (a :class:`Hyperparameters` dataclass) and are made
-    known with :func:`~exitsearch.finetune.registry.register_strategy`; ``name`` is set by the
+    known with :func:`~exitsearch.finetune.registry.register_sampler`; ``name`` is set by the
     registry.
     """
 

@@ -2,7 +2,7 @@
 
 "The classifier-wise strategy freezes the backbone, meaning the parameters θ will not be
 modified, and trains the branches separately and independent of each other or the backbone."
-This is how the search's heads were trained (:mod:`exitsearch.training.heads`); here it
+This is how the search's heads were trained (:mod:`exitsearch.training.head_training`); here it
 continues from the bundle's heads with the same loss (each head's cross-entropy, plus its
 uncertainty predictor's loss, MEViT eq. 1), and serves as the baseline the other strategies
 are compared with. The backbone and its final classifier stay bit-identical.
@@ -16,7 +16,7 @@ import torch
 
 from exitsearch.finetune.base import Batch, FinetuneStrategy, Hyperparameters, Phase, number
 from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.registry import register_strategy
+from exitsearch.finetune.registry import register_sampler
 
 __all__ = ["ClassifierWise", "ClassifierWiseHyperparameters"]
 
@@ -35,7 +35,7 @@ class ClassifierWiseHyperparameters(Hyperparameters):
         )
 
 
-@register_strategy("classifier-wise")
+@register_sampler("classifier-wise")
 class ClassifierWise(FinetuneStrategy):
     """Heads only, each on its own loss; the backbone is frozen (the baseline)."""
 

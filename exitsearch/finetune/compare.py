@@ -11,9 +11,9 @@ from exitsearch._io import portable_path
 from exitsearch.data import DataSpec
 from exitsearch.errors import TrainingDivergedError
 from exitsearch.finetune import PAPER_STRATEGIES
+from exitsearch.finetune.job import finetune, make_recipe
 from exitsearch.finetune.registry import get_strategy_class
 from exitsearch.finetune.report import write_comparison
-from exitsearch.finetune.run import finetune, make_recipe
 from exitsearch.finetune.settings import TrainSettings
 from exitsearch.progress import NullProgress, Progress
 
@@ -38,7 +38,7 @@ def compare_strategies(
     ``comparison.json``/``.csv``/``.png`` into ``out_dir``.
 
     Every strategy gets the same data, training settings and seed; each folder resumes or is
-    reused on a rerun (see :func:`~exitsearch.finetune.run.finetune`). A strategy that diverges
+    reused on a rerun (see :func:`~exitsearch.finetune.job.finetune`). A strategy that diverges
     is recorded in the comparison and the others still run.
 
     Args:

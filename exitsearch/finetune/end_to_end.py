@@ -20,7 +20,7 @@ import torch
 from exitsearch.errors import ConfigError
 from exitsearch.finetune.base import Batch, FinetuneStrategy, Hyperparameters, Phase, number
 from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.registry import register_strategy
+from exitsearch.finetune.registry import register_sampler
 
 __all__ = ["EndToEnd", "EndToEndHyperparameters"]
 
@@ -90,7 +90,7 @@ def weighted_exit_loss(
     return {"loss": total, **terms}
 
 
-@register_strategy("end-to-end")
+@register_sampler("end-to-end")
 class EndToEnd(FinetuneStrategy):
     """Backbone and heads on ``l + Σ λ_b l_b`` (Multi-Exit ViT)."""
 

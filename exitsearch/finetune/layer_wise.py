@@ -41,7 +41,7 @@ from exitsearch.finetune.base import (
     number,
 )
 from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.registry import register_strategy
+from exitsearch.finetune.registry import register_sampler
 
 __all__ = ["LayerWise", "LayerWiseHyperparameters", "segments"]
 
@@ -76,7 +76,7 @@ def segments(net: MultiExitNet) -> list[tuple[int, int, int | None]]:
     return out
 
 
-@register_strategy("layer-wise")
+@register_sampler("layer-wise")
 class LayerWise(FinetuneStrategy):
     """Segment by segment, earlier segments frozen (Multi-Exit ViT); see the module docstring for
     the failure mode it reproduces."""

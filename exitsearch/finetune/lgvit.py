@@ -72,7 +72,7 @@ from exitsearch.finetune.losses import (
     uncertainty_loss,
 )
 from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.registry import register_strategy
+from exitsearch.finetune.registry import register_sampler
 from exitsearch.heads import HeadContext
 from exitsearch.heads.base import split_tokens, tokens_to_grid
 from exitsearch.heads.gah import GlobalAggregationHead
@@ -177,7 +177,7 @@ def _first_last(indices: list[int]) -> list[int]:
     return sorted({indices[0], indices[-1]}) if indices else []
 
 
-@register_strategy("lgvit")
+@register_sampler("lgvit")
 class LGViT(FinetuneStrategy):
     """Stage 1 backbone, stage 2 heads by self-distillation (LGViT, §3.4)."""
 

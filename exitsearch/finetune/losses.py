@@ -110,7 +110,7 @@ def uncertainty_loss(
     """MEViT's uncertainty loss (eqs. 2-4): ``||u_i - tanh(|f_i(h_i) - y|)||^2``.
 
     The predictor reads the head's logits detached, as classifier-wise head training does
-    (:mod:`exitsearch.training.heads`): the predictor learns to judge the head, the head is not
+    (:mod:`exitsearch.training.head_training`): the predictor learns to judge the head, the head is not
     pushed to make its own errors easier to predict.
     """
     u = predictor(logits.detach().float())

@@ -33,7 +33,7 @@ from exitsearch.finetune.base import (
 )
 from exitsearch.finetune.losses import inplace_distillation
 from exitsearch.finetune.net import MultiExitNet
-from exitsearch.finetune.registry import register_strategy
+from exitsearch.finetune.registry import register_sampler
 
 __all__ = ["MEViT", "MEViTHyperparameters", "sandwich_exits"]
 
@@ -65,7 +65,7 @@ def sandwich_exits(num_exits: int, num_sampled: int, generator: torch.Generator)
     return [0, *sorted(int(k) for k in others)]
 
 
-@register_strategy("mevit")
+@register_sampler("mevit")
 class MEViT(FinetuneStrategy):
     """Sandwich rule with in-place distillation from the final classifier (MEViT)."""
 

@@ -12,8 +12,8 @@ __all__ = [
     "REGISTRY",
     "create_strategy",
     "get_strategy_class",
-    "list_strategies",
-    "register_strategy",
+    "list_samplers",
+    "register_sampler",
 ]
 
 # The modules of the strategies exitsearch ships; importing one registers its strategy.
@@ -26,11 +26,11 @@ REGISTRY: Registry[type[FinetuneStrategy]] = Registry("fine-tuning strategy", BU
 S = TypeVar("S", bound=type[FinetuneStrategy])
 
 
-def register_strategy(name: str) -> Callable[[S], S]:
+def register_sampler(name: str) -> Callable[[S], S]:
     """Class decorator: make a strategy available to :func:`create_strategy` under ``name``.
 
     Example:
-        >>> @register_strategy("heads-twice")  # doctest: +SKIP
+        >>> @register_sampler("heads-twice")  # doctest: +SKIP
         ... class HeadsTwice(ClassifierWise): ...
     """
 
@@ -42,7 +42,7 @@ def register_strategy(name: str) -> Callable[[S], S]:
     return wrap
 
 
-def list_strategies() -> list[str]:
+def list_samplers() -> list[str]:
     return REGISTRY.names()
 
 

@@ -5,7 +5,7 @@ PAUMER trains one model for many pause configurations: every batch pauses a prop
 layers. Exit heads that are scored on paused token states (an exit after a pause layer reads
 the assembled state: the paused tokens as they were when they paused) are trained the same
 way here: :class:`RandomPausing` is the state sampler that
-:func:`exitsearch.training.heads.train_heads` draws each batch's hidden states from.
+:func:`exitsearch.training.head_training.train_heads` draws each batch's hidden states from.
 
 Example:
     >>> import torch

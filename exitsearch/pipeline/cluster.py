@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exitsearch.distributed.cluster import ray_cluster
-from exitsearch.distributed.heads import shard_by_location, train_heads_sharded
+from exitsearch.distributed.head_shards import shard_by_location, train_heads_sharded
 from exitsearch.errors import ConfigError
-from exitsearch.training.heads import HeadTrainResult
+from exitsearch.training.head_training import HeadTrainResult
 
 if TYPE_CHECKING:
     from exitsearch.pipeline.run import RunContext

@@ -137,7 +137,7 @@ def _loaded(folder: str) -> tuple[Any, Any]:
     from exitsearch.heads import HeadContext, HeadSpec
     from exitsearch.heads.bank import HeadBank
     from exitsearch.pausing.model import MODEL_FILE, load_paumer
-    from exitsearch.training.heads import SUMMARY, WEIGHTS
+    from exitsearch.training.head_training import SUMMARY, WEIGHTS
 
     root = Path(folder)
     key = (str(root.resolve()), (root / MODEL_FILE).stat().st_mtime_ns)
@@ -259,7 +259,7 @@ def prepare_paumer(paumer_dir: str | Path, cache_root: Path) -> PaumerFiles:
 def _pause_model_folder(ctx: RunContext, paumer: PaumerFiles) -> Path:
     """``pause-model``: the PAUMER model files and the trained heads in one folder."""
     from exitsearch.pausing.model import MODEL_FILE, SPEC_FILE
-    from exitsearch.training.heads import SUMMARY, WEIGHTS
+    from exitsearch.training.head_training import SUMMARY, WEIGHTS
 
     key = sha256_of("pause-model-v1", paumer.key, ctx.keys["heads"])
     ctx.keys["pause-model"] = key
@@ -782,7 +782,7 @@ class _Search:
         from optuna.trial import TrialState
 
         from exitsearch.search.driver import finished, open_study, run_rounds, settle_interrupted
-        from exitsearch.search.strategies import create_sampler
+        from exitsearch.search.samplers import create_sampler
 
         assert opts.trials is not None
         self.trials = _trials_per_pause(self.ctx.settings.search.n_trials, opts.trials)

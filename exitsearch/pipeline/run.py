@@ -40,7 +40,7 @@ from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import SearchSpace, load_search_space
 from exitsearch.search.storage import check_storage, open_storage
 from exitsearch.search.study import BudgetConstraint, SearchResult, SearchSettings, run_search
-from exitsearch.training.heads import (
+from exitsearch.training.head_training import (
     SUMMARY,
     WEIGHTS,
     HeadTrainConfig,

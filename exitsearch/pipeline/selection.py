@@ -3,7 +3,7 @@
 Reads the files :mod:`exitsearch.report.schema` documents: ``pareto.json`` (the front, the
 recommended member, the backbone and the head weights' location) and ``placements.json`` (the
 operating points of each placement on the front). The head bank is rebuilt from the specs in
-``heads.json`` next to ``heads.safetensors`` (:mod:`exitsearch.training.heads`).
+``heads.json`` next to ``heads.safetensors`` (:mod:`exitsearch.training.head_training`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.pipeline.cache import MANIFEST, StageStore
 from exitsearch.report.schema import PARETO_JSON, PARETO_SCHEMA, PLACEMENTS_JSON
-from exitsearch.training.heads import SUMMARY
+from exitsearch.training.head_training import SUMMARY
 
 __all__ = ["RunSelection", "bundle_from_run"]
 

@@ -19,7 +19,7 @@ from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
 from exitsearch.intervals import paired_scores, score_interval
 from exitsearch.report import schema
-from exitsearch.report.heads import head_table, plot_heads, write_heads_csv
+from exitsearch.report.head_table import head_table, plot_heads, write_heads_csv
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume, pareto_mask, spread
 from exitsearch.search.refine import CurvePoint, refine_placement
@@ -192,7 +192,7 @@ def write_report(
             "reference": {"accuracy": ref[0], "cost_fraction": ref[1]},
         },
         "search": {
-            "strategy": ctx.settings.search.strategy,
+            "sampler": ctx.settings.search.sampler,
             "n_trials": result.n_trials,
             "failed_trials": result.n_failed,
             "seconds": result.seconds,

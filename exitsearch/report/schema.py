@@ -23,7 +23,7 @@
       "baselines": [{"name": str, "description": str, "points": int, "best_val_accuracy": float,
                      "hypervolume": float, "ratio": float}],   # their fronts: baselines.json
       "hypervolume": {"front": float, "reference": {"accuracy": float, "cost_fraction": float}},
-      "search": {"strategy": str, "n_trials": int, "seconds": float, ...}
+      "search": {"sampler": str, "n_trials": int, "seconds": float, ...}
     }
 
 ``baselines.json``: each baseline's own front as columns (written without indentation)::

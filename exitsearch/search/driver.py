@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.search.strategies import INTERRUPTED
+from exitsearch.search.samplers import INTERRUPTED
 
 __all__ = [
     "FAILED",

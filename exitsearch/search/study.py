@@ -33,9 +33,9 @@ from exitsearch.search.driver import finished, mark_interrupted, open_study, set
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import pareto_mask
 from exitsearch.search.refine import CurvePoint, refine_placement, shared_curve
+from exitsearch.search.samplers import EXHAUSTIVE, INTERRUPTED, create_sampler, list_samplers
 from exitsearch.search.sampling import NONE, ConfigSampler
 from exitsearch.search.space import Placement
-from exitsearch.search.strategies import EXHAUSTIVE, INTERRUPTED, create_sampler
 
 __all__ = [
     "BudgetConstraint",
@@ -54,7 +54,8 @@ class SearchSettings:
     """How the search runs.
 
     Attributes:
-        strategy: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp``, ``random`` or ``exhaustive``.
+        sampler: ``nsga2`` (default), ``nsga3``, ``tpe``, ``gp``, ``random`` (Optuna samplers,
+            :mod:`exitsearch.search.samplers`) or ``exhaustive`` (every configuration).
         n_trials: trials to run in total (a resumed study runs only the missing ones).
         timeout: stop starting trials after this many seconds.
         seed: seeds the sampler (per trial), so the same seed gives the same front.
@@ -64,7 +65,7 @@ class SearchSettings:
         max_refine: at most this many placements are refined.
     """
 
-    strategy: str = "nsga2"
+    sampler: str = "nsga2"
     n_trials: int = 1500
     timeout: float | None = None
     seed: int = 0
@@ -78,6 +79,10 @@ class SearchSettings:
             raise ConfigError(f"`n_trials >= 1` must hold, but got n_trials={self.n_trials}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"`timeout > 0` must hold, but got timeout={self.timeout}")
+        if self.sampler not in list_samplers():  # before any stage runs, not after the heads
+            raise ConfigError(
+                f"unknown sampler {self.sampler!r}; known: {', '.join(list_samplers())}"
+            )
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,7 @@ def run_search(
     heartbeat.
     """
     progress = progress or NullProgress()
-    if settings.strategy == EXHAUSTIVE:
+    if settings.sampler == EXHAUSTIVE:
         return exhaustive_front(
             ev, sampler, budget, progress=progress, seed_placements=seed_placements
         )
@@ -283,7 +288,7 @@ def run_search(
         study_name,
         directions=["maximize", "minimize"],
         sampler=create_sampler(
-            settings.strategy, settings.seed, population_size=settings.population_size
+            settings.sampler, settings.seed, population_size=settings.population_size
         ),
         resume=resume,
         metric_names=["val_accuracy", f"mean_{ev.unit}_fraction"],

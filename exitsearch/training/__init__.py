@@ -3,7 +3,12 @@ checkpoints every training resumes from."""
 
 from exitsearch.heads.bank import HeadBank
 from exitsearch.training.checkpoint import EpochCheckpoint, Resumed
-from exitsearch.training.heads import HeadStatus, HeadTrainConfig, HeadTrainResult, train_heads
+from exitsearch.training.head_training import (
+    HeadStatus,
+    HeadTrainConfig,
+    HeadTrainResult,
+    train_heads,
+)
 from exitsearch.training.predict import Predictions, SplitPredictions, predict
 
 __all__ = [

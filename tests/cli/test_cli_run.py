@@ -140,6 +140,24 @@ def test_unknown_space_lists_the_shipped_ones(runner, tmp_path):
     assert not (run_dir / schema.CACHE_DIR).exists()
 
 
+@pytest.mark.parametrize("option", ["--sampler", "--strategy"])
+def test_an_unknown_sampler_is_refused_before_any_stage(runner, tmp_path, option):
+    run_dir = tmp_path / "run"
+    result = runner.invoke(
+        app, ["run", *TINY_ARGS, option, "annealing", "--budget", "70%", "--run", str(run_dir)]
+    )
+    assert result.exit_code == 2, result.output
+    lines = _lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: unknown sampler 'annealing'")
+    assert "nsga2" in lines[0] and "exhaustive" in lines[0]
+    assert not run_dir.exists()
+
+
+def test_run_help_names_the_sampler_not_its_former_name(runner):
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert "--sampler" in result.stdout and "--strategy" not in result.stdout
+
+
 # --------------------------------------------------------------------------- a real run
 @needs_data
 def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):

@@ -21,8 +21,8 @@ from exitsearch.distributed import (
 )
 from exitsearch.errors import BudgetError, ConfigError
 from exitsearch.pausing import PauseConfig, run_pause_job
+from exitsearch.search.samplers import INTERRUPTED
 from exitsearch.search.storage import open_storage
-from exitsearch.search.strategies import INTERRUPTED
 
 SPACE = PauseSpace.for_depth(6, min_layer=2, taus=(0.0, 0.3, 0.6))
 SETTINGS = PauseSearchSettings(n_trials=10, population_size=4, seed=1)

@@ -48,7 +48,7 @@ from exitsearch.heads import HeadSpec
 from exitsearch.pausing import run_pause_job
 from exitsearch.search.storage import open_storage
 from exitsearch.training import HeadBank, HeadTrainConfig
-from exitsearch.training.heads import SUMMARY, WEIGHTS
+from exitsearch.training.head_training import SUMMARY, WEIGHTS
 
 pytestmark = pytest.mark.ray
 

@@ -24,7 +24,7 @@ from exitsearch.backbone import Backbone, create_backbone
 from exitsearch.core.config import ExitConfig
 from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.export import OperatingPoint, export_bundle
-from exitsearch.finetune import ClassifierWise, TrainSettings, register_strategy
+from exitsearch.finetune import ClassifierWise, TrainSettings, register_sampler
 from exitsearch.finetune.base import Batch
 from exitsearch.finetune.evaluate import cost_model
 from exitsearch.finetune.net import MultiExitNet
@@ -130,7 +130,7 @@ class Interrupt:
         self.messages.append(message)
 
 
-@register_strategy("test-diverges")
+@register_sampler("test-diverges")
 class Diverges(ClassifierWise):
     """Classifier-wise, whose loss becomes NaN in the second epoch (tests only)."""
 

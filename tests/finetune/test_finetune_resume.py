@@ -17,7 +17,7 @@ from exitsearch.finetune import (
     MultiExitNet,
     create_strategy,
     load_checkpoint,
-    register_strategy,
+    register_sampler,
     train_configuration,
 )
 from exitsearch.finetune.base import Batch
@@ -112,7 +112,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(ft_wo
     assert all(torch.equal(kept[k], healthy[k]) for k in healthy)
 
 
-@register_strategy("test-poisons")
+@register_sampler("test-poisons")
 class Poisons(ClassifierWise):
     """Classifier-wise whose last step leaves an infinite weight behind a finite loss, as an
     overflowing optimiser step would (tests only)."""

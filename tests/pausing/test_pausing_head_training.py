@@ -12,7 +12,7 @@ from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.pausing import AuxDecoder, PausingViT, RandomPausing
 from exitsearch.training import HeadTrainConfig, train_heads
-from exitsearch.training.heads import WEIGHTS
+from exitsearch.training.head_training import WEIGHTS
 
 SPECS = [HeadSpec("linear", 2), HeadSpec("mlp", 3), HeadSpec("linear", 5), HeadSpec("mlp", 6)]
 TRAINING = HeadTrainConfig(epochs=1, batch_size=32, lr=3e-3)

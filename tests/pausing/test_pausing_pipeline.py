@@ -31,7 +31,7 @@ from exitsearch.report import schema
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.study import SearchSettings
 from exitsearch.training import HeadBank
-from exitsearch.training.heads import HeadTrainConfig
+from exitsearch.training.head_training import HeadTrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -43,7 +43,7 @@ from exitsearch.report.run_report import config_of_column
 from exitsearch.search.evaluator import Evaluator
 from exitsearch.search.pareto import hypervolume
 from exitsearch.search.study import SearchSettings
-from exitsearch.training.heads import SUMMARY, HeadTrainConfig
+from exitsearch.training.head_training import SUMMARY, HeadTrainConfig
 from exitsearch.training.predict import Predictions
 from exitsearch.units import format_flops
 
@@ -238,8 +238,8 @@ def test_pareto_json_has_the_documented_keys(first):
         } <= set(b)
     assert {"front", "reference"} <= set(doc["hypervolume"])
     assert set(doc["hypervolume"]["reference"]) == {"accuracy", "cost_fraction"}
-    assert {"strategy", "n_trials", "seconds"} <= set(doc["search"])
-    assert doc["search"]["strategy"] == "nsga2"
+    assert {"sampler", "n_trials", "seconds"} <= set(doc["search"])
+    assert doc["search"]["sampler"] == "nsga2"
     assert doc["search"]["n_trials"] == N_TRIALS
     run = read_json(run_dir / schema.RUN_JSON)
     assert run["budget"] == "70%" and run["stage_keys"] == doc["stage_keys"]

@@ -16,7 +16,7 @@ from exitsearch.search.driver import (
     run_rounds,
     settle_interrupted,
 )
-from exitsearch.search.strategies import INTERRUPTED, create_sampler
+from exitsearch.search.samplers import INTERRUPTED, create_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -12,10 +12,10 @@ from exitsearch.core.config import ExitConfig
 from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadSpec
 from exitsearch.search.pareto import hypervolume
+from exitsearch.search.samplers import create_sampler, list_samplers
 from exitsearch.search.sampling import ConfigSampler
 from exitsearch.search.space import parse_search_space
 from exitsearch.search.storage import open_storage
-from exitsearch.search.strategies import create_sampler, list_strategies
 from exitsearch.search.study import (
     BudgetConstraint,
     SearchSettings,
@@ -95,9 +95,9 @@ def test_nsga2_with_refinement_reaches_the_exhaustive_hypervolume(world, sampler
         assert ev.quick(p.config)[:2] == pytest.approx((p.accuracy, p.mean_cost), rel=1e-12)
 
 
-def test_exhaustive_strategy_is_exhaustive_front(world, sampler):
+def test_the_exhaustive_sampler_gives_the_exhaustive_front(world, sampler):
     ev = world.ev("val")
-    via_search = run_search(ev, sampler, BUDGET, SearchSettings(strategy="exhaustive"))
+    via_search = run_search(ev, sampler, BUDGET, SearchSettings(sampler="exhaustive"))
     assert _front(via_search) == _front(exhaustive_front(ev, sampler, BUDGET))
 
 
@@ -280,14 +280,14 @@ def test_constraint_is_recorded_per_trial(world, sampler, kind):
     assert True in feasible_flags
 
 
-def test_unknown_strategy_lists_the_known_ones(world, sampler):
+def test_an_unknown_sampler_lists_the_known_ones(world, sampler):
     with pytest.raises(ConfigError) as info:
-        run_search(world.ev("val"), sampler, BUDGET, SearchSettings(strategy="annealing"))
+        SearchSettings(sampler="annealing")
     message = str(info.value)
     assert "annealing" in message
-    for name in list_strategies():
+    for name in list_samplers():
         assert name in message
-    assert {"nsga2", "tpe", "random", "exhaustive"} <= set(list_strategies())
+    assert {"nsga2", "tpe", "random", "exhaustive"} <= set(list_samplers())
     with pytest.raises(ConfigError, match="nsga2"):
         create_sampler("simplex", seed=0)
 
@@ -299,7 +299,7 @@ def test_exhaustive_on_a_too_large_space_is_a_config_error(world, space):
     with pytest.raises(ConfigError, match="531,441"):
         enumerate_placements(big)
     with pytest.raises(ConfigError, match="placements"):
-        run_search(world.ev("val"), big, BUDGET, SearchSettings(strategy="exhaustive"))
+        run_search(world.ev("val"), big, BUDGET, SearchSettings(sampler="exhaustive"))
     # the small space enumerates every non-empty placement once
     small = ConfigSampler(space, world.preds.heads, depth=6)
     keys = [c.placement_key for c in enumerate_placements(small)]

@@ -2,7 +2,7 @@
 
 Heads trained classifier-wise (Multi-Exit ViT) are independent: each has its own loss, optimiser,
 learning-rate schedule and early stopping, and the backbone is frozen. A shard is a group of
-exit locations; its task runs :func:`~exitsearch.training.heads.train_heads` on the shard's
+exit locations; its task runs :func:`~exitsearch.training.head_training.train_heads` on the shard's
 heads, with one backbone forward (up to the shard's deepest location) per batch, and returns
 the best weights. The driver merges the shards into one :class:`HeadBank` over the full list
 of heads, in its order, and writes ``heads.safetensors`` / ``heads.json`` as ``train_heads``
@@ -39,7 +39,7 @@ from exitsearch.errors import ConfigError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.progress import NullProgress, Progress
-from exitsearch.training.heads import (
+from exitsearch.training.head_training import (
     SUMMARY,
     WEIGHTS,
     HeadStatus,

@@ -1,4 +1,5 @@
-"""Search strategies: a registry of Optuna samplers, seeded per trial for reproducibility.
+"""Samplers: a registry of Optuna samplers, seeded per trial for reproducibility (``exhaustive``
+enumerates every configuration instead; it is listed with them but is no sampler).
 
 Every trial's sampler is built afresh with a seed derived from the study seed and the trial's
 index among the trials that were not interrupted. Samplers keep their state in the study's
@@ -31,40 +32,40 @@ __all__ = [
     "INTERRUPTED",
     "REGISTRY",
     "create_sampler",
-    "list_strategies",
-    "register_strategy",
+    "list_samplers",
+    "register_sampler",
 ]
 
 EXHAUSTIVE = "exhaustive"
 INTERRUPTED = "exitsearch:interrupted"  # system attribute of trials killed mid-run
 
 SamplerFactory = Callable[[int, dict[str, Any]], BaseSampler]
-REGISTRY: Registry[SamplerFactory] = Registry("search strategy")
+REGISTRY: Registry[SamplerFactory] = Registry("sampler")
 
 
-def register_strategy(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
     return REGISTRY.register(name)
 
 
-def list_strategies() -> list[str]:
+def list_samplers() -> list[str]:
     return sorted([*REGISTRY.names(), EXHAUSTIVE])
 
 
-@register_strategy("nsga2")
+@register_sampler("nsga2")
 def _nsga2(seed: int, options: dict[str, Any]) -> BaseSampler:
     return optuna.samplers.NSGAIISampler(
         population_size=options.get("population_size", 40), seed=seed
     )
 
 
-@register_strategy("nsga3")
+@register_sampler("nsga3")
 def _nsga3(seed: int, options: dict[str, Any]) -> BaseSampler:
     return optuna.samplers.NSGAIIISampler(
         population_size=options.get("population_size", 40), seed=seed
     )
 
 
-@register_strategy("tpe")
+@register_sampler("tpe")
 def _tpe(seed: int, options: dict[str, Any]) -> BaseSampler:
     return optuna.samplers.TPESampler(
         seed=seed,
@@ -74,14 +75,14 @@ def _tpe(seed: int, options: dict[str, Any]) -> BaseSampler:
     )
 
 
-@register_strategy("gp")
+@register_sampler("gp")
 def _gp(seed: int, options: dict[str, Any]) -> BaseSampler:
     return optuna.samplers.GPSampler(
         seed=seed, n_startup_trials=options.get("n_startup_trials", 20)
     )
 
 
-@register_strategy("random")
+@register_sampler("random")
 def _random(seed: int, options: dict[str, Any]) -> BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -90,12 +91,10 @@ def create_sampler(name: str, seed: int, **options: Any) -> BaseSampler:
     """The sampler registered as ``name``, reseeded per trial from ``seed``.
 
     Raises:
-        ConfigError: unknown strategy (the message lists the known ones).
+        ConfigError: unknown sampler (the message lists the known ones).
     """
-    if name not in REGISTRY:  # the exhaustive strategy is listed but is no sampler
-        raise ConfigError(
-            f"unknown search strategy {name!r}; known: {', '.join(list_strategies())}"
-        )
+    if name not in REGISTRY:  # exhaustive is listed but is no sampler
+        raise ConfigError(f"unknown sampler {name!r}; known: {', '.join(list_samplers())}")
     return PerTrialSeededSampler(REGISTRY.get(name), seed, options)
 
 
