@@ -51,6 +51,7 @@ import optuna
 from exitsearch._io import (
     atomic_write_json,
     file_sha256,
+    portable_path,
     read_json,
     save_safetensors,
     sha256_of,
@@ -644,7 +645,7 @@ class PauseDimension:
             )
         configurations.sort(key=lambda c: c["flops_without_exits"])
         section = {
-            "paumer": self.paumer.source,
+            "paumer": portable_path(self.paumer.source),
             "paumer_sha256": self.paumer.model_sha256,
             "mode": self.opts.mode,
             "aux": str(self.paumer.aux.relative_to(run_dir)),
@@ -664,7 +665,7 @@ class PauseDimension:
             "paused": {k: (predictor.memo[(k, "val")], tests[k]) for k in tests},
             "sections": {PAUSE_SECTION: section},
             "search_fields": {"trials_per_pause": run.trials_per_pause},
-            "record_fields": {"paumer": self.paumer.source},
+            "record_fields": {"paumer": portable_path(self.paumer.source)},
         }
 
 

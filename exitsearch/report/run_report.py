@@ -156,9 +156,8 @@ def write_report(
         "run": run_dir.name,
         "unit": "FLOPs (MACs)",
         "backbone": {
-            "spec": ctx.settings.backbone.to_dict(),
-            "resolved": ctx.backbone.spec.to_dict()
-            | {"checkpoint": portable_path(ctx.backbone.spec.checkpoint)},
+            "spec": _portable_spec(ctx.settings.backbone, run_dir),
+            "resolved": _portable_spec(ctx.backbone.spec, run_dir, resolved=True),
             "weights_sha256": ctx.backbone.weights_checksum(),
             "flops": costs.backbone_flops,
             "val_accuracy": bb_val.accuracy,
@@ -236,13 +235,29 @@ def write_report(
     return doc
 
 
+def _portable_spec(spec: Any, run_dir: Path, resolved: bool = False) -> dict[str, Any]:
+    """A backbone spec for a result file: a checkpoint inside the run folder (a PAUMER run's
+    backbone, extracted into its cache) relative to the folder, which is where export looks
+    for it when the path does not resolve; any other checkpoint as the user gave it, or, for the
+    ``resolved`` spec, relative to the working directory (no absolute path of this machine)."""
+    doc = spec.to_dict()
+    checkpoint = doc.get("checkpoint")
+    if checkpoint:
+        path = Path(checkpoint).resolve()
+        if path.is_relative_to(run_dir.resolve()):
+            doc["checkpoint"] = str(path.relative_to(run_dir.resolve()))
+        elif resolved:
+            doc["checkpoint"] = portable_path(checkpoint)
+    return doc
+
+
 def write_run_record(run_dir: Path, ctx: RunView, **extra: Any) -> None:
     """``run.json``: the settings, stage keys and timings of the run, and the software and
     machine it ran on (what a same-seed rerun elsewhere may differ by)."""
     atomic_write_json(
         run_dir / schema.RUN_JSON,
         {
-            "backbone": ctx.settings.backbone.to_dict(),
+            "backbone": _portable_spec(ctx.settings.backbone, run_dir),
             "data": ctx.settings.data.to_dict(),
             "space": ctx.settings.space,
             "budget": ctx.settings.budget,

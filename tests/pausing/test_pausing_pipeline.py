@@ -117,6 +117,9 @@ def test_members_carry_their_pause_configuration_and_its_exact_scores(result, fi
         assert ("test" in c["predictions"]) == (c["pause"] in on_front or c["pause"] == "")
     placements = json.loads((files / "run" / schema.PLACEMENTS_JSON).read_text())
     assert all(m["placement"] in placements for m in doc["front"])
+    # the extracted backbone is named inside the run folder, not by this machine's path to it
+    assert doc["backbone"]["spec"]["checkpoint"].startswith(f"{schema.CACHE_DIR}/paumer-")
+    assert str(files / "run") not in (files / "run" / schema.PARETO_JSON).read_text()
 
 
 def test_the_exported_member_exits_where_the_evaluator_said(result, files):  # type: ignore[no-untyped-def]
