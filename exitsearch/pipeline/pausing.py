@@ -57,7 +57,7 @@ from exitsearch._io import (
     sha256_of,
 )
 from exitsearch.backbone import BackboneSpec
-from exitsearch.core.costs import CostModel
+from exitsearch.core.costs import CostModel, pause_key
 from exitsearch.core.pause import PauseConfig
 from exitsearch.device import resolve_device
 from exitsearch.errors import BudgetError, ConfigError, DataError
@@ -85,7 +85,6 @@ __all__ = [
     "PauseRunResult",
     "prepare_paumer",
     "run_pause_predict_job",
-    "space_pauses",
 ]
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -94,12 +93,6 @@ MIN_TRIALS_PER_PAUSE = 100
 OUTER_ROUND = 8  # configurations asked (and predicted in parallel) per round of the outer study
 SEED_PLACEMENTS = 10  # placements of the unpaused front refined inside every pause configuration
 PAUSE_SECTION = "pause"  # key of pareto.json that describes the pause configurations
-
-
-def space_pauses(space: str | SearchSpace) -> bool:
-    """Whether the search space (name, path or loaded) has a ``pause`` section."""
-    loaded = load_search_space(space) if isinstance(space, str | Path) else space
-    return loaded.pause is not None
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -469,9 +462,9 @@ class PauseDimension:
                 ``--paumer``, or a latency table (measured without pausing).
             BudgetError: a budget in milliseconds.
         """
-        if settings.paumer is None and not space_pauses(settings.space):
-            return None
         space = load_search_space(settings.space)
+        if settings.paumer is None and space.pause is None:
+            return None
         if space.pause is None:
             raise ConfigError(
                 f"--paumer needs a search space with a `pause` section; {settings.space} has "
@@ -616,7 +609,7 @@ class PauseDimension:
         scale = float(costs.backbone_flops)
         plain = predictor.memo[("", "val")]
         ref = hv_reference(plain.num_classes, constraint, scale)
-        on_front = [PauseConfig(dict(p.config.pause)).key for p in result.front]
+        on_front = [pause_key(p.config.pause) for p in result.front]
         configurations = []
         for key, f in run.fronts.items():
             cfg = f.config

@@ -13,8 +13,7 @@ import numpy as np
 from exitsearch._io import atomic_path, atomic_write_json, portable_path
 from exitsearch.budget import Budget, BudgetKind
 from exitsearch.core.config import ExitConfig
-from exitsearch.core.costs import CostModel
-from exitsearch.core.pause import PauseConfig
+from exitsearch.core.costs import CostModel, pause_key
 from exitsearch.core.task import CLASSIFICATION, Task, get_task
 from exitsearch.device import environment
 from exitsearch.intervals import paired_scores, score_interval
@@ -129,7 +128,7 @@ def write_report(
     backbone_ok = (val.backbone_correct(), test.backbone_correct())
     members, correct = [], []
     for i, p in enumerate(result.front):
-        key = PauseConfig(dict(p.config.pause)).key
+        key = pause_key(p.config.pause)
         v, t = scored[key]
         member = front_member(
             i, p.config, v, t, backbone_ok, **({"pause": key} if paused is not None else {})
@@ -146,9 +145,9 @@ def write_report(
     # operating points carry FLOPs, whatever the unit the search ranked by; each placement's
     # on the predictions of its own pause configuration
     placements: dict[str, Any] = {}
-    for key in dict.fromkeys(PauseConfig(dict(p.config.pause)).key for p in result.front):
+    for key in dict.fromkeys(pause_key(p.config.pause) for p in result.front):
         on = scored[key][0].predictions
-        pts = [p for p in result.front if PauseConfig(dict(p.config.pause)).key == key]
+        pts = [p for p in result.front if pause_key(p.config.pause) == key]
         placements.update(placement_curves(Evaluator(on, "val", costs), pts))
     bb_val, bb_test = val.backbone(), test.backbone()
     doc = {
