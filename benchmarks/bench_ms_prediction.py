@@ -1,13 +1,15 @@
 """Predicted against measured milliseconds per sample for front members of a run.
 
-For each thread count and batch size, the backbone's parts and the members' heads are timed
-as ``exitsearch profile --latency`` times them (a latency table, measured here on the same
-machine just before); each member is exported (PyTorch) and timed by ``exitsearch bench``'s
-paired rounds; the prediction is the table's milliseconds of the exits the timed samples really
-took, with the runtime's measured work between the parts (a decision per early exit passed, a
-fixed share per batch; ``exitsearch.export.overhead``) and, for comparison, without it. Batch 1
-is compared with batch mode, batch 64 with stream mode (every stage on full batches, what the
-table's batch-64 parts assume).
+For each engine (PyTorch, onnxruntime), thread count and batch size, the backbone's parts, the
+members' heads and the runtime's own work are timed as ``exitsearch profile --latency`` times
+them: inside the runtime, on probes (:func:`exitsearch.export.timing.measure_in_runtime`),
+measured here on the same machine just before. Each member is exported and timed by
+``exitsearch bench``'s paired rounds. Every round's time is set against the prediction for the
+exits its samples took (the table's milliseconds of those exits), and a pair's ratio is the
+median over rounds of measured / predicted. Batch 1 is compared with batch mode, batch 64 with
+stream mode (every stage on full batches, what the table's batch-64 parts assume). For
+comparison, the same rounds are also set against a table of parts timed one by one, each on
+its own, as tables were measured before.
 
     python benchmarks/bench_ms_prediction.py --run results/fmnist-vit12-fashion-mnist \\
         --out results/fmnist-vit12-fashion-mnist/ms_prediction.json
@@ -26,8 +28,9 @@ import torch
 from exitsearch._io import atomic_write_json, read_json
 from exitsearch.core.costs import CostModel
 from exitsearch.export import benchmark, export_bundle, load_bundle
-from exitsearch.export.bench import bench_inputs
-from exitsearch.export.overhead import with_exit_overhead
+from exitsearch.export.bench import BenchRow, bench_inputs
+from exitsearch.export.bundle import load_onnx_bundle
+from exitsearch.export.timing import measure_in_runtime
 from exitsearch.heads import HeadContext, measure_heads_latency
 from exitsearch.pipeline.selection import bundle_from_run
 from exitsearch.profile import measure_latency
@@ -46,23 +49,39 @@ def _members(run: Path, n: int) -> list[int]:
     return sorted(picks)
 
 
+def _ratio(row: BenchRow, exit_ms: np.ndarray) -> tuple[float, float, float]:
+    """``(median of measured / predicted over rounds, predicted ms, measured ms)`` per sample;
+    the two ms are the medians over rounds."""
+    counts = np.asarray(row.round_exit_counts, dtype=np.float64)
+    n = counts.sum(axis=1)
+    predicted = counts @ exit_ms / n
+    measured = np.asarray(row.round_ms) / n
+    return (
+        float(np.median(measured / predicted)),
+        float(np.median(predicted)),
+        float(np.median(measured)),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--members", type=int, default=6)
+    ap.add_argument("--engines", default="torch,onnx")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batch-sizes", default="1,64")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
+    engines = args.engines.split(",")
     ids = _members(args.run, args.members)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {}
+        paths = {}
         for i in ids:
             sel = bundle_from_run(args.run, i)
-            path = export_bundle(
+            paths[i] = export_bundle(
                 Path(tmp) / f"m{i}",
                 sel.backbone,
                 sel.heads,
@@ -70,93 +89,126 @@ def main() -> None:
                 sel.operating_points,
                 sel.predicted,
                 sel.meta,
+                onnx="onnx" in engines,
+                onnx_exporter="legacy",
             )
-            models[i] = load_bundle(path)
+        models = {i: load_bundle(p) for i, p in paths.items()}
         first = models[ids[0]]
         bb = first.backbone
         specs = sorted({s for m in models.values() for s in m.config.exits}, key=lambda s: s.key)
+        keys = {s.key: 0 for s in specs}
         profile = profile_backbone(bb)
         pool = bench_inputs(first, 64 * args.repeats)
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
+            # onnxruntime's global pool is made once per process: shared from 2 threads on
+            onnx = (
+                {
+                    i: load_onnx_bundle(p, threads, shared_threads=threads > 1)
+                    for i, p in paths.items()
+                }
+                if "onnx" in engines
+                else {}
+            )
             for batch in (int(b) for b in args.batch_sizes.split(",")):
-                t0 = time.perf_counter()
-                plain = measure_latency(bb, "cpu", batch)
-                table = with_exit_overhead(plain, bb, repeats=args.repeats)
-                heads = measure_heads_latency(specs, HeadContext.from_backbone(bb), "cpu", batch)
-                head_ms = {k: v / batch for k, v in heads.items()}
-                costs = CostModel(profile, {s.key: 0 for s in specs}, table, head_ms)
-                # the same table without the runtime's work between parts (as before it was
-                # measured): what the prediction was
-                parts_only = CostModel(profile, {s.key: 0 for s in specs}, plain, head_ms)
-                parts_ms = table.parts_ms / batch
-                whole_ms = table.full_ms / batch
-                for i in ids:
-                    model = models[i]
-                    report = benchmark(
-                        model,
-                        [batch],
-                        repeats=args.repeats,
-                        inputs=pool,
-                        stream=batch > 1,
-                        stream_repeats=5,
+                for engine in engines:
+                    t0 = time.perf_counter()
+                    rt = measure_in_runtime(
+                        bb, specs, "cpu", batch, engine=engine, shared_threads=threads > 1
                     )
-                    row = next(
-                        r for r in report.rows if r.mode == ("stream" if batch > 1 else "batch")
+                    costs = CostModel(
+                        profile, keys, rt.table, {k: v / batch for k, v in rt.heads_ms.items()}
                     )
-                    counts = np.asarray(row.exit_counts, dtype=np.float64)
-                    exit_ms = costs.exit_ms(model.config)
-                    predicted = float(counts @ exit_ms / counts.sum())
-                    before = float(counts @ parts_only.exit_ms(model.config) / counts.sum())
-                    measured = row.model_ms / batch
-                    rows.append(
-                        {
+                    alone = None
+                    if engine == "torch":
+                        # the parts timed one by one, each on its own, as tables were measured
+                        # before; the runtime's work between them as measured in the runtime
+                        plain = measure_latency(bb, "cpu", batch).with_exit_overhead(
+                            rt.table.exit_decision_ms, rt.table.exit_fixed_ms
+                        )
+                        heads = measure_heads_latency(
+                            specs, HeadContext.from_backbone(bb), "cpu", batch
+                        )
+                        alone = CostModel(
+                            profile, keys, plain, {k: v / batch for k, v in heads.items()}
+                        )
+                    for i in ids:
+                        model = models[i]
+                        report = benchmark(
+                            model,
+                            [batch],
+                            repeats=args.repeats,
+                            inputs=pool,
+                            onnx_model=onnx.get(i) if engine == "onnx" else None,
+                            stream=batch > 1,
+                            stream_repeats=5,
+                        )
+                        mode = "stream" if batch > 1 else "batch"
+                        row = next(r for r in report.rows if r.engine == engine and r.mode == mode)
+                        ratio, predicted, measured = _ratio(row, costs.exit_ms(model.config))
+                        out = {
                             "member": i,
+                            "engine": engine,
                             "threads": threads,
                             "batch_size": batch,
-                            "mode": row.mode,
+                            "mode": mode,
                             "predicted_ms": predicted,
                             "measured_ms": measured,
-                            "ratio": measured / predicted,
-                            "predicted_parts_only_ms": before,
-                            "ratio_parts_only": measured / before,
-                            "exit_decision_ms": table.exit_decision_ms / batch,
-                            "exit_fixed_ms": table.exit_fixed_ms / batch,
-                            "backbone_measured_ms": row.backbone_ms / batch,
-                            "backbone_parts_ms": parts_ms,
-                            "backbone_whole_ms": whole_ms,
+                            "ratio": ratio,
+                            "rounds": len(row.round_ms),
+                            "exit_decision_ms": rt.table.exit_decision_ms / batch,
+                            "exit_fixed_ms": rt.table.exit_fixed_ms / batch,
+                            "backbone_parts_ms": rt.table.parts_ms / batch,
+                            "backbone_whole_ms": rt.table.full_ms / batch,
                         }
-                    )
-                    print(
-                        f"threads {threads} batch {batch:3d} member {i:5d}: predicted "
-                        f"{predicted:.4f} ms, measured {measured:.4f} ms "
-                        f"({measured / predicted:.2f}x; parts only {measured / before:.2f}x)",
-                        flush=True,
-                    )
-                print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                        note = ""
+                        if alone is not None:
+                            before = _ratio(row, alone.exit_ms(model.config))[0]
+                            out["ratio_parts_alone"] = before
+                            note = f"; parts timed alone {before:.2f}x"
+                        rows.append(out)
+                        print(
+                            f"{engine:5s} threads {threads} batch {batch:3d} member {i:5d}: "
+                            f"predicted {predicted:.4f} ms, measured {measured:.4f} ms "
+                            f"({ratio:.2f}x{note})",
+                            flush=True,
+                        )
+                    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     ratios = np.array([r["ratio"] for r in rows])
-    before = np.array([r["ratio_parts_only"] for r in rows])
+    before = np.array([r["ratio_parts_alone"] for r in rows if "ratio_parts_alone" in r])
+    summary = {
+        "within_10_percent": int(np.sum(np.abs(ratios - 1) <= 0.10)),
+        "pairs": len(rows),
+        "median_ratio": float(np.median(ratios)),
+        "min_ratio": float(ratios.min()),
+        "max_ratio": float(ratios.max()),
+    }
+    for engine in engines:
+        r = np.array([x["ratio"] for x in rows if x["engine"] == engine])
+        summary[engine] = {
+            "within_10_percent": int(np.sum(np.abs(r - 1) <= 0.10)),
+            "pairs": len(r),
+            "median_ratio": float(np.median(r)),
+        }
+    if len(before):
+        summary["torch_parts_alone"] = {
+            "within_10_percent": int(np.sum(np.abs(before - 1) <= 0.10)),
+            "pairs": len(before),
+            "median_ratio": float(np.median(before)),
+        }
     doc = {
         "run": str(args.run),
         "members": ids,
         "repeats": args.repeats,
         "rows": rows,
-        "summary": {
-            "within_10_percent": int(np.sum(np.abs(ratios - 1) <= 0.10)),
-            "pairs": len(rows),
-            "median_ratio": float(np.median(ratios)),
-            "min_ratio": float(ratios.min()),
-            "max_ratio": float(ratios.max()),
-            "parts_only_within_10_percent": int(np.sum(np.abs(before - 1) <= 0.10)),
-            "parts_only_median_ratio": float(np.median(before)),
-        },
+        "summary": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, doc)
-    s = doc["summary"]
     print(
-        f"{s['within_10_percent']} of {s['pairs']} pairs within 10 %; measured / predicted "
-        f"median {s['median_ratio']:.2f} (from {s['min_ratio']:.2f} to {s['max_ratio']:.2f})"
+        f"{summary['within_10_percent']} of {summary['pairs']} pairs within 10 %; measured / "
+        f"predicted median {summary['median_ratio']:.2f} (from {summary['min_ratio']:.2f} to "
+        f"{summary['max_ratio']:.2f})"
     )
 
 

@@ -65,20 +65,26 @@ def profile(
     space: Annotated[
         str, typer.Option(help="Search space whose candidate heads --out times.")
     ] = "default",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Runtime timed by --latency: torch (the exported PyTorch model) or onnx (its "
+            "ONNX graphs under onnxruntime, CPU)."
+        ),
+    ] = "torch",
 ) -> None:
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
-    from dataclasses import replace
-
     from exitsearch._io import atomic_write_json, check_output_file
     from exitsearch.backbone import create_backbone
-    from exitsearch.export.overhead import with_exit_overhead
-    from exitsearch.profile import UNIT, measure_latency, profile_backbone
+    from exitsearch.profile import UNIT, profile_backbone
 
     sizes = parse_batch_sizes(batch_size) if latency else []
     if repeats < 1 or warmup < 0:
         raise ConfigError(
             f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}"
         )
+    if engine not in ("torch", "onnx"):
+        raise ConfigError(f"--engine takes torch or onnx, got {engine!r}")
     if save is not None:  # before measuring: a wrong path would throw the measurement away
         check_output_file(save, "--save")
     if out is not None:
@@ -89,39 +95,39 @@ def profile(
         check_output_file(out, "--out")
     bb = create_backbone(backbone_spec(model, override, checkpoint, pretrained))
     prof = profile_backbone(bb)
+    tables = []
     if sizes:
         from exitsearch.device import resolve_device
+        from exitsearch.export.timing import measure_in_runtime
 
         device = str(resolve_device(device).device)
-    if out is not None:
-        from exitsearch.backbone import resolve_spec
-        from exitsearch.heads import HeadContext, measure_heads_latency
-        from exitsearch.profile.table import measure_table
-        from exitsearch.search.space import load_search_space
+        if engine == "onnx" and device != "cpu":
+            raise ConfigError(f"--engine onnx runs on the CPU; got --device {device}")
+        candidates = []
+        if out is not None:
+            from exitsearch.search.space import load_search_space
 
-        spec = backbone_spec(model, override, checkpoint, pretrained)
-        arch = {**resolve_spec(spec).to_dict(), "checkpoint": None, "pretrained": False}
-        candidates = load_search_space(space).candidate_heads(bb.depth)
-        err_console.print(
-            f"timing the backbone and {len(candidates)} candidate heads on {device} at batch "
-            f"{sizes[0]} ..."
-        )
-        heads_ms = measure_heads_latency(
-            candidates, HeadContext.from_backbone(bb), device, sizes[0], warmup, repeats
-        )
-        device_table = measure_table(bb, arch, heads_ms, device, sizes[0], warmup, repeats)
-        device_table = replace(
-            device_table,
-            backbone=with_exit_overhead(device_table.backbone, bb, warmup, repeats),
-        )
-        atomic_write_json(out, device_table.to_json())
-        err_console.print(f"wrote {out}: use it with `exitsearch run --latency-table {out}`")
-        tables = [device_table.backbone]
-    else:
-        tables = [
-            with_exit_overhead(measure_latency(bb, device, b, warmup, repeats), bb, warmup, repeats)
-            for b in sizes
-        ]
+            candidates = load_search_space(space).candidate_heads(bb.depth)
+        what = f" and {len(candidates)} candidate heads" if candidates else ""
+        measured = []
+        for b in sizes:
+            err_console.print(
+                f"timing the backbone{what} inside the {engine} runtime on {device} at batch "
+                f"{b} ..."
+            )
+            measured.append(
+                measure_in_runtime(bb, candidates, device, b, warmup, repeats, engine=engine)
+            )
+        tables = [m.table for m in measured]
+        if out is not None:
+            from exitsearch.backbone import resolve_spec
+            from exitsearch.profile.table import device_table
+
+            spec = backbone_spec(model, override, checkpoint, pretrained)
+            arch = {**resolve_spec(spec).to_dict(), "checkpoint": None, "pretrained": False}
+            written = device_table(bb, arch, measured[0].table, measured[0].heads_ms, engine)
+            atomic_write_json(out, written.to_json())
+            err_console.print(f"wrote {out}: use it with `exitsearch run --latency-table {out}`")
     doc = prof.to_json()
     if tables:
         doc["latency"] = [t.to_json() for t in tables]

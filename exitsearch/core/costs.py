@@ -43,7 +43,7 @@ __all__ = [
 UNIT = "FLOPs (MACs)"
 
 # Keys of LatencyTable.extra: what the exported runtime spends beyond the parts, per batch
-# (exitsearch.export.overhead measures them; 0 when a table was written without them).
+# (exitsearch.export.timing measures them; 0 when a table was written without them).
 EXIT_DECISION = "exit_decision_ms"
 """Deciding at one early exit: scores from the logits, the criterion, who leaves."""
 EXIT_FIXED = "exit_fixed_ms"

@@ -71,6 +71,9 @@ class BenchRow:
         speedup_low, speedup_high: a 95 % interval of that median (distribution-free; the
             range of the rounds when there are fewer than 6).
         round_speedups: the per-round ratios.
+        round_ms: the exported model's milliseconds in each round (a pass in stream mode).
+        round_exit_counts: samples per exit in each round (a pass in stream mode), to set
+            each round's time against a prediction for the exits its samples took.
         predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
         mean_flops: that mean, per sample.
         exit_counts: samples per exit over the timed batches.
@@ -97,6 +100,8 @@ class BenchRow:
     parts: list[PartTime] = field(default_factory=list)
     mode: str = "batch"
     round_speedups: list[float] = field(default_factory=list)
+    round_ms: list[float] = field(default_factory=list)
+    round_exit_counts: list[list[int]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -413,6 +418,8 @@ def _measure(
         predicted_speedup=backbone_flops / mean_flops,
         mean_flops=mean_flops,
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
+        round_ms=t_model,
+        round_exit_counts=[np.bincount(e, minlength=len(exit_flops)).tolist() for e in exits],
         accuracy=scorer.shown(right / seen) if seen else None,
         backbone_accuracy=scorer.shown(right_bb / seen) if seen else None,
         parts=_profile(batches, profiled_fn, sync, repeats),
@@ -487,6 +494,9 @@ def _measure_stream(
         predicted_speedup=backbone_flops / mean_flops,
         mean_flops=mean_flops,
         exit_counts=np.bincount(idx, minlength=len(exit_flops)).tolist(),
+        round_ms=t_model,
+        # every pass runs the same images with the same thresholds: the same exits
+        round_exit_counts=[np.bincount(idx, minlength=len(exit_flops)).tolist()] * len(t_model),
         accuracy=right,
         backbone_accuracy=right_bb,
         parts=_profile([(pool, None)], lambda x, tick: predict_fn(x, b, tick), sync, 1, n_batches),

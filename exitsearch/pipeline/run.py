@@ -23,15 +23,10 @@ from exitsearch.data import DataSpec, DataSplits, load_splits
 from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigError, DataError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
-from exitsearch.heads.profile import measure_heads_latency, profile_heads
+from exitsearch.heads.profile import profile_heads
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
-from exitsearch.profile import (
-    BackboneProfile,
-    LatencyTable,
-    measure_latency,
-    profile_backbone,
-)
+from exitsearch.profile import BackboneProfile, LatencyTable, profile_backbone
 from exitsearch.profile.latency import parts_note
 from exitsearch.progress import NullProgress, Progress
 from exitsearch.report import schema
@@ -299,7 +294,7 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         return None
     batch = ctx.settings.latency_batch_size
     key = sha256_of(
-        "latency-v2", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
+        "latency-v3", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
     )
     ctx.keys["latency"] = key
     folder = ctx.store.lookup("latency", key)
@@ -308,15 +303,15 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         ctx.progress.log(
             f"latency: measuring the backbone and {len(ctx.candidates)} heads on {device} at batch {batch}"
         )
-        from exitsearch.export.overhead import with_exit_overhead
+        from exitsearch.export.timing import measure_in_runtime
 
-        table = with_exit_overhead(measure_latency(ctx.backbone, device, batch), ctx.backbone)
-        heads = measure_heads_latency(
-            ctx.candidates, HeadContext.from_backbone(ctx.backbone), device, batch
+        measured = measure_in_runtime(
+            ctx.backbone, ctx.candidates, device, batch, task=ctx.splits.task
         )
         folder = ctx.store.folder("latency", key)
         atomic_write_json(
-            folder / "latency.json", {"backbone": table.to_json(), "heads_ms_per_batch": heads}
+            folder / "latency.json",
+            {"backbone": measured.table.to_json(), "heads_ms_per_batch": measured.heads_ms},
         )
         ctx.store.commit("latency", key, ["latency.json"])
         ctx.timings["latency"] = time.perf_counter() - t0

@@ -19,9 +19,9 @@ from typing import Any
 
 from exitsearch.device import environment
 from exitsearch.errors import ConfigError
-from exitsearch.profile.latency import LatencyTable, measure_latency
+from exitsearch.profile.latency import LatencyTable
 
-__all__ = ["TABLE_FORMAT", "TABLE_SCHEMA", "DeviceTable", "measure_table", "read_table"]
+__all__ = ["TABLE_FORMAT", "TABLE_SCHEMA", "DeviceTable", "device_table", "read_table"]
 
 TABLE_FORMAT = "exitsearch-latency-table"
 TABLE_SCHEMA = 1
@@ -88,31 +88,31 @@ class DeviceTable:
             )
 
 
-def measure_table(
+def device_table(
     backbone: Any,
     architecture: Mapping[str, Any],
+    table: LatencyTable,
     heads_ms_per_batch: Mapping[str, float],
-    device: str,
-    batch_size: int,
-    warmup: int = 3,
-    repeats: int = 10,
+    engine: str = "torch",
 ) -> DeviceTable:
-    """Time ``backbone``'s parts on ``device`` into a table with the heads' timings (measured
-    alike, by :func:`exitsearch.heads.measure_heads_latency`)."""
+    """The table of this device: ``backbone``'s parts and the heads' timings as ``engine``
+    ran them (measured by :func:`exitsearch.export.timing.measure_in_runtime`), with what
+    they describe."""
     from exitsearch import __version__
 
-    table = measure_latency(backbone, device, batch_size, warmup, repeats)
-    heads = dict(heads_ms_per_batch)
     c, h, w = backbone.preprocess().input_size
+    env: dict[str, Any] = {**environment(), "exitsearch": __version__, "engine": engine}
+    if engine == "onnx":
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
     return DeviceTable(
         architecture=dict(architecture),
         input_size=(int(c), int(h), int(w)),
         backbone=table,
-        heads_ms_per_batch=heads,
+        heads_ms_per_batch=dict(heads_ms_per_batch),
         environment={
-            **environment(),
-            "exitsearch": __version__,
-            "engine": "torch",
+            **env,
             "device": table.device,
             "device_name": table.device_name,
             "threads": table.threads,

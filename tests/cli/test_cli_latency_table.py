@@ -133,3 +133,22 @@ def test_run_with_a_table_from_elsewhere_budgets_in_ms(runner, space_file, table
         ],
     )
     assert result.exit_code == 2 and "the latency table is of another model" in result.output
+
+
+def test_an_onnx_table_records_its_engine(runner, space_file, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx.json"
+    args = ["profile", "vit_tiny_patch16_224", *OVERRIDES, "--latency", "--device", "cpu"]
+    args += ["--batch-size", "2", "--repeats", "2", "--warmup", "1", "--engine", "onnx"]
+    result = runner.invoke(app, [*args, "--space", str(space_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "inside the onnx runtime" in " ".join(result.output.split())
+    t = read_table(out)
+    assert t.environment["engine"] == "onnx" and t.environment["onnxruntime"]
+    assert len(t.backbone.block_ms) == 4 and all(v > 0 for v in t.heads_ms_per_batch.values())
+
+
+def test_an_unknown_engine_is_refused(runner):
+    args = ["profile", "vit_tiny_patch16_224", *OVERRIDES, "--latency", "--engine", "tvm"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--engine takes torch or onnx" in result.output

@@ -99,8 +99,9 @@ def test_block_flops_on_other_token_counts_is_refused():
 def test_a_swin_latency_table_reads_back_as_the_same_model(tmp_path):
     from exitsearch._io import atomic_write_json
     from exitsearch.backbone import BackboneSpec, resolve_spec
-    from exitsearch.heads import HeadContext, HeadSpec, measure_heads_latency
-    from exitsearch.profile.table import measure_table, read_table
+    from exitsearch.export.timing import measure_in_runtime
+    from exitsearch.heads import HeadSpec
+    from exitsearch.profile.table import device_table, read_table
 
     spec = BackboneSpec(
         "swin_tiny_patch4_window7_224",
@@ -109,9 +110,11 @@ def test_a_swin_latency_table_reads_back_as_the_same_model(tmp_path):
     bb = create_backbone(spec)
     arch = {**resolve_spec(spec).to_dict(), "checkpoint": None, "pretrained": False}
     heads = [HeadSpec("linear", m) for m in (1, 5)]
-    ms = measure_heads_latency(heads, HeadContext.from_backbone(bb), "cpu", 2, 0, 1)
-    table = measure_table(bb, arch, ms, "cpu", 2, warmup=0, repeats=1)
-    assert len(table.backbone.block_ms) == bb.depth
+    measured = measure_in_runtime(bb, heads, "cpu", 2, warmup=0, repeats=1)
+    # every Swin block timed inside the runtime, patch merging included
+    assert len(measured.table.block_ms) == bb.depth and min(measured.table.block_ms) > 0
+    assert sorted(measured.heads_ms) == sorted(h.key for h in heads)
+    table = device_table(bb, arch, measured.table, measured.heads_ms)
     atomic_write_json(tmp_path / "t.json", table.to_json())
     # per-stage overrides come back from JSON as lists: still the same model
     read_table(tmp_path / "t.json").check(arch, table.input_size, [h.key for h in heads])

@@ -1,0 +1,273 @@
+"""Latency as the exported runtime spends it: every part timed where the runtime runs it.
+
+Timed one by one, back to back, a block or a head runs with its weights in the nearest caches
+and the thread pool awake; the runtime runs them one after another, a head and a decision
+between blocks, so each part finds its weights further away and, on several threads, a pool
+that has gone idle. Milliseconds predicted from parts timed alone miss the runtime's time by
+as much (10-80 % at batch 1 on a CPU).
+
+:func:`measure_in_runtime` times the parts inside the runtime instead. A *probe* is a
+:class:`~exitsearch.export.MultiExitModel` with a head after every block and thresholds no
+sample reaches, run with the runtime's profiling hook (``tick``). Every candidate head sits in
+some probe (one head per location; the other locations hold linear heads), so the probes cover
+the candidates in as many runs as the most crowded location has heads. The stem, each block,
+the final head and the decision at an exit are medians over every probe and repeat; each head
+is the median of its own probe's repeats; the work once per batch (checking the input,
+assembling the output) is the whole call less everything the hook attributes. The parts of
+one call add up to the call, by construction; the table also keeps a plain forward of the
+backbone, so a report can say how the parts compare with it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exitsearch._memory import check_fits_in_memory
+from exitsearch.backbone.adapter import Backbone
+from exitsearch.core.config import ExitConfig
+from exitsearch.core.criteria import create_criterion
+from exitsearch.core.spec import HeadSpec
+from exitsearch.errors import ConfigError
+from exitsearch.export.runtime import MultiExitModel
+from exitsearch.export.staged import BOOKKEEPING
+from exitsearch.heads import HeadContext
+from exitsearch.heads.registry import create_head
+from exitsearch.profile.latency import LatencyTable, resolve_device, time_call
+
+__all__ = ["ENGINES", "RuntimeLatency", "measure_in_runtime", "probe_layout"]
+
+ENGINES = ("torch", "onnx")
+
+_BLOCK = re.compile(r"blocks (\d+)-(\d+)$")
+_HEAD = "head "
+
+
+@dataclass(frozen=True)
+class RuntimeLatency:
+    """What :func:`measure_in_runtime` measured, per batch of ``table.batch_size``.
+
+    Attributes:
+        table: stem, blocks and final head as the runtime ran them, the decision per early
+            exit and the work once per batch (``extra``), and a plain forward (``full_ms``).
+        heads_ms: median milliseconds of every candidate head (with its statistics, and its
+            uncertainty predictor when it has one), by key.
+        call_ms: median milliseconds of a whole probe call (every block, a head and a decision
+            after each), the sum the parts are taken from.
+    """
+
+    table: LatencyTable
+    heads_ms: dict[str, float]
+    call_ms: float
+
+
+def probe_layout(specs: Sequence[HeadSpec], depth: int) -> list[tuple[HeadSpec, ...]]:
+    """The probes' exits: every spec once, one head per location ``1..depth-1`` (and a spec's
+    own location beyond), linear heads where no spec is left. Heads with MEViT's uncertainty
+    predictor go in probes of their own (they run under the uncertainty criterion, which reads
+    it)."""
+    out: list[tuple[HeadSpec, ...]] = []
+    for unc in (False, True):
+        chosen = sorted({s for s in specs if s.uncertainty == unc}, key=lambda s: s.key)
+        if not chosen and (unc or specs):
+            continue
+        packed: list[dict[int, HeadSpec]] = []
+        for s in chosen:
+            slot = next((p for p in packed if s.location not in p), None)
+            if slot is None:
+                packed.append(slot := {})
+            slot[s.location] = s
+        for p in packed or [{}]:
+            top = max([depth - 1, *p])
+            out.append(
+                tuple(p.get(m) or HeadSpec("linear", m, uncertainty=unc) for m in range(1, top + 1))
+            )
+    return out
+
+
+Call = Callable[[Any, Callable[[str], None]], Any]
+"""A probe's call: ``call(x, tick)`` runs one batch as the runtime's ``__call__`` does."""
+
+
+def _torch_probe(model: MultiExitModel) -> tuple[Call, Callable[[Any], Any]]:
+    """The probe's call, and the plain backbone's forward."""
+
+    def call(x: torch.Tensor, tick: Callable[[str], None]) -> Any:
+        if model.check_inputs:
+            model.inputs.check(x)
+        with torch.inference_mode():
+            return model.run(x, tick)
+
+    return call, model.backbone
+
+
+def _onnx_probe(
+    model: MultiExitModel, folder: Path, threads: int, shared: bool
+) -> tuple[Call, Callable[[Any], Any]]:
+    """The probe's graphs under onnxruntime, and the backbone through the same graphs."""
+    from exitsearch.export.onnx import export_onnx
+    from exitsearch.export.onnx_runtime import OnnxMultiExitModel
+
+    graphs = export_onnx(model, folder, exporter="legacy", check=False)
+    onnx = OnnxMultiExitModel(
+        folder, graphs, model.config, threads=threads, shared_threads=shared, task=model.task.name
+    )
+    return onnx.run, onnx.backbone_forward
+
+
+def _spans(call: Call, x: Any, sync: Callable[[], None]) -> tuple[float, list[tuple[str, float]]]:
+    """One timed call: ``(whole_ms, [(part, ms), ...])`` in the order the runtime ran them."""
+    marks: list[tuple[str, float]] = []
+
+    def tick(part: str) -> None:
+        sync()
+        marks.append((part, time.perf_counter()))
+
+    sync()
+    t0 = time.perf_counter()
+    call(x, tick)
+    sync()
+    whole = (time.perf_counter() - t0) * 1e3
+    starts = [t0, *(t for _, t in marks[:-1])]
+    return whole, [(p, (t - s) * 1e3) for (p, t), s in zip(marks, starts, strict=True)]
+
+
+def measure_in_runtime(
+    backbone: Backbone,
+    specs: Sequence[HeadSpec],
+    device: str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+    task: str | None = None,
+    engine: str = "torch",
+    shared_threads: bool = False,
+) -> RuntimeLatency:
+    """Time ``backbone``'s parts, every head in ``specs`` and the runtime's own work at
+    ``batch_size`` on ``device``, inside the exported runtime (see the module's text).
+
+    ``engine`` is the runtime timed: ``torch`` (:class:`MultiExitModel`) or ``onnx`` (the
+    probes exported to ONNX graphs and run by onnxruntime on the CPU with PyTorch's thread
+    count; ``shared_threads`` as :class:`~exitsearch.export.onnx_runtime.OnnxMultiExitModel`
+    takes it).
+
+    Raises:
+        ConfigError: a batch size or repeat count below 1, an unknown engine, ONNX on another
+            device than the CPU, or an unavailable device.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "onnx" and device != "cpu":
+        raise ConfigError(f"the ONNX runtime runs on the CPU, not on {device!r}")
+    if batch_size < 1:
+        raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"`repeats >= 1` and `warmup >= 0` must hold, but got ({repeats=}, {warmup=})"
+        )
+    check_fits_in_memory(
+        # the input, and a block's tokens in and out with its activations (about four states)
+        batch_size
+        * 4
+        * (
+            backbone.in_chans * backbone.img_size[0] * backbone.img_size[1]
+            + 4
+            * max(
+                backbone.state_tokens(m) * backbone.state_dim(m) for m in range(backbone.depth + 1)
+            )
+        ),
+        f"latency at batch size {batch_size}",
+        "choose a smaller --batch-size",
+    )
+    dev = resolve_device(device)
+    bb = backbone.to(dev).eval()
+    ctx = HeadContext.from_backbone(bb)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    x = torch.randn(batch_size, bb.in_chans, *bb.img_size, device=dev)
+    threads = torch.get_num_threads()
+    tmp = tempfile.TemporaryDirectory(prefix="exitsearch-probe-") if engine == "onnx" else None
+
+    stem: list[float] = []
+    blocks: list[list[float]] = [[] for _ in range(bb.depth)]
+    final: list[float] = []
+    decisions: list[float] = []
+    fixed: list[float] = []
+    calls: list[float] = []
+    heads: dict[str, float] = {}
+    wanted = {s.key for s in specs}
+    full: float | None = None
+    try:
+        for i, exits in enumerate(probe_layout(specs, bb.depth)):
+            unc = any(s.uncertainty for s in exits)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                modules = [create_head(s, ctx) for s in exits]
+            # no readiness reaches a bound of +inf: every sample passes every exit to the final one
+            criterion = "uncertainty" if unc else "confidence"
+            never = create_criterion(criterion).threshold(math.inf)
+            config = ExitConfig(exits, criterion, (never,) * len(exits), "per_exit")
+            model = MultiExitModel(bb, modules, config, task=task).to(dev).eval()
+            if tmp is None:
+                (call, forward), inputs = _torch_probe(model), x
+            else:
+                folder = Path(tmp.name) / f"probe{i}"
+                (call, forward), inputs = (
+                    _onnx_probe(model, folder, threads, shared_threads),
+                    x.numpy(),
+                )
+            if full is None:
+                # a plain forward through the first probe's parts: every block in a row
+                full = statistics.median(
+                    time_call(lambda f=forward, v=inputs: f(v), dev, warmup, repeats)
+                )
+            own: dict[str, list[float]] = {}
+            for r in range(warmup + repeats):
+                whole, spans = _spans(call, inputs, sync)
+                if r < warmup:
+                    continue
+                calls.append(whole)
+                decided = [ms for part, ms in spans if part == BOOKKEEPING]
+                if len(decided) != len(exits) + 1:
+                    raise RuntimeError(f"a sample left a latency probe early at {exits}")
+                # one decision per early exit, then the final exit's output
+                decisions.extend(decided[:-1])
+                for part, ms in spans:
+                    if part == "stem":
+                        stem.append(ms)
+                    elif part == "final head":
+                        final.append(ms)
+                    elif part.startswith(_HEAD):
+                        own.setdefault(part[len(_HEAD) :], []).append(ms)
+                    elif (m := _BLOCK.match(part)) and m[1] == m[2]:
+                        blocks[int(m[1]) - 1].append(ms)
+                attributed = sum(ms for part, ms in spans if part != BOOKKEEPING)
+                fixed.append(whole - attributed - sum(decided[:-1]))
+            heads.update({k: statistics.median(v) for k, v in own.items() if k in wanted})
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    assert full is not None
+    table = LatencyTable(
+        model=bb.spec.model,
+        device=device,
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        batch_size=batch_size,
+        stem_ms=statistics.median(stem),
+        block_ms=[statistics.median(b) for b in blocks],
+        head_ms=statistics.median(final),
+        full_ms=full,
+        threads=threads,
+        repeats=repeats,
+    ).with_exit_overhead(
+        statistics.median(decisions) if decisions else 0.0, max(0.0, statistics.median(fixed))
+    )
+    return RuntimeLatency(table, heads, statistics.median(calls))
