@@ -5,8 +5,8 @@ members' heads and the runtime's own work are timed as ``exitsearch profile --la
 them: inside the runtime, on probes (:func:`exitsearch.export.timing.measure_in_runtime`),
 measured here on the same machine just before. Each member is exported and timed by
 ``exitsearch bench``'s paired rounds. Every round's time is set against the prediction for the
-exits its samples took (the table's milliseconds of those exits), and a pair's ratio is the
-median over rounds of measured / predicted. Batch 1 is compared with batch mode, batch 64 with
+exits its samples took (the table's milliseconds of those exits); a pair's ratio is the total
+measured time over the total predicted (the median of the per-round ratios is kept beside it). Batch 1 is compared with batch mode, batch 64 with
 stream mode (every stage on full batches, what the table's batch-64 parts assume). For
 comparison, the same rounds are also set against a table of parts timed one by one, each on
 its own, as tables were measured before.
@@ -49,17 +49,19 @@ def _members(run: Path, n: int) -> list[int]:
     return sorted(picks)
 
 
-def _ratio(row: BenchRow, exit_ms: np.ndarray) -> tuple[float, float, float]:
-    """``(median of measured / predicted over rounds, predicted ms, measured ms)`` per sample;
-    the two ms are the medians over rounds."""
+def _ratio(row: BenchRow, exit_ms: np.ndarray) -> tuple[float, float, float, float]:
+    """``(measured / predicted, predicted ms, measured ms, median per-round ratio)`` per
+    sample: the ms are totals over the rounds divided by the samples they ran (what a user's
+    images per second are), the prediction for each round the exits its samples took."""
     counts = np.asarray(row.round_exit_counts, dtype=np.float64)
     n = counts.sum(axis=1)
-    predicted = counts @ exit_ms / n
-    measured = np.asarray(row.round_ms) / n
+    predicted = counts @ exit_ms
+    measured = np.asarray(row.round_ms)
     return (
+        float(measured.sum() / predicted.sum()),
+        float(predicted.sum() / n.sum()),
+        float(measured.sum() / n.sum()),
         float(np.median(measured / predicted)),
-        float(np.median(predicted)),
-        float(np.median(measured)),
     )
 
 
@@ -101,21 +103,16 @@ def main() -> None:
         pool = bench_inputs(first, 64 * args.repeats)
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
-            # onnxruntime's global pool is made once per process: shared from 2 threads on
+            # a thread pool per graph, as `exitsearch bench --onnx` runs them by default
             onnx = (
-                {
-                    i: load_onnx_bundle(p, threads, shared_threads=threads > 1)
-                    for i, p in paths.items()
-                }
+                {i: load_onnx_bundle(p, threads) for i, p in paths.items()}
                 if "onnx" in engines
                 else {}
             )
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 for engine in engines:
                     t0 = time.perf_counter()
-                    rt = measure_in_runtime(
-                        bb, specs, "cpu", batch, engine=engine, shared_threads=threads > 1
-                    )
+                    rt = measure_in_runtime(bb, specs, "cpu", batch, engine=engine)
                     costs = CostModel(
                         profile, keys, rt.table, {k: v / batch for k, v in rt.heads_ms.items()}
                     )
@@ -145,7 +142,9 @@ def main() -> None:
                         )
                         mode = "stream" if batch > 1 else "batch"
                         row = next(r for r in report.rows if r.engine == engine and r.mode == mode)
-                        ratio, predicted, measured = _ratio(row, costs.exit_ms(model.config))
+                        ratio, predicted, measured, per_round = _ratio(
+                            row, costs.exit_ms(model.config)
+                        )
                         out = {
                             "member": i,
                             "engine": engine,
@@ -155,6 +154,7 @@ def main() -> None:
                             "predicted_ms": predicted,
                             "measured_ms": measured,
                             "ratio": ratio,
+                            "median_round_ratio": per_round,
                             "rounds": len(row.round_ms),
                             "exit_decision_ms": rt.table.exit_decision_ms / batch,
                             "exit_fixed_ms": rt.table.exit_fixed_ms / batch,

@@ -168,13 +168,14 @@ def latency_task(
     repeats: int = 10,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`~exitsearch.profile.latency.measure_latency` of the shipped backbone on this
-    node's ``device``; returns ``LatencyTable.to_json()`` plus ``node_id``."""
-    from exitsearch.profile.latency import measure_latency
+    """The shipped backbone's latency table on this node's ``device``, timed inside the
+    exported runtime (:func:`~exitsearch.export.timing.measure_in_runtime`); returns
+    ``LatencyTable.to_json()`` plus ``node_id``."""
+    from exitsearch.export.timing import measure_in_runtime
 
     _threads(threads)
     bb = _load_backbone(backbone, weights, weights_sha256)
-    table = measure_latency(bb, device, batch_size, warmup=warmup, repeats=repeats)
+    table = measure_in_runtime(bb, [], device, batch_size, warmup=warmup, repeats=repeats).table
     return {**table.to_json(), "node_id": node_id()}
 
 
