@@ -195,7 +195,7 @@ def profile(
 
     for t in tables:
         console.print(
-            f"batch {t.batch_size} on {t.device_name}: parts sum to {t.parts_ms:.3f} ms, "
+            f"batch {t.batch_size} on {t.device_name} ({engine}): parts sum to {t.parts_ms:.3f} ms, "
             f"full forward {t.full_ms:.3f} ms (median of {t.repeats}, {t.threads} threads)"
         )
         console.print(
