@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from exitsearch._memory import check_fits_in_memory
 from exitsearch.backbone.adapter import Backbone
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.criteria import create_criterion
@@ -42,7 +41,7 @@ from exitsearch.export.runtime import MultiExitModel
 from exitsearch.export.staged import BOOKKEEPING
 from exitsearch.heads import HeadContext
 from exitsearch.heads.registry import create_head
-from exitsearch.profile.latency import LatencyTable, resolve_device, time_call
+from exitsearch.profile.latency import LatencyTable, check_timing, resolve_device, time_call
 
 __all__ = ["ENGINES", "RuntimeLatency", "measure_in_runtime", "probe_layout"]
 
@@ -168,26 +167,8 @@ def measure_in_runtime(
         raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "onnx" and device != "cpu":
         raise ConfigError(f"the ONNX runtime runs on the CPU, not on {device!r}")
-    if batch_size < 1:
-        raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(
-            f"`repeats >= 1` and `warmup >= 0` must hold, but got ({repeats=}, {warmup=})"
-        )
-    check_fits_in_memory(
-        # the input, and a block's tokens in and out with its activations (about four states)
-        batch_size
-        * 4
-        * (
-            backbone.in_chans * backbone.img_size[0] * backbone.img_size[1]
-            + 4
-            * max(
-                backbone.state_tokens(m) * backbone.state_dim(m) for m in range(backbone.depth + 1)
-            )
-        ),
-        f"latency at batch size {batch_size}",
-        "choose a smaller --batch-size",
-    )
+    # the input, and a block's tokens in and out with its activations (about four states)
+    check_timing(backbone, batch_size, warmup, repeats, states=4)
     dev = resolve_device(device)
     bb = backbone.to(dev).eval()
     ctx = HeadContext.from_backbone(bb)

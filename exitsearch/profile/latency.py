@@ -24,6 +24,7 @@ __all__ = [
     "EXIT_DECISION",
     "EXIT_FIXED",
     "LatencyTable",
+    "check_timing",
     "measure_latency",
     "parts_note",
     "resolve_device",
@@ -80,6 +81,29 @@ def parts_note(lat: LatencyTable) -> str | None:
     )
 
 
+def check_timing(
+    backbone: Backbone, batch_size: int, warmup: int, repeats: int, states: int
+) -> None:
+    """Refuse a batch size or repeat count below 1, a negative warm-up, and a batch whose input
+    and ``states`` hidden states of the backbone's largest shape do not fit in memory."""
+    if batch_size < 1:
+        raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(
+            f"`repeats >= 1` and `warmup >= 0` must hold, but got ({repeats=}, {warmup=})"
+        )
+    largest = max(
+        backbone.state_tokens(m) * backbone.state_dim(m) for m in range(backbone.depth + 1)
+    )
+    check_fits_in_memory(
+        batch_size
+        * 4
+        * (backbone.in_chans * backbone.img_size[0] * backbone.img_size[1] + states * largest),
+        f"latency at batch size {batch_size}",
+        "choose a smaller --batch-size",
+    )
+
+
 def measure_latency(
     backbone: Backbone,
     device: str = "cpu",
@@ -88,25 +112,8 @@ def measure_latency(
     repeats: int = 10,
 ) -> LatencyTable:
     """Time the stem, each block and the head of ``backbone`` at ``batch_size`` on ``device``."""
-    if batch_size < 1:
-        raise ConfigError(f"`batch_size >= 1` must hold, but got batch_size={batch_size}")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(
-            f"`repeats >= 1` and `warmup >= 0` must hold, but got ({repeats=}, {warmup=})"
-        )
-    check_fits_in_memory(
-        # the input, and every block's tokens kept for timing the blocks one by one
-        batch_size
-        * 4
-        * (
-            backbone.in_chans * backbone.img_size[0] * backbone.img_size[1]
-            + sum(
-                backbone.state_tokens(m) * backbone.state_dim(m) for m in range(backbone.depth + 1)
-            )
-        ),
-        f"latency at batch size {batch_size}",
-        "choose a smaller --batch-size",
-    )
+    # the input, and every block's tokens kept for timing the blocks one by one
+    check_timing(backbone, batch_size, warmup, repeats, states=backbone.depth + 1)
     dev = resolve_device(device)
     bb = backbone.to(dev).eval()
     x = torch.randn(batch_size, bb.in_chans, *bb.img_size, device=dev)
