@@ -38,7 +38,7 @@ def test_a_millisecond_budget_carries_the_note():
     costs = SimpleNamespace(latency=_table(10.6))
     _, constraint, note = resolve_budget(parse_budget("0.4ms"), "mean", costs, 1.0, min_exit_ms=0.1)
     assert constraint.ms == pytest.approx(0.4)
-    assert note is not None and "whole backbone took 2.65 ms" in note
+    assert note is not None and "a plain forward of the backbone took 2.65 ms" in note
     # above the parts' sum, both notes
     _, _, note = resolve_budget(parse_budget("0.6ms"), "mean", costs, 1.0, min_exit_ms=0.1)
     assert "understated" in note and "above the backbone's own 0.5 ms" in note
