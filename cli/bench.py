@@ -182,6 +182,23 @@ def print_report(report: BenchReport) -> None:
         "for the exits these samples took; ratio: speed-up / FLOPs",
         highlight=False,
     )
+    predicted = [r for r in report.rows if r.predicted_sample_ms is not None]
+    if predicted:
+        console.print(
+            "predicted in ms: a latency table timed inside the same runtime just after, for the "
+            "exits these samples took; measured: total time over the rounds per sample; "
+            "speed-ups: the backbone's total time over the exported model's in the same "
+            "rounds, against the one the table predicts (ratio)",
+            highlight=False,
+        )
+    for r in predicted:
+        console.print(
+            f"{r.label}: {r.predicted_sample_ms:.4g} ms per sample predicted, "
+            f"{r.measured_sample_ms:.4g} measured ({r.measured_sample_ms / r.predicted_sample_ms:.2f}); "
+            f"speed-up {r.total_speedup:.2f}x of {r.predicted_speedup_ms:.2f}x predicted "
+            f"({r.total_speedup / r.predicted_speedup_ms:.2f})",
+            highlight=False,
+        )
     for note in report.notes:
         err_console.print(f"note: {escape(note)}", highlight=False)
     for r in report.rows:

@@ -20,7 +20,7 @@ model; configurations without pausing take the plain path, unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "BlockCost",
     "CostModel",
     "LatencyTable",
+    "latency_exit_ms",
     "pause_key",
 ]
 
@@ -193,6 +194,26 @@ def pause_key(pause: Mapping[int, float]) -> str:
     return ",".join(f"{int(k)}:{float(v):g}" for k, v in sorted(dict(pause).items()))
 
 
+def latency_exit_ms(
+    table: LatencyTable, head_ms: Sequence[float], locations: Sequence[int], cut: bool = False
+) -> np.ndarray:
+    """Per-sample milliseconds of leaving at each early exit, then at the final exit (absent
+    when ``cut``), from a latency table and the per-sample milliseconds of each exit's head.
+
+    Besides the parts (stem, blocks, heads, final head), a sample pays the runtime's decision at
+    every early exit it passes and a fixed share of its batch, when the table measured them
+    (:data:`EXIT_DECISION`, :data:`EXIT_FIXED`)."""
+    lat = table.per_sample()
+    cum = lat.stem_ms + np.cumsum(lat.block_ms)
+    heads = np.cumsum(np.asarray(head_ms, dtype=np.float64))
+    decided = lat.exit_decision_ms * np.arange(1, len(heads) + 1, dtype=np.float64)
+    early = cum[np.asarray(locations, dtype=np.int64) - 1] + heads + decided
+    if not cut:
+        passed = (heads[-1] + decided[-1]) if len(heads) else 0.0
+        early = np.append(early, cum[-1] + lat.head_ms + passed)
+    return early + lat.exit_fixed_ms
+
+
 @dataclass(frozen=True)
 class CostModel:
     """FLOPs (and optionally milliseconds) of backbone parts and of every candidate head.
@@ -291,24 +312,14 @@ class CostModel:
         return np.append(early, final)
 
     def exit_ms(self, config: ExitConfig) -> np.ndarray | None:
-        """Per-sample milliseconds of leaving at each exit, if a latency table is known
-        (None for pause configurations: the table was measured without pausing).
-
-        Besides the parts (stem, blocks, heads, final head), a sample pays the runtime's
-        decision at every early exit it passes and a fixed share of its batch, when the table
-        measured them (:data:`~exitsearch.profile.latency.EXIT_DECISION`, ``EXIT_FIXED``).
-        """
+        """Per-sample milliseconds of leaving at each exit (:func:`latency_exit_ms`), if a
+        latency table is known (None for pause configurations: the table was measured without
+        pausing)."""
         if self.latency is None or config.pause:
             return None
-        lat = self.latency.per_sample()
-        cum = lat.stem_ms + np.cumsum(lat.block_ms)
-        heads = np.cumsum(self._heads(config, self.head_ms, "latency"))
-        decided = lat.exit_decision_ms * np.arange(1, len(heads) + 1, dtype=np.float64)
-        early = cum[np.asarray(config.locations, dtype=np.int64) - 1] + heads + decided
-        if not config.cut:
-            passed = (heads[-1] + decided[-1]) if len(heads) else 0.0
-            early = np.append(early, cum[-1] + lat.head_ms + passed)
-        return early + lat.exit_fixed_ms
+        return latency_exit_ms(
+            self.latency, self._heads(config, self.head_ms, "latency"), config.locations, config.cut
+        )
 
     def cheapest_exit_flops(self, keys: list[str], locations: list[int]) -> float:
         """The least any configuration can cost: one early exit, every sample leaving there."""

@@ -8,7 +8,9 @@ round runs both on the same batch, in alternating order. Reported: the median ti
 each, the measured speed-up as the median of the per-round ratios (backbone time over exported
 time, paired within a round) with a distribution-free 95 % interval, the speed-up the FLOPs
 predict for exactly the samples that ran (``backbone FLOPs / mean FLOPs of their exits``), and
-where the time goes (stem, each segment of blocks, each head, the exit bookkeeping). The load
+where the time goes (stem, each segment of blocks, each head, the exit bookkeeping), and the
+milliseconds a latency table timed inside the same runtime just after predicts for those exits
+(:mod:`exitsearch.export.timing`), set against the totals the rounds measured. The load
 average before the run is recorded; a busy machine gets a note, since its ratios move from run
 to run.
 
@@ -28,7 +30,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,9 +38,11 @@ import torch
 
 from exitsearch._io import portable_path
 from exitsearch._memory import check_fits_in_memory
+from exitsearch.core.costs import latency_exit_ms
 from exitsearch.core.task import Task
 from exitsearch.errors import ConfigError, DataError
 from exitsearch.export.runtime import ExitOutput, MultiExitModel
+from exitsearch.export.timing import measure_in_runtime
 from exitsearch.intervals import median_interval
 from exitsearch.profile.latency import resolve_device
 
@@ -74,6 +78,16 @@ class BenchRow:
         round_ms: the exported model's milliseconds in each round (a pass in stream mode).
         round_exit_counts: samples per exit in each round (a pass in stream mode), to set
             each round's time against a prediction for the exits its samples took.
+        predicted_sample_ms: milliseconds per sample that a latency table timed inside this
+            runtime on this machine just after predicts for the exits the samples took
+            (:mod:`exitsearch.export.timing`), at batch 1 and in stream mode, where every stage
+            runs on full batches as the table's parts do; None otherwise and for pause
+            configurations.
+        measured_sample_ms: the exported model's total time over the rounds per sample.
+        total_speedup: the backbone's total time over the exported model's, in the same rounds.
+        predicted_speedup_ms: the table's plain backbone forward over ``predicted_sample_ms``:
+            the speed-up predicted in milliseconds, to set ``total_speedup`` against (both are
+            paired, so a machine that speeds up or slows down moves neither).
         predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
         mean_flops: that mean, per sample.
         exit_counts: samples per exit over the timed batches.
@@ -102,6 +116,10 @@ class BenchRow:
     round_speedups: list[float] = field(default_factory=list)
     round_ms: list[float] = field(default_factory=list)
     round_exit_counts: list[list[int]] = field(default_factory=list)
+    predicted_sample_ms: float | None = None
+    measured_sample_ms: float | None = None
+    total_speedup: float | None = None
+    predicted_speedup_ms: float | None = None
 
     @property
     def label(self) -> str:
@@ -304,7 +322,64 @@ def benchmark(
                         scorer,
                     )
                 )
+    if not model.config.pause:
+        _predict_ms(report, model, device, onnx_model)
     return report
+
+
+def _predict_ms(
+    report: BenchReport, model: MultiExitModel, device: str, onnx_model: Any | None
+) -> None:
+    """Set every row against the milliseconds a latency table predicts for the exits its
+    samples took, the table timed inside the row's runtime at its batch size just now."""
+    exits = list(model.config.exits)
+    engines = {"torch": device} if onnx_model is None else {"torch": device, "onnx": "cpu"}
+    shared = onnx_model is not None and str(onnx_model.thread_pool).startswith("shared")
+    for b in sorted({r.batch_size for r in report.rows}):
+        for engine, dev in engines.items():
+            # the table's parts run on full batches: what batch 1 and stream mode run, not a
+            # batch that thins out exit by exit
+            rows = [
+                i
+                for i, r in enumerate(report.rows)
+                if (r.batch_size, r.engine) == (b, engine) and (b == 1 or r.mode == "stream")
+            ]
+            if not rows:
+                continue
+            rt = measure_in_runtime(
+                model.backbone,
+                exits,
+                dev,
+                b,
+                task=model.task.name,
+                engine=engine,
+                shared_threads=shared,
+            )
+            exit_ms = latency_exit_ms(
+                rt.table,
+                [rt.heads_ms[s.key] / b for s in exits],
+                model.config.locations,
+                model.config.cut,
+            )
+            for i in rows:
+                report.rows[i] = _with_prediction(report.rows[i], exit_ms, rt.table.full_ms / b)
+
+
+def _with_prediction(row: BenchRow, exit_ms: np.ndarray, backbone_ms: float) -> BenchRow:
+    """``row`` with its totals over the rounds per sample against the prediction ``exit_ms``
+    (per sample, by exit) and the backbone's predicted ``backbone_ms`` per sample."""
+    counts = np.asarray(row.round_exit_counts, dtype=np.float64)
+    model_ms = np.asarray(row.round_ms, dtype=np.float64)
+    predicted = float((counts @ exit_ms).sum() / counts.sum())
+    # each round's backbone time is its speed-up times the model's time in that round
+    backbone_total = float((np.asarray(row.round_speedups) * model_ms).sum())
+    return replace(
+        row,
+        predicted_sample_ms=predicted,
+        measured_sample_ms=float(model_ms.sum() / counts.sum()),
+        total_speedup=backbone_total / float(model_ms.sum()),
+        predicted_speedup_ms=backbone_ms / predicted,
+    )
 
 
 def _load() -> tuple[list[float] | None, int]:

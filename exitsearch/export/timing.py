@@ -173,7 +173,9 @@ def measure_in_runtime(
     bb = backbone.to(dev).eval()
     ctx = HeadContext.from_backbone(bb)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    x = torch.randn(batch_size, bb.in_chans, *bb.img_size, device=dev)
+    # inputs of the probe's own generator: measuring leaves the global random state alone
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, bb.in_chans, *bb.img_size, generator=gen).to(dev)
     threads = torch.get_num_threads()
     tmp = tempfile.TemporaryDirectory(prefix="exitsearch-probe-") if engine == "onnx" else None
 

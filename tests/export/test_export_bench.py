@@ -59,6 +59,17 @@ def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
         assert parts[0] == "stem" and "blocks 1-1" in parts and BOOKKEEPING in parts
         assert f"head {SPECS[0].key}" in parts
         assert sum(p.share for p in row.parts) == pytest.approx(1.0)
+        # each round kept, and the totals over them set against a table timed in the runtime
+        assert len(row.round_ms) == 4 and len(row.round_exit_counts) == 4
+        assert [sum(c) for c in row.round_exit_counts] == [row.batch_size] * 4
+        assert np.sum(row.round_exit_counts, axis=0).tolist() == row.exit_counts
+        if row.batch_size == 1:
+            assert row.measured_sample_ms == pytest.approx(sum(row.round_ms) / 4)
+            backbone = sum(s * m for s, m in zip(row.round_speedups, row.round_ms, strict=True))
+            assert row.total_speedup == pytest.approx(backbone / sum(row.round_ms))
+            assert row.predicted_sample_ms > 0 and row.predicted_speedup_ms > 0
+        else:  # a batch thinning out exit by exit is not what a table's parts time
+            assert row.predicted_sample_ms is None and row.total_speedup is None
     doc = report.to_json()
     assert doc["rows"][0]["parts"][0]["part"] == "stem"
     assert report.cpus >= 1 and (report.load_average is None or len(report.load_average) == 3)
@@ -91,6 +102,10 @@ def test_stream_mode_runs_the_same_batches_as_one_stream(bundle: Path):
     parts = [p.part for p in stream.parts]
     assert parts[0] == "stem" and BOOKKEEPING in parts
     assert sum(p.share for p in stream.parts) == pytest.approx(1.0)
+    # every pass runs the same exits; the stream, on full batches, is set against the table
+    assert stream.round_exit_counts == [stream.exit_counts] * 2
+    assert stream.measured_sample_ms == pytest.approx(sum(stream.round_ms) / (2 * 32))
+    assert stream.predicted_sample_ms > 0 and batch.predicted_sample_ms is None
     with pytest.raises(ConfigError, match="stream_repeats >= 1"):
         benchmark(model, (8,), stream_repeats=0)
 
