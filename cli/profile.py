@@ -98,11 +98,13 @@ def profile(
     tables = []
     if sizes:
         from exitsearch.device import resolve_device
-        from exitsearch.export.timing import measure_in_runtime
+        from exitsearch.export.timing import check_request, measure_in_runtime
 
         device = str(resolve_device(device).device)
         if engine == "onnx" and device != "cpu":
             raise ConfigError(f"--engine onnx runs on the CPU; got --device {device}")
+        for b in sizes:  # every size refused or accepted before any is measured
+            check_request(bb, device, b, warmup, repeats, engine)
         candidates = []
         if out is not None:
             from exitsearch.search.space import load_search_space

@@ -43,7 +43,7 @@ from exitsearch.heads import HeadContext
 from exitsearch.heads.registry import create_head
 from exitsearch.profile.latency import LatencyTable, check_timing, resolve_device, time_call
 
-__all__ = ["ENGINES", "RuntimeLatency", "measure_in_runtime", "probe_layout"]
+__all__ = ["ENGINES", "RuntimeLatency", "check_request", "measure_in_runtime", "probe_layout"]
 
 ENGINES = ("torch", "onnx")
 
@@ -140,6 +140,28 @@ def _spans(call: Call, x: Any, sync: Callable[[], None]) -> tuple[float, list[tu
     return whole, [(p, (t - s) * 1e3) for (p, t), s in zip(marks, starts, strict=True)]
 
 
+def check_request(
+    backbone: Backbone,
+    device: str,
+    batch_size: int,
+    warmup: int = 3,
+    repeats: int = 10,
+    engine: str = "torch",
+) -> None:
+    """Refuse what :func:`measure_in_runtime` cannot measure, before anything runs.
+
+    Raises:
+        ConfigError: an unknown engine, ONNX on another device than the CPU, a batch size or
+            repeat count below 1, or a batch that does not fit in memory.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "onnx" and device != "cpu":
+        raise ConfigError(f"the ONNX runtime runs on the CPU, not on {device!r}")
+    # the input, and a block's tokens in and out with its activations (about four states)
+    check_timing(backbone, batch_size, warmup, repeats, states=4)
+
+
 def measure_in_runtime(
     backbone: Backbone,
     specs: Sequence[HeadSpec],
@@ -163,12 +185,7 @@ def measure_in_runtime(
         ConfigError: a batch size or repeat count below 1, an unknown engine, ONNX on another
             device than the CPU, or an unavailable device.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if engine == "onnx" and device != "cpu":
-        raise ConfigError(f"the ONNX runtime runs on the CPU, not on {device!r}")
-    # the input, and a block's tokens in and out with its activations (about four states)
-    check_timing(backbone, batch_size, warmup, repeats, states=4)
+    check_request(backbone, device, batch_size, warmup, repeats, engine)
     dev = resolve_device(device)
     bb = backbone.to(dev).eval()
     ctx = HeadContext.from_backbone(bb)
