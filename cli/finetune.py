@@ -191,7 +191,7 @@ def finetune(
 
     Trains its exits, heads and backbone, re-fits its thresholds on validation and write a new bundle plus a report. Interrupted runs
     resume from the last epoch when rerun."""
-    from exitsearch.finetune import Recipe, list_samplers, make_recipe
+    from exitsearch.finetune import Recipe, list_strategies, make_recipe
     from exitsearch.finetune.job import finetune as run_finetune
 
     if recipe is not None:
@@ -221,7 +221,7 @@ def finetune(
         if bundle is None:
             raise ConfigError("give a BUNDLE folder (or --recipe FILE)")
         if strategy is None:
-            raise ConfigError(f"give --strategy; known: {', '.join(list_samplers())}")
+            raise ConfigError(f"give --strategy; known: {', '.join(list_strategies())}")
         plan = make_recipe(
             bundle,
             strategy,

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from exitsearch.finetune.registry import (
         create_strategy,
         get_strategy_class,
-        list_samplers,
+        list_strategies,
         register_sampler,
     )
     from exitsearch.finetune.report import finetune_report, write_comparison
@@ -75,7 +75,7 @@ __all__ = [
     "finetune",
     "finetune_report",
     "get_strategy_class",
-    "list_samplers",
+    "list_strategies",
     "load_checkpoint",
     "make_recipe",
     "refit_operating_points",
@@ -113,7 +113,7 @@ __getattr__, __dir__ = lazy_exports(
         "finetune": "exitsearch.finetune.job",
         "finetune_report": "exitsearch.finetune.report",
         "get_strategy_class": "exitsearch.finetune.registry",
-        "list_samplers": "exitsearch.finetune.registry",
+        "list_strategies": "exitsearch.finetune.registry",
         "load_checkpoint": "exitsearch.finetune.trainer",
         "make_recipe": "exitsearch.finetune.job",
         "refit_operating_points": "exitsearch.finetune.evaluate",

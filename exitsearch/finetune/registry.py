@@ -12,7 +12,7 @@ __all__ = [
     "REGISTRY",
     "create_strategy",
     "get_strategy_class",
-    "list_samplers",
+    "list_strategies",
     "register_sampler",
 ]
 
@@ -42,7 +42,7 @@ def register_sampler(name: str) -> Callable[[S], S]:
     return wrap
 
 
-def list_samplers() -> list[str]:
+def list_strategies() -> list[str]:
     return REGISTRY.names()
 
 

@@ -15,7 +15,7 @@ from exitsearch.finetune import (
     PAPER_STRATEGIES,
     MultiExitNet,
     create_strategy,
-    list_samplers,
+    list_strategies,
     load_checkpoint,
     train_configuration,
 )
@@ -61,7 +61,7 @@ def _train(world: FinetuneWorld, bundle: Path, name: str, tmp_path: Path, settin
 
 # ------------------------------------------------------------------------ registry
 def test_registry_knows_the_papers_strategies():
-    assert set(PAPER_STRATEGIES) <= set(list_samplers())
+    assert set(PAPER_STRATEGIES) <= set(list_strategies())
 
 
 def test_unknown_strategy_lists_the_known_ones():
