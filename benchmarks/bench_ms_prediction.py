@@ -32,7 +32,7 @@ import torch
 from exitsearch._io import atomic_write_json, read_json
 from exitsearch.core.costs import CostModel
 from exitsearch.export import benchmark, export_bundle, load_bundle
-from exitsearch.export.bench import BenchRow, bench_inputs
+from exitsearch.export.bench import against_prediction, bench_inputs
 from exitsearch.export.bundle import load_onnx_bundle
 from exitsearch.export.timing import measure_in_runtime
 from exitsearch.heads import HeadContext, measure_heads_latency
@@ -51,22 +51,6 @@ def _members(run: Path, n: int) -> list[int]:
             break
         picks.add(ids[i])
     return sorted(picks)
-
-
-def _ratio(row: BenchRow, exit_ms: np.ndarray) -> tuple[float, float, float, float]:
-    """``(measured / predicted, predicted ms, measured ms, median per-round ratio)`` per
-    sample: the ms are totals over the rounds divided by the samples they ran (what a user's
-    images per second are), the prediction for each round the exits its samples took."""
-    counts = np.asarray(row.round_exit_counts, dtype=np.float64)
-    n = counts.sum(axis=1)
-    predicted = counts @ exit_ms
-    measured = np.asarray(row.round_ms)
-    return (
-        float(measured.sum() / predicted.sum()),
-        float(predicted.sum() / n.sum()),
-        float(measured.sum() / n.sum()),
-        float(np.median(measured / predicted)),
-    )
 
 
 def main() -> None:
@@ -146,17 +130,16 @@ def main() -> None:
                             onnx_model=onnx.get(i) if engine == "onnx" else None,
                             stream=batch > 1,
                             stream_repeats=5,
+                            predict_ms=False,  # set against this benchmark's own tables
                         )
                         mode = "stream" if batch > 1 else "batch"
                         row = next(r for r in report.rows if r.engine == engine and r.mode == mode)
-                        model_ms = np.asarray(row.round_ms)
-                        # each round's backbone time is its speed-up times the model's time
-                        speedup = float(
-                            (np.asarray(row.round_speedups) * model_ms).sum() / model_ms.sum()
-                        )
-                        ratio, predicted, measured, per_round = _ratio(
-                            row, costs.exit_ms(model.config)
-                        )
+                        exit_ms = costs.exit_ms(model.config)
+                        row = against_prediction(row, exit_ms, rt.table.full_ms / batch)
+                        predicted, measured = row.predicted_sample_ms, row.measured_sample_ms
+                        ratio, speedup = measured / predicted, row.total_speedup
+                        counts = np.asarray(row.round_exit_counts, dtype=np.float64)
+                        per_round = float(np.median(np.asarray(row.round_ms) / (counts @ exit_ms)))
                         out = {
                             "member": i,
                             "engine": engine,
@@ -178,12 +161,15 @@ def main() -> None:
                             # a paired speed-up is free of that drift: the backbone's total
                             # time over the model's in the same rounds, against predicted in ms
                             "measured_speedup": speedup,
-                            "predicted_speedup_ms": rt.table.full_ms / batch / predicted,
-                            "realised": speedup * predicted * batch / rt.table.full_ms,
+                            "predicted_speedup_ms": row.predicted_speedup_ms,
+                            "realised": speedup / row.predicted_speedup_ms,
                         }
                         note = ""
                         if alone is not None:
-                            before = _ratio(row, alone.exit_ms(model.config))[0]
+                            before = against_prediction(
+                                row, alone.exit_ms(model.config), rt.table.full_ms / batch
+                            )
+                            before = before.measured_sample_ms / before.predicted_sample_ms
                             out["ratio_parts_alone"] = before
                             note = f"; parts timed alone {before:.2f}x"
                         rows.append(out)

@@ -83,8 +83,10 @@ def profile(
         raise ConfigError(
             f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}"
         )
-    if engine not in ("torch", "onnx"):
-        raise ConfigError(f"--engine takes torch or onnx, got {engine!r}")
+    from exitsearch.export.timing import ENGINES
+
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine takes {' or '.join(ENGINES)}, got {engine!r}")
     if save is not None:  # before measuring: a wrong path would throw the measurement away
         check_output_file(save, "--save")
     if out is not None:

@@ -46,7 +46,14 @@ from exitsearch.export.timing import measure_in_runtime
 from exitsearch.intervals import median_interval
 from exitsearch.profile.latency import resolve_device
 
-__all__ = ["BenchReport", "BenchRow", "PartTime", "bench_inputs", "benchmark"]
+__all__ = [
+    "BenchReport",
+    "BenchRow",
+    "PartTime",
+    "against_prediction",
+    "bench_inputs",
+    "benchmark",
+]
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,7 @@ def benchmark(
     onnx_model: Any | None = None,
     stream: bool = True,
     stream_repeats: int = 5,
+    predict_ms: bool = True,
 ) -> BenchReport:
     """Time ``model`` against its backbone at each batch size (and its ONNX twin, if given).
 
@@ -212,7 +220,9 @@ def benchmark(
     cyclically when fewer exist) through both models, alternating which goes first. With
     ``stream``, at each batch size above 1 the whole pool also runs as one stream
     (:meth:`MultiExitModel.predict`) against the backbone on the same batches,
-    ``stream_repeats`` times, alternating which goes first.
+    ``stream_repeats`` times, alternating which goes first. With ``predict_ms``, the batch-1
+    and stream rows are set against a latency table timed inside their runtime right after
+    (:func:`against_prediction`).
 
     Raises:
         ConfigError: a batch size or repeat count below 1, or an unavailable device.
@@ -322,7 +332,7 @@ def benchmark(
                         scorer,
                     )
                 )
-    if not model.config.pause:
+    if predict_ms and not model.config.pause:
         _predict_ms(report, model, device, onnx_model)
     return report
 
@@ -362,10 +372,10 @@ def _predict_ms(
                 model.config.cut,
             )
             for i in rows:
-                report.rows[i] = _with_prediction(report.rows[i], exit_ms, rt.table.full_ms / b)
+                report.rows[i] = against_prediction(report.rows[i], exit_ms, rt.table.full_ms / b)
 
 
-def _with_prediction(row: BenchRow, exit_ms: np.ndarray, backbone_ms: float) -> BenchRow:
+def against_prediction(row: BenchRow, exit_ms: np.ndarray, backbone_ms: float) -> BenchRow:
     """``row`` with its totals over the rounds per sample against the prediction ``exit_ms``
     (per sample, by exit) and the backbone's predicted ``backbone_ms`` per sample."""
     counts = np.asarray(row.round_exit_counts, dtype=np.float64)
