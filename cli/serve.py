@@ -39,6 +39,14 @@ def serve(
             "load balancer in front) or HeadOnly."
         ),
     ] = "EveryNode",
+    ingress: Annotated[
+        str,
+        typer.Option(
+            help="direct: each replica listens on its own port (--port, --port + 1, ...), no "
+            "proxy in between (local Ray only); proxy: Ray Serve's HTTP proxy on --port routes "
+            "to the replicas; auto: direct for one replica on a local Ray, else proxy."
+        ),
+    ] = "auto",
     replicas: Annotated[
         int, typer.Option(help="Model replicas (Ray spreads them over the cluster's nodes).")
     ] = 1,
@@ -125,6 +133,7 @@ def serve(
         top_k=top_k,
         backbone_only=backbone_only,
         proxy_location=proxy_location,
+        ingress=ingress,
     )
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     server = start_server(bundle, options)
@@ -178,6 +187,16 @@ def _print(server: Server) -> None:
         f"{o.replicas} on {'a local Ray' if server.local else o.ray_address}, "
         f"batches of up to {o.max_batch_size} ({o.batch_wait_ms:g} ms wait)",
     )
+    if server.ingress == "direct":
+        table.add_row(
+            "ingress",
+            "direct: the replica answers itself"
+            if len(server.urls) == 1
+            else "direct: one address per replica (put a load balancer in front): "
+            + ", ".join(server.urls),
+        )
+    else:
+        table.add_row("ingress", "Ray Serve's HTTP proxy")
     table.add_row(
         "predict",
         f"curl --data-binary @image.png -H 'Content-Type: image/png' {server.url}/predict",

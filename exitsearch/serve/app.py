@@ -26,7 +26,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ __all__ = ["ServeOptions", "Server", "start_server"]
 
 log = logging.getLogger("exitsearch.serve")
 APP_NAME = "exitsearch"
+INGRESS = ("auto", "direct", "proxy")
 _PUSH_PERIOD_S = 0.5
 
 
@@ -73,6 +74,11 @@ class ServeOptions:
         route_prefix: URL prefix of the application.
         proxy_location: ``EveryNode`` (an HTTP proxy on every node with a replica; put a load
             balancer in front) or ``HeadOnly``.
+        ingress: how requests reach a replica. ``direct``: each replica listens on its own
+            port (Ray Serve's direct ingress: ``port``, ``port + 1``, ...), with no proxy in
+            between; only on a local Ray this server starts. ``proxy``: Ray Serve's HTTP proxy
+            on ``port`` routes every request to a replica through a Ray actor call. ``auto``:
+            direct for one replica on a local Ray, else proxy.
     """
 
     host: str = "127.0.0.1"
@@ -93,6 +99,7 @@ class ServeOptions:
     backbone_only: bool = False
     route_prefix: str = "/"
     proxy_location: str = "EveryNode"
+    ingress: str = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -119,6 +126,13 @@ class ServeOptions:
         if self.proxy_location not in ("EveryNode", "HeadOnly"):
             raise ConfigError(
                 f"--proxy-location is EveryNode or HeadOnly, got {self.proxy_location!r}"
+            )
+        if self.ingress not in INGRESS:
+            raise ConfigError(f"--ingress is one of {', '.join(INGRESS)}, got {self.ingress!r}")
+        if self.ingress == "direct" and self.ray_address not in (None, "local"):
+            raise ConfigError(
+                "--ingress direct needs a local Ray started by the server; on a cluster "
+                "requests go through Ray Serve's HTTP proxy (--ingress proxy)"
             )
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"the route prefix must start with '/', got {self.route_prefix!r}")
@@ -447,13 +461,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # ---------------------------------------------------------------------------- driver
 @dataclass
 class Server:
-    """A running server (returned by :func:`start_server`)."""
+    """A running server (returned by :func:`start_server`).
+
+    Attributes:
+        url: where to send requests (the first replica's with direct ingress).
+        urls: every address that answers: one per replica with direct ingress, else the
+            proxy's.
+        ingress: ``direct`` or ``proxy`` (:attr:`ServeOptions.ingress`).
+    """
 
     url: str
     options: ServeOptions
     describe: dict[str, Any]
     local: bool
     hub: Any = None
+    ingress: str = "proxy"
+    urls: list[str] = field(default_factory=list)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
@@ -518,10 +541,14 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         )
     del model
     local = address is None or address == "local"
+    ingress = _choose_ingress(options, local)
+    ports = range(options.port, options.port + (options.replicas if ingress == "direct" else 1))
     if local:
-        _check_port(options.host, options.port)
+        for port in ports:
+            _check_port(options.host, port)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not its per-step INFO lines
-    connect(address or "local")
+    with _environment(_local_ray_env(options, ingress) if local else {}):
+        connect(address or "local")
     try:
         device = task_device(options.device)
         actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
@@ -540,9 +567,11 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         ray.get(hub.get.remote())  # alive and named before any replica looks for it
         opts = asdict(options)
         opts.update(device=device, operating_point=fixed, budget=None)
+        # With direct ingress Ray Serve still starts its proxy: on a port of its own, unused
+        proxy_port = _spare_port(options.host) if ingress == "direct" else options.port
         serve.start(
-            proxy_location=options.proxy_location,
-            http_options={"host": options.host, "port": options.port},
+            proxy_location="HeadOnly" if ingress == "direct" else options.proxy_location,
+            http_options={"host": options.host, "port": proxy_port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
         app = BundleServer.options(  # type: ignore[attr-defined]
@@ -564,8 +593,89 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         disconnect()
         raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
-    url = f"http://{host}:{options.port}{options.route_prefix.rstrip('/')}"
-    return Server(url=url, options=options, describe=describe, local=local, hub=hub)
+    prefix = options.route_prefix.rstrip("/")
+    if ingress == "direct":
+        listening = _direct_ports()
+        if sorted(listening) != list(ports):
+            stop = Server("", options, describe, local, hub)
+            stop.stop(timeout=5)
+            raise ConfigError(
+                f"the replicas listen on ports {sorted(listening)}, not {list(ports)}: "
+                "this Ray was not started for direct ingress"
+            )
+    urls = [f"http://{host}:{port}{prefix}" for port in ports]
+    return Server(
+        url=urls[0],
+        options=options,
+        describe=describe,
+        local=local,
+        hub=hub,
+        ingress=ingress,
+        urls=urls,
+    )
+
+
+def _choose_ingress(options: ServeOptions, local: bool) -> str:
+    """``direct`` or ``proxy`` (:attr:`ServeOptions.ingress`). Direct ingress is configured
+    where Ray starts (its environment), so it needs a local Ray that this server starts."""
+    fresh = local and not ray.is_initialized()
+    if options.ingress == "auto":
+        return "direct" if fresh and options.replicas == 1 else "proxy"
+    if options.ingress == "direct" and not fresh:
+        raise ConfigError(
+            "--ingress direct needs a local Ray started by the server, and this process is "
+            "already connected to one"
+        )
+    return options.ingress
+
+
+def _local_ray_env(options: ServeOptions, ingress: str) -> dict[str, str]:
+    """Environment of a local Ray for serving (Ray Serve reads these where it starts).
+
+    The replica runs its requests on its own event loop (no hand-off to a second thread); with
+    direct ingress each replica listens on the next port from ``options.port`` and no proxy
+    starts, and a stopping replica waits only for its requests in flight (:meth:`Server.stop`
+    has already refused new ones), not for a load balancer to notice."""
+    env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    if ingress == "direct":
+        env.update(
+            RAY_SERVE_ENABLE_DIRECT_INGRESS="1",
+            RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(options.port),
+            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(options.port + options.replicas),
+            RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="0",
+        )
+    return env
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process's environment for the block (the processes a local Ray
+    starts inherit it), then restored."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _direct_ports() -> list[int]:
+    """The HTTP ports this application's replicas listen on (direct ingress), from Ray
+    Serve's controller."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    return [
+        int(t["port"])
+        for group in details.get("target_groups", [])
+        if group.get("app_name") == APP_NAME
+        and str(getattr(group.get("protocol"), "value", group.get("protocol"))) == "HTTP"
+        for t in group.get("targets", [])
+    ]
 
 
 def _deploy_error(exc: BaseException) -> str:
@@ -579,6 +689,12 @@ def _deploy_error(exc: BaseException) -> str:
             if errors:
                 return errors[-1][:300]
     return " ".join(str(exc).split())[:300]
+
+
+def _spare_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _check_port(host: str, port: int) -> None:

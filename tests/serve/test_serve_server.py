@@ -95,6 +95,9 @@ def check_answers(model, pngs: list[bytes], answers: list[dict[str, Any]]) -> No
 
 
 def test_answers_equal_the_loaded_bundle(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    # one replica on a local Ray: it listens itself, on the port asked for
+    assert server.ingress == "direct" and server.urls == [server.url]
+    assert server.url == f"http://127.0.0.1:{server.options.port}"
     url = server.url + "/predict"
     with ThreadPoolExecutor(16) as pool:  # concurrent single-image requests: dynamic batches
         results = list(pool.map(lambda p: call(url, p), pngs))
@@ -292,6 +295,10 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         ServeOptions(operating_point=1, budget="40%")
     with pytest.raises(ConfigError, match="no operating points"):
         ServeOptions(backbone_only=True, slo_ms=10)
+    with pytest.raises(ConfigError, match="--ingress is one of"):
+        ServeOptions(ingress="haproxy")
+    with pytest.raises(ConfigError, match="needs a local Ray"):
+        ServeOptions(ingress="direct", ray_address="10.0.0.1:6379")
     with pytest.raises(BundleError):
         start_server(tmp_path / "missing", ServeOptions(port=free_port()))
     with pytest.raises(ConfigError, match="does not exist"):
@@ -301,6 +308,26 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"),
     ):
         start_server(bundle, ServeOptions(port=port))
+
+
+def test_direct_ingress_gives_every_replica_a_port(bundle: Path, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    port = free_port()
+    srv = start_server(
+        bundle, ServeOptions(port=port, replicas=2, cpus_per_replica=0.5, ingress="direct")
+    )
+    try:
+        assert srv.urls == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+        answers = [call(u + "/predict", pngs[i])[1] for i, u in enumerate(srv.urls)]
+        check_answers(model, pngs[:2], answers)
+        deadline = time.monotonic() + 10  # the other replica reports every 0.5 s
+        while "exitsearch_images_total 2" not in (text := call(srv.url + "/metrics")[1]):
+            assert time.monotonic() < deadline, text  # both replicas count into one /metrics
+            time.sleep(0.2)
+    finally:
+        srv.stop()
+    for u in srv.urls:
+        with pytest.raises(OSError):  # nothing listens any more
+            urllib.request.urlopen(u + "/healthz", timeout=5)
 
 
 class socket_held:
