@@ -2,20 +2,23 @@
 
 Usage::
 
-    python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-967 \
+    python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-1131 \
         --json-out results/serve/serve.json --plot results/serve/serve.png
 
-Everything runs on this machine over loopback: a local Ray with Ray Serve's HTTP proxy and one
-model replica (1 PyTorch thread), and an open-loop client in this process (aiohttp; Poisson
-arrivals at a fixed offered rate, as independent users would send them). Images are Fashion-MNIST test images (t10k) as PNG files, with their labels, so the
-accuracy served is measured too.
+Everything runs on this machine over loopback: a local Ray with Ray Serve (``--ingress``: by
+default direct, the replica listens itself; ``proxy`` sends requests through Ray Serve's HTTP
+proxy) and one model replica (1 PyTorch thread), and an open-loop client in this process
+(aiohttp; Poisson arrivals at a fixed offered rate, as independent users would send them).
+Images are Fashion-MNIST test images (t10k) as PNG files, with their labels, so the accuracy
+served is measured too.
 
 1. Rate sweeps, the backbone alone (``--backbone-only``) and the bundle at its default operating
    point, with one image per request and with ``--batch`` images per request (a JSON batch):
    offered rates rising by ``--step`` until the server falls behind (achieved below 0.9 of
    sent, fewer than 0.98 answered, or p99 above 1 s). The sustainable rate of each is the
    highest offered rate at which it answers at least 0.98 of the requests and its p99 stays
-   within ``--p99-ms``.
+   within ``--p99-ms``; ``--refine`` more steps halve the (geometric) gap between it and the
+   next rate tried.
 2. Overload: twice the backbone's saturating throughput, sent to the bundle with a fixed
    operating point and with the latency target ``--slo-ms`` on: p99, requests refused, accuracy
    served and the operating points used.
@@ -170,15 +173,26 @@ def sweep(
         rate = start_rate
         for i in range(args.max_steps):
             step = asyncio.run(offered_load(url, rate, args.seconds, requests, i))
+            step["ingress"] = server.ingress
             steps.append(step)
             print(_line(("backbone" if options.backbone_only else "bundle"), step), flush=True)
             behind = step["achieved_per_s"] < 0.9 * step["sent_per_s"]
             if behind or step["answered_fraction"] < 0.98 or step["p99_ms"] > 1000:
                 break
             rate *= args.step
+        for i in range(args.refine):  # halve the gap (geometric) around the sustainable rate
+            ok = sustainable(steps, args.p99_ms)
+            above = [s["offered_per_s"] for s in steps if s["offered_per_s"] > ok]
+            if not ok or not above:
+                break
+            rate = (ok * min(above)) ** 0.5
+            step = asyncio.run(offered_load(url, rate, args.seconds, requests, 100 + i))
+            step["ingress"] = server.ingress
+            steps.append(step)
+            print(_line(("backbone" if options.backbone_only else "bundle"), step), flush=True)
     finally:
         server.stop()
-    return steps
+    return sorted(steps, key=lambda s: s["offered_per_s"])
 
 
 def sustainable(steps: list[dict[str, Any]], p99_ms: float) -> float:
@@ -287,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-rate", type=float, default=40.0, help="images per second")
     ap.add_argument("--batch", type=int, default=16, help="images per request, second sweep")
     ap.add_argument("--step", type=float, default=1.3)
+    ap.add_argument(
+        "--refine", type=int, default=2, help="steps that narrow down the sustainable rate"
+    )
+    ap.add_argument(
+        "--ingress", default="auto", help="auto, direct or proxy (exitsearch serve --ingress)"
+    )
     ap.add_argument("--max-steps", type=int, default=12)
     ap.add_argument("--p99-ms", type=float, default=100.0, help="for the sustainable rate")
     ap.add_argument("--slo-ms", type=float, default=100.0, help="latency target under overload")
@@ -303,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
         "threads": 1,
+        "ingress": args.ingress,
     }
     t0 = time.time()
     result: dict[str, Any] = {
@@ -311,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_average_before": list(os.getloadavg()),
         "python": sys.version.split()[0],
-        "setup": "loopback; local Ray, Ray Serve HTTP proxy, 1 replica with 1 PyTorch thread; "
-        "open-loop aiohttp client (Poisson arrivals) on the same 2 cores",
+        "setup": f"loopback; local Ray, Ray Serve with --ingress {args.ingress}, 1 replica with "
+        "1 PyTorch thread; open-loop aiohttp client (Poisson arrivals) on the same 2 cores",
+        "ingress": args.ingress,
         "images": f"Fashion-MNIST t10k, first {args.images}",
         "images_per_request": modes,
         "seconds_per_step": args.seconds,

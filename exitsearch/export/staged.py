@@ -20,6 +20,7 @@ in changes.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from exitsearch.errors import ConfigError
 from exitsearch.pausing.pause import PausedTokens
 
-__all__ = ["BOOKKEEPING", "ExitOutput", "Flight", "Outputs", "Staged", "Tick"]
+__all__ = ["BOOKKEEPING", "ExitOutput", "Flight", "OpenStream", "Outputs", "Staged", "Tick"]
 
 Tick = Callable[[str], None]
 """Called after each part of a forward pass with the part's name (profiling only)."""
@@ -334,6 +335,84 @@ class Staged(abc.ABC):
         if tick:
             tick(BOOKKEEPING)
         return survivors
+
+
+Left = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+"""Samples that left at one exit: ``(ids, logits, prediction, confidence, exit)``."""
+
+
+class OpenStream:
+    """Stream mode for inputs that arrive over time, such as a server's dynamic batches.
+
+    :meth:`push` enters a batch (the stem and stage 0) and then runs every stage whose queue
+    holds ``batch_size`` samples, the deepest first, as :meth:`Staged.predict` does; the
+    samples that go on stay in their queues for the next batches' company. Each push carries a
+    time stamp (a counter of the caller's), and :meth:`expire` runs, first stage to last, every
+    queue that holds a sample pushed before a given stamp, so the caller bounds how long a
+    sample waits (a stage it runs passes its survivors on to the next, which then runs too).
+    :meth:`flush` runs every partial queue. Each sample leaves at the exit :meth:`Staged.run`
+    gives it; callers identify samples by the ids they pass. The caller holds
+    :func:`torch.inference_mode`.
+    """
+
+    def __init__(self, model: Staged, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        stages = model.num_outcomes
+        self._queues: list[list[Flight]] = [[] for _ in range(stages)]
+        self._waiting = [0] * stages
+        self._oldest: list[float] = [math.inf] * stages  # earliest stamp waiting at each stage
+
+    @property
+    def in_flight(self) -> int:
+        """Samples waiting in front of a stage."""
+        return sum(self._waiting)
+
+    def push(self, x: torch.Tensor, first_id: int, stamp: float = 0.0) -> list[Left]:
+        """Enter ``x`` (its samples get ids ``first_id, first_id + 1, ...``) and run every
+        full stage; the samples (of this or earlier pushes) that left."""
+        out = Outputs(x.device, self.model.num_outcomes)
+        flight = self.model._enter(x, first_id, None)
+        self._pass_on(0, self.model._stage(0, flight, out, None), stamp)
+        while full := [
+            k for k in range(1, len(self._queues)) if self._waiting[k] >= self.batch_size
+        ]:
+            self._run(full[-1], out)
+        return out.parts
+
+    def expire(self, before: float) -> list[Left]:
+        """Run, first stage to last, every queue holding a sample pushed before ``before``."""
+        out = Outputs(torch.device("cpu"), self.model.num_outcomes)
+        for k in range(1, len(self._queues)):
+            while self._waiting[k] and self._oldest[k] < before:
+                self._run(k, out)
+        return out.parts
+
+    def flush(self) -> list[Left]:
+        """Run every partial queue, first stage to last, until nothing is in flight."""
+        return self.expire(math.inf)
+
+    def clear(self) -> None:
+        """Drop every sample in flight (after a failure)."""
+        for k in range(len(self._queues)):
+            self._queues[k], self._waiting[k], self._oldest[k] = [], 0, math.inf
+
+    def _run(self, k: int, out: Outputs) -> None:
+        flight, stamp = Flight.cat(self._queues[k]), self._oldest[k]
+        if len(flight) > self.batch_size:
+            flight, rest = flight.split(self.batch_size)
+            self._queues[k] = [rest]  # keeps the earliest stamp: runs no later than it should
+        else:
+            self._queues[k], self._oldest[k] = [], math.inf
+        self._waiting[k] -= len(flight)
+        self._pass_on(k, self.model._stage(k, flight, out, None), stamp)
+
+    def _pass_on(self, k: int, survivors: Flight | None, stamp: float) -> None:
+        if survivors is not None:
+            _queue(self._queues, self._waiting, k, survivors)
+            self._oldest[k + 1] = min(self._oldest[k + 1], stamp)
 
 
 def _queue(

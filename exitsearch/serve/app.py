@@ -204,7 +204,11 @@ class BundleServer:
         else:
             path = Path(source)
         model = load_bundle(path, device=opts["device"])
-        self.engine = ServingModel(model, backbone_only=bool(opts["backbone_only"]))
+        self.engine = ServingModel(
+            model,
+            backbone_only=bool(opts["backbone_only"]),
+            batch_size=int(opts["max_batch_size"]),
+        )
         start = self.engine.resolve_point(opts["operating_point"], opts["budget"])
         if start is not None:
             self.engine.set_default(start)
@@ -234,6 +238,9 @@ class BundleServer:
         self._run_batch.set_batch_wait_timeout_s(float(opts["batch_wait_ms"]) / 1000)
         self.metrics = Metrics()
         self.queued = 0  # images waiting for or in a model batch (the latency target's queue)
+        self.arrived = 0  # images handed to the batcher...
+        self.taken = 0  # ...and those it has passed on to the model
+        self.pending: dict[int, tuple[asyncio.Future[Any], int | None]] = {}  # id: answer, point
         self.in_flight = 0  # prediction requests between arrival and answer
         self.draining = False
         self.describe = dict(describe)
@@ -316,13 +323,15 @@ class BundleServer:
             top_k = req.top_k or int(self.opts["top_k"])
             pixels = self.engine.pixels(req.images)
             self.queued += n
+            self.arrived += n
             try:
                 if n == 1:
-                    answers = [await self._run_batch(_Item(pixels[0], point, top_k))]
+                    answers = [await (await self._run_batch(_Item(pixels[0], point, top_k)))]
                 else:
-                    answers = await asyncio.gather(
+                    futures = await asyncio.gather(
                         *(self._run_batch(_Item(pixels[i], point, top_k)) for i in range(n))
                     )
+                    answers = list(await asyncio.gather(*futures))
             finally:
                 self.queued -= n
         except RequestError as exc:
@@ -347,31 +356,67 @@ class BundleServer:
 
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _run_batch(self, items: list[_Item]) -> list[tuple[Any, int | None]]:
+    async def _run_batch(self, items: list[_Item]) -> list[asyncio.Future[Any]]:
+        """A dynamic batch: each item's future resolves to ``(answer, operating point)``.
+
+        The bundle's images enter the stream (:meth:`ServingModel.submit`), and what is still
+        in flight is drained when no other image waits for a batch; the backbone alone runs the
+        batch at once."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in items]
+        self.taken += len(items)
         chosen = self._choose_point()
         groups: dict[int | None, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(item.point if item.point is not None else chosen, []).append(i)
-        out: list[Any] = [None] * len(items)
-        for point, rows in groups.items():
-            pixels = np.stack([items[i].pixels for i in rows])
-            t0 = time.perf_counter()
-            # In the replica's own event loop: a thread of its own measured 1.5x slower (its
-            # hand-offs and the interpreter lock cost more than the small batches take)
-            answers = self.engine.infer(pixels, point, [items[i].top_k for i in rows])
-            seconds = time.perf_counter() - t0
-            used = self.engine.point
-            if self.target is not None and used is not None:
-                self.target.observe(used, len(rows), seconds)
-            self.metrics.observe("exitsearch_batch_size", len(rows))
-            self.metrics.inc("exitsearch_images_total", len(rows))
-            for i, a in zip(rows, answers, strict=True):
-                out[i] = (a, used)
-                self.metrics.inc("exitsearch_exits_total", exit=a.exit, block=a.block)
-            if used is not None:
-                self.metrics.inc("exitsearch_operating_point_images_total", len(rows), point=used)
+        t0 = time.perf_counter()
+        try:
+            for point, rows in groups.items():
+                pixels = np.stack([items[i].pixels for i in rows])
+                top_k = [items[i].top_k for i in rows]
+                # In the replica's own event loop: a thread of its own measured 1.5x slower
+                # (its hand-offs and the interpreter lock cost more than the batches take)
+                if self.engine.backbone_only:
+                    for i, a in zip(rows, self.engine.infer(pixels, point, top_k), strict=True):
+                        self._answer(futures[i], a, None)
+                    continue
+                ids, done = self.engine.submit(pixels, point, top_k)
+                used = self.engine.point
+                for i, key in zip(rows, ids, strict=True):
+                    self.pending[key] = (futures[i], used)
+                self._resolve(done)
+                if used is not None:
+                    self.metrics.inc(
+                        "exitsearch_operating_point_images_total", len(rows), point=used
+                    )
+            if self.arrived == self.taken:  # nobody else is waiting: finish what is in flight
+                self._resolve(self.engine.drain())
+        except Exception as exc:  # every image in flight fails with it, none waits forever
+            self.engine.abandon()
+            for future, _ in self.pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+            self.pending.clear()
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
+        seconds = time.perf_counter() - t0
+        if self.target is not None and chosen is not None:
+            self.target.observe(chosen, len(items), seconds)
+        self.metrics.observe("exitsearch_batch_size", len(items))
         self._gauges()
-        return out
+        return futures
+
+    def _resolve(self, done: list[tuple[int, Any]]) -> None:
+        for key, answer in done:
+            future, point = self.pending.pop(key)
+            self._answer(future, answer, point)
+
+    def _answer(self, future: asyncio.Future[Any], answer: Any, point: int | None) -> None:
+        self.metrics.inc("exitsearch_images_total")
+        self.metrics.inc("exitsearch_exits_total", exit=answer.exit, block=answer.block)
+        if not future.done():
+            future.set_result((answer, point))
 
     def _health(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"status": "ok", "operating_point": self._current_point()}

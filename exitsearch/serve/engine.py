@@ -2,9 +2,12 @@
 
 :class:`ServingModel` wraps an exported model (:func:`exitsearch.load`) for a server replica.
 A dynamic batch of requests is preprocessed with the bundle's own transform (timm's eval
-transform: resize, centre crop, mean/std), then run in the model's batch mode: the batch thins
-out at every exit (per-sample compaction), so each request leaves at its own exit while the
-blocks run on as many samples as are still in flight. The answers equal
+transform: resize, centre crop, mean/std) and enters the model's stream mode
+(:meth:`ServingModel.submit`): the images that go on past an exit wait there for the next
+batches' images, so every block runs on a full batch while each request still leaves at its own
+exit; when no request is waiting the server drains what is in flight (:meth:`ServingModel.drain`),
+so no image waits for company that does not come. :meth:`ServingModel.infer` runs one batch in
+batch mode instead (it thins out at every exit). The answers equal
 ``exitsearch.load(bundle).predict(images)`` on the same images at the same operating point.
 
 ``backbone_only`` serves the same bundle's backbone without exits, the baseline a load test
@@ -59,7 +62,7 @@ class ServingModel:
         backbone_only: serve the backbone alone (every image leaves at its final head).
     """
 
-    def __init__(self, model: Any, *, backbone_only: bool = False) -> None:
+    def __init__(self, model: Any, *, backbone_only: bool = False, batch_size: int = 32) -> None:
         self.model = model
         self.backbone_only = backbone_only
         self.num_classes = int(model.backbone.num_classes)
@@ -71,6 +74,11 @@ class ServingModel:
         self._transform = model.preprocess.image_transform()
         self._normalise = model.preprocess.input_transform()
         self._device = next(model.parameters()).device
+        self._batch_size = batch_size
+        self._streams: dict[int | None, Any] = {}
+        self._top_k: dict[int, int] = {}  # images in flight (stream mode): classes to return
+        self._next_id = 0
+        self._clock = 0  # submissions so far: the stream's time stamps
 
     # ----------------------------------------------------------------- operating points
     def resolve_point(self, index: int | None = None, budget: str | None = None) -> int | None:
@@ -154,6 +162,88 @@ class ServingModel:
                 )
             )
         return answers
+
+    # ----------------------------------------------------------------- stream mode
+    def submit(
+        self, pixels: np.ndarray, point: int | None, top_k: Sequence[int]
+    ) -> tuple[list[int], list[tuple[int, Answer]]]:
+        """Stream mode: enter ``pixels`` (from :meth:`pixels`) at operating ``point`` and run
+        every stage that has a full batch (:class:`~exitsearch.export.staged.OpenStream`, one
+        per operating point). Images that go on past an exit wait there for the next
+        submission's images, so the blocks run on fuller batches, and no longer: the images of
+        earlier submissions still in flight are finished here; :meth:`drain` finishes all.
+
+        Returns:
+            The ids given to these images, and ``(id, answer)`` of every image (of this or an
+            earlier submission) that left.
+        """
+        if self.backbone_only:
+            raise ExitSearchError("the backbone alone has no stream of exits")
+        from exitsearch.export.staged import OpenStream
+
+        x = self._normalise(torch.from_numpy(pixels)).to(self._device)
+        first = self._next_id
+        self._next_id += len(x)
+        ids = list(range(first, first + len(x)))
+        self._top_k.update(zip(ids, (int(k) for k in top_k), strict=True))
+        self._clock += 1
+        stream = self._streams.get(point)
+        if stream is None:
+            stream = self._streams[point] = OpenStream(self.model, self._batch_size)
+        with torch.inference_mode():
+            self.use(point)
+            done = self._answers(stream.push(x, first, self._clock))
+            # an image waits for at most one later submission's company
+            for p, s in self._streams.items():
+                if s.in_flight:
+                    self.use(p)
+                    done += self._answers(s.expire(self._clock))
+        return ids, done
+
+    def drain(self) -> list[tuple[int, Answer]]:
+        """Finish every image in flight (every operating point's stream)."""
+        done = []
+        with torch.inference_mode():
+            for point, stream in self._streams.items():
+                if stream.in_flight:
+                    self.use(point)
+                    done += self._answers(stream.flush())
+        return done
+
+    def abandon(self) -> None:
+        """Forget every image in flight (after a failure)."""
+        for stream in self._streams.values():
+            stream.clear()
+        self._top_k.clear()
+
+    @property
+    def in_flight(self) -> int:
+        """Images submitted and not yet answered."""
+        return len(self._top_k)
+
+    def _answers(self, left: Sequence[Any]) -> list[tuple[int, Answer]]:
+        done = []
+        for rows, logits, _, _, k in left:
+            ids = rows.cpu().tolist()
+            tops = [self._top_k.pop(i) for i in ids]
+            labels, probs = self.model.task.ranked(logits.float().cpu(), max(max(tops), 1))
+            for j, (i, top) in enumerate(zip(ids, tops, strict=True)):
+                n = min(top, labels.shape[1])
+                done.append(
+                    (
+                        i,
+                        Answer(
+                            label=int(labels[j, 0]),
+                            top=tuple(
+                                (int(c), float(p))
+                                for c, p in zip(labels[j, :n], probs[j, :n], strict=True)
+                            ),
+                            exit=int(k),
+                            block=self._blocks[int(k)],
+                        ),
+                    )
+                )
+        return done
 
     @property
     def point(self) -> int | None:

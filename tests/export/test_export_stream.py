@@ -52,6 +52,42 @@ def test_stream_equals_batch_mode_row_by_row(world: World):
     assert torch.equal(streamed.prediction, streamed.logits.argmax(-1))
 
 
+def test_open_stream_gives_every_sample_its_batch_mode_exit(world: World):
+    """Batches pushed over time (a server's): every sample leaves once, at its batch-mode exit
+    with its logits, and no later than the push after its own once expired."""
+    from exitsearch.export.staged import OpenStream
+
+    model = world.model(CONFIGS["confidence"](world))
+    x = _val(world, 200)
+    batched = model(x)
+    stream = OpenStream(model, 16)
+    sizes = [5, 16, 1, 30, 9, 16, 23]
+    seen: dict[int, tuple[int, torch.Tensor]] = {}
+    first = 0
+    with torch.inference_mode():
+        for stamp, n in enumerate(sizes):
+            left = stream.push(x[first : first + n], first, stamp)
+            left += stream.expire(stamp)  # everything pushed before this one has left
+            first += n
+            for ids, logits, _, _, k in left:
+                for j, i in enumerate(ids.tolist()):
+                    assert i not in seen
+                    seen[i] = (k, logits[j])
+            assert all(i in seen for i in range(first - n))
+        for ids, logits, _, _, k in stream.flush():
+            seen.update((i, (k, logits[j])) for j, i in enumerate(ids.tolist()))
+    assert sorted(seen) == list(range(first)) and stream.in_flight == 0
+    exits = torch.tensor([seen[i][0] for i in range(first)])
+    assert torch.equal(exits, batched.exit_index[:first])
+    assert len(set(exits.tolist())) >= 3  # the samples spread over several exits
+    torch.testing.assert_close(
+        torch.stack([seen[i][1] for i in range(first)]),
+        batched.logits[:first],
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
 def test_every_stage_runs_on_full_batches_until_the_drain(world: World):
     """Each stage runs on ``batch_size`` samples; only the drain at the end may run it on fewer,
     at most once per stage (the queue holds fewer than ``batch_size`` by then)."""

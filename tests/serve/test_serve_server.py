@@ -310,26 +310,6 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         start_server(bundle, ServeOptions(port=port))
 
 
-def test_direct_ingress_gives_every_replica_a_port(bundle: Path, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
-    port = free_port()
-    srv = start_server(
-        bundle, ServeOptions(port=port, replicas=2, cpus_per_replica=0.5, ingress="direct")
-    )
-    try:
-        assert srv.urls == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
-        answers = [call(u + "/predict", pngs[i])[1] for i, u in enumerate(srv.urls)]
-        check_answers(model, pngs[:2], answers)
-        deadline = time.monotonic() + 10  # the other replica reports every 0.5 s
-        while "exitsearch_images_total 2" not in (text := call(srv.url + "/metrics")[1]):
-            assert time.monotonic() < deadline, text  # both replicas count into one /metrics
-            time.sleep(0.2)
-    finally:
-        srv.stop()
-    for u in srv.urls:
-        with pytest.raises(OSError):  # nothing listens any more
-            urllib.request.urlopen(u + "/healthz", timeout=5)
-
-
 class socket_held:
     def __enter__(self) -> int:
         import socket
