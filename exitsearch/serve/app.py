@@ -235,7 +235,8 @@ class BundleServer:
             )
         self._warm_up(int(opts["max_batch_size"]))
         self._run_batch.set_max_batch_size(int(opts["max_batch_size"]))
-        self._run_batch.set_batch_wait_timeout_s(float(opts["batch_wait_ms"]) / 1000)
+        self.batch_wait_s = float(opts["batch_wait_ms"]) / 1000
+        self._run_batch.set_batch_wait_timeout_s(self.batch_wait_s)
         self.metrics = Metrics()
         self.queued = 0  # images waiting for or in a model batch (the latency target's queue)
         self.arrived = 0  # images handed to the batcher...
@@ -359,9 +360,9 @@ class BundleServer:
     async def _run_batch(self, items: list[_Item]) -> list[asyncio.Future[Any]]:
         """A dynamic batch: each item's future resolves to ``(answer, operating point)``.
 
-        The bundle's images enter the stream (:meth:`ServingModel.submit`), and what is still
-        in flight is drained when no other image waits for a batch; the backbone alone runs the
-        batch at once."""
+        The bundle's images enter the stream (:meth:`ServingModel.submit`); when no other image
+        waits for a batch, what is still in flight drains after ``batch_wait_ms`` unless a new
+        batch comes first. The backbone alone runs the batch at once."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in items]
         self.taken += len(items)
@@ -389,23 +390,35 @@ class BundleServer:
                     self.metrics.inc(
                         "exitsearch_operating_point_images_total", len(rows), point=used
                     )
-            if self.arrived == self.taken:  # nobody else is waiting: finish what is in flight
-                self._resolve(self.engine.drain())
         except Exception as exc:  # every image in flight fails with it, none waits forever
-            self.engine.abandon()
-            for future, _ in self.pending.values():
-                if not future.done():
-                    future.set_exception(exc)
-            self.pending.clear()
-            for f in futures:
-                if not f.done():
-                    f.set_exception(exc)
+            self._fail(exc, futures)
+        if self.arrived == self.taken and self.engine.in_flight:
+            # nobody waits for a batch: what is in flight drains unless a batch comes first
+            # (whose submission finishes it)
+            loop.call_later(self.batch_wait_s, self._drain_if_idle, self.engine.submissions)
         seconds = time.perf_counter() - t0
         if self.target is not None and chosen is not None:
             self.target.observe(chosen, len(items), seconds)
         self.metrics.observe("exitsearch_batch_size", len(items))
         self._gauges()
         return futures
+
+    def _drain_if_idle(self, submissions: int) -> None:
+        if self.engine.submissions != submissions or not self.engine.in_flight:
+            return
+        try:
+            self._resolve(self.engine.drain())
+        except Exception as exc:
+            self._fail(exc, [])
+        self._gauges()
+
+    def _fail(self, exc: Exception, futures: list[asyncio.Future[Any]]) -> None:
+        log.exception("model batch failed")
+        self.engine.abandon()
+        for future in [f for f, _ in self.pending.values()] + futures:
+            if not future.done():
+                future.set_exception(exc)
+        self.pending.clear()
 
     def _resolve(self, done: list[tuple[int, Any]]) -> None:
         for key, answer in done:
@@ -677,11 +690,13 @@ def _choose_ingress(options: ServeOptions, local: bool) -> str:
 def _local_ray_env(options: ServeOptions, ingress: str) -> dict[str, str]:
     """Environment of a local Ray for serving (Ray Serve reads these where it starts).
 
-    The replica runs its requests on its own event loop (no hand-off to a second thread); with
+    The replica runs at normal priority (Ray starts its workers at niceness 15, where any
+    other busy process on the machine preempts the server and its p99 latency spikes) and
+    runs its requests on its own event loop (no hand-off to a second thread); with
     direct ingress each replica listens on the next port from ``options.port`` and no proxy
     starts, and a stopping replica waits only for its requests in flight (:meth:`Server.stop`
     has already refused new ones), not for a load balancer to notice."""
-    env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_worker_niceness": "0"}
     if ingress == "direct":
         env.update(
             RAY_SERVE_ENABLE_DIRECT_INGRESS="1",

@@ -217,6 +217,11 @@ class ServingModel:
         self._top_k.clear()
 
     @property
+    def submissions(self) -> int:
+        """Calls of :meth:`submit` so far."""
+        return self._clock
+
+    @property
     def in_flight(self) -> int:
         """Images submitted and not yet answered."""
         return len(self._top_k)
