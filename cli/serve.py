@@ -87,8 +87,8 @@ def serve(
     max_queued: Annotated[
         int,
         typer.Option(
-            help="Requests a replica holds at once; beyond it and as many more "
-            "waiting at the proxy, requests get 503."
+            help="Requests a replica holds at once; beyond it (through the proxy: and as "
+            "many more waiting there), requests get 503."
         ),
     ] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,

@@ -54,7 +54,8 @@ class ServeOptions:
     """How to serve a bundle.
 
     Attributes:
-        host, port: where the HTTP proxy listens (Ray Serve's proxy, one per node).
+        host, port: where requests are taken: by the replica itself with direct ingress
+            (``port + i`` for replica ``i``), else by Ray Serve's HTTP proxy (one per node).
         replicas: model replicas, spread over the cluster's nodes by Ray.
         ray_address: an existing Ray cluster (``HOST:PORT``); None starts a local Ray.
         device: ``cpu``, ``cuda`` (one GPU per replica) or ``auto`` (CUDA when the cluster
@@ -66,8 +67,8 @@ class ServeOptions:
         slo_ms: p99 latency target in ms (server side); None keeps the operating point fixed.
         max_batch_size, batch_wait_ms: dynamic batching: a batch runs when it holds
             ``max_batch_size`` images or its first image has waited ``batch_wait_ms``.
-        max_queued: requests a replica holds at once; more wait at the proxy, and beyond
-            that many there too they are refused (503).
+        max_queued: requests a replica holds at once; beyond them a replica with direct
+            ingress refuses (503), through the proxy as many more wait there before it does.
         limits: request size limits.
         top_k: classes returned per image unless the request asks otherwise.
         backbone_only: serve the bundle's backbone without exits (a baseline).
