@@ -70,3 +70,47 @@ def test_points_asked_by_index_or_budget(bundle: Path):
     assert engine.resolve_point(budget="100%") == max(
         range(n), key=lambda i: (engine.points[i].val_accuracy, -costs[i])
     )
+
+
+def test_stream_submissions_answer_like_predict_at_their_points(bundle: Path, pngs: list[bytes]):
+    """Dynamic batches of uneven sizes at two operating points, through the stream: every image
+    is answered once, at its point, as the loaded bundle answers it; an image of one submission
+    is answered by the end of the next."""
+    engine = ServingModel(exitsearch.load(bundle), batch_size=8)
+    images = decoded(pngs, 40)
+    pixels = engine.pixels(images)
+    cheap = 0
+    plan = [(0, 5, None), (5, 17, cheap), (17, 18, None), (18, 30, None), (30, 40, cheap)]
+    answered: dict[int, object] = {}
+    point_of: dict[int, int | None] = {}
+    image_of: dict[int, int] = {}
+    waited = 0
+    for n, (a, b, point) in enumerate(plan):
+        ids, done = engine.submit(pixels[a:b], point, [2] * (b - a))
+        waited = max(waited, engine.in_flight)
+        for i, key in enumerate(ids):
+            point_of[key], image_of[key] = point, a + i
+        for key, answer in done:
+            assert key not in answered
+            answered[key] = answer
+        if n:  # the previous submission is answered whole
+            prev = plan[n - 1]
+            assert (
+                sum(image_of[k] in range(prev[0], prev[1]) for k in answered) >= prev[1] - prev[0]
+            )
+    answered.update(engine.drain())
+    assert waited > 0  # some images did wait for a later submission
+    assert len(answered) == 40 and engine.in_flight == 0
+    for point in (None, cheap):
+        reference = exitsearch.load(bundle)
+        if point is not None:
+            reference.set_operating_point(index=point)
+        keys = sorted(k for k in answered if point_of[k] == point)
+        out = reference.predict([images[image_of[k]] for k in keys])
+        probs = torch.softmax(out.logits, -1).numpy()
+        for j, k in enumerate(keys):
+            a = answered[k]
+            assert (a.label, a.exit) == (out.prediction[j].item(), out.exit_index[j].item())  # type: ignore[attr-defined]
+            assert len(a.top) == 2  # type: ignore[attr-defined]
+            assert all(p == pytest.approx(probs[j][c], abs=1e-6) for c, p in a.top)  # type: ignore[attr-defined]
+    assert len({a.exit for a in answered.values()}) >= 2  # type: ignore[attr-defined]
