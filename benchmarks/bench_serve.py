@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--seconds", type=float, default=6.0, help="per offered rate")
-    ap.add_argument("--start-rate", type=float, default=40.0, help="images per second")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per offered rate")
+    ap.add_argument("--start-rate", type=float, default=100.0, help="images per second")
     ap.add_argument("--batch", type=int, default=16, help="images per request, second sweep")
     ap.add_argument("--step", type=float, default=1.3)
     ap.add_argument(
