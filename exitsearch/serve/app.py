@@ -580,6 +580,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         ClusterError: the Ray cluster cannot be reached, or CUDA asked of one without GPUs.
     """
     from exitsearch.distributed.cluster import connect, disconnect, resolve_address, task_device
+    from exitsearch.distributed.testing import free_port
     from exitsearch.export import load_bundle
 
     options = options or ServeOptions()
@@ -627,7 +628,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         opts = asdict(options)
         opts.update(device=device, operating_point=fixed, budget=None)
         # With direct ingress Ray Serve still starts its proxy: on a port of its own, unused
-        proxy_port = _spare_port(options.host) if ingress == "direct" else options.port
+        proxy_port = free_port(options.host) if ingress == "direct" else options.port
         serve.start(
             proxy_location="HeadOnly" if ingress == "direct" else options.proxy_location,
             http_options={"host": options.host, "port": proxy_port},
@@ -694,9 +695,10 @@ def _local_ray_env(options: ServeOptions, ingress: str) -> dict[str, str]:
     The replica runs at normal priority (Ray starts its workers at niceness 15, where any
     other busy process on the machine preempts the server and its p99 latency spikes) and
     runs its requests on its own event loop (no hand-off to a second thread); with
-    direct ingress each replica listens on the next port from ``options.port`` and no proxy
-    starts, and a stopping replica waits only for its requests in flight (:meth:`Server.stop`
-    has already refused new ones), not for a load balancer to notice."""
+    direct ingress each replica listens on the next port from ``options.port`` (Ray Serve's
+    proxy still starts, on a spare port, unused), and a stopping replica waits only for its
+    requests in flight (:meth:`Server.stop` has already refused new ones), not for a load
+    balancer to notice."""
     env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_worker_niceness": "0"}
     if ingress == "direct":
         env.update(
@@ -750,12 +752,6 @@ def _deploy_error(exc: BaseException) -> str:
             if errors:
                 return errors[-1][:300]
     return " ".join(str(exc).split())[:300]
-
-
-def _spare_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _check_port(host: str, port: int) -> None:

@@ -152,24 +152,7 @@ class ServingModel:
                 self.use(point)
                 out = self.model.run(x)
                 logits, exits = out.logits, out.exit_index.cpu().numpy()
-        task = self.model.task
-        most = max((int(k) for k in top_k), default=1)
-        labels, probs = task.ranked(logits.float().cpu(), max(most, 1))
-        answers = []
-        for i in range(len(labels)):
-            k = min(int(top_k[i]), labels.shape[1])
-            e = int(exits[i])
-            answers.append(
-                Answer(
-                    label=int(labels[i, 0]),
-                    top=tuple(
-                        (int(c), float(p)) for c, p in zip(labels[i, :k], probs[i, :k], strict=True)
-                    ),
-                    exit=e,
-                    block=self._blocks[e] if not self.backbone_only else self.depth,
-                )
-            )
-        return answers
+        return self._build(logits, exits, top_k)
 
     # ----------------------------------------------------------------- stream mode
     def submit(
@@ -236,28 +219,35 @@ class ServingModel:
         return len(self._top_k)
 
     def _answers(self, left: Sequence[Any]) -> list[tuple[int, Answer]]:
+        """``(id, answer)`` of the images that left (:class:`OpenStream` outputs)."""
         done = []
         for rows, logits, _, _, k in left:
             ids = rows.cpu().tolist()
             tops = [self._top_k.pop(i) for i in ids]
-            labels, probs = self.model.task.ranked(logits.float().cpu(), max(max(tops), 1))
-            for j, (i, top) in enumerate(zip(ids, tops, strict=True)):
-                n = min(top, labels.shape[1])
-                done.append(
-                    (
-                        i,
-                        Answer(
-                            label=int(labels[j, 0]),
-                            top=tuple(
-                                (int(c), float(p))
-                                for c, p in zip(labels[j, :n], probs[j, :n], strict=True)
-                            ),
-                            exit=int(k),
-                            block=self._blocks[int(k)],
-                        ),
-                    )
-                )
+            done += zip(ids, self._build(logits, [int(k)] * len(ids), tops), strict=True)
         return done
+
+    def _build(
+        self, logits: torch.Tensor, exits: Sequence[int], top_k: Sequence[int]
+    ) -> list[Answer]:
+        """One answer per row of ``logits``: ``top_k[i]`` classes, left at ``exits[i]``."""
+        most = max((int(k) for k in top_k), default=1)
+        labels, probs = self.model.task.ranked(logits.float().cpu(), max(most, 1))
+        answers = []
+        for i in range(len(labels)):
+            n = min(int(top_k[i]), labels.shape[1])
+            e = int(exits[i])
+            answers.append(
+                Answer(
+                    label=int(labels[i, 0]),
+                    top=tuple(
+                        (int(c), float(p)) for c, p in zip(labels[i, :n], probs[i, :n], strict=True)
+                    ),
+                    exit=e,
+                    block=self.depth if self.backbone_only else self._blocks[e],
+                )
+            )
+        return answers
 
     @property
     def point(self) -> int | None:
