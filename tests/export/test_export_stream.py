@@ -64,10 +64,12 @@ def test_open_stream_gives_every_sample_its_batch_mode_exit(world: World):
     sizes = [5, 16, 1, 30, 9, 16, 23]
     seen: dict[int, tuple[int, torch.Tensor]] = {}
     first = 0
+    waited = 0
     with torch.inference_mode():
         for stamp, n in enumerate(sizes):
             left = stream.push(x[first : first + n], first, stamp)
             left += stream.expire(stamp)  # everything pushed before this one has left
+            waited = max(waited, stream.in_flight)
             first += n
             for ids, logits, _, _, k in left:
                 for j, i in enumerate(ids.tolist()):
@@ -76,6 +78,7 @@ def test_open_stream_gives_every_sample_its_batch_mode_exit(world: World):
             assert all(i in seen for i in range(first - n))
         for ids, logits, _, _, k in stream.flush():
             seen.update((i, (k, logits[j])) for j, i in enumerate(ids.tolist()))
+    assert waited > 0  # samples did wait for a later push's company
     assert sorted(seen) == list(range(first)) and stream.in_flight == 0
     exits = torch.tensor([seen[i][0] for i in range(first)])
     assert torch.equal(exits, batched.exit_index[:first])
