@@ -103,7 +103,7 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = _catch_sigterm()
+        restore_signals = _catch_sigterm()
         try:
             check_shared_options(kwargs)
             quiet_optuna()
@@ -145,8 +145,7 @@ def handle_errors(fn: F) -> F:
             )
             raise typer.Exit(code=INTERNAL_ERROR) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore_signals()
 
     return wrapper  # type: ignore[return-value]
 
@@ -182,11 +181,53 @@ def check_shared_options(params: dict[str, Any]) -> None:
             )
 
 
-def _catch_sigterm() -> Any:
-    """Route SIGTERM to :class:`Terminated` for the command's duration; the old handler back."""
+def _catch_sigterm() -> Callable[[], None]:
+    """Route SIGTERM to :class:`Terminated` for the command's duration; returns what puts the
+    old handler back.
+
+    Python cannot raise an exception out of a garbage-collector callback or a ``__del__``: a
+    signal that lands in one (SQLAlchemy runs weakref callbacks while Optuna works) would be
+    printed as "Exception ignored" and the command would run on. The unraisable hook sends such
+    a signal again, so that it is raised in ordinary code a moment later.
+    """
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+        return lambda: None
+    global _previous_unraisablehook
+    hook = sys.unraisablehook
+    if hook is not _redeliver_interrupts:
+        _previous_unraisablehook = hook
+        sys.unraisablehook = _redeliver_interrupts
+    handler = signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = hook
+
+    return restore
+
+
+_previous_unraisablehook = sys.unraisablehook
+_REDELIVER_AFTER_S = 0.05
+
+
+def _redeliver_interrupts(unraisable: Any) -> None:
+    """Send SIGTERM or SIGINT again when its exception was swallowed; let anything else through.
+
+    The signal is sent again from another thread, a moment later: sent from here, its handler
+    would run (and raise) inside this hook, which swallows exceptions too. Should it land in
+    another such place, it comes back here and is sent again.
+    """
+    exc = unraisable.exc_value
+    if isinstance(exc, Terminated):
+        signum = signal.SIGTERM
+    elif isinstance(exc, KeyboardInterrupt) and callable(signal.getsignal(signal.SIGINT)):
+        signum = signal.SIGINT
+    else:
+        _previous_unraisablehook(unraisable)
+        return
+    timer = threading.Timer(_REDELIVER_AFTER_S, os.kill, args=(os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 _OS_ERRORS = {
