@@ -201,8 +201,8 @@ def _print(server: Server) -> None:
         "predict",
         f"curl --data-binary @image.png -H 'Content-Type: image/png' {server.url}/predict",
     )
-    table.add_row(
-        "health", f"{server.url}/healthz   metrics: {server.url}/metrics   points: {server.url}/"
-    )
+    table.add_row("health", f"{server.url}/healthz")
+    table.add_row("metrics", f"{server.url}/metrics (Prometheus)")
+    table.add_row("points", f"{server.url}/ (the model and its operating points)")
     console.print(table)
     err_console.print("serving; Ctrl-C or SIGTERM stops after the requests in flight")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,10 +137,20 @@ def token_available() -> bool:
 
 
 def _prepare_auth_env() -> bool:
-    """Set ``RAY_AUTH_MODE=token`` when a token is at hand and no mode is set; True if set."""
+    """Set ``RAY_AUTH_MODE=token`` when a token is at hand and no mode is set; True if set.
+
+    Ray reads the mode into its configuration when it is imported: a process that imported
+    Ray already (a server module does, to declare its deployment) has the configuration read
+    again, as Ray's own authentication tests do, or the change would not count.
+    """
     if _AUTH_MODE_ENV in os.environ or not token_available():
         return False
     os.environ[_AUTH_MODE_ENV] = "token"
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
     return True
 
 
@@ -172,13 +183,14 @@ def connect(
         ClusterError: nothing listens there, authentication failed, or Ray refused.
     """
     hp = _host_port(address)
-    import ray
-
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return _info(_CONNECTED[0] if _CONNECTED else address)
     _probe(address, probe_timeout)
-    # A private local Ray sets up its own authentication; forcing the token mode on it fails
+    # A private local Ray sets up its own authentication; forcing the token mode on it fails.
+    # Set before Ray is imported here (it reads the mode when imported).
     auth_set = _prepare_auth_env() if hp is not None else False
+    import ray
+
     kwargs: dict[str, Any] = {
         "namespace": _NAMESPACE,
         "log_to_driver": log_to_driver,

@@ -91,7 +91,13 @@ class ExitCosts:
 def budget_flops(budget: float | str | Budget, backbone_flops: float) -> tuple[float, BudgetKind]:
     """A budget as FLOPs per sample and its kind; strings are parsed as on the command line."""
     if isinstance(budget, str):
-        budget = parse_budget(budget)
+        try:
+            budget = parse_budget(budget)
+        except BudgetError:
+            raise BudgetError(
+                f"budget {budget!r} does not parse; operating points are chosen by FLOPs: give "
+                "a share of the backbone such as 40% or FLOPs per sample such as 30MFLOPs"
+            ) from None
     if isinstance(budget, Budget):
         if budget.unit is BudgetUnit.MILLISECONDS:
             raise BudgetError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -239,6 +240,8 @@ class BundleServer:
         self.batch_wait_s = float(opts["batch_wait_ms"]) / 1000
         self._run_batch.set_batch_wait_timeout_s(self.batch_wait_s)
         self.metrics = Metrics()
+        for counter in ("exitsearch_shed_total", "exitsearch_point_switches_total"):
+            self.metrics.inc(counter, 0)  # a counter is there from the start, at 0
         self.queued = 0  # images waiting for or in a model batch (the latency target's queue)
         self.arrived = 0  # images handed to the batcher...
         self.taken = 0  # ...and those it has passed on to the model
@@ -290,7 +293,9 @@ class BundleServer:
                 return PlainTextResponse(await self._metrics_text(), media_type=CONTENT_TYPE)
             if path == "/":
                 return JSONResponse(self.describe)
-            raise RequestError(404, f"no route {path}; try POST /predict, GET /healthz, /metrics")
+            raise RequestError(
+                404, f"no route {path}; try POST /predict, GET /healthz, GET /metrics, GET /"
+            )
         except RequestError as exc:
             return _error(exc.status, str(exc))
         except Exception as exc:  # the server never dies and never leaks a traceback
@@ -536,11 +541,13 @@ class Server:
     hub: Any = None
     ingress: str = "proxy"
     urls: list[str] = field(default_factory=list)
+    started_serve: bool = False  # on a cluster: Ray Serve was started for this server
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
-        stop; a local Ray is shut down too, an existing cluster keeps running (only this
-        application is deleted)."""
+        stop; a local Ray is shut down too, an existing cluster keeps running (this
+        application is deleted, and Ray Serve too if this server started it and it serves
+        nothing else)."""
         from exitsearch.distributed.cluster import disconnect
 
         try:
@@ -550,6 +557,8 @@ class Server:
                 serve.shutdown()
             else:
                 serve.delete(APP_NAME)
+                if self.started_serve and not serve.status().applications:
+                    serve.shutdown()  # what this server started, so that the next may choose
         finally:
             if self.hub is not None:
                 with contextlib.suppress(Exception):  # already gone with the cluster
@@ -607,9 +616,13 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         for port in ports:
             _check_port(options.host, port)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not its per-step INFO lines
+    connected_before = ray.is_initialized()  # then a failure here leaves that connection be
     with _environment(_local_ray_env(options, ingress) if local else {}):
         connect(address or "local")
+    serve_was_running: bool | None = None  # on a cluster: whether Ray Serve ran before
     try:
+        if not local:
+            serve_was_running = _check_cluster_serve(options)
         device = task_device(options.device)
         actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
         if device == "cuda":
@@ -645,12 +658,21 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         ).bind(source, opts, hub_ref, describe)
         serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
     except Exception as exc:
-        disconnect()
+        message = "" if isinstance(exc, ExitSearchError) else _deploy_error(exc)
+        if serve_was_running is False:  # Ray Serve started on the cluster for this server
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+        elif serve_was_running and not local:
+            with contextlib.suppress(Exception):
+                serve.delete(APP_NAME)
+        if not connected_before:
+            disconnect()
         if isinstance(exc, ExitSearchError):
             raise
-        raise ConfigError(f"the server did not start: {_deploy_error(exc)}") from None
+        raise ConfigError(f"the server did not start: {message}") from None
     except BaseException:  # Ctrl-C or SIGTERM while starting: leave no Ray behind
-        disconnect()
+        if not connected_before:
+            disconnect()
         raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     prefix = options.route_prefix.rstrip("/")
@@ -672,6 +694,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         hub=hub,
         ingress=ingress,
         urls=urls,
+        started_serve=serve_was_running is False,
     )
 
 
@@ -741,9 +764,37 @@ def _direct_ports() -> list[int]:
     ]
 
 
+def _check_cluster_serve(options: ServeOptions) -> bool:
+    """On an existing cluster: whether Ray Serve runs there already, after checking that this
+    server can join it (one cluster has one HTTP address and one application of this name).
+
+    Raises:
+        ConfigError: the cluster serves a model already, or its Ray Serve listens elsewhere.
+    """
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return False
+    details = client.get_serve_details()
+    if APP_NAME in (details.get("applications") or {}):
+        raise ConfigError(
+            f"this Ray cluster serves a model already (Ray Serve application {APP_NAME!r}): "
+            "stop that server first, or use another cluster"
+        )
+    http = details.get("http_options") or {}
+    where = (http.get("host"), http.get("port"))
+    if None not in where and where != (options.host, options.port):
+        raise ConfigError(
+            f"Ray Serve on this cluster listens on {where[0]}:{where[1]} already (one cluster "
+            f"has one HTTP address): pass --host {where[0]} --port {where[1]}"
+        )
+    return True
+
+
 def _deploy_error(exc: BaseException) -> str:
-    """The replica's own error when a deployment failed (its last traceback line), else
-    Ray Serve's message."""
+    """The replica's own error when a deployment failed (its last traceback line), a port
+    Ray Serve's proxy could not listen on, else the last error line of Ray Serve's message."""
     with contextlib.suppress(Exception):
         app = serve.status().applications.get(APP_NAME)
         for dep in app.deployments.values() if app is not None else ():
@@ -751,7 +802,17 @@ def _deploy_error(exc: BaseException) -> str:
             errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", ln)]
             if errors:
                 return errors[-1][:300]
-    return " ".join(str(exc).split())[:300]
+    text = str(exc)
+    bind = re.search(r"Failed to (?:bind to address|start proxy HTTP server)[^\n]*", text)
+    if bind is not None or "ProxyActor.ready" in text:
+        where = re.search(r"address '([^']+)'", text)
+        return (
+            f"Ray Serve's proxy could not listen on {where.group(1) if where else 'its port'} "
+            "(is the port taken on a node of the cluster?); choose another --port"
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", ln)]
+    return (errors[-1] if errors else " ".join(text.split()))[:300]
 
 
 def _check_port(host: str, port: int) -> None:
@@ -762,8 +823,13 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
+            fix = (
+                "--host (an address of this machine, or 0.0.0.0 for all of them)"
+                if exc.errno == errno.EADDRNOTAVAIL
+                else "--port"
+            )
             raise ConfigError(
-                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port"
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {fix}"
             ) from None
 
 

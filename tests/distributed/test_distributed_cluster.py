@@ -63,6 +63,27 @@ def test_token_mode_is_set_when_a_token_is_at_hand(monkeypatch, tmp_path):
     assert not _prepare_auth_env()
 
 
+def test_token_mode_counts_when_ray_was_imported_first(tmp_path):
+    """A server module imports Ray before it connects: Ray has read its configuration then,
+    and the token mode set afterwards must still take effect (else ``InvalidAuthToken``)."""
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef")
+    code = (
+        "import ray\n"
+        "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
+        "from exitsearch.distributed.cluster import _prepare_auth_env\n"
+        "before = is_token_auth_enabled()\n"
+        "print(before, _prepare_auth_env(), is_token_auth_enabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env |= {"RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
 def test_without_an_address_nothing_imports_ray(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with ray_cluster(None) as info:

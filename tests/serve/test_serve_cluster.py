@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from exitsearch.distributed.testing import LocalCluster, free_port, still_running
+from exitsearch.errors import ConfigError
 from exitsearch.serve import ServeOptions, start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -51,6 +52,12 @@ def test_replicas_on_two_nodes_answer_like_one(bundle: Path, pngs: list[bytes]):
             }
             assert len(replicas) == 2  # both report into one /metrics
             assert "exitsearch_images_total 12" in text
+            # one cluster, one application and one HTTP address: a second server is refused
+            # in one line, and the first one goes on answering
+            with pytest.raises(ConfigError, match="serves a model already"):
+                start_server(bundle, ServeOptions(port=free_port(), ray_address=address))
+            with urllib.request.urlopen(server.url + "/healthz", timeout=60) as r:
+                assert json.loads(r.read())["status"] == "ok"
         finally:
             server.stop()
         import exitsearch

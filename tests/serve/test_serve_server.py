@@ -154,6 +154,8 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         assert status == want, (target, ctype, body)
         assert isinstance(body, dict) and set(body) == {"error"}, body
         assert "\n" not in body["error"] and "Traceback" not in body["error"]
+        if "budget=fast" in target:  # says what a serving budget is, not every budget unit
+            assert "40%" in body["error"] and "ms" not in body["error"], body
     status, _, _ = call(url, method="GET")
     assert status == 405
     status, health, _ = call(server.url + "/healthz")
@@ -173,6 +175,8 @@ def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 def test_metrics_count_what_was_served(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
     before = metrics(server)
+    for counter in ("exitsearch_shed_total", "exitsearch_point_switches_total"):
+        assert counter in before  # there from the start, even at 0
     for p in pngs[:5]:
         assert call(server.url + "/predict", p)[0] == 200
     assert call(server.url + "/predict", b"nope")[0] == 415
