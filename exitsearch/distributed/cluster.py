@@ -32,6 +32,7 @@ __all__ = [
     "ClusterError",
     "ClusterInfo",
     "connect",
+    "connected_here",
     "disconnect",
     "probe",
     "ray_cluster",
@@ -198,6 +199,11 @@ def connect(
     }
     if address == "local":
         kwargs["include_dashboard"] = False
+        # Ray's notice, on every start, that the private Ray it starts here uses token
+        # authentication: nothing for the user to act on
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     try:
         ray.init(address=address, **kwargs)
     except Exception as exc:  # ray raises ConnectionError, AuthenticationError, RuntimeError...
@@ -213,6 +219,12 @@ def connect(
         ) from None
     _CONNECTED[:] = [address]
     return _info(address)
+
+
+def connected_here() -> bool:
+    """Whether :func:`connect` made this process's Ray connection (:func:`disconnect` then
+    ends it, and a private local Ray with it)."""
+    return bool(_CONNECTED)
 
 
 def disconnect() -> None:

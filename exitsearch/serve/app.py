@@ -548,17 +548,19 @@ class Server:
         stop; a local Ray is shut down too, an existing cluster keeps running (this
         application is deleted, and Ray Serve too if this server started it and it serves
         nothing else)."""
-        from exitsearch.distributed.cluster import disconnect
+        from exitsearch.distributed.cluster import connected_here, disconnect
 
         try:
             if self.hub is not None:
                 self._drain(timeout)
-            if self.local:
-                serve.shutdown()
-            else:
+            # a local Ray this process started goes as a whole (disconnect), Ray Serve with it:
+            # shutting Serve down first only adds Ray's notice that its controller was killed
+            if not self.local:
                 serve.delete(APP_NAME)
                 if self.started_serve and not serve.status().applications:
                     serve.shutdown()  # what this server started, so that the next may choose
+            elif not connected_here():  # a local Ray of the caller's own keeps running
+                serve.shutdown()
         finally:
             if self.hub is not None:
                 with contextlib.suppress(Exception):  # already gone with the cluster
