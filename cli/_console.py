@@ -394,6 +394,7 @@ class RichProgress:
         # with the time left is printed at least every PLAIN_EVERY seconds instead.
         self._plain = enabled and not err_console.is_terminal
         self._clock: dict[str, list[float]] = {}  # task -> [start, last line, done, total]
+        self.logged: set[str] = set()  # the lines :meth:`log` printed (a summary skips them)
 
     def __enter__(self) -> RichProgress:
         # The live display starts with the first bar: a command that fails before any work
@@ -438,3 +439,4 @@ class RichProgress:
 
     def log(self, message: str) -> None:
         self._progress.console.print(escape(message), highlight=False)
+        self.logged.add(message)

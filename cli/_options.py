@@ -46,15 +46,17 @@ DataOpt = Annotated[
     str,
     typer.Option(
         "--data",
-        help="'fashion-mnist', a folder with one sub-folder per class, or an .npz with x and y.",
+        help="'fashion-mnist', a folder with one sub-folder per class, WebDataset .tar shards "
+        "(a .tar or a folder of them), or an .npz with x and y.",
     ),
 ]
 PresetDataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="'fashion-mnist', 'fashion-mnist-count', a folder with one sub-folder per class, or "
-        "an .npz with x and y (default: the preset's own data; fashion-mnist otherwise).",
+        help="'fashion-mnist', 'fashion-mnist-count', a folder with one sub-folder per class, "
+        "WebDataset .tar shards, or an .npz with x and y (default: the preset's own data; "
+        "fashion-mnist otherwise).",
     ),
 ]
 

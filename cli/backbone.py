@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -78,7 +79,16 @@ def train(
     data = preset_data(model, data)
     spec = backbone_spec(model, override, checkpoint, pretrained)
     if from_scratch and spec.model in PRESETS:
-        spec = PRESETS[spec.model].spec
+        # the preset's architecture without its shipped weights; the user's -o and
+        # --checkpoint still count (e.g. -o num_classes=4 for data of four classes)
+        base = PRESETS[spec.model].spec
+        spec = replace(
+            base,
+            overrides={**base.overrides, **spec.overrides},
+            checkpoint=spec.checkpoint,
+            pretrained=spec.pretrained,
+            preprocess={**base.preprocess, **spec.preprocess},
+        )
     bb = create_backbone(spec)
     use_workers(workers)
     splits = load_splits(

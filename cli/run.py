@@ -244,7 +244,8 @@ def run(
         typer.echo(to_json(doc))
         return
     for note in doc["notes"]:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        if f"note: {note}" not in progress.logged:  # said once, when it was found
+            err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     failed = doc["search"].get("failed_trials") or 0
     if failed:
         err_console.print(
@@ -377,7 +378,7 @@ def print_front(doc: dict) -> None:
             f"{points(gain['difference'])}{sure}",
             task.format(m["test"]["accuracy"]),
             f"{v['mean_flops'] / 1e6:.2f}",
-            f"{v['mean_ms']:.3g}" if timed else f"{m['speedup']:.2f}x",
+            f"{v['mean_ms']:.2f}" if timed else f"{m['speedup']:.2f}x",
             escape(config),
             style=style,
         )

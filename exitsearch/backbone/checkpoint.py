@@ -67,11 +67,16 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """
     state = load_state_dict_file(path)
     own = model.state_dict()
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     for name, tensor in state.items():
         if name in own and own[name].shape != tensor.shape:
+            hint = ""
+            if classifier and name == f"{classifier}.bias" and tensor.dim() == 1:
+                # the classifier's outputs: the checkpoint was trained for that many classes
+                hint = f"; it predicts {tensor.shape[0]} classes: pass --override num_classes={tensor.shape[0]}"
             raise CheckpointError(
                 f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
-                f"{tuple(own[name].shape)} in the model"
+                f"{tuple(own[name].shape)} in the model{hint}"
             )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -16,7 +16,7 @@ from exitsearch.backbone.checkpoint import load_weights
 from exitsearch.backbone.families import FAMILIES, family_of
 from exitsearch.backbone.presets import PRESETS
 from exitsearch.backbone.spec import BackboneSpec
-from exitsearch.errors import BackboneError
+from exitsearch.errors import BackboneError, CheckpointError
 
 __all__ = ["create_backbone", "list_backbones", "resolve_spec"]
 
@@ -108,13 +108,45 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
             "pixels would be dropped"
         )
     if spec.checkpoint:
-        load_weights(model, spec.checkpoint)
+        preset = PRESETS.get(requested)
+        try:
+            load_weights(model, spec.checkpoint)
+        except CheckpointError as exc:
+            if preset is None or spec.checkpoint != preset.resolved().checkpoint:
+                raise CheckpointError(f"{exc}{_trained_as(spec, name)}") from None
+            # the shipped weights with the user's overrides: they fit the preset's own shape
+            changed = {k: v for k, v in spec.overrides.items() if preset.spec.overrides.get(k) != v}
+            if not changed:
+                raise
+            raise CheckpointError(
+                f"the shipped {requested} weights do not fit {requested} with "
+                f"{', '.join(f'{k}={v}' for k, v in changed.items())}; train one for your data "
+                f"first: exitsearch backbone train --model {requested} --from-scratch "
+                f"{' '.join(f'-o {k}={v}' for k, v in changed.items())} --data DATA --out DIR, "
+                "then pass --checkpoint DIR/model.safetensors with the same -o"
+            ) from None
     record = checkpoint_record(spec.checkpoint)
     preprocess = dict(spec.preprocess)
     if record is not None and isinstance(record.get("preprocess"), dict):
         preprocess = {**record["preprocess"], **preprocess}
     preprocess.pop("input_size", None)  # the model's own size and channels decide
     return family.adapter(model.eval(), spec, preprocess, record)
+
+
+def _trained_as(spec: BackboneSpec, name: str) -> str:
+    """For a checkpoint that does not fit: how ``exitsearch backbone train`` built it (its
+    ``backbone.json``), as the options that rebuild it; empty without a record."""
+    trained = ((checkpoint_record(spec.checkpoint) or {}).get("spec")) or {}
+    model, overrides = trained.get("model"), trained.get("overrides") or {}
+    if not model:
+        return ""
+    diff = {k: v for k, v in overrides.items() if spec.overrides.get(k) != v}
+    flags = " ".join(f"-o {k}={v}" for k, v in diff.items())
+    if model == name:
+        if set(diff) <= {"num_classes"}:
+            return ""  # nothing, or the classifier's size: the shape error says it already
+        return f"; it was trained with {flags} (its backbone.json): pass the same"
+    return f"; it was trained as {model} (its backbone.json): pass --model {model} {flags}"
 
 
 def checkpoint_record(checkpoint: str | None) -> dict[str, Any] | None:

@@ -131,7 +131,9 @@ def export_bundle(
     out = Path(out_dir)
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise BundleError(f"{out}: already exists; choose another folder or overwrite it")
+            raise BundleError(
+                f"{out}: already exists; choose another folder (--out) or replace it (--overwrite)"
+            )
         check_replaceable_bundle(out)
     if config.pause:
         if onnx:

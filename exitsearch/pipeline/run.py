@@ -14,6 +14,7 @@ from typing import Any
 from exitsearch._io import atomic_write_json, file_sha256, read_json, sha256_of
 from exitsearch._mismatch import nonfinite_tensors
 from exitsearch.backbone import Backbone, BackboneSpec, create_backbone, resolve_spec
+from exitsearch.backbone.presets import PRESETS
 from exitsearch.budget import Budget, BudgetKind, BudgetUnit, parse_budget
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.costs import CostModel
@@ -124,8 +125,6 @@ class RunContext:
 
 def _check_preset_has_weights(spec: BackboneSpec) -> None:
     """A preset names a trained backbone: searching its random initialisation is a mistake."""
-    from exitsearch.backbone.presets import PRESETS
-
     if spec.model in PRESETS and not spec.pretrained and resolve_spec(spec).checkpoint is None:
         raise ConfigError(
             f"preset {spec.model} ships no weights: train them first (`exitsearch backbone train "
@@ -157,7 +156,21 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
             f"{settings.data.source}: the data has a single class, so every prediction is right "
             "and every accuracy is 1.0 whatever the exits do; give data of at least two classes"
         )
-    task.check_outputs(splits.num_classes, backbone.num_classes)
+    try:
+        task.check_outputs(splits.num_classes, backbone.num_classes)
+    except ConfigError:
+        preset = PRESETS.get(settings.backbone.model)
+        if preset is None or settings.backbone.checkpoint or settings.backbone.pretrained:
+            raise
+        # the shipped weights are for the preset's own data: -o num_classes alone cannot help
+        want = task.outputs(splits.num_classes)
+        raise ConfigError(
+            f"{task.mismatch(splits.num_classes, backbone.num_classes)}: the shipped "
+            f"{preset.name} weights are for {preset.data}; train a backbone for your data first "
+            f"(exitsearch backbone train --model {preset.name} --from-scratch -o "
+            f"num_classes={want} --data DATA --out DIR), then run with --checkpoint "
+            f"DIR/model.safetensors -o num_classes={want}"
+        ) from None
     space = space.for_task(task)
     candidates = space.candidate_heads(backbone.depth)
     store = StageStore(settings.run_dir / schema.CACHE_DIR, progress)

@@ -41,7 +41,8 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         err.append((measured[-1] - low, high - measured[-1]))
         predicted.append(row["predicted_speedup"])
         colors.append(palette.get(row["engine"], "tab:gray"))
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.6), dpi=120)
+    height = 0.42 * len(rows) + 2.0
+    fig, ax = plt.subplots(figsize=(9, height), dpi=120)
     y = list(range(len(rows)))[::-1]
     ax.barh(
         y,
@@ -78,15 +79,9 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         Patch(color=palette.get(engine, "tab:gray"), alpha=0.85, label=f"measured, {engine}")
         for engine in dict.fromkeys(row["engine"] for _, row in rows)
     ]
-    ax.legend(
-        handles=handles,
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-        ncol=4,
-        frameon=False,
-    )
-    fig.tight_layout()
+    # below the axis title, in a strip of its own: never over the bars or the title
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1))
     out = Path(path)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")

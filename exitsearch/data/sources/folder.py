@@ -114,7 +114,8 @@ def load_image_folder(path: str | Path) -> SourceData:
     """
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{root}: folder not found (expected one sub-folder of images per class)")
+        what = "is a file, not a folder" if root.exists() else "folder not found"
+        raise DataError(f"{root}: {what} (expected one sub-folder of images per class)")
     if not (root / "train").is_dir():
         return SourceData(scan_folder(root, None))
     train = scan_folder(root / "train", None)
