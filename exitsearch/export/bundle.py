@@ -289,6 +289,7 @@ def _manifest(
             },
         },
         **({} if model.task.name == CLASSIFICATION else {"task": model.task.name}),
+        **({"classes": list(meta["classes"])} if meta.get("classes") else {}),
         "config": config.to_dict(),
         "exits": [s.to_dict() | {"key": s.key} for s in config.exits],
         "description": config.describe()
@@ -486,6 +487,7 @@ def load_bundle(
     }
     model.manifest = doc
     model.source = root
+    model.classes = _classes(doc, backbone.num_classes)
     return model.to(device).eval()
 
 
@@ -583,7 +585,7 @@ def load_onnx_bundle(
         costs = ExitCosts.from_dict(doc["costs"]) if doc.get("costs") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST}: malformed entry ({exc})") from None
-    return OnnxMultiExitModel(
+    model = OnnxMultiExitModel(
         root / ONNX_DIR,
         doc["onnx"],
         config,
@@ -593,3 +595,20 @@ def load_onnx_bundle(
         shared_threads,
         task=doc.get("task"),
     )
+    model.classes = _classes(doc, int(doc["backbone"]["num_classes"]))
+    return model
+
+
+def _classes(doc: Mapping[str, Any], num_classes: int) -> list[str] | None:
+    """The class names of the manifest, label order (None when it records none, or not one
+    per output: a bundle of a run before they were recorded, a counting task).
+
+    Raises:
+        BundleError: ``classes`` is not a list of strings.
+    """
+    names = doc.get("classes")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BundleError(f"{MANIFEST}: 'classes' must be a list of class names")
+    return names if len(names) == num_classes else None

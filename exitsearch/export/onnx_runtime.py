@@ -122,6 +122,7 @@ class OnnxMultiExitModel(Staged, Anytime):
     ) -> None:
         root = Path(onnx_dir)
         self.task = get_task(task)
+        self.classes: list[str] | None = None  # label i's name (set by load_onnx_bundle)
         self.config = config
         self.criterion = create_criterion(config.criterion)
         self._history = needs_history(self.criterion)

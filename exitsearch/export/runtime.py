@@ -147,6 +147,8 @@ class MultiExitModel(Staged, Anytime, nn.Module):
         self._costs = costs
         self.point_index: int | None = None
         self.manifest: dict[str, Any] | None = None  # set when loaded from a bundle
+        # label i's name, from the run's data (set when loaded from a bundle that has them)
+        self.classes: list[str] | None = None
         self.source: Path | None = None
         # The preprocessing raw images get (a bundle sets the one it was searched with)
         self.preprocess: Preprocess = backbone.preprocess()

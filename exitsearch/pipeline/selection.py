@@ -128,6 +128,7 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
         "recommended": pareto.get("recommended") == config_id,
         "placement": member.get("placement") or config.placement_key,
         "data": pareto.get("data"),
+        "classes": pareto.get("classes"),
         "budget": pareto.get("budget"),
         "head_training": head_training,
     }

@@ -165,6 +165,8 @@ def write_report(
             **_reported(task, "test_", bb_test.accuracy),
         },
         **_task_fields(task),
+        # label i is classes[i]: what exported bundles answer with beside the index
+        "classes": [str(c) for c in ctx.splits.classes],
         "data": ctx.settings.data.to_dict(),
         "budget": {
             "text": ctx.settings.budget,

@@ -9,6 +9,7 @@
       "backbone": {"spec": BackboneSpec.to_dict(), "weights_sha256": str,
                    "flops": int, "val_accuracy": float, "test_accuracy": float},
       "data": DataSpec.to_dict(),
+      "classes": [str, ...],           # label i is classes[i] (class folders, npz "classes"...)
       "budget": {"text": str, "kind": "mean" | "max", "flops": float | null},
       "artifacts": {"heads": "<path of heads.safetensors, relative to the run folder>",
                     "predictions": "<folder>", "profile": "<profile.json>"},

@@ -356,7 +356,7 @@ class BundleServer:
                 if self.limit is not None:
                     self.limit.record(1000 * elapsed)
         latency_ms = round(elapsed * 1000, 3)
-        rows = [dict(a.to_dict(), operating_point=p) for a, p in answers]
+        rows = [dict(a.to_dict(self.engine.classes), operating_point=p) for a, p in answers]
         if req.batch:
             return JSONResponse({"predictions": rows, "latency_ms": latency_ms})
         return JSONResponse(dict(rows[0], latency_ms=latency_ms))
@@ -856,6 +856,7 @@ def describe_bundle(model: Any, options: ServeOptions) -> dict[str, Any]:
         "backbone_only": options.backbone_only,
         "input_size": list(model.preprocess.input_size),
         "num_classes": int(model.backbone.num_classes),
+        "classes": model.classes,
         "task": model.task.name,
         "exits": [] if options.backbone_only else [h.key for h in model.config.exits],
         "backbone_flops": costs.backbone_flops,

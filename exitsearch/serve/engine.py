@@ -45,10 +45,21 @@ class Answer:
     exit: int
     block: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, classes: Sequence[str] | None = None) -> dict[str, Any]:
+        """JSON of the answer; with ``classes`` (label order) each label's name beside it."""
+        if classes is None:
+            return {
+                "label": self.label,
+                "probabilities": [{"label": c, "p": round(p, 6)} for c, p in self.top],
+                "exit": self.exit,
+                "exit_block": self.block,
+            }
         return {
             "label": self.label,
-            "probabilities": [{"label": c, "p": round(p, 6)} for c, p in self.top],
+            "class": classes[self.label],
+            "probabilities": [
+                {"label": c, "class": classes[c], "p": round(p, 6)} for c, p in self.top
+            ],
             "exit": self.exit,
             "exit_block": self.block,
         }
@@ -71,6 +82,7 @@ class ServingModel:
         self.model = model
         self.backbone_only = backbone_only
         self.num_classes = int(model.backbone.num_classes)
+        self.classes: list[str] | None = getattr(model, "classes", None)  # label i's name
         self.depth = int(model.backbone.depth)
         self.num_exits = 0 if backbone_only else int(model.num_exits)
         self._blocks = [int(h.location) for h in model.config.exits] + [self.depth]

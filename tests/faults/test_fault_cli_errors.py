@@ -686,3 +686,16 @@ def test_an_error_before_any_work_is_the_only_output(tiny_run: TinyRun, tmp_path
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, repr(done.stderr)
+
+
+def test_the_bundle_names_the_classes_of_the_run(tiny_run: TinyRun):
+    """The run records its data's class names; the bundle exported from it carries them."""
+    import json
+
+    import exitsearch
+    from exitsearch.data import FASHION_MNIST_CLASSES
+
+    doc = json.loads((tiny_run.run_dir / schema.PARETO_JSON).read_text())
+    assert doc["classes"] == list(FASHION_MNIST_CLASSES)
+    model = exitsearch.load(tiny_run.bundle)
+    assert model.classes == list(FASHION_MNIST_CLASSES)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from exitsearch.data import FASHION_MNIST_CLASSES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
 from export_world import SPECS, World, build_world, spread_point
@@ -44,7 +46,7 @@ def bundle(serve_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path
         config,
         points,
         {"val": world.ev.evaluate(config).to_dict()},
-        {"run": "tiny"},
+        {"run": "tiny", "classes": list(FASHION_MNIST_CLASSES)},
     )
 
 

@@ -88,10 +88,12 @@ def check_answers(model, pngs: list[bytes], answers: list[dict[str, Any]]) -> No
         for j, i in enumerate(rows):
             a = answers[i]
             assert a["label"] == labels[j] and a["exit"] == exits[j], (i, a)
+            assert a["class"] == model.classes[a["label"]]  # the data's own name of the label
             top = a["probabilities"]
             assert top[0]["label"] == a["label"] and len(top) == 5
             for entry in top:
                 assert entry["p"] == pytest.approx(probs[j][entry["label"]], abs=2e-6)
+                assert entry["class"] == model.classes[entry["label"]]
 
 
 def test_answers_equal_the_loaded_bundle(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
