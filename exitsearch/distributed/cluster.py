@@ -138,21 +138,23 @@ def token_available() -> bool:
 
 
 def _prepare_auth_env() -> bool:
-    """Set ``RAY_AUTH_MODE=token`` when a token is at hand and no mode is set; True if set.
-
-    Ray reads the mode into its configuration when it is imported: a process that imported
-    Ray already (a server module does, to declare its deployment) has the configuration read
-    again, as Ray's own authentication tests do, or the change would not count.
-    """
+    """Set ``RAY_AUTH_MODE=token`` when a token is at hand and no mode is set; True if set."""
     if _AUTH_MODE_ENV in os.environ or not token_available():
         return False
     os.environ[_AUTH_MODE_ENV] = "token"
+    return True
+
+
+def _reread_ray_config() -> None:
+    """Ray reads the authentication mode into its configuration when it is imported: in a
+    process that imported Ray already (a server module does, to declare its deployment) the
+    configuration is read again, as Ray's own authentication tests do, so that a mode set
+    since counts."""
     if "ray._raylet" in sys.modules:
         from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
-    return True
 
 
 def _info(address: str) -> ClusterInfo:
@@ -190,6 +192,8 @@ def connect(
     # A private local Ray sets up its own authentication; forcing the token mode on it fails.
     # Set before Ray is imported here (it reads the mode when imported).
     auth_set = _prepare_auth_env() if hp is not None else False
+    if auth_set:
+        _reread_ray_config()
     import ray
 
     kwargs: dict[str, Any] = {

@@ -71,9 +71,10 @@ def test_token_mode_counts_when_ray_was_imported_first(tmp_path):
     code = (
         "import ray\n"
         "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
-        "from exitsearch.distributed.cluster import _prepare_auth_env\n"
-        "before = is_token_auth_enabled()\n"
-        "print(before, _prepare_auth_env(), is_token_auth_enabled())\n"
+        "from exitsearch.distributed.cluster import _prepare_auth_env, _reread_ray_config\n"
+        "before, mode_set = is_token_auth_enabled(), _prepare_auth_env()\n"
+        "_reread_ray_config()  # what connect() does after setting the mode\n"
+        "print(before, mode_set, is_token_auth_enabled())\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env |= {"RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path)}
