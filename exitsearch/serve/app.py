@@ -798,7 +798,7 @@ def _deploy_error(exc: BaseException) -> str:
     """The replica's own error when a deployment failed (its last traceback line), a port
     Ray Serve's proxy could not listen on, else the last error line of Ray Serve's message."""
     with contextlib.suppress(Exception):
-        app = serve.status().applications.get(APP_NAME)
+        app = serve.status().applications.get(APP_NAME) if ray.is_initialized() else None
         for dep in app.deployments.values() if app is not None else ():
             lines = [ln.strip() for ln in (dep.message or "").splitlines() if ln.strip()]
             errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", ln)]

@@ -52,3 +52,23 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_a_proxy_that_cannot_listen_is_one_line_naming_the_address():
+    """Ray Serve's own error when its proxy cannot bind is a cut-off traceback of an actor call;
+    the server's error names the address instead."""
+    from exitsearch.serve.app import _deploy_error
+
+    text = (
+        "ray::ProxyActor.ready() (pid=6080, ip=10.0.0.2)\n"
+        '  File "/x/concurrent/futures/_base.py", line 449, in result\n'
+        "    return self.__get_result()\n"
+        "RuntimeError: Failed to bind to address '127.0.0.1:8000'."
+    )
+    line = _deploy_error(RuntimeError(text))
+    assert "\n" not in line
+    assert line.startswith("Ray Serve's proxy could not listen on 127.0.0.1:8000")
+    assert "--port" in line
+    # anything else: the last error line of the message, not the start of a traceback
+    other = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad config'
+    assert _deploy_error(RuntimeError(other)) == "ValueError: bad config"
