@@ -118,10 +118,18 @@ class ModelInputs:
     def _array_batches(self, x: torch.Tensor | np.ndarray, b: int) -> Iterator[torch.Tensor]:
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         if t.dtype == torch.uint8:
+            if _channels_last(t):  # H x W x C or N x H x W x C, as PIL and OpenCV give them
+                images = [t] if t.dim() == 3 else list(t)
+                for i in range(0, len(images), b):
+                    yield self._finish([self._one_image(a) for a in images[i : i + b]])
+                return
             if t.dim() == 3:  # one image C x H x W, or N grey images N x H x W
                 t = t[:, None] if t.shape[0] not in (1, 3) else t[None]
             if t.dim() != 4:
-                raise ConfigError(f"uint8 images must be (N, C, H, W), got {tuple(t.shape)}")
+                raise ConfigError(
+                    "uint8 images must be (N, C, H, W), (H, W, C) or (N, H, W, C), got "
+                    f"{tuple(t.shape)}"
+                )
             for i in range(0, t.shape[0], b):
                 yield self._raw(t[i : i + b])
             return
@@ -144,7 +152,7 @@ class ModelInputs:
             item = open_image(os.fspath(item), os.fspath(item))
         elif isinstance(item, np.ndarray | torch.Tensor):
             a = item.numpy() if isinstance(item, torch.Tensor) else item
-            if a.ndim == 3 and a.shape[0] in (1, 3):
+            if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
                 a = np.transpose(a, (1, 2, 0))
             item = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
         if self._tf is None:
@@ -153,6 +161,15 @@ class ModelInputs:
 
     def _finish(self, images: list[np.ndarray]) -> torch.Tensor:
         return self._normalise(torch.from_numpy(np.stack(images)))
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """uint8 pixels with their 1, 3 or 4 channels last (and not first): ``np.asarray`` of a
+    PIL image, an OpenCV image, or a stack of them."""
+    if t.dim() not in (3, 4):
+        return False
+    first = t.shape[0] if t.dim() == 3 else t.shape[1]
+    return t.shape[-1] in (1, 3, 4) and first not in (1, 3, 4)
 
 
 def _is_image_like(item: Any) -> bool:

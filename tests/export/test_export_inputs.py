@@ -46,6 +46,22 @@ def test_raw_forms_agree_with_normalised_tensors(world: World, model, tmp_path):
         assert torch.equal(out.prediction, ref.prediction)
 
 
+def test_channels_last_arrays_are_images_not_rows(world: World, model):  # type: ignore[no-untyped-def]
+    """``np.asarray(PIL image)`` is H x W x C: one image (not H images of W x C pixels), and a
+    stack of them N x H x W x C, with or without an alpha channel."""
+    raw = _raw_val(world, 6)
+    ref = model.predict(raw).prediction
+    rgb = np.repeat(np.transpose(raw, (0, 2, 3, 1)), 3, axis=-1)  # N x 28 x 28 x 3
+    assert torch.equal(model.predict(rgb).prediction, ref)
+    assert torch.equal(model.predict(list(rgb)).prediction, ref)
+    one = model.predict(rgb[0])
+    assert one.prediction.shape == (1,) and one.prediction[0] == ref[0]
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    assert torch.equal(model.predict(rgba).prediction, ref)
+    grey = np.transpose(raw, (0, 2, 3, 1))  # N x 28 x 28 x 1
+    assert torch.equal(model.predict(grey).prediction, ref)
+
+
 def test_larger_raw_images_are_resized_by_the_preprocessing(world: World, model):  # type: ignore[no-untyped-def]
     raw = _raw_val(world, 8)
     big = np.repeat(np.repeat(raw, 2, axis=2), 2, axis=3)  # 56 px
