@@ -6,7 +6,13 @@ from dataclasses import replace
 from typing import Annotated
 
 import typer
-from exitsearch_cli._console import RichProgress, console, handle_errors, invocation
+from exitsearch_cli._console import (
+    RichProgress,
+    console,
+    err_console,
+    handle_errors,
+    invocation,
+)
 from exitsearch_cli._options import (
     CheckpointOpt,
     DataDirOpt,
@@ -24,6 +30,7 @@ from exitsearch_cli._options import (
     preset_data,
     use_workers,
 )
+from rich.markup import escape
 from rich.table import Table
 
 from exitsearch.backbone import DEFAULT_PRESET, PRESETS
@@ -94,6 +101,8 @@ def train(
     splits = load_splits(
         data_spec(data, data_dir, val_size, split_seed, limit), preprocess=bb.preprocess()
     )
+    if (note := splits.limit_note()) is not None:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     cfg = BackboneTrainConfig(
         epochs=epochs,
         batch_size=batch_size,

@@ -391,8 +391,9 @@ def print_front(doc: dict) -> None:
         )
     unit = "in points" if classify else "in objects"
     console.print(
-        f"val, test: {quality}; ±95%: half-width of the 95 % interval of the validation "
-        f"{quality}, {unit}; {gain_col}: validation {quality} minus the backbone's on the same "
+        f"val, test: {quality}; ±95%: how far the 95 % interval of the validation {quality} "
+        f"reaches from it, on its wider side, {unit} (the interval is lopsided near 0 and 1: "
+        f"pareto.csv has both ends); {gain_col}: validation {quality} minus the backbone's on the same "
         f"samples, {unit} (* when its 95 % interval excludes 0); "
         + (
             "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "

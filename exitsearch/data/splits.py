@@ -205,6 +205,24 @@ class DataSplits:
             "splits-v1", self.train.fingerprint(), self.val.fingerprint(), self.test.fingerprint()
         )
 
+    def limit_note(self) -> str | None:
+        """With ``limit``: a note when the kept training samples (the first ones of the split,
+        in file order) leave classes out, as they do for a folder read class by class."""
+        if self.spec.limit is None or self.task != "classification":
+            return None
+        seen = np.unique(np.asarray(self.train.y))
+        missing = [c for i, c in enumerate(self.classes) if i not in set(seen.tolist())]
+        if not missing:
+            return None
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        return (
+            f"--limit {self.spec.limit} keeps the first training samples in file order, and "
+            f"{len(missing)} of {self.num_classes} classes have none ({shown}): exits cannot "
+            "learn them; raise --limit, or give a smaller copy of the data with every class"
+        )
+
     def get(self, name: str) -> Samples:
         if name not in ("train", "val", "test"):
             raise ConfigError(f"unknown split {name!r}; expected train, val or test")

@@ -148,6 +148,8 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
             "trained on them: use a checkpoint saved before training diverged"
         )
     splits = load_run_splits(settings.data, backbone, settings.allow_overlap, progress)
+    if (note := splits.limit_note()) is not None:
+        progress.log(f"note: {note}")
     settings = replace(settings, data=splits.spec)  # the split rule adopted from the backbone
     backbone.input_transform().check_channels(splits.train.image_shape[0], splits.train.origin)
     task = get_task(splits.task)

@@ -140,3 +140,20 @@ def test_run_refuses_validation_the_backbone_trained_on(tmp_path):
     assert len(allowed.val) == 500
     src = open_source(DataSpec())
     assert len(src.train) == 60000
+
+
+def test_a_limit_that_leaves_classes_out_is_said(tmp_path):
+    """A folder's training split is in path order, class by class: the first few samples can be
+    of one class only. The split says so (run and backbone train print it)."""
+    x, y, names = _images()
+    folder = _folder(tmp_path / "imgs", x, y, names)
+    few = load_splits(DataSpec(source=str(folder), limit=10), image_size=12, channels=1)
+    kept = set(np.asarray(few.train.y).tolist())
+    assert len(kept) < 3  # the premise: the first 10 in path order miss a class
+    note = few.limit_note()
+    missing = [c for i, c in enumerate(CLASSES) if i not in kept]
+    assert note is not None and all(c in note for c in missing), note
+    assert "\n" not in note
+    every = load_splits(DataSpec(source=str(folder), limit=60), image_size=12, channels=1)
+    assert every.limit_note() is None
+    assert load_splits(DataSpec(source=str(folder)), image_size=12, channels=1).limit_note() is None

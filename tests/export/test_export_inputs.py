@@ -56,7 +56,7 @@ def test_channels_last_arrays_are_images_not_rows(world: World, model):  # type:
     assert torch.equal(model.predict(list(rgb)).prediction, ref)
     one = model.predict(rgb[0])
     assert one.prediction.shape == (1,) and one.prediction[0] == ref[0]
-    rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:3], 1), 255, np.uint8)], axis=-1)
     assert torch.equal(model.predict(rgba).prediction, ref)
     grey = np.transpose(raw, (0, 2, 3, 1))  # N x 28 x 28 x 1
     assert torch.equal(model.predict(grey).prediction, ref)
