@@ -136,10 +136,19 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
 def _trained_as(spec: BackboneSpec, name: str) -> str:
     """For a checkpoint that does not fit: how ``exitsearch backbone train`` built it (its
     ``backbone.json``), as the options that rebuild it; empty without a record."""
-    trained = ((checkpoint_record(spec.checkpoint) or {}).get("spec")) or {}
-    model, overrides = trained.get("model"), trained.get("overrides") or {}
+    record = checkpoint_record(spec.checkpoint) or {}
+    trained = record.get("spec") or {}
+    model, overrides = trained.get("model"), dict(trained.get("overrides") or {})
     if not model:
         return ""
+    # what the user overrode and the record left at the model's default (its image size...)
+    built = record.get("describe") or {}
+    for key in spec.overrides.keys() - overrides.keys():
+        value = built.get(key)
+        if isinstance(value, list) and len(set(value)) == 1:
+            value = value[0]  # img_size [224, 224] as the 224 it was given
+        if value is not None:
+            overrides[key] = value
     diff = {k: v for k, v in overrides.items() if spec.overrides.get(k) != v}
     flags = " ".join(f"-o {k}={v}" for k, v in diff.items())
     if model == name:

@@ -93,3 +93,23 @@ def test_a_checkpoint_of_another_architecture_names_it(tmp_path: Path):
         "it was trained with -o embed_dim=48 -o depth=2 -o num_heads=2 -o num_classes=3" in message
     )
     assert "\n" not in message
+
+
+def test_an_image_size_the_record_left_at_its_default_is_named(tmp_path: Path):
+    """``-o img_size=256`` against a checkpoint trained at the model's own 224: the record has
+    no ``img_size`` override, its description has the size."""
+    small = {"depth": 2, "embed_dim": 48, "num_heads": 2, "num_classes": 4}
+    model = timm.create_model("deit_tiny_patch16_224", **small)
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    record = {
+        "spec": {"model": "deit_tiny_patch16_224", "overrides": small},
+        "describe": {"img_size": [224, 224], "depth": 2},
+    }
+    (tmp_path / "backbone.json").write_text(json.dumps(record))
+    spec = BackboneSpec(
+        "deit_tiny_patch16_224",
+        overrides={**small, "img_size": 256},
+        checkpoint=str(tmp_path / "model.safetensors"),
+    )
+    with pytest.raises(CheckpointError, match=r"it was trained with -o img_size=224 "):
+        create_backbone(spec)
