@@ -101,8 +101,6 @@ def train(
     splits = load_splits(
         data_spec(data, data_dir, val_size, split_seed, limit), preprocess=bb.preprocess()
     )
-    if (note := splits.limit_note()) is not None:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     cfg = BackboneTrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -117,6 +115,8 @@ def train(
         meta = train_backbone(
             bb, splits, cfg, out, progress=progress, command=invocation(), device=device
         )
+    if (note := splits.limit_note()) is not None:  # said with the result it explains
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     quality = meta["quality"]
     console.print(
         f"validation {quality} {meta['val_quality']:.4f}, test {quality} "
