@@ -77,7 +77,7 @@ def train(
     """Train or fine-tune a backbone; checkpoints each epoch and resumes when rerun."""
     import torch
 
-    from exitsearch.backbone import create_backbone
+    from exitsearch.backbone import create_backbone, resolve_spec
     from exitsearch.core.task import get_task
     from exitsearch.data import load_splits
     from exitsearch.training.backbone_trainer import BackboneTrainConfig, train_backbone
@@ -88,14 +88,7 @@ def train(
     if from_scratch and spec.model in PRESETS:
         # the preset's architecture without its shipped weights; the user's -o and
         # --checkpoint still count (e.g. -o num_classes=4 for data of four classes)
-        base = PRESETS[spec.model].spec
-        spec = replace(
-            base,
-            overrides={**base.overrides, **spec.overrides},
-            checkpoint=spec.checkpoint,
-            pretrained=spec.pretrained,
-            preprocess={**base.preprocess, **spec.preprocess},
-        )
+        spec = replace(resolve_spec(spec), checkpoint=spec.checkpoint)
     bb = create_backbone(spec)
     use_workers(workers)
     splits = load_splits(

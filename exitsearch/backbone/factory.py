@@ -120,10 +120,8 @@ def create_backbone(spec: BackboneSpec | str, **overrides: Any) -> Backbone:
                 raise
             raise CheckpointError(
                 f"the shipped {requested} weights do not fit {requested} with "
-                f"{', '.join(f'{k}={v}' for k, v in changed.items())}; train one for your data "
-                f"first: exitsearch backbone train --model {requested} --from-scratch "
-                f"{' '.join(f'-o {k}={v}' for k, v in changed.items())} --data DATA --out DIR, "
-                "then pass --checkpoint DIR/model.safetensors with the same -o"
+                f"{', '.join(f'{k}={v}' for k, v in changed.items())}; "
+                + preset.train_first(changed)
             ) from None
     record = checkpoint_record(spec.checkpoint)
     preprocess = dict(spec.preprocess)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from exitsearch.backbone.spec import BackboneSpec
 
@@ -21,6 +23,16 @@ class Preset:
     spec: BackboneSpec
     data: str
     description: str
+
+    def train_first(self, overrides: Mapping[str, Any]) -> str:
+        """Advice when the shipped weights cannot serve ``overrides`` (another number of
+        classes...): the command that trains this architecture for the user's data."""
+        flags = " ".join(f"-o {k}={v}" for k, v in overrides.items())
+        return (
+            f"train a backbone for your data first (exitsearch backbone train --model "
+            f"{self.name} --from-scratch {flags} --data DATA --out DIR), then pass --checkpoint "
+            f"DIR/model.safetensors {flags}"
+        )
 
     def resolved(self) -> BackboneSpec:
         """The spec with the shipped checkpoint attached, if it is installed."""

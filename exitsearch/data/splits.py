@@ -210,8 +210,8 @@ class DataSplits:
         in file order) leave classes out, as they do for a folder read class by class."""
         if self.spec.limit is None or self.task != "classification":
             return None
-        seen = np.unique(np.asarray(self.train.y))
-        missing = [c for i, c in enumerate(self.classes) if i not in set(seen.tolist())]
+        seen = set(np.unique(np.asarray(self.train.y)).tolist())
+        missing = [c for i, c in enumerate(self.classes) if i not in seen]
         if not missing:
             return None
         shown = ", ".join(missing[:5]) + (

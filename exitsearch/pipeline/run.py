@@ -165,13 +165,10 @@ def prepare(settings: RunSettings, progress: Progress | None = None) -> RunConte
         if preset is None or settings.backbone.checkpoint or settings.backbone.pretrained:
             raise
         # the shipped weights are for the preset's own data: -o num_classes alone cannot help
-        want = task.outputs(splits.num_classes)
         raise ConfigError(
             f"{task.mismatch(splits.num_classes, backbone.num_classes)}: the shipped "
-            f"{preset.name} weights are for {preset.data}; train a backbone for your data first "
-            f"(exitsearch backbone train --model {preset.name} --from-scratch -o "
-            f"num_classes={want} --data DATA --out DIR), then run with --checkpoint "
-            f"DIR/model.safetensors -o num_classes={want}"
+            f"{preset.name} weights are for {preset.data}; "
+            + preset.train_first({"num_classes": task.outputs(splits.num_classes)})
         ) from None
     space = space.for_task(task)
     candidates = space.candidate_heads(backbone.depth)

@@ -47,19 +47,13 @@ class Answer:
 
     def to_dict(self, classes: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON of the answer; with ``classes`` (label order) each label's name beside it."""
-        if classes is None:
-            return {
-                "label": self.label,
-                "probabilities": [{"label": c, "p": round(p, 6)} for c, p in self.top],
-                "exit": self.exit,
-                "exit_block": self.block,
-            }
+
+        def named(c: int) -> dict[str, Any]:
+            return {"label": c} if classes is None else {"label": c, "class": classes[c]}
+
         return {
-            "label": self.label,
-            "class": classes[self.label],
-            "probabilities": [
-                {"label": c, "class": classes[c], "p": round(p, 6)} for c, p in self.top
-            ],
+            **named(self.label),
+            "probabilities": [named(c) | {"p": round(p, 6)} for c, p in self.top],
             "exit": self.exit,
             "exit_block": self.block,
         }
