@@ -112,7 +112,7 @@ def main() -> None:
                         # the parts timed one by one, each on its own, as tables were measured
                         # before; the runtime's work between them as measured in the runtime
                         plain = measure_latency(bb, "cpu", batch).with_exit_overhead(
-                            rt.table.exit_decision_ms, rt.table.exit_fixed_ms
+                            rt.table.exit_decision_ms, rt.table.exit_fixed_ms, 0.0
                         )
                         heads = measure_heads_latency(
                             specs, HeadContext.from_backbone(bb), "cpu", batch
@@ -153,6 +153,7 @@ def main() -> None:
                             "rounds": len(row.round_ms),
                             "exit_decision_ms": rt.table.exit_decision_ms / batch,
                             "exit_fixed_ms": rt.table.exit_fixed_ms / batch,
+                            "exit_resume_ms": rt.table.exit_resume_ms / batch,
                             "backbone_parts_ms": rt.table.parts_ms / batch,
                             "backbone_whole_ms": rt.table.full_ms / batch,
                             # the machine's speed may drift between the table and the bench:

@@ -204,7 +204,8 @@ def profile(
         )
         console.print(
             f"  and the exported runtime's work between them: {t.exit_decision_ms:.3f} ms per "
-            f"early exit a batch passes, {t.exit_fixed_ms:.3f} ms per batch"
+            f"early exit a batch reaches, {t.exit_resume_ms:.3f} ms more for the part after an "
+            f"exit it goes on from, {t.exit_fixed_ms:.3f} ms per batch"
         )
         note = parts_note(t.per_sample())
         if note:

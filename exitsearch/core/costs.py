@@ -32,6 +32,7 @@ from exitsearch.errors import ConfigError
 __all__ = [
     "EXIT_DECISION",
     "EXIT_FIXED",
+    "EXIT_RESUME",
     "UNIT",
     "BackboneProfile",
     "BlockCost",
@@ -49,13 +50,18 @@ EXIT_DECISION = "exit_decision_ms"
 """Deciding at one early exit: scores from the logits, the criterion, who leaves."""
 EXIT_FIXED = "exit_fixed_ms"
 """Once per batch whatever the exits: input checks, the final exit's output, assembling rows."""
+EXIT_RESUME = "exit_resume_ms"
+"""Going on after an early exit: what the next part takes beyond its time in a plain forward,
+where it follows the previous block directly (its weights and, on several threads, the thread
+pool have gone cold while the head and the decision ran)."""
 
 
 @dataclass(frozen=True)
 class LatencyTable:
     """Median milliseconds per batch of ``batch_size`` for each part of the backbone, and
     (in ``extra``) the runtime's work between the parts: :data:`EXIT_DECISION` per early exit
-    a sample passes, :data:`EXIT_FIXED` per batch."""
+    a sample reaches, :data:`EXIT_RESUME` per early exit it goes on from, :data:`EXIT_FIXED`
+    per batch."""
 
     model: str
     device: str
@@ -81,9 +87,19 @@ class LatencyTable:
     def exit_fixed_ms(self) -> float:
         return float(self.extra.get(EXIT_FIXED, 0.0))
 
-    def with_exit_overhead(self, decision_ms: float, fixed_ms: float) -> LatencyTable:
-        """This table with the runtime's per-exit and per-batch work (milliseconds per batch)."""
-        return replace(self, extra={**self.extra, EXIT_DECISION: decision_ms, EXIT_FIXED: fixed_ms})
+    @property
+    def exit_resume_ms(self) -> float:
+        return float(self.extra.get(EXIT_RESUME, 0.0))
+
+    def with_exit_overhead(
+        self, decision_ms: float, fixed_ms: float, resume_ms: float | None = None
+    ) -> LatencyTable:
+        """This table with the runtime's per-exit and per-batch work (milliseconds per batch);
+        ``resume_ms`` (:data:`EXIT_RESUME`) is kept as it is when not given."""
+        extra = {**self.extra, EXIT_DECISION: decision_ms, EXIT_FIXED: fixed_ms}
+        if resume_ms is not None:
+            extra[EXIT_RESUME] = resume_ms
+        return replace(self, extra=extra)
 
     def cumulative_ms(self, location: int) -> float:
         """Milliseconds of the stem and blocks ``1..location`` per batch."""
@@ -201,15 +217,18 @@ def latency_exit_ms(
     when ``cut``), from a latency table and the per-sample milliseconds of each exit's head.
 
     Besides the parts (stem, blocks, heads, final head), a sample pays the runtime's decision at
-    every early exit it passes and a fixed share of its batch, when the table measured them
-    (:data:`EXIT_DECISION`, :data:`EXIT_FIXED`)."""
+    every early exit it reaches, the cold start of the part after every early exit it goes on
+    from, and a fixed share of its batch, when the table measured them (:data:`EXIT_DECISION`,
+    :data:`EXIT_RESUME`, :data:`EXIT_FIXED`)."""
     lat = table.per_sample()
     cum = lat.stem_ms + np.cumsum(lat.block_ms)
     heads = np.cumsum(np.asarray(head_ms, dtype=np.float64))
-    decided = lat.exit_decision_ms * np.arange(1, len(heads) + 1, dtype=np.float64)
-    early = cum[np.asarray(locations, dtype=np.int64) - 1] + heads + decided
+    reached = np.arange(1, len(heads) + 1, dtype=np.float64)
+    between = lat.exit_decision_ms * reached + lat.exit_resume_ms * (reached - 1)
+    early = cum[np.asarray(locations, dtype=np.int64) - 1] + heads + between
     if not cut:
-        passed = (heads[-1] + decided[-1]) if len(heads) else 0.0
+        n = len(heads)
+        passed = (heads[-1] + between[-1] + lat.exit_resume_ms) if n else 0.0
         early = np.append(early, cum[-1] + lat.head_ms + passed)
     return early + lat.exit_fixed_ms
 

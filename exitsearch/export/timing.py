@@ -13,9 +13,16 @@ some probe (one head per location; the other locations hold linear heads), so th
 the candidates in as many runs as the most crowded location has heads. The stem, each block,
 the final head and the decision at an exit are medians over every probe and repeat; each head
 is the median of its own probe's repeats; the work once per batch (checking the input,
-assembling the output) is the whole call less everything the hook attributes. The parts of
-one call add up to the call, by construction; the table also keeps a plain forward of the
-backbone, so a report can say how the parts compare with it.
+assembling the output) is the whole call less everything the hook attributes.
+
+Every probe call is followed by a plain forward of the backbone through the same parts, every
+block in a row, so that both see the machine in the same state. A part that comes after an
+exit takes longer than in the plain forward (its weights and, on several threads, the thread
+pool went cold while the head and the decision ran); the median of (the probe's parts less the
+plain forward) over its early exits is that cold start, :data:`~exitsearch.core.costs.EXIT_RESUME`,
+charged per early exit a sample goes on from. The table's parts are the in-a-row times (each
+part after an exit less the cold start), so the stem, blocks and final head add up to the plain
+forward (``full_ms``) and a configuration's prediction adds what its own exits cost.
 """
 
 from __future__ import annotations
@@ -56,8 +63,9 @@ class RuntimeLatency:
     """What :func:`measure_in_runtime` measured, per batch of ``table.batch_size``.
 
     Attributes:
-        table: stem, blocks and final head as the runtime ran them, the decision per early
-            exit and the work once per batch (``extra``), and a plain forward (``full_ms``).
+        table: stem, blocks and final head as a plain forward runs them (in a row), the
+            decision at and the cold start after an early exit and the work once per batch
+            (``extra``), and the plain forward itself (``full_ms``).
         heads_ms: median milliseconds of every candidate head (with its statistics, and its
             uncertainty predictor when it has one), by key.
         call_ms: median milliseconds of a whole probe call (every block, a head and a decision
@@ -199,12 +207,14 @@ def measure_in_runtime(
     stem: list[float] = []
     blocks: list[list[float]] = [[] for _ in range(bb.depth)]
     final: list[float] = []
+    final_after_exit: list[float] = []
     decisions: list[float] = []
     fixed: list[float] = []
     calls: list[float] = []
+    plain: list[float] = []
+    resumes: list[float] = []  # per call: (parts - plain forward) per early exit
     heads: dict[str, float] = {}
     wanted = {s.key for s in specs}
-    full: float | None = None
     try:
         for i, exits in enumerate(probe_layout(specs, bb.depth)):
             unc = any(s.uncertainty for s in exits)
@@ -224,50 +234,61 @@ def measure_in_runtime(
                     _onnx_probe(model, folder, threads, shared_threads),
                     x.numpy(),
                 )
-            if full is None:
-                # a plain forward through the first probe's parts: every block in a row
-                full = statistics.median(
-                    time_call(lambda f=forward, v=inputs: f(v), dev, warmup, repeats)
-                )
             own: dict[str, list[float]] = {}
             for r in range(warmup + repeats):
                 whole, spans = _spans(call, inputs, sync)
+                # right after: the plain forward through the same parts, every block in a row
+                in_a_row = time_call(lambda f=forward, v=inputs: f(v), dev, 0, 1)[0]
                 if r < warmup:
                     continue
                 calls.append(whole)
+                plain.append(in_a_row)
                 decided = [ms for part, ms in spans if part == BOOKKEEPING]
                 if len(decided) != len(exits) + 1:
                     raise RuntimeError(f"a sample left a latency probe early at {exits}")
                 # one decision per early exit, then the final exit's output
                 decisions.extend(decided[:-1])
+                parts = 0.0
                 for part, ms in spans:
                     if part == "stem":
                         stem.append(ms)
                     elif part == "final head":
-                        final.append(ms)
+                        # after an exit when the probe has one after the last block
+                        (final_after_exit if len(exits) == bb.depth else final).append(ms)
                     elif part.startswith(_HEAD):
                         own.setdefault(part[len(_HEAD) :], []).append(ms)
+                        continue
                     elif (m := _BLOCK.match(part)) and m[1] == m[2]:
                         blocks[int(m[1]) - 1].append(ms)
+                    else:
+                        continue
+                    parts += ms
+                if exits:
+                    resumes.append((parts - in_a_row) / len(exits))
                 attributed = sum(ms for part, ms in spans if part != BOOKKEEPING)
                 fixed.append(whole - attributed - sum(decided[:-1]))
             heads.update({k: statistics.median(v) for k, v in own.items() if k in wanted})
     finally:
         if tmp is not None:
             tmp.cleanup()
-    assert full is not None
+    # every probe has an exit after blocks 1..depth-1: blocks 2..depth start cold
+    resume = statistics.median(resumes) if resumes else 0.0
+    block_ms = [statistics.median(b) - (resume if i else 0.0) for i, b in enumerate(blocks)]
+    final_ms = final + [ms - resume for ms in final_after_exit]
     table = LatencyTable(
         model=bb.spec.model,
         device=device,
         device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         batch_size=batch_size,
         stem_ms=statistics.median(stem),
-        block_ms=[statistics.median(b) for b in blocks],
-        head_ms=statistics.median(final),
-        full_ms=full,
+        block_ms=[max(0.0, ms) for ms in block_ms],
+        head_ms=max(0.0, statistics.median(final_ms)),
+        full_ms=statistics.median(plain),
         threads=threads,
         repeats=repeats,
     ).with_exit_overhead(
-        statistics.median(decisions) if decisions else 0.0, max(0.0, statistics.median(fixed))
+        statistics.median(decisions) if decisions else 0.0,
+        max(0.0, statistics.median(fixed)),
+        resume,
     )
     return RuntimeLatency(table, heads, statistics.median(calls))

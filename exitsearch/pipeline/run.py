@@ -306,7 +306,7 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         return None
     batch = ctx.settings.latency_batch_size
     key = sha256_of(
-        "latency-v3", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
+        "latency-v4", arch, [s.to_dict() for s in ctx.candidates], device, batch, _machine()
     )
     ctx.keys["latency"] = key
     folder = ctx.store.lookup("latency", key)

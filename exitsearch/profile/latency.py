@@ -69,28 +69,22 @@ def parts_note(lat: LatencyTable) -> str | None:
     """A note when the table's parts (stem, blocks, head) do not add up to a plain forward of
     the backbone within :data:`PARTS_TOLERANCE`.
 
-    Parts timed inside the exported runtime (:mod:`exitsearch.export.timing`) add up to more
-    than a plain forward in a warm loop: the runtime runs a block at a time, with its own work
-    between them, and that is the time a configuration is predicted to take. Parts that add up
-    to less than the whole miss something the model runs, so the prediction is understated."""
+    Tables timed inside the exported runtime (:mod:`exitsearch.export.timing`) keep each part's
+    time in a plain forward, measured in the same rounds as the forward itself, so their parts
+    add up to it unless the machine's speed changed while they were measured. Parts that add up
+    to less than the whole miss something the model runs; parts that add up to more overstate
+    every configuration's time."""
     if lat.full_ms <= 0:
         return None
     gap = lat.parts_ms / lat.full_ms - 1.0
     if abs(gap) <= PARTS_TOLERANCE:
         return None
-    head = (
+    return (
         f"the latency table's parts sum to {lat.parts_ms:.4g} ms per sample and a plain forward "
-        f"of the backbone took {lat.full_ms:.4g} ms ({gap:+.0%}); "
-    )
-    if gap > 0:
-        return head + (
-            "the exported runtime runs its parts one after another, with its own work between "
-            "them, and predicted milliseconds are its time, not the plain forward's (overstated "
-            "only against the backbone run in one piece); `exitsearch bench` measures both"
-        )
-    return head + (
-        "costs in milliseconds are sums of parts, so a configuration's predicted time is "
-        "understated by about as much; `exitsearch bench` measures the exported model itself"
+        f"of the backbone took {lat.full_ms:.4g} ms ({gap:+.0%}), so predicted milliseconds are "
+        f"{'under' if gap < 0 else 'over'}stated by about as much; a machine whose speed "
+        "changes while the table is measured (a busy one) does this: measure it again on a "
+        "quiet one, or let `exitsearch bench` measure the exported model itself"
     )
 
 

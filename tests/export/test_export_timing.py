@@ -57,6 +57,17 @@ def test_parts_heads_and_the_runtime_work_are_timed_in_the_runtime(bb):
     assert t.exit_decision_ms > 0 and t.exit_fixed_ms >= 0
     # a probe call runs every block, a head and a decision after each: more than the blocks
     assert got.call_ms > t.parts_ms > 0 and t.full_ms > 0
+    assert math.isfinite(t.exit_resume_ms)
+
+
+def test_the_parts_are_in_a_row_times_and_add_up_to_the_plain_forward(bb):
+    got = measure_in_runtime(bb, SPECS[:2], "cpu", batch_size=2, warmup=2, repeats=15)
+    t = got.table
+    # the probe's parts less the cold start after each of its three exits: what a plain
+    # forward takes for them, up to the scatter of medians over a few milliseconds
+    assert t.parts_ms == pytest.approx(t.full_ms, rel=0.5)
+    # the probe call holds every part, three heads, three decisions and three cold starts
+    assert got.call_ms > t.parts_ms + 3 * t.exit_decision_ms
 
 
 def test_a_one_block_backbone_still_gets_a_probe():

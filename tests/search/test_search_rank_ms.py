@@ -90,3 +90,24 @@ def test_the_runtimes_work_between_parts_is_priced_per_exit_passed(world: World)
     back = LatencyTable.from_json(busy.latency.to_json())
     assert (back.exit_decision_ms, back.exit_fixed_ms) == (0.2, 0.3)
     assert back.per_sample().exit_decision_ms == 0.2  # batch 1
+
+
+def test_going_on_after_an_exit_is_priced_per_exit_left_behind(world: World) -> None:
+    timed = _timed(world)
+    plain = timed.costs
+    # 0.4 ms per early exit a sample goes on from (the next part starts cold), besides 0.2 ms
+    # per early exit it reaches
+    cold = replace(plain, latency=LATENCY.with_exit_overhead(0.2, 0.0, 0.4))
+    for keys in (("linear@1+u",), ("linear@1+u", "mlp@2", "linear@4+u")):
+        config = _config(timed, keys)
+        n = len(keys)
+        reached = np.arange(1, n + 1)
+        extra = np.append(0.2 * reached + 0.4 * (reached - 1), 0.2 * n + 0.4 * n)
+        assert np.allclose(cold.exit_ms(config) - plain.exit_ms(config), extra)
+        cut = replace(config, cut=True)
+        assert np.allclose(cold.exit_ms(cut) - plain.exit_ms(cut), extra[:-1])
+    back = LatencyTable.from_json(cold.latency.to_json())
+    assert back.exit_resume_ms == 0.4
+    # keeping what a table measured when only the other two are given again
+    assert back.with_exit_overhead(0.1, 0.1).exit_resume_ms == 0.4
+    assert LatencyTable.from_json(LATENCY.to_json()).exit_resume_ms == 0.0
