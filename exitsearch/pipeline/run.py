@@ -470,9 +470,15 @@ def resolve_budget(
         )
     flops = budget.to_flops(costs.backbone_flops)
     if flops < min_exit_flops:
+        # a bare number up to 1 reads like a share of the backbone: say how to write one
+        hint = (
+            f"; for {budget.value:g} of the backbone's cost write {budget.value * 100:g}%"
+            if 0 < budget.value <= 1 and not any(c.isalpha() for c in str(text).lower() if c != "e")
+            else ""
+        )
         raise BudgetError(
             f"budget {text} ({format_flops(flops)}) is below the cheapest possible exit, "
-            f"{format_flops(min_exit_flops)} (one exit after the first candidate block)"
+            f"{format_flops(min_exit_flops)} (one exit after the first candidate block){hint}"
         )
     note = None
     if flops >= costs.backbone_flops:

@@ -158,6 +158,8 @@ def _save_weights(path: Path, **changes: int) -> Path:
         ("12ms", "mean", "is in milliseconds, which needs a latency table: add --latency-device"),
         ("1FLOPs", "mean", "budget 1FLOPs (1 FLOPs) is below the cheapest possible exit"),
         ("0.0001%", "max", "is below the cheapest possible exit"),
+        ("0.5", "mean", "(0.5 FLOPs) is below the cheapest possible exit, "),
+        ("0.5", "mean", "candidate block); for 0.5 of the backbone's cost write 50%"),
     ],
     ids=[
         "over-100%",
@@ -168,6 +170,8 @@ def _save_weights(path: Path, **changes: int) -> Path:
         "ms-no-table",
         "1FLOPs",
         "tiny-%",
+        "bare-fraction",
+        "bare-fraction-hint",
     ],
 )
 def test_bad_budgets(world: World, tmp_path: Path, budget: str, kind: str, fragment: str):
