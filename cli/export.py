@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from exitsearch_cli._console import console, handle_errors
+from exitsearch_cli._console import console, err_console, handle_errors
 from rich.markup import escape
 from rich.table import Table
 
@@ -96,10 +96,30 @@ def export(
         "(MultiExitModel.set_operating_point)",
         highlight=False,
     )
+    if not onnx:
+        _onnx_hint(Path(run))
     if doc.get("onnx"):
         g = doc["onnx"]
         console.print(
             f"ONNX ({g['exporter']} exporter, {g['seconds']:.1f} s): largest difference from "
             f"PyTorch {g.get('max_abs_error', float('nan')):.2e}",
+            highlight=False,
+        )
+
+
+def _onnx_hint(run: Path) -> None:
+    """A note when the run priced its milliseconds on onnxruntime and no graphs were exported."""
+    from exitsearch._io import read_json
+    from exitsearch.errors import CacheError
+    from exitsearch.report.schema import PARETO_JSON
+
+    try:  # the bundle is written: a run folder without a readable pareto.json gets no note
+        latency = read_json(run / PARETO_JSON).get("latency") or {}
+    except (CacheError, OSError, AttributeError):
+        return
+    if latency.get("engine") == "onnx":
+        err_console.print(
+            "note: the run priced its milliseconds on onnxruntime (its latency table's engine); "
+            "add --onnx to export the graphs that run there (`exitsearch bench --onnx` times them)",
             highlight=False,
         )

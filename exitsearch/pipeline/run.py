@@ -117,6 +117,7 @@ class RunContext:
     keys: dict[str, str] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None  # where the latency table's milliseconds come from
 
     @property
     def run_dir(self) -> Path:
@@ -296,6 +297,7 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
         given.check(arch, ctx.backbone.preprocess().input_size, [s.key for s in ctx.candidates])
         ctx.keys["latency"] = file_sha256(ctx.settings.latency_table)
         env = given.environment
+        ctx.latency = _latency_source(given.backbone, str(env.get("engine", "torch")), "file")
         ctx.progress.log(
             f"latency: the table of {env.get('machine') or env.get('device_name', '?')} "
             f"({env.get('device', '?')}, {env.get('threads', '?')} "
@@ -330,7 +332,20 @@ def stage_latency(ctx: RunContext) -> tuple[LatencyTable, dict[str, float]] | No
     ctx.folders["latency"] = folder
     doc = read_json(folder / "latency.json")
     table = LatencyTable.from_json(doc["backbone"])
+    ctx.latency = _latency_source(table, "torch", "measured")
     return table, {k: v / table.batch_size for k, v in doc["heads_ms_per_batch"].items()}
+
+
+def _latency_source(table: LatencyTable, engine: str, how: str) -> dict[str, Any]:
+    """What pareto.json says of the latency table a run priced milliseconds with."""
+    return {
+        "source": how,  # "measured" by this run, or read from a --latency-table "file"
+        "engine": engine,
+        "device": table.device,
+        "device_name": table.device_name,
+        "threads": table.threads,
+        "batch_size": table.batch_size,
+    }
 
 
 def _machine() -> str:

@@ -48,7 +48,8 @@ __all__ = [
 
 class RunView(Protocol):
     """What the report reads of a run: its settings, backbone, space, candidate heads, stage
-    folders, cache keys and timings (the pipeline's ``RunContext`` is one)."""
+    folders, cache keys, timings and the latency table's origin (the pipeline's ``RunContext``
+    is one)."""
 
     settings: Any
     backbone: Backbone
@@ -57,6 +58,7 @@ class RunView(Protocol):
     keys: dict[str, str]
     folders: dict[str, Path]
     timings: dict[str, float]
+    latency: dict[str, Any] | None
 
     @property
     def run_dir(self) -> Path: ...
@@ -174,6 +176,8 @@ def write_report(
             "flops": constraint.flops,
             "ms": constraint.ms,
         },
+        # the latency table behind every ms figure (null without one)
+        "latency": ctx.latency,
         "space": ctx.space.name,
         "artifacts": {
             "heads": str((ctx.folders["heads"] / "heads.safetensors").relative_to(run_dir)),

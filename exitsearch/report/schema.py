@@ -11,6 +11,8 @@
       "data": DataSpec.to_dict(),
       "classes": [str, ...],           # label i is classes[i] (class folders, npz "classes"...)
       "budget": {"text": str, "kind": "mean" | "max", "flops": float | null},
+      "latency": {"source": "measured" | "file", "engine": "torch" | "onnx", "device": str,
+                  "device_name": str, "threads": int, "batch_size": int} | null,
       "artifacts": {"heads": "<path of heads.safetensors, relative to the run folder>",
                     "predictions": "<folder>", "profile": "<profile.json>"},
       "front": [                       # cheapest first

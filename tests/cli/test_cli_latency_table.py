@@ -105,6 +105,15 @@ def test_run_with_a_table_from_elsewhere_budgets_in_ms(runner, space_file, table
     assert "latency: the table of" in result.output
     doc = json.loads((run_dir / schema.PARETO_JSON).read_text())
     assert doc["budget"]["ms"] == pytest.approx(0.9 * per_sample.parts_ms, rel=1e-5)
+    # where the milliseconds come from
+    assert doc["latency"] == {
+        "source": "file",
+        "engine": "torch",
+        "device": "cpu",
+        "device_name": t.backbone.device_name,
+        "threads": t.backbone.threads,
+        "batch_size": 4,
+    }
     assert doc["front"] and all(m["val"]["mean_ms"] > 0 for m in doc["front"])
     # milliseconds next to FLOPs, in the table and the CSV
     header = next(line for line in result.stdout.splitlines() if "MFLOPs" in line)
@@ -146,6 +155,17 @@ def test_an_onnx_table_records_its_engine(runner, space_file, tmp_path):
     t = read_table(out)
     assert t.environment["engine"] == "onnx" and t.environment["onnxruntime"]
     assert len(t.backbone.block_ms) == 4 and all(v > 0 for v in t.heads_ms_per_batch.values())
+    # a run priced on onnxruntime says so, and its export without graphs is told to add them
+    run_dir = tmp_path / "run"
+    budget = f"{2 * t.backbone.per_sample().parts_ms:.6f}ms"  # every member fits
+    args = ["run", *TINY_ARGS, "--space", str(space_file), "--run", str(run_dir)]
+    result = runner.invoke(app, [*args, "--budget", budget, "--latency-table", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((run_dir / schema.PARETO_JSON).read_text())
+    assert doc["latency"]["engine"] == "onnx" and doc["latency"]["source"] == "file"
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    assert "add --onnx to export the graphs that run there" in " ".join(result.output.split())
 
 
 def test_an_unknown_engine_is_refused(runner):
