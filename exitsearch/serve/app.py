@@ -285,8 +285,8 @@ class BundleServer:
                 if request.method != "POST":
                     raise RequestError(405, "POST an image to /predict")
                 return await self._predict(request)
-            if request.method != "GET":
-                raise RequestError(405, f"{path} answers GET only")
+            if request.method not in ("GET", "HEAD"):  # HEAD: the headers of a GET
+                raise RequestError(405, f"{path} answers GET (and HEAD) only")
             if path == "/healthz":
                 return JSONResponse(self._health())
             if path == "/metrics":

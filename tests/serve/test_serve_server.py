@@ -162,6 +162,11 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
     assert status == 405
     status, health, _ = call(server.url + "/healthz")
     assert status == 200 and health["status"] == "ok"  # still serving
+    # HEAD, as load balancers' health checks send it: a GET's status and headers, no body
+    status, body, headers = call(server.url + "/healthz", method="HEAD")
+    assert status == 200 and body == "" and headers["Content-Type"] == "application/json"
+    status, _, _ = call(server.url + "/healthz", method="DELETE")
+    assert status == 405
 
 
 def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
