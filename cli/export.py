@@ -96,30 +96,16 @@ def export(
         "(MultiExitModel.set_operating_point)",
         highlight=False,
     )
-    if not onnx:
-        _onnx_hint(Path(run))
+    if not onnx and (sel.meta.get("latency") or {}).get("engine") == "onnx":
+        err_console.print(
+            "note: the run priced its milliseconds on onnxruntime (its latency table's engine); "
+            "add --onnx to export the graphs that run there (`exitsearch bench --onnx` times them)",
+            highlight=False,
+        )
     if doc.get("onnx"):
         g = doc["onnx"]
         console.print(
             f"ONNX ({g['exporter']} exporter, {g['seconds']:.1f} s): largest difference from "
             f"PyTorch {g.get('max_abs_error', float('nan')):.2e}",
-            highlight=False,
-        )
-
-
-def _onnx_hint(run: Path) -> None:
-    """A note when the run priced its milliseconds on onnxruntime and no graphs were exported."""
-    from exitsearch._io import read_json
-    from exitsearch.errors import CacheError
-    from exitsearch.report.schema import PARETO_JSON
-
-    try:  # the bundle is written: a run folder without a readable pareto.json gets no note
-        latency = read_json(run / PARETO_JSON).get("latency") or {}
-    except (CacheError, OSError, AttributeError):
-        return
-    if latency.get("engine") == "onnx":
-        err_console.print(
-            "note: the run priced its milliseconds on onnxruntime (its latency table's engine); "
-            "add --onnx to export the graphs that run there (`exitsearch bench --onnx` times them)",
             highlight=False,
         )

@@ -48,6 +48,12 @@ class Budget:
     kind: BudgetKind = BudgetKind.MEAN
     text: str = ""
 
+    @property
+    def bare(self) -> bool:
+        """Written as a number alone, without a unit (read as FLOPs)."""
+        m = _PATTERN.match(self.text)
+        return m is not None and not m.group("unit")
+
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or self.value <= 0:
             raise BudgetError(

@@ -240,3 +240,11 @@ def test_run_settings_parse_the_budget_once(tmp_path):
     assert RunSettings(tmp_path, BackboneSpec("fmnist-vit12")).parsed_budget is None
     with pytest.raises(BudgetError, match="cannot read budget '8 parsecs'"):
         RunSettings(tmp_path, BackboneSpec("fmnist-vit12"), budget="8 parsecs")
+
+
+@pytest.mark.parametrize(
+    ("text", "bare"),
+    [("0.5", True), (" 1e-1 ", True), ("8e9", True), ("0.5MACs", False), ("50%", False)],
+)
+def test_a_bare_number_is_told_from_one_with_a_unit(text, bare):
+    assert parse_budget(text).bare is bare

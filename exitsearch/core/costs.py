@@ -227,8 +227,7 @@ def latency_exit_ms(
     between = lat.exit_decision_ms * reached + lat.exit_resume_ms * (reached - 1)
     early = cum[np.asarray(locations, dtype=np.int64) - 1] + heads + between
     if not cut:
-        n = len(heads)
-        passed = (heads[-1] + between[-1] + lat.exit_resume_ms) if n else 0.0
+        passed = (heads[-1] + between[-1] + lat.exit_resume_ms) if len(heads) else 0.0
         early = np.append(early, cum[-1] + lat.head_ms + passed)
     return early + lat.exit_fixed_ms
 

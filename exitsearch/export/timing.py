@@ -254,7 +254,8 @@ def measure_in_runtime(
                         stem.append(ms)
                     elif part == "final head":
                         # after an exit when the probe has one after the last block
-                        (final_after_exit if len(exits) == bb.depth else final).append(ms)
+                        cold = bool(exits) and exits[-1].location == bb.depth
+                        (final_after_exit if cold else final).append(ms)
                     elif part.startswith(_HEAD):
                         own.setdefault(part[len(_HEAD) :], []).append(ms)
                         continue

@@ -488,7 +488,7 @@ def resolve_budget(
         # a bare number up to 1 reads like a share of the backbone: say how to write one
         hint = (
             f"; for {budget.value:g} of the backbone's cost write {budget.value * 100:g}%"
-            if 0 < budget.value <= 1 and not any(c.isalpha() for c in str(text).lower() if c != "e")
+            if budget.bare and budget.value <= 1
             else ""
         )
         raise BudgetError(

@@ -130,6 +130,7 @@ def bundle_from_run(run_dir: str | os.PathLike[str], config_id: int | None = Non
         "data": pareto.get("data"),
         "classes": pareto.get("classes"),
         "budget": pareto.get("budget"),
+        "latency": pareto.get("latency"),  # the table behind the run's milliseconds, if any
         "head_training": head_training,
     }
     predicted = {k: dict(member[k]) for k in ("val", "test") if isinstance(member.get(k), dict)}

@@ -166,6 +166,9 @@ def test_an_onnx_table_records_its_engine(runner, space_file, tmp_path):
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
     assert "add --onnx to export the graphs that run there" in " ".join(result.output.split())
+    # the bundle keeps where its run's milliseconds came from
+    manifest = json.loads((tmp_path / "bundle" / "exitsearch.json").read_text())
+    assert manifest["meta"]["latency"] == doc["latency"]
 
 
 def test_an_unknown_engine_is_refused(runner):
