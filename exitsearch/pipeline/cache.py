@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,17 @@ class StageStore:
 
     def meta(self, folder: Path) -> dict[str, Any]:
         return dict(read_json(folder / MANIFEST).get("meta", {}))
+
+    def complete(self, stage: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """``(folder, manifest)`` of every complete folder of ``stage``, by name; intact or not
+        is left to :meth:`verify` (it reads every file)."""
+        for manifest in sorted(self.root.glob(f"{stage}-*/{MANIFEST}")):
+            try:
+                doc = read_json(manifest)
+            except CacheError:
+                continue
+            if isinstance(doc, dict) and doc.get("stage") == stage:
+                yield manifest.parent, doc
 
     def discard(self, stage: str, key: str) -> None:
         shutil.rmtree(self.folder(stage, key), ignore_errors=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from exitsearch.distributed.cluster import ray_cluster
 from exitsearch.distributed.head_shards import shard_by_location, train_heads_sharded
 from exitsearch.errors import ConfigError
+from exitsearch.heads import HeadSpec
 from exitsearch.training.head_training import HeadTrainResult
 
 if TYPE_CHECKING:
@@ -23,8 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["train_heads_on_cluster"]
 
 
-def train_heads_on_cluster(ctx: RunContext, folder: Path) -> HeadTrainResult:
-    """Train the run's candidate heads sharded over the cluster into ``folder``.
+def train_heads_on_cluster(
+    ctx: RunContext, folder: Path, specs: list[HeadSpec] | None = None
+) -> HeadTrainResult:
+    """Train ``specs`` (default: the run's candidate heads) sharded over the cluster into
+    ``folder``.
 
     Shards: ``RunSettings.head_shards``, by default one per logical CPU of the cluster (at most
     one per location).
@@ -34,13 +38,14 @@ def train_heads_on_cluster(ctx: RunContext, folder: Path) -> HeadTrainResult:
         if info is None:
             raise ConfigError("training heads on a cluster needs RunSettings.ray_address")
         ctx.progress.log(f"heads: {info.describe()}")
+        specs = ctx.candidates if specs is None else specs
         shards = settings.head_shards or max(1, int(info.cpus))
-        groups = shard_by_location(ctx.candidates, shards)
+        groups = shard_by_location(specs, shards)
         return train_heads_sharded(
             ctx.backbone,
             settings.data,
             ctx.splits,
-            ctx.candidates,
+            specs,
             settings.heads,
             folder,
             shards=len(groups),

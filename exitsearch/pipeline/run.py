@@ -25,6 +25,7 @@ from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigEr
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.profile import profile_heads
+from exitsearch.pipeline.bank_reuse import best_cached_bank, load_heads, merge_into
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
 from exitsearch.profile import BackboneProfile, LatencyTable, profile_backbone
@@ -362,58 +363,81 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
 
     With ``RunSettings.ray_address`` the heads train in shards over a Ray cluster. Every head
     draws its initialisation and dropout from seeds of its own, so sharded heads equal jointly
-    trained ones and both share one cache key. ``states_from`` (PAUMER's randomised pausing in
+    trained ones and both share one cache key, and a cached bank trained for other candidates
+    gives the heads it holds (only the missing ones train). ``states_from`` (PAUMER's randomised pausing in
     a pause run) gives the training states instead of the plain backbone; such heads train
     here.
     """
     cfg = ctx.settings.heads
     task = get_task(ctx.splits.task)
-    key = sha256_of(
-        "heads-v2",
-        ctx.backbone.weights_checksum(),
-        ctx.splits.fingerprint(),
-        [s.to_dict() for s in ctx.candidates],
+    weights, data = ctx.backbone.weights_checksum(), ctx.splits.fingerprint()
+    training = [
         asdict(cfg),
         *([] if states_from is None else [states_from.identity()]),
         *([] if task.name == CLASSIFICATION else [task.name, task.version]),
-    )
+    ]
+    # what a head's training depends on besides itself: a bank of the same family holds the
+    # same weights for every head it shares with the candidates (exitsearch.pipeline.bank_reuse)
+    family = sha256_of("heads-family-v1", weights, data, *training)
+    key = sha256_of("heads-v2", weights, data, [s.to_dict() for s in ctx.candidates], *training)
     ctx.keys["heads"] = key
     folder = ctx.store.lookup("heads", key)
-    if folder is None:
-        folder = ctx.store.folder("heads", key)
-        t0 = time.perf_counter()
-        if ctx.settings.ray_address is not None and states_from is None:
-            from exitsearch.pipeline.cluster import train_heads_on_cluster
-
-            result = train_heads_on_cluster(ctx, folder)
-        else:
-            if ctx.settings.ray_address is not None:
-                ctx.progress.log(
-                    "heads: trained here under randomised pausing (not sharded over the cluster)"
-                )
-            result = train_heads(
-                ctx.backbone,
-                ctx.splits,
-                ctx.candidates,
-                cfg,
-                folder,
-                progress=ctx.progress,
-                device=ctx.settings.device,
-                memory=ctx.settings.head_memory,
-                states_from=states_from,
-            )
-        ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], {"seconds": result.seconds})
-        for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):
-            leftover.unlink(missing_ok=True)  # resume state, not needed once the stage is done
-        ctx.timings["heads"] = time.perf_counter() - t0
-        bank = result.bank
-    else:
+    if folder is not None:
         shards = read_json(folder / SUMMARY).get("shards") or []
         where = f" in {len(shards)} shards" if len(shards) > 1 else ""
         ctx.progress.log(f"heads: reusing {len(ctx.candidates)} heads trained{where}")
         bank = HeadBank(ctx.candidates, HeadContext.from_backbone(ctx.backbone))
         bank.load(folder / WEIGHTS)
-        bank.eval()
+        ctx.folders["heads"] = folder
+        return bank.eval()
+    keys = [s.key for s in ctx.candidates]
+    cached = best_cached_bank(ctx.store, family, ctx.candidates)
+    if cached is not None and set(keys) <= cached.heads:
+        ctx.progress.log(
+            f"heads: reusing {len(keys)} of the {len(cached.heads)} heads trained with the "
+            f"same settings in {cached.folder.name} (a head trains the same whichever heads "
+            "train beside it)"
+        )
+        ctx.keys["heads_source"] = cached.key
+        ctx.folders["heads"] = cached.folder
+        return load_heads(cached, ctx.backbone, keys)
+    todo = [s for s in ctx.candidates if cached is None or s.key not in cached.heads]
+    if cached is not None:
+        ctx.progress.log(
+            f"heads: training the {len(todo)} heads that {cached.folder.name} lacks; its "
+            f"other {len(keys) - len(todo)} are reused (a head trains the same whichever heads "
+            "train beside it)"
+        )
+    folder = ctx.store.folder("heads", key)
+    t0 = time.perf_counter()
+    if ctx.settings.ray_address is not None and states_from is None:
+        from exitsearch.pipeline.cluster import train_heads_on_cluster
+
+        result = train_heads_on_cluster(ctx, folder, todo)
+    else:
+        if ctx.settings.ray_address is not None:
+            ctx.progress.log(
+                "heads: trained here under randomised pausing (not sharded over the cluster)"
+            )
+        result = train_heads(
+            ctx.backbone,
+            ctx.splits,
+            todo,
+            cfg,
+            folder,
+            progress=ctx.progress,
+            device=ctx.settings.device,
+            memory=ctx.settings.head_memory,
+            states_from=states_from,
+        )
+    bank = result.bank
+    if cached is not None:
+        bank = merge_into(folder, ctx.backbone, ctx.candidates, cached)
+    meta = {"seconds": result.seconds, "family": family, "candidates": keys}
+    ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], meta)
+    for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):
+        leftover.unlink(missing_ok=True)  # resume state, not needed once the stage is done
+    ctx.timings["heads"] = time.perf_counter() - t0
     ctx.folders["heads"] = folder
     return bank
 
@@ -423,7 +447,20 @@ def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
     key = sha256_of("predict-v1", ctx.keys["heads"], ctx.splits.fingerprint())
     ctx.keys["predict"] = key
     folder = ctx.store.lookup("predict", key)
-    if folder is None:
+    source = ctx.keys.get("heads_source")
+    covering = (
+        None
+        if folder is not None or source is None
+        else ctx.store.lookup("predict", sha256_of("predict-v1", source, ctx.splits.fingerprint()))
+    )
+    if covering is not None:
+        # the covering bank's cached rows of these heads (and the backbone's last row)
+        preds = Predictions.load(covering).subset([s.key for s in bank.specs])
+        folder = ctx.store.folder("predict", key)
+        preds.save(folder)
+        ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
+        ctx.progress.log(f"predict: taking these heads' rows of the cached {covering.name}")
+    elif folder is None:
         t0 = time.perf_counter()
         preds = predict(
             ctx.backbone, bank, ctx.splits, progress=ctx.progress, device=ctx.settings.device

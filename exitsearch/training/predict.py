@@ -81,6 +81,22 @@ class Predictions:
                 return i
         raise KeyError(f"no cached predictions for head {key!r}")
 
+    def subset(self, keys: list[str]) -> Predictions:
+        """The rows of the heads named by ``keys`` (in that order) and the final exit's."""
+        rows = [self.row(k) for k in keys] + [len(self.heads)]
+        splits = {
+            name: SplitPredictions(
+                sp.labels,
+                sp.confidence[rows],
+                sp.entropy[rows],
+                sp.pred[rows],
+                sp.uncertainty[rows],
+            )
+            for name, sp in self.splits.items()
+        }
+        heads = [self.heads[r] for r in rows[:-1]]
+        return Predictions(heads, splits, self.num_classes, self.task)
+
     def save(self, folder: str | Path) -> None:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ def base(tmp_path_factory: pytest.TempPathFactory, small_fmnist_dir: Path) -> Ba
     root = tmp_path_factory.mktemp("stale")
     (root / "space.yaml").write_text(SPACE)
     (root / "linear-only.yaml").write_text(SPACE.replace("  mlp: {}\n", ""))
+    (root / "more-heads.yaml").write_text(SPACE.replace("  mlp: {}\n", "  mlp: {}\n  cnn_add: {}\n"))
     (root / "two-criteria.yaml").write_text(SPACE.replace("[confidence]", "[confidence, entropy]"))
     weights = create_backbone("vit_tiny_patch16_224", **TINY).model.state_dict()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(root / "a.safetensors"))
@@ -111,7 +112,10 @@ CHANGES = [
     ("nothing", {}, set(), False),
     ("checkpoint", {"checkpoint": "b.safetensors"}, {"heads", "predict"}, True),
     ("limit", {"limit": "200"}, {"heads", "predict"}, True),
-    ("head-set", {"space": "linear-only.yaml"}, {"profile", "heads", "predict"}, True),
+    # fewer heads: the cached bank holds them all (profile and predictions only take a subset)
+    ("fewer-heads", {"space": "linear-only.yaml"}, {"profile", "predict"}, True),
+    # more heads: a new bank, where only the new heads train
+    ("more-heads", {"space": "more-heads.yaml"}, {"profile", "heads", "predict"}, True),
     ("criteria-only", {"space": "two-criteria.yaml"}, set(), True),
     ("budget", {"budget": "60%"}, set(), True),
 ]
@@ -140,6 +144,8 @@ def test_exactly_the_affected_stages_recompute(
             assert REUSED[stage] not in result.stderr
             (folder,) = new
             assert manifest_of(run_dir / schema.CACHE_DIR / folder)["stage"] == stage
+            if stage == "heads" and "more-heads" in changes.get("space", ""):
+                assert "heads: training the 3 heads that heads-" in result.stderr
         else:
             assert new == set(), (stage, new)
             assert REUSED[stage] in result.stderr

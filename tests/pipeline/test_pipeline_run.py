@@ -477,6 +477,53 @@ def test_new_split_seed_retrains_heads_but_reuses_the_profile(first, copy_of_fir
     assert again.search.front
 
 
+def test_a_tighter_budget_reuses_the_heads_it_keeps(first, copy_of_first, space_file, tmp_path):
+    """A max budget that rules out some candidates takes the others from the bank trained for
+    all of them, and its run equals one that trained only the kept heads."""
+    result, _, first_dir = first
+    tight = {"budget": "45%", "budget_kind": "max"}
+    progress = RecordingProgress()
+    again = _run(_settings(copy_of_first, space_file, **tight), progress)
+    logs = "\n".join(progress.logs)
+    kept = [s.key for s in again.ctx.candidates]
+    assert 0 < len(kept) < HEADS and "candidate heads not trained" in logs
+    assert f"heads: reusing {len(kept)} of the {HEADS} heads trained with the same" in logs
+    assert "heads epoch" not in logs and "predict: taking these heads' rows" in logs
+    assert len(_stage_folders(copy_of_first, "heads")) == 1  # no new bank
+    assert len(_stage_folders(copy_of_first, "predict")) == 2
+    assert again.ctx.keys["heads"] != result.ctx.keys["heads"]
+    assert _doc(copy_of_first)["artifacts"]["heads"] == _doc(first_dir)["artifacts"]["heads"]
+
+    fresh = _run(_settings(tmp_path / "fresh", space_file, **tight))
+    assert fresh.ctx.keys["heads"] == again.ctx.keys["heads"]
+    assert [s.key for s in fresh.predictions.heads] == [s.key for s in again.predictions.heads] == kept
+    for split, sp in fresh.predictions.splits.items():
+        for name in ("confidence", "entropy", "pred", "uncertainty"):
+            a, b = getattr(sp, name), getattr(again.predictions.splits[split], name)
+            assert a.tobytes() == b.tobytes(), (split, name)
+    assert _doc(tmp_path / "fresh")["front"] == _doc(copy_of_first)["front"]
+    # a bank of the same family made for the tight budget now serves it directly
+    progress = RecordingProgress()
+    _run(_settings(tmp_path / "fresh", space_file, **tight), progress)
+    assert f"heads: reusing {len(kept)} heads trained" in progress.logs
+
+    # the first run's looser budget there trains only the heads the tight bank lacks
+    progress = RecordingProgress()
+    loose = _run(_settings(tmp_path / "fresh", space_file), progress)
+    logs = "\n".join(progress.logs)
+    assert f"heads: training the {HEADS - len(kept)} heads that heads-" in logs
+    assert f"its other {len(kept)} are reused" in logs
+    assert loose.ctx.keys["heads"] == result.ctx.keys["heads"]
+    for split, sp in loose.predictions.splits.items():
+        for name in ("confidence", "entropy", "pred", "uncertainty"):
+            a, b = getattr(sp, name), getattr(result.predictions.splits[split], name)
+            assert a.tobytes() == b.tobytes(), (split, name)
+    assert _doc(tmp_path / "fresh")["front"] == _doc(first_dir)["front"]
+    summary = read_json(tmp_path / "fresh" / _doc(tmp_path / "fresh")["artifacts"]["heads_summary"])
+    assert [h["key"] for h in summary["heads"]] == [s.key for s in result.predictions.heads]
+    assert sorted(summary["reused"]["heads"]) == sorted(kept)
+
+
 def test_budget_below_the_cheapest_exit_fails_before_training(tmp_path, space_file):
     run_dir = tmp_path / "run"
     with pytest.raises(BudgetError) as info:

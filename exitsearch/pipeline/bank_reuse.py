@@ -1,0 +1,96 @@
+"""Heads trained for one candidate list serving another: a budget that rules out heads, or
+lets more in, does not retrain the heads a cached bank already holds.
+
+Every head draws its initialisation, dropout and data order from seeds of its own and trains
+on the frozen backbone's states alone, so a head trains the same whichever heads train beside
+it (the groups and shards of :mod:`exitsearch.training` rely on the same property). Banks of one
+*family* (the same backbone weights, data split, training settings and state sampler) are
+therefore interchangeable head by head: a bank's manifest records its family and its heads, a
+run whose candidates a cached bank covers takes them from it, and a run that needs more trains
+only the missing heads and merges them with the cached ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exitsearch._io import atomic_write_json, read_json, sha256_of
+from exitsearch.backbone import Backbone
+from exitsearch.heads import HeadContext, HeadSpec
+from exitsearch.heads.bank import HeadBank
+from exitsearch.pipeline.cache import StageStore
+from exitsearch.training.head_training import SUMMARY, WEIGHTS
+
+__all__ = ["CachedBank", "best_cached_bank", "load_heads", "merge_into"]
+
+
+@dataclass(frozen=True)
+class CachedBank:
+    """A complete, intact heads folder of the family asked for."""
+
+    folder: Path
+    key: str  # its cache key
+    heads: frozenset[str]  # the keys of the heads it holds
+
+
+def best_cached_bank(
+    store: StageStore, family: str, candidates: list[HeadSpec]
+) -> CachedBank | None:
+    """The best intact cached bank of ``family`` holding any of ``candidates``: one holding
+    all of them before any other, then the fewest surplus heads (the smallest file to read),
+    then the most candidates; None when there is none. Banks whose files no longer match their
+    checksums are passed over."""
+    wanted = {s.key for s in candidates}
+    found = []
+    for folder, manifest in store.complete("heads"):
+        meta = manifest.get("meta") or {}
+        held = meta.get("candidates")
+        if meta.get("family") != family or not isinstance(held, list):
+            continue
+        heads = frozenset(str(k) for k in held)
+        if heads & wanted and manifest.get("key"):
+            found.append(CachedBank(folder, str(manifest["key"]), heads))
+    found.sort(key=lambda b: (not wanted <= b.heads, len(b.heads - wanted), -len(b.heads & wanted)))
+    return next((b for b in found if store.verify(b.folder) is None), None)
+
+
+def load_heads(bank: CachedBank, backbone: Backbone, keys: list[str]) -> HeadBank:
+    """The heads named by ``keys`` (in that order) from a cached bank."""
+    specs = [HeadSpec.from_dict(h) for h in read_json(bank.folder / SUMMARY)["heads"]]
+    full = HeadBank(specs, HeadContext.from_backbone(backbone))
+    full.load(bank.folder / WEIGHTS)
+    return full.subset(keys).eval()
+
+
+def merge_into(
+    folder: Path, backbone: Backbone, candidates: list[HeadSpec], reused: CachedBank
+) -> HeadBank:
+    """Complete the heads just trained in ``folder`` (those of ``candidates`` that ``reused``
+    lacks) with ``reused``'s: one bank over ``candidates`` in their order, written over the
+    folder's weights and summary (which then names both origins)."""
+    trained = read_json(folder / SUMMARY)
+    new_specs = [HeadSpec.from_dict(h) for h in trained["heads"]]
+    fresh = HeadBank(new_specs, HeadContext.from_backbone(backbone))
+    fresh.load(folder / WEIGHTS)
+    old_keys = [s.key for s in candidates if s.key in reused.heads]
+    old = load_heads(reused, backbone, old_keys)
+    old_rows = {
+        h["key"]: h for h in read_json(reused.folder / SUMMARY)["heads"] if h["key"] in old_keys
+    }
+    rows = {h["key"]: h for h in trained["heads"]} | old_rows
+    bank = HeadBank(candidates, HeadContext.from_backbone(backbone))
+    for i, spec in enumerate(candidates):
+        source = old if spec.key in old_rows else fresh
+        bank.heads[i].load_state_dict(source.head(spec.key).state_dict())
+    identity = sha256_of("heads-merged-v1", trained.get("identity"), reused.key)
+    summary: dict[str, Any] = {
+        **trained,
+        "identity": identity,
+        "heads": [rows[s.key] for s in candidates],
+        "reused": {"from": reused.folder.name, "heads": old_keys},
+    }
+    bank.save(folder / WEIGHTS, {"identity": identity})
+    atomic_write_json(folder / SUMMARY, summary)
+    return bank.eval()
