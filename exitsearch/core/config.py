@@ -100,7 +100,9 @@ class ExitConfig:
             + (f" {crit.describe_threshold(t)}" if not self.cut or i < len(self.exits) - 1 else "")
             for i, (s, t) in enumerate(zip(self.exits, self.thresholds, strict=True))
         ]
-        tail = " (cut)" if self.cut else " -> final"
+        # after an exit that always fires nobody goes on: the final head is never reached
+        last = crit.describe_threshold(self.thresholds[-1]) if self.exits else ""
+        tail = " (cut)" if self.cut else "" if last == "always" else " -> final"
         return f"{self.criterion}: " + ", ".join(parts) + tail
 
     def to_dict(self) -> dict[str, Any]:

@@ -80,7 +80,9 @@ def base(tmp_path_factory: pytest.TempPathFactory, small_fmnist_dir: Path) -> Ba
     root = tmp_path_factory.mktemp("stale")
     (root / "space.yaml").write_text(SPACE)
     (root / "linear-only.yaml").write_text(SPACE.replace("  mlp: {}\n", ""))
-    (root / "more-heads.yaml").write_text(SPACE.replace("  mlp: {}\n", "  mlp: {}\n  cnn_add: {}\n"))
+    (root / "more-heads.yaml").write_text(
+        SPACE.replace("  mlp: {}\n", "  mlp: {}\n  cnn_add: {}\n")
+    )
     (root / "two-criteria.yaml").write_text(SPACE.replace("[confidence]", "[confidence, entropy]"))
     weights = create_backbone("vit_tiny_patch16_224", **TINY).model.state_dict()
     save_file({k: v.contiguous() for k, v in weights.items()}, str(root / "a.safetensors"))

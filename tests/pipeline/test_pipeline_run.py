@@ -496,7 +496,9 @@ def test_a_tighter_budget_reuses_the_heads_it_keeps(first, copy_of_first, space_
 
     fresh = _run(_settings(tmp_path / "fresh", space_file, **tight))
     assert fresh.ctx.keys["heads"] == again.ctx.keys["heads"]
-    assert [s.key for s in fresh.predictions.heads] == [s.key for s in again.predictions.heads] == kept
+    assert (
+        [s.key for s in fresh.predictions.heads] == [s.key for s in again.predictions.heads] == kept
+    )
     for split, sp in fresh.predictions.splits.items():
         for name in ("confidence", "entropy", "pred", "uncertainty"):
             a, b = getattr(sp, name), getattr(again.predictions.splits[split], name)
