@@ -7,7 +7,8 @@ it (the groups and shards of :mod:`exitsearch.training` rely on the same propert
 *family* (the same backbone weights, data split, training settings and state sampler) are
 therefore interchangeable head by head: a bank's manifest records its family and its heads, a
 run whose candidates a cached bank covers takes them from it, and a run that needs more trains
-only the missing heads and merges them with the cached ones.
+only the heads the best cached bank lacks and merges them with its heads. (Runs with pause
+configurations keep banks of their own: their heads go whole into the pause-model folder.)
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ class CachedBank:
 def best_cached_bank(
     store: StageStore, family: str, candidates: list[HeadSpec]
 ) -> CachedBank | None:
-    """The best intact cached bank of ``family`` holding any of ``candidates``: one holding
-    all of them before any other, then the fewest surplus heads (the smallest file to read),
-    then the most candidates; None when there is none. Banks whose files no longer match their
-    checksums are passed over."""
+    """The best intact cached bank of ``family`` holding any of ``candidates``: the most of
+    them (all of them first), then the fewest other heads (the smallest file to read); None
+    when there is none. Banks whose files no longer match their checksums are passed over."""
     wanted = {s.key for s in candidates}
     found = []
     for folder, manifest in store.complete("heads"):
@@ -52,7 +52,7 @@ def best_cached_bank(
         heads = frozenset(str(k) for k in held)
         if heads & wanted and manifest.get("key"):
             found.append(CachedBank(folder, str(manifest["key"]), heads))
-    found.sort(key=lambda b: (not wanted <= b.heads, len(b.heads - wanted), -len(b.heads & wanted)))
+    found.sort(key=lambda b: (-len(b.heads & wanted), len(b.heads - wanted), b.folder.name))
     return next((b for b in found if store.verify(b.folder) is None), None)
 
 

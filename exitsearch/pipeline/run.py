@@ -391,7 +391,10 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         ctx.folders["heads"] = folder
         return bank.eval()
     keys = [s.key for s in ctx.candidates]
-    cached = best_cached_bank(ctx.store, family, ctx.candidates)
+    # a pause run's heads go whole into its pause-model folder, so it keeps banks of its own
+    cached = (
+        None if states_from is not None else best_cached_bank(ctx.store, family, ctx.candidates)
+    )
     if cached is not None and set(keys) <= cached.heads:
         ctx.progress.log(
             f"heads: reusing {len(keys)} of the {len(cached.heads)} heads trained with the "
