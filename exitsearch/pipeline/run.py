@@ -407,9 +407,9 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
     todo = [s for s in ctx.candidates if cached is None or s.key not in cached.heads]
     if cached is not None:
         ctx.progress.log(
-            f"heads: training the {len(todo)} heads that {cached.folder.name} lacks; its "
-            f"other {len(keys) - len(todo)} are reused (a head trains the same whichever heads "
-            "train beside it)"
+            f"heads: {len(keys) - len(todo)} of the {len(keys)} heads come from "
+            f"{cached.folder.name}, trained with the same settings (a head trains the same "
+            f"whichever heads train beside it); training the other {len(todo)}"
         )
     folder = ctx.store.folder("heads", key)
     t0 = time.perf_counter()

@@ -513,8 +513,8 @@ def test_a_tighter_budget_reuses_the_heads_it_keeps(first, copy_of_first, space_
     progress = RecordingProgress()
     loose = _run(_settings(tmp_path / "fresh", space_file), progress)
     logs = "\n".join(progress.logs)
-    assert f"heads: training the {HEADS - len(kept)} heads that heads-" in logs
-    assert f"its other {len(kept)} are reused" in logs
+    assert f"heads: {len(kept)} of the {HEADS} heads come from heads-" in logs
+    assert f"training the other {HEADS - len(kept)}" in logs
     assert loose.ctx.keys["heads"] == result.ctx.keys["heads"]
     for split, sp in loose.predictions.splits.items():
         for name in ("confidence", "entropy", "pred", "uncertainty"):
