@@ -217,14 +217,13 @@ def simplify(config: ExitConfig, ev: Evaluator) -> ExitConfig:
 
     An exit nobody reaches, or that fires for nobody who reaches it, changes no prediction; the
     samples that pass it no longer pay for its head. A criterion that reads earlier exits
-    (patience counts agreeing ones) keeps them all; a cut model keeps its last exit, where it
-    ends.
+    (patience counts agreeing ones) keeps them all. A cut model ends at the last exit anybody
+    leaves at: nobody went on past it, and its worst-case cost drops to that exit's.
     """
     if not config.exits or create_criterion(config.criterion).reads_history:
         return config
     counts = np.bincount(ev.exit_index(config), minlength=len(config.exits) + 1)
-    last = len(config.exits) - 1
-    keep = [k for k in range(len(config.exits)) if counts[k] > 0 or (config.cut and k == last)]
+    keep = [k for k in range(len(config.exits)) if counts[k] > 0]
     if len(keep) == len(config.exits):
         return config
     return ExitConfig(

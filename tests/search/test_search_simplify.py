@@ -51,8 +51,19 @@ def test_patience_and_cut_ends_stay(world):
     ev = world.ev()
     patience = ExitConfig(_linear(world, 1, 2, 3), "patience", (9, 1, 1))
     assert simplify(patience, ev) is patience
-    cut = ExitConfig(_linear(world, 1, 2, 3), "confidence", (0.0, 0.5, 0.5), cut=True)
-    assert simplify(cut, ev).locations == (1, 3)  # the cut model still ends at exit 3
+    cut = ExitConfig(_linear(world, 1, 2, 3), "confidence", (0.5, 2.0, 0.5), cut=True)
+    assert simplify(cut, ev).locations == (1, 3)  # some reach exit 3, where the cut model ends
+
+
+def test_a_cut_model_ends_at_the_last_exit_anybody_leaves_at(world):
+    ev = world.ev()
+    cut = ExitConfig(_linear(world, 1, 2, 3), "confidence", (0.5, 0.0, 0.5), cut=True)
+    simple = simplify(cut, ev)
+    assert simple.locations == (1, 2) and simple.cut  # exit 2 always fires: nobody reaches 3
+    _same_outcomes(ev, cut, simple)
+    assert ev.quick(simple) == ev.quick(cut)
+    # the structural worst case (a sample going on to the cut end) is exit 2's now
+    assert ev.exit_cost(simple)[-1] < ev.exit_cost(cut)[-1]
 
 
 def test_equal_members_merge_keeping_the_simplest(world):
