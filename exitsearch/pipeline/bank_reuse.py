@@ -19,12 +19,25 @@ from typing import Any
 
 from exitsearch._io import atomic_write_json, read_json, sha256_of
 from exitsearch.backbone import Backbone
+from exitsearch.errors import CacheError
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.pipeline.cache import StageStore
+from exitsearch.progress import Progress
 from exitsearch.training.head_training import SUMMARY, WEIGHTS
 
-__all__ = ["CachedBank", "best_cached_bank", "load_heads", "merge_into"]
+__all__ = [
+    "SOURCE",
+    "CachedBank",
+    "best_cached_bank",
+    "load_heads",
+    "merge_into",
+    "record_source",
+    "started_from",
+    "write_subset",
+]
+
+SOURCE = "source.json"
 
 
 @dataclass(frozen=True)
@@ -37,11 +50,18 @@ class CachedBank:
 
 
 def best_cached_bank(
-    store: StageStore, family: str, candidates: list[HeadSpec]
+    store: StageStore,
+    family: str,
+    candidates: list[HeadSpec],
+    *,
+    prefer: str | None = None,
+    progress: Progress | None = None,
 ) -> CachedBank | None:
-    """The best intact cached bank of ``family`` holding any of ``candidates``: the most of
-    them (all of them first), then the fewest other heads (the smallest file to read); None
-    when there is none. Banks whose files no longer match their checksums are passed over."""
+    """The best intact cached bank of ``family`` holding any of ``candidates``: the one named
+    ``prefer`` (the source an interrupted training started from, :func:`started_from`), else
+    the one holding the most of them (all of them first), then the fewest other heads (the
+    smallest file to read); None when there is none. A bank whose files no longer match their
+    checksums is said, cleared and passed over."""
     wanted = {s.key for s in candidates}
     found = []
     for folder, manifest in store.complete("heads"):
@@ -52,8 +72,40 @@ def best_cached_bank(
         heads = frozenset(str(k) for k in held)
         if heads & wanted and manifest.get("key"):
             found.append(CachedBank(folder, str(manifest["key"]), heads))
-    found.sort(key=lambda b: (-len(b.heads & wanted), len(b.heads - wanted), b.folder.name))
-    return next((b for b in found if store.verify(b.folder) is None), None)
+    found.sort(
+        key=lambda b: (
+            b.folder.name != prefer,
+            -len(b.heads & wanted),
+            len(b.heads - wanted),
+            b.folder.name,
+        )
+    )
+    for bank in found:
+        problem = store.verify(bank.folder)
+        if problem is None:
+            return bank
+        if progress is not None:
+            progress.log(
+                f"heads: cached bank {bank.folder.name} is damaged ({problem}); not reused, "
+                "and cleared"
+            )
+        store.discard("heads", bank.key)
+    return None
+
+
+def started_from(folder: Path) -> str | None:
+    """The cached bank an unfinished training in ``folder`` completes (:func:`record_source`)."""
+    try:
+        return str(read_json(folder / SOURCE)["from"])
+    except (CacheError, KeyError, TypeError):
+        return None
+
+
+def record_source(folder: Path, bank: CachedBank) -> None:
+    """Say in ``folder`` which cached bank the heads training there completes, so that a
+    resumed training completes the same one (its checkpoint holds exactly the missing heads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / SOURCE, {"from": bank.folder.name, "key": bank.key})
 
 
 def load_heads(bank: CachedBank, backbone: Backbone, keys: list[str]) -> HeadBank:
@@ -62,6 +114,28 @@ def load_heads(bank: CachedBank, backbone: Backbone, keys: list[str]) -> HeadBan
     full = HeadBank(specs, HeadContext.from_backbone(backbone))
     full.load(bank.folder / WEIGHTS)
     return full.subset(keys).eval()
+
+
+def write_subset(folder: Path, bank: HeadBank, source: CachedBank) -> None:
+    """Write ``bank`` (heads taken from ``source``) into ``folder`` as a bank of its own: the
+    run's files then name a bank of exactly its heads, whatever becomes of the source."""
+    summary = read_json(source.folder / SUMMARY)
+    keys = [s.key for s in bank.specs]
+    rows = {h["key"]: h for h in summary["heads"]}
+    identity = sha256_of("heads-subset-v1", summary.get("identity"), keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    bank.save(folder / WEIGHTS, {"identity": identity})
+    atomic_write_json(
+        folder / SUMMARY,
+        {
+            "identity": identity,
+            "config": summary.get("config"),
+            "heads": [rows[k] for k in keys],
+            "seconds": 0.0,
+            "backbone_passes": 0,
+            "reused": {"from": source.folder.name, "heads": keys},
+        },
+    )
 
 
 def merge_into(

@@ -25,7 +25,15 @@ from exitsearch.errors import BudgetError, CacheError, CheckpointError, ConfigEr
 from exitsearch.heads import HeadContext, HeadSpec
 from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.profile import profile_heads
-from exitsearch.pipeline.bank_reuse import best_cached_bank, load_heads, merge_into
+from exitsearch.pipeline.bank_reuse import (
+    SOURCE,
+    best_cached_bank,
+    load_heads,
+    merge_into,
+    record_source,
+    started_from,
+    write_subset,
+)
 from exitsearch.pipeline.cache import StageStore
 from exitsearch.pipeline.lock import RunLock
 from exitsearch.profile import BackboneProfile, LatencyTable, profile_backbone
@@ -391,9 +399,14 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         ctx.folders["heads"] = folder
         return bank.eval()
     keys = [s.key for s in ctx.candidates]
+    folder = ctx.store.folder("heads", key)
     # a pause run's heads go whole into its pause-model folder, so it keeps banks of its own
     cached = (
-        None if states_from is not None else best_cached_bank(ctx.store, family, ctx.candidates)
+        None
+        if states_from is not None
+        else best_cached_bank(
+            ctx.store, family, ctx.candidates, prefer=started_from(folder), progress=ctx.progress
+        )
     )
     if cached is not None and set(keys) <= cached.heads:
         ctx.progress.log(
@@ -401,9 +414,14 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
             f"same settings in {cached.folder.name} (a head trains the same whichever heads "
             "train beside it)"
         )
+        bank = load_heads(cached, ctx.backbone, keys)
+        write_subset(folder, bank, cached)
+        meta = {"seconds": 0.0, "family": family, "candidates": keys}
+        ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], meta)
+        _clear_resume_state(folder)  # of a training interrupted here before
         ctx.keys["heads_source"] = cached.key
-        ctx.folders["heads"] = cached.folder
-        return load_heads(cached, ctx.backbone, keys)
+        ctx.folders["heads"] = folder
+        return bank
     todo = [s for s in ctx.candidates if cached is None or s.key not in cached.heads]
     if cached is not None:
         ctx.progress.log(
@@ -411,7 +429,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
             f"{cached.folder.name}, trained with the same settings (a head trains the same "
             f"whichever heads train beside it); training the other {len(todo)}"
         )
-    folder = ctx.store.folder("heads", key)
+        record_source(folder, cached)
     t0 = time.perf_counter()
     if ctx.settings.ray_address is not None and states_from is None:
         from exitsearch.pipeline.cluster import train_heads_on_cluster
@@ -438,11 +456,20 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         bank = merge_into(folder, ctx.backbone, ctx.candidates, cached)
     meta = {"seconds": result.seconds, "family": family, "candidates": keys}
     ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], meta)
-    for leftover in (*folder.glob("checkpoint-epoch*.safetensors"), folder / "checkpoint.json"):
-        leftover.unlink(missing_ok=True)  # resume state, not needed once the stage is done
+    _clear_resume_state(folder)
     ctx.timings["heads"] = time.perf_counter() - t0
     ctx.folders["heads"] = folder
     return bank
+
+
+def _clear_resume_state(folder: Path) -> None:
+    """Remove what resumes a heads training, not needed once the stage is done."""
+    for leftover in (
+        *folder.glob("checkpoint-epoch*.safetensors"),
+        folder / "checkpoint.json",
+        folder / SOURCE,
+    ):
+        leftover.unlink(missing_ok=True)
 
 
 def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:

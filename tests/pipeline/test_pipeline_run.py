@@ -489,10 +489,16 @@ def test_a_tighter_budget_reuses_the_heads_it_keeps(first, copy_of_first, space_
     assert 0 < len(kept) < HEADS and "candidate heads not trained" in logs
     assert f"heads: reusing {len(kept)} of the {HEADS} heads trained with the same" in logs
     assert "heads epoch" not in logs and "predict: taking these heads' rows" in logs
-    assert len(_stage_folders(copy_of_first, "heads")) == 1  # no new bank
+    # the kept heads, copied into a bank of the run's own: its files name exactly its heads
+    assert len(_stage_folders(copy_of_first, "heads")) == 2
     assert len(_stage_folders(copy_of_first, "predict")) == 2
     assert again.ctx.keys["heads"] != result.ctx.keys["heads"]
-    assert _doc(copy_of_first)["artifacts"]["heads"] == _doc(first_dir)["artifacts"]["heads"]
+    doc = _doc(copy_of_first)
+    assert doc["artifacts"]["heads"] != _doc(first_dir)["artifacts"]["heads"]
+    assert again.ctx.keys["heads"].startswith(Path(doc["artifacts"]["heads"]).parent.name[6:])
+    own = read_json(copy_of_first / doc["artifacts"]["heads_summary"])
+    assert [h["key"] for h in own["heads"]] == kept
+    assert own["reused"]["from"] == Path(_doc(first_dir)["artifacts"]["heads"]).parent.name
 
     fresh = _run(_settings(tmp_path / "fresh", space_file, **tight))
     assert fresh.ctx.keys["heads"] == again.ctx.keys["heads"]
