@@ -430,6 +430,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
             f"whichever heads train beside it); training the other {len(todo)}"
         )
         record_source(folder, cached)
+        ctx.keys["heads_source"] = cached.key
     t0 = time.perf_counter()
     if ctx.settings.ray_address is not None and states_from is None:
         from exitsearch.pipeline.cluster import train_heads_on_cluster
@@ -473,35 +474,51 @@ def _clear_resume_state(folder: Path) -> None:
 
 
 def stage_predict(ctx: RunContext, bank: HeadBank) -> Predictions:
-    """Every head's per-sample outputs on validation and test."""
+    """Every head's per-sample outputs on validation and test. Heads taken from a cached bank
+    (``heads_source``, :mod:`exitsearch.pipeline.bank_reuse`) take their rows from its cached
+    predictions; only the others are predicted."""
     key = sha256_of("predict-v1", ctx.keys["heads"], ctx.splits.fingerprint())
     ctx.keys["predict"] = key
     folder = ctx.store.lookup("predict", key)
+    if folder is not None:
+        ctx.progress.log("predict: reusing cached predictions")
+        ctx.folders["predict"] = folder
+        return Predictions.load(folder)
+    t0 = time.perf_counter()
     source = ctx.keys.get("heads_source")
-    covering = (
+    cached = (
         None
-        if folder is not None or source is None
+        if source is None
         else ctx.store.lookup("predict", sha256_of("predict-v1", source, ctx.splits.fingerprint()))
     )
-    if covering is not None:
-        # the covering bank's cached rows of these heads (and the backbone's last row)
-        preds = Predictions.load(covering).subset([s.key for s in bank.specs])
-        folder = ctx.store.folder("predict", key)
-        preds.save(folder)
-        ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
-        ctx.progress.log(f"predict: taking these heads' rows of the cached {covering.name}")
-    elif folder is None:
-        t0 = time.perf_counter()
+    keys = [s.key for s in bank.specs]
+    if cached is None:
         preds = predict(
             ctx.backbone, bank, ctx.splits, progress=ctx.progress, device=ctx.settings.device
         )
-        folder = ctx.store.folder("predict", key)
-        preds.save(folder)
-        ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
-        ctx.timings["predict"] = time.perf_counter() - t0
     else:
-        ctx.progress.log("predict: reusing cached predictions")
-        preds = Predictions.load(folder)
+        old = Predictions.load(cached)
+        held = {s.key for s in old.heads}
+        new = [k for k in keys if k not in held]
+        parts = [old]
+        if new:
+            ctx.progress.log(
+                f"predict: {len(keys) - len(new)} heads' rows from the cached {cached.name}; "
+                f"predicting the other {len(new)}"
+            )
+            sub = bank.subset(new)
+            parts.append(
+                predict(
+                    ctx.backbone, sub, ctx.splits, progress=ctx.progress, device=ctx.settings.device
+                )
+            )
+        else:
+            ctx.progress.log(f"predict: taking these heads' rows of the cached {cached.name}")
+        preds = Predictions.gather(keys, parts)
+    folder = ctx.store.folder("predict", key)
+    preds.save(folder)
+    ctx.store.commit("predict", key, ["predictions.json", *(f"{s}.npz" for s in preds.splits)])
+    ctx.timings["predict"] = time.perf_counter() - t0
     ctx.folders["predict"] = folder
     return preds
 

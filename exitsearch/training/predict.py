@@ -83,19 +83,30 @@ class Predictions:
 
     def subset(self, keys: list[str]) -> Predictions:
         """The rows of the heads named by ``keys`` (in that order) and the final exit's."""
-        rows = [self.row(k) for k in keys] + [len(self.heads)]
-        splits = {
-            name: SplitPredictions(
-                sp.labels,
-                sp.confidence[rows],
-                sp.entropy[rows],
-                sp.pred[rows],
-                sp.uncertainty[rows],
-            )
-            for name, sp in self.splits.items()
-        }
-        heads = [self.heads[r] for r in rows[:-1]]
-        return Predictions(heads, splits, self.num_classes, self.task)
+        return Predictions.gather(keys, [self])
+
+    @classmethod
+    def gather(cls, keys: list[str], parts: list[Predictions]) -> Predictions:
+        """The rows of the heads named by ``keys`` (in that order), each from the first of
+        ``parts`` that holds it, and the final exit's row of the first part. The parts are
+        predictions of the same backbone on the same samples."""
+        first = parts[0]
+        where = []
+        for k in keys:
+            part = next((p for p in parts if any(s.key == k for s in p.heads)), None)
+            if part is None:
+                raise KeyError(f"no cached predictions for head {k!r}")
+            where.append((part, part.row(k)))
+        splits = {}
+        for name, sp in first.splits.items():
+            fields = {}
+            for field in ("confidence", "entropy", "pred", "uncertainty"):
+                rows = [getattr(p.splits[name], field)[r] for p, r in where]
+                rows.append(getattr(sp, field)[-1])
+                fields[field] = np.stack(rows)
+            splits[name] = SplitPredictions(sp.labels, **fields)
+        heads = [p.heads[r] for p, r in where]
+        return cls(heads, splits, first.num_classes, first.task)
 
     def save(self, folder: str | Path) -> None:
         out = Path(folder)

@@ -521,6 +521,8 @@ def test_a_tighter_budget_reuses_the_heads_it_keeps(first, copy_of_first, space_
     logs = "\n".join(progress.logs)
     assert f"heads: {len(kept)} of the {HEADS} heads come from heads-" in logs
     assert f"training the other {HEADS - len(kept)}" in logs
+    assert f"predict: {len(kept)} heads' rows from the cached predict-" in logs
+    assert f"predicting the other {HEADS - len(kept)}" in logs
     assert loose.ctx.keys["heads"] == result.ctx.keys["heads"]
     for split, sp in loose.predictions.splits.items():
         for name in ("confidence", "entropy", "pred", "uncertainty"):
