@@ -139,15 +139,16 @@ def write_subset(folder: Path, bank: HeadBank, source: CachedBank) -> None:
 
 
 def merge_into(
-    folder: Path, backbone: Backbone, candidates: list[HeadSpec], reused: CachedBank
+    folder: Path,
+    backbone: Backbone,
+    candidates: list[HeadSpec],
+    fresh: HeadBank,
+    reused: CachedBank,
 ) -> HeadBank:
-    """Complete the heads just trained in ``folder`` (those of ``candidates`` that ``reused``
-    lacks) with ``reused``'s: one bank over ``candidates`` in their order, written over the
-    folder's weights and summary (which then names both origins)."""
+    """Complete ``fresh``, the heads just trained in ``folder`` (those of ``candidates`` that
+    ``reused`` lacks), with ``reused``'s: one bank over ``candidates`` in their order, written
+    over the folder's weights and summary (which then names both origins)."""
     trained = read_json(folder / SUMMARY)
-    new_specs = [HeadSpec.from_dict(h) for h in trained["heads"]]
-    fresh = HeadBank(new_specs, HeadContext.from_backbone(backbone))
-    fresh.load(folder / WEIGHTS)
     old_keys = [s.key for s in candidates if s.key in reused.heads]
     old = load_heads(reused, backbone, old_keys)
     old_rows = {

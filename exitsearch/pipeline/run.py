@@ -372,9 +372,9 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
     With ``RunSettings.ray_address`` the heads train in shards over a Ray cluster. Every head
     draws its initialisation and dropout from seeds of its own, so sharded heads equal jointly
     trained ones and both share one cache key, and a cached bank trained for other candidates
-    gives the heads it holds (only the missing ones train). ``states_from`` (PAUMER's randomised pausing in
-    a pause run) gives the training states instead of the plain backbone; such heads train
-    here.
+    gives the heads it holds (only the missing ones train). ``states_from`` (PAUMER's
+    randomised pausing in a pause run) gives the training states instead of the plain
+    backbone; such heads train here.
     """
     cfg = ctx.settings.heads
     task = get_task(ctx.splits.task)
@@ -454,7 +454,7 @@ def stage_heads(ctx: RunContext, states_from: StateSampler | None = None) -> Hea
         )
     bank = result.bank
     if cached is not None:
-        bank = merge_into(folder, ctx.backbone, ctx.candidates, cached)
+        bank = merge_into(folder, ctx.backbone, ctx.candidates, bank, cached)
     meta = {"seconds": result.seconds, "family": family, "candidates": keys}
     ctx.store.commit("heads", key, [WEIGHTS, SUMMARY], meta)
     _clear_resume_state(folder)
