@@ -111,6 +111,8 @@ def serve(
 
     if not max_body_mb > 0:
         raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
+    if max_images < 1:
+        raise ConfigError(f"--max-images {max_images} is not allowed")
     try:
         limits = Limits(max_bytes=int(max_body_mb * 2**20), max_images=max_images)
     except ValueError as exc:
@@ -136,7 +138,11 @@ def serve(
         ingress=ingress,
     )
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
-    server = start_server(bundle, options)
+    try:
+        server = start_server(bundle, options)
+    except KeyboardInterrupt:
+        err_console.print("interrupted while starting: nothing is served")
+        raise typer.Exit(130) from None
     # Ray installs its own SIGTERM handler, which ends the process at once: take it back, so
     # that SIGTERM stops the server the way Ctrl-C does (requests in flight finish).
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -145,9 +151,15 @@ def serve(
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raised as KeyboardInterrupt)
-        err_console.print("stopping: finishing the requests in flight ...")
+        err_console.print(
+            "stopping: finishing the requests in flight (Ctrl-C again stops at once) ..."
+        )
     finally:
-        server.stop()
+        try:
+            server.stop()
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM while draining
+            err_console.print("stopped at once: requests still in flight were dropped")
+            raise typer.Exit(130) from None
     err_console.print("server stopped")
 
 
@@ -184,7 +196,8 @@ def _print(server: Server) -> None:
     )
     table.add_row(
         "replicas",
-        f"{o.replicas} on {'a local Ray' if server.local else o.ray_address}, "
+        f"{o.replicas} on {'a local Ray' if server.local else o.ray_address} "
+        f"({server.device}), "
         f"batches of up to {o.max_batch_size} ({o.batch_wait_ms:g} ms wait)",
     )
     if server.ingress == "direct":

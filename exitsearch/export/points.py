@@ -93,10 +93,11 @@ def budget_flops(budget: float | str | Budget, backbone_flops: float) -> tuple[f
     if isinstance(budget, str):
         try:
             budget = parse_budget(budget)
-        except BudgetError:
+        except BudgetError as exc:  # what is wrong, then what a budget here can be
+            reason = str(exc).split(";")[0]
             raise BudgetError(
-                f"budget {budget!r} does not parse; operating points are chosen by FLOPs: give "
-                "a share of the backbone such as 40% or FLOPs per sample such as 30MFLOPs"
+                f"{reason}; operating points are chosen by FLOPs: give a share of the backbone "
+                "such as 40% or FLOPs per sample such as 30MFLOPs"
             ) from None
     if isinstance(budget, Budget):
         if budget.unit is BudgetUnit.MILLISECONDS:

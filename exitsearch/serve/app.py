@@ -48,6 +48,13 @@ log = logging.getLogger("exitsearch.serve")
 APP_NAME = "exitsearch"
 INGRESS = ("auto", "direct", "proxy")
 _PUSH_PERIOD_S = 0.5
+# The methods each route answers (HEAD: the headers of a GET)
+_ROUTES = {
+    "/predict": ("POST",),
+    "/healthz": ("GET", "HEAD"),
+    "/metrics": ("GET", "HEAD"),
+    "/": ("GET", "HEAD"),
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,8 @@ class ServeOptions:
             raise ConfigError(
                 f"--proxy-location is EveryNode or HeadOnly, got {self.proxy_location!r}"
             )
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device.strip().lower()):
+            raise ConfigError(f"--device is cpu, cuda or auto, got {self.device!r}")
         if self.ingress not in INGRESS:
             raise ConfigError(f"--ingress is one of {', '.join(INGRESS)}, got {self.ingress!r}")
         if self.ingress == "direct" and self.ray_address not in (None, "local"):
@@ -280,24 +289,30 @@ class BundleServer:
         prefix = self.opts["route_prefix"].rstrip("/")
         if prefix and path.startswith(prefix):
             path = path[len(prefix) :] or "/"
+        allowed = _ROUTES.get(path)
         try:
+            if allowed is None:
+                raise RequestError(
+                    404, f"no route {path}; try POST /predict, GET /healthz, GET /metrics, GET /"
+                )
+            if request.method not in allowed:  # HEAD: the headers of a GET
+                raise RequestError(
+                    405,
+                    "POST an image to /predict"
+                    if path == "/predict"
+                    else f"{path} answers GET (and HEAD) only",
+                )
             if path == "/predict":
-                if request.method != "POST":
-                    raise RequestError(405, "POST an image to /predict")
                 return await self._predict(request)
-            if request.method not in ("GET", "HEAD"):  # HEAD: the headers of a GET
-                raise RequestError(405, f"{path} answers GET (and HEAD) only")
             if path == "/healthz":
-                return JSONResponse(self._health())
+                health = self._health()
+                return JSONResponse(health, status_code=503 if self.draining else 200)
             if path == "/metrics":
                 return PlainTextResponse(await self._metrics_text(), media_type=CONTENT_TYPE)
-            if path == "/":
-                return JSONResponse(self.describe)
-            raise RequestError(
-                404, f"no route {path}; try POST /predict, GET /healthz, GET /metrics, GET /"
-            )
+            return JSONResponse(self.describe)
         except RequestError as exc:
-            return _error(exc.status, str(exc))
+            headers = {"Allow": ", ".join(allowed)} if exc.status == 405 and allowed else None
+            return _error(exc.status, str(exc), headers)
         except Exception as exc:  # the server never dies and never leaks a traceback
             log.exception("request failed")
             return _error(500, f"internal error ({type(exc).__name__})")
@@ -438,7 +453,10 @@ class BundleServer:
             future.set_result((answer, point))
 
     def _health(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"status": "ok", "operating_point": self._current_point()}
+        doc: dict[str, Any] = {
+            "status": "draining" if self.draining else "ok",
+            "operating_point": self._current_point(),
+        }
         if self.target is not None:
             t = self.target
             doc["latency_target"] = {
@@ -502,9 +520,11 @@ class BundleServer:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -542,6 +562,7 @@ class Server:
     ingress: str = "proxy"
     urls: list[str] = field(default_factory=list)
     started_serve: bool = False  # on a cluster: Ray Serve was started for this server
+    device: str = "cpu"  # where the replicas run the model (``--device auto`` resolved)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
@@ -697,6 +718,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         ingress=ingress,
         urls=urls,
         started_serve=serve_was_running is False,
+        device=device,
     )
 
 
@@ -827,7 +849,7 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             fix = (
                 "--host (an address of this machine, or 0.0.0.0 for all of them)"
-                if exc.errno == errno.EADDRNOTAVAIL
+                if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
                 else "--port"
             )
             raise ConfigError(

@@ -107,7 +107,7 @@ class ServingModel:
         if not self.points:
             raise RequestError(422, "this server has no operating points to choose from")
         if index is not None:
-            if index >= len(self.points):
+            if not 0 <= index < len(self.points):
                 raise RequestError(
                     422,
                     f"operating point {index} does not exist; this model has "

@@ -102,6 +102,10 @@ def parse_request(
     if kind == "application/json":
         doc = _json(body)
         options = {k: v for k, v in doc.items() if k not in ("image", "images")}
+        twice = sorted(set(options) & set(query))
+        if twice:
+            raise RequestError(400, f"{twice[0]!r} given both in the JSON body and the query")
+        options.update(query)
         encoded, batch = _encoded_images(doc)
         if len(encoded) > limits.max_images:
             raise RequestError(
@@ -127,6 +131,8 @@ def _json(body: bytes) -> dict[str, Any]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise RequestError(
             400, 'the JSON body must be an object: {"image": ...} or {"images": [...]}'
@@ -166,7 +172,9 @@ def _image(blob: bytes, i: int | None, limits: Limits) -> Any:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise RequestError(413, f"{where} has too many pixels to decode") from None
+        raise RequestError(
+            413, f"{where} has too many pixels; at most {limits.max_pixels} pixels are decoded"
+        ) from None
     except Image.UnidentifiedImageError:
         raise RequestError(
             415, f"{where} is not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image"
@@ -213,13 +221,18 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         value = raw["operating_point"]
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise RequestError(400, f"operating_point must be an index >= 0, got {value!r}")
-        out["operating_point"] = value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestError(400, f"operating_point must be an index, got {value!r}")
+        out["operating_point"] = value  # the model says whether it has that point (422)
     if "budget" in raw:
-        if not isinstance(raw["budget"], str) or not raw["budget"].strip():
-            raise RequestError(400, f'budget must be a string such as "40%", got {raw["budget"]!r}')
-        out["budget"] = raw["budget"].strip()
+        value = raw["budget"]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = repr(value)  # FLOPs per sample
+        if not isinstance(value, str) or not value.strip():
+            raise RequestError(
+                400, f'budget must be text such as "40%" or "30MFLOPs", got {raw["budget"]!r}'
+            )
+        out["budget"] = value.strip()
     if "operating_point" in out and "budget" in out:
         raise RequestError(400, "give an operating_point or a budget, not both")
     return out

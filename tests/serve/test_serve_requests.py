@@ -85,6 +85,7 @@ def test_json_single_and_batch():
         ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
         ("application/json", b"{", 400, "malformed JSON"),
         ("application/json", b"[1, 2]", 400, "must be an object"),
+        ("application/json", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
         ("application/json", b'{"image": "@@@"}', 400, "not valid base64"),
         ("application/json", b'{"image": 3}', 400, "must be a base64 string"),
         ("application/json", b'{"images": []}', 400, "non-empty list"),
@@ -103,12 +104,36 @@ def test_options_are_checked():
     for query, fragment in [
         ({"top_k": "0"}, "top_k must be a positive integer"),
         ({"top_k": "two"}, "top_k must be a positive integer"),
-        ({"operating_point": "-1"}, "operating_point must be an index"),
+        ({"operating_point": "first"}, "operating_point must be an index"),
         ({"operating_point": "1", "budget": "40%"}, "not both"),
         ({"colour": "red"}, "unknown option 'colour'"),
     ]:
         status, message = status_of("image/png", png, query, LIMITS)
         assert status == 400 and fragment in message, (query, message)
+
+
+def test_json_body_takes_query_options_too():
+    """Options in the query string apply to a JSON body as to raw bytes; one given in both
+    places, or one unknown, is refused rather than ignored."""
+    doc = json.dumps({"image": base64.b64encode(encode(grey())).decode(), "top_k": 2}).encode()
+    req = parse_request("application/json", doc, {"operating_point": "3"}, LIMITS)
+    assert req.operating_point == 3 and req.top_k == 2
+    status, message = status_of("application/json", doc, {"top_k": "3"}, LIMITS)
+    assert status == 400 and "'top_k' given both" in message
+    status, message = status_of("application/json", doc, {"foo": "1"}, LIMITS)
+    assert status == 400 and "unknown option 'foo'" in message
+
+
+def test_negative_points_and_numeric_budgets_reach_the_model():
+    """A negative index is the model's to refuse (422, as any point it lacks); a budget sent
+    as a JSON number is FLOPs per sample."""
+    png = encode(grey())
+    assert parse_request("image/png", png, {"operating_point": "-1"}, LIMITS).operating_point == -1
+    b64 = base64.b64encode(png).decode()
+    doc = json.dumps({"image": b64, "budget": 30000000}).encode()
+    assert parse_request("application/json", doc, {}, LIMITS).budget == "30000000"
+    doc = json.dumps({"image": b64, "budget": True}).encode()
+    assert status_of("application/json", doc, {}, LIMITS)[0] == 400
 
 
 def test_too_many_images_and_pixels():
@@ -125,7 +150,7 @@ def test_decompression_bomb_is_refused_from_its_header():
     bomb = png_header_only(100_000, 100_000)  # 10^10 pixels in a 100-byte file
     assert len(bomb) < 200
     status, message = status_of("image/png", bomb, {}, Limits())
-    assert status == 413 and "pixels" in message
+    assert status == 413 and f"at most {Limits().max_pixels} pixels" in message
 
 
 @pytest.mark.parametrize(

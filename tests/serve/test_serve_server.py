@@ -149,7 +149,10 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         (url + "?operating_point=1000000", pngs[0], "image/png", 422),
         (url + "?budget=0.0001%25", pngs[0], "image/png", 422),
         (url + "?budget=fast", pngs[0], "image/png", 422),
+        (url + "?operating_point=-1", pngs[0], "image/png", 422),
+        (url + "?budget=101%25", pngs[0], "image/png", 422),
         (server.url + "/nowhere", None, "", 404),
+        (server.url + "/nowhere", pngs[0], "image/png", 404),  # POST: no route either
     ]
     for target, data, ctype, want in cases:
         status, body, _ = call(target, data, ctype)
@@ -158,15 +161,15 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         assert "\n" not in body["error"] and "Traceback" not in body["error"]
         if "budget=fast" in target:  # says what a serving budget is, not every budget unit
             assert "40%" in body["error"] and "ms" not in body["error"], body
-    status, _, _ = call(url, method="GET")
-    assert status == 405
+    status, _, headers = call(url, method="GET")
+    assert status == 405 and headers["Allow"] == "POST"
     status, health, _ = call(server.url + "/healthz")
     assert status == 200 and health["status"] == "ok"  # still serving
     # HEAD, as load balancers' health checks send it: a GET's status and headers, no body
     status, body, headers = call(server.url + "/healthz", method="HEAD")
     assert status == 200 and body == "" and headers["Content-Type"] == "application/json"
-    status, _, _ = call(server.url + "/healthz", method="DELETE")
-    assert status == 405
+    status, _, headers = call(server.url + "/healthz", method="DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
 
 
 def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -306,6 +309,9 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         ServeOptions(operating_point=1, budget="40%")
     with pytest.raises(ConfigError, match="no operating points"):
         ServeOptions(backbone_only=True, slo_ms=10)
+    with pytest.raises(ConfigError, match="--device is cpu, cuda or auto"):
+        ServeOptions(device="tpu")
+    assert ServeOptions(device="cuda:0").device == "cuda:0"
     with pytest.raises(ConfigError, match="--ingress is one of"):
         ServeOptions(ingress="haproxy")
     with pytest.raises(ConfigError, match="needs a local Ray"):
