@@ -295,18 +295,13 @@ class BundleServer:
                 raise RequestError(
                     404, f"no route {path}; try POST /predict, GET /healthz, GET /metrics, GET /"
                 )
-            if request.method not in allowed:  # HEAD: the headers of a GET
-                raise RequestError(
-                    405,
-                    "POST an image to /predict"
-                    if path == "/predict"
-                    else f"{path} answers GET (and HEAD) only",
-                )
+            if request.method not in allowed:
+                raise RequestError(405, f"{path} answers {' and '.join(allowed)} only")
             if path == "/predict":
                 return await self._predict(request)
             if path == "/healthz":
                 health = self._health()
-                return JSONResponse(health, status_code=503 if self.draining else 200)
+                return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
             if path == "/metrics":
                 return PlainTextResponse(await self._metrics_text(), media_type=CONTENT_TYPE)
             return JSONResponse(self.describe)

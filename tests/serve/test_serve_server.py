@@ -159,6 +159,8 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         assert status == want, (target, ctype, body)
         assert isinstance(body, dict) and set(body) == {"error"}, body
         assert "\n" not in body["error"] and "Traceback" not in body["error"]
+        if "budget=101" in target:  # read as a budget, and says why it cannot be one
+            assert "at most 100%" in body["error"], body
         if "budget=fast" in target:  # says what a serving budget is, not every budget unit
             assert "40%" in body["error"] and "ms" not in body["error"], body
     status, _, headers = call(url, method="GET")
