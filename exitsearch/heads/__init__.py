@@ -1,7 +1,7 @@
 """Exit heads: one registry, one factory, one module per head family, and banks of heads."""
 
 # Importing the head modules registers their types.
-from exitsearch.heads import cnn, gah, linear, lph, mixer, mlp, resmlp, vit  # noqa: F401
+from exitsearch.heads import cnn, gah, linear, lph, mixer, mlp, resmlp, tokenmap, vit  # noqa: F401
 from exitsearch.heads.bank import HeadBank
 from exitsearch.heads.base import (
     ExitHead,

@@ -18,6 +18,7 @@ from exitsearch.heads import ExitHead, HeadContext, HeadSpec, create_head, list_
 REPRESENTATIVE_PARAMS: dict[str, list[dict[str, Any]]] = {
     "lph": [{"k": 0}, {"k": 3}],
     "gah": [{"s": 1}, {"s": 2}, {"s": 3}],
+    "tokenmap": [{}, {"grid": 2}],
 }
 
 D, HEADS, CLASSES, BATCH = 24, 3, 5, 2

@@ -337,3 +337,38 @@ def test_gah_rejects_windows_below_one(s: int) -> None:
 def test_gah_rejects_non_integer_windows() -> None:
     with pytest.raises(ConfigError, match="`s` must be an integer"):
         head("gah", s=1.5)
+
+
+# ------------------------------------------------------------------------------- tokenmap
+def test_tokenmap_keeps_every_normalised_patch_in_grid_order() -> None:
+    h, x = head("tokenmap"), hidden()
+    normed = F.layer_norm(x[:, 1:], (D,), h.norm.weight, h.norm.bias)
+    # token t of row r, column c sits at channel block (d, r, c) of the flattened map
+    expected = normed.transpose(1, 2).reshape(2, D * 49)
+    torch.testing.assert_close(h.features(x), expected)
+    assert h.fc.in_features == 49 * D
+    # the class token does not matter; moving one patch changes the answer
+    x2 = x.clone()
+    x2[:, 0] = 0
+    torch.testing.assert_close(h(x2), h(x))
+    swapped = x.clone()
+    swapped[:, [1, 2]] = x[:, [2, 1]]
+    assert not torch.allclose(h(swapped), h(x))
+
+
+def test_tokenmap_pools_larger_maps_to_the_grid() -> None:
+    h, x = head("tokenmap", grid=3), hidden()
+    normed = F.layer_norm(x[:, 1:], (D,), h.norm.weight, h.norm.bias)
+    grid = normed.transpose(1, 2).reshape(2, D, 7, 7)
+    # 7 rows into 3: windows [0, 3), [2, 5), [4, 7)
+    top_left = grid[:, :, 0:3, 0:3].mean((2, 3))
+    torch.testing.assert_close(h.features(x).reshape(2, D, 3, 3)[:, :, 0, 0], top_left)
+    # a map no larger than the grid is left as it is; rows and columns are pooled apart
+    assert head("tokenmap", NOCLS, grid=5).fc.in_features == 16 * D
+    assert head("tokenmap", HeadContext(D, 1, (3, 5), 5), grid=4).fc.in_features == 12 * D
+
+
+@pytest.mark.parametrize("grid", [0, -2, 2.0, True])
+def test_tokenmap_rejects_bad_grids(grid: Any) -> None:
+    with pytest.raises(ConfigError, match="grid"):
+        head("tokenmap", grid=grid)

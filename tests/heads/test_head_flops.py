@@ -108,6 +108,15 @@ def test_resmlp(name: str, r: int) -> None:
     assert flops(name) == layer + MLP_FLOPS  # affine maps are elementwise: not counted
 
 
+def test_tokenmap() -> None:
+    # LayerNorm on every patch token, then one dense layer on the whole 7x7 map
+    assert flops("tokenmap") == 5 * N * D + N * D * C
+    assert params_of("tokenmap") == 2 * D + N * D * C + C
+    # pooled to 4x4: average pooling reads every patch once, the layer sees 16 tokens
+    assert flops("tokenmap", grid=4) == 5 * N * D + N * D + 16 * D * C
+    assert params_of("tokenmap", grid=4) == 2 * D + 16 * D * C + C
+
+
 def test_uncounted_ops_are_reported() -> None:
     ops = head_cost(HeadSpec("gah", 1, {"s": 2}), CTX).uncounted_ops
     assert ops.get("aten::mean") == 1

@@ -45,9 +45,9 @@ def test_every_shipped_space_loads_and_has_candidates(name):
 def test_default_space_candidates_by_hand():
     space = load_search_space("default")
     heads = space.candidate_heads(12)
-    # 11 plain types (vit, mixer, resmlp with their ratio-2 variants) at 11 locations,
-    # lph k in {0, 3, 5} at 1..6, gah s in {1, 2, 3} at 7..11
-    assert len(heads) == 11 * 11 + 3 * 6 + 3 * 5 == 154
+    # 12 plain types (vit, mixer, resmlp with their ratio-2 variants, tokenmap) at 11
+    # locations, lph k in {0, 3, 5} at 1..6, gah s in {1, 2, 3} at 7..11
+    assert len(heads) == 12 * 11 + 3 * 6 + 3 * 5 == 165
     assert {s.location for s in heads if s.type == "lph"} == set(range(1, 7))
     assert {s.location for s in heads if s.type == "gah"} == set(range(7, 12))
     assert all(s.uncertainty for s in heads)
