@@ -7,7 +7,7 @@ Both controllers load the same bundle in one process and are timed in alternatin
 same inputs, next to the PyTorch backbone, at each batch size (batch mode at 1, stream mode
 above).
 
-    python benchmarks/bench_onnx_threads.py results/fmnist-vit12-fashion-mnist/export/config-1131 \\
+    python benchmarks/bench_onnx_threads.py results/fmnist-vit12-fashion-mnist/export/config-299 \\
         --threads 2 --out results/fmnist-vit12-fashion-mnist/onnx_threads.json
 """
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-1131 \
+    python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-299 \
         --json-out results/serve/serve.json --plot results/serve/serve.png
 
 Everything runs on this machine over loopback: a local Ray with Ray Serve (``--ingress``: by
