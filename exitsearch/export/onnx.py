@@ -13,7 +13,9 @@ confidence and entropy are computed in float32 with numpy the way
 Both torch exporters handle timm's blocks (with ``scaled_dot_product_attention``) and every
 registered head here (torch 2.14, onnxruntime 1.31): ``dynamo`` (torch.export based, the
 default; about 2 s per graph) and ``legacy`` (TorchScript based, deprecated by torch, about
-0.1 s per graph).
+0.1 s per graph), with one exception: ``legacy`` cannot export adaptive average pooling to a
+size that does not divide the input's (a ``tokenmap`` head whose ``grid`` does not divide its
+map), and says so.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exitsearch.errors import ConfigError
+from exitsearch.errors import BundleError, ConfigError
 from exitsearch.export.onnx_runtime import ONNX_ATOL, OnnxMultiExitModel, session
 
 __all__ = ["EXPORTERS", "ONNX_ATOL", "OnnxMultiExitModel", "export_onnx"]
@@ -124,7 +126,17 @@ def export_onnx(
 
     def emit(name: str, module: nn.Module, example: torch.Tensor, inp: str, outs: list[str]) -> str:
         path = out / f"{name}.onnx"
-        _export_one(module.eval(), example, path, inp, outs, exporter, opset)
+        try:
+            _export_one(module.eval(), example, path, inp, outs, exporter, opset)
+        except Exception as exc:
+            if exporter != "legacy":
+                raise
+            # e.g. a tokenmap head pooled to a size that does not divide its map
+            detail = " ".join(str(exc).split("Please")[0].split())[:160]
+            raise BundleError(
+                f"the legacy ONNX exporter cannot export {name}: {detail}; export with the "
+                "default dynamo exporter"
+            ) from None
         if check:
             errors.append(_check_graph(module, example, path))
         return path.name

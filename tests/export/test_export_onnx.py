@@ -195,3 +195,26 @@ def test_graphs_can_share_one_thread_pool(bundles):  # type: ignore[no-untyped-d
         timeout=300,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_legacy_exporter_names_a_pooling_it_cannot_export(world: World, tmp_path: Path):
+    # 4x4 patch tokens pooled to 3x3: adaptive pooling the TorchScript exporter refuses
+    pooled = HeadSpec("tokenmap", 2, {"grid": 3})
+    head = create_head(pooled, HeadContext.from_backbone(world.backbone))
+    config = ExitConfig((pooled,), "confidence", (0.9,))
+    with pytest.raises(BundleError, match=r"legacy ONNX exporter cannot export head_0: .*dynamo"):
+        export_bundle(
+            tmp_path / "b",
+            world.backbone,
+            {pooled.key: head},
+            config,
+            onnx=True,
+            onnx_exporter="legacy",
+        )
+    assert not (tmp_path / "b").exists()
+    # the default exporter takes it, and the graph agrees with PyTorch
+    path = export_bundle(tmp_path / "d", world.backbone, {pooled.key: head}, config, onnx=True)
+    idx_t, _, logits_t = world.run_split(load_bundle(path), 16, limit=32)
+    idx_o, _, logits_o = world.run_split(load_onnx_bundle(path, threads=1), 16, limit=32)
+    np.testing.assert_array_equal(idx_o, idx_t)
+    np.testing.assert_allclose(logits_o, logits_t, atol=ONNX_ATOL, rtol=0)
