@@ -59,6 +59,10 @@ _HELP = {
     "exitsearch_queue_depth": ("gauge", "Images waiting for or in a model batch."),
     "exitsearch_in_flight": ("gauge", "Prediction requests being answered."),
     "exitsearch_draining": ("gauge", "1 while the server stops: new requests get 503."),
+    "exitsearch_gc_frozen_objects": (
+        "gauge",
+        "Objects the replica moved out of the garbage collector's reach after loading.",
+    ),
 }
 
 

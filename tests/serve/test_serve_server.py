@@ -206,6 +206,10 @@ def test_metrics_count_what_was_served(server, pngs: list[bytes]):  # type: igno
     assert after["exitsearch_images_total"] == sum(
         v for k, v in after.items() if k.startswith("exitsearch_operating_point_images_total")
     )
+    # the replica froze what it loaded (torch, Ray, the bundle), so that no full garbage
+    # collection walks it while answering
+    frozen = [v for k, v in after.items() if k.startswith("exitsearch_gc_frozen_objects{")]
+    assert len(frozen) == 1 and frozen[0] > 10_000
 
 
 def test_latency_target_moves_down_under_a_burst_and_back(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
