@@ -252,6 +252,7 @@ class BundleServer:
         # 1-2 ms.
         gc.collect()
         gc.freeze()
+        self.gc_frozen = gc.get_freeze_count()  # it walks the objects: once, not per gauge
         self._run_batch.set_max_batch_size(int(opts["max_batch_size"]))
         self.batch_wait_s = float(opts["batch_wait_ms"]) / 1000
         self._run_batch.set_batch_wait_timeout_s(self.batch_wait_s)
@@ -493,7 +494,7 @@ class BundleServer:
         self.metrics.set("exitsearch_queue_depth", self.queued)
         self.metrics.set("exitsearch_in_flight", self.in_flight)
         self.metrics.set("exitsearch_draining", float(self.draining))
-        self.metrics.set("exitsearch_gc_frozen_objects", gc.get_freeze_count())
+        self.metrics.set("exitsearch_gc_frozen_objects", self.gc_frozen)
 
     def _ensure_pusher(self) -> None:
         if self._pusher is None or self._pusher.done():
