@@ -84,6 +84,14 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option(help="Dynamic batching: how long a batch waits to fill (ms).")
     ] = 2.0,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Stream mode: how many later batches an image that goes on past an exit "
+            "waits for, so the deeper blocks run on fuller batches (0: each batch finishes "
+            "at once)."
+        ),
+    ] = 2,
     max_queued: Annotated[
         int,
         typer.Option(
@@ -130,6 +138,7 @@ def serve(
         slo_ms=slo_ms,
         max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms,
+        patience=patience,
         max_queued=max_queued,
         limits=limits,
         top_k=top_k,
@@ -198,7 +207,12 @@ def _print(server: Server) -> None:
         "replicas",
         f"{o.replicas} on {'a local Ray' if server.local else o.ray_address} "
         f"({server.device}), "
-        f"batches of up to {o.max_batch_size} ({o.batch_wait_ms:g} ms wait)",
+        f"batches of up to {o.max_batch_size} ({o.batch_wait_ms:g} ms wait)"
+        + (
+            ""
+            if o.backbone_only
+            else f", an image past an exit waits for up to {o.patience} later batches"
+        ),
     )
     if server.ingress == "direct":
         table.add_row(

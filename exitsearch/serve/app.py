@@ -76,6 +76,8 @@ class ServeOptions:
         slo_ms: p99 latency target in ms (server side); None keeps the operating point fixed.
         max_batch_size, batch_wait_ms: dynamic batching: a batch runs when it holds
             ``max_batch_size`` images or its first image has waited ``batch_wait_ms``.
+        patience: how many later batches an image that goes on past an exit waits for, so
+            that the deeper blocks run on fuller batches (0: each batch is finished at once).
         max_queued: requests a replica holds at once; beyond them a replica with direct
             ingress refuses (503), through the proxy as many more wait there before it does.
         limits: request size limits.
@@ -103,6 +105,7 @@ class ServeOptions:
     slo_ms: float | None = None
     max_batch_size: int = 32
     batch_wait_ms: float = 2.0
+    patience: int = 2
     max_queued: int = 256
     limits: Limits = field(default_factory=Limits)
     top_k: int = 5
@@ -119,6 +122,7 @@ class ServeOptions:
             "cpus_per_replica": self.cpus_per_replica >= 0,
             "max_batch_size": self.max_batch_size >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
+            "patience": self.patience >= 0,
             "max_queued": self.max_queued >= 1,
             "top_k": self.top_k >= 1,
         }
@@ -220,6 +224,7 @@ class BundleServer:
             model,
             backbone_only=bool(opts["backbone_only"]),
             batch_size=int(opts["max_batch_size"]),
+            patience=int(opts["patience"]),
         )
         start = self.engine.resolve_point(opts["operating_point"], opts["budget"])
         if start is not None:

@@ -320,6 +320,8 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
     assert ServeOptions(device="cuda:0").device == "cuda:0"
     with pytest.raises(ConfigError, match="--ingress is one of"):
         ServeOptions(ingress="haproxy")
+    with pytest.raises(ConfigError, match="--patience -1 is not allowed"):
+        ServeOptions(patience=-1)
     with pytest.raises(ConfigError, match="needs a local Ray"):
         ServeOptions(ingress="direct", ray_address="10.0.0.1:6379")
     with pytest.raises(BundleError):
