@@ -5,26 +5,32 @@ Usage::
     python benchmarks/bench_serve.py results/fmnist-vit12-fashion-mnist/export/config-299 \
         --json-out results/serve/serve.json --plot results/serve/serve.png
 
-Everything runs on this machine over loopback: a local Ray with Ray Serve (``--ingress``: by
-default direct, the replica listens itself; ``proxy`` sends requests through Ray Serve's HTTP
-proxy) and one model replica (1 PyTorch thread), and an open-loop client in this process
-(aiohttp; Poisson arrivals at a fixed offered rate, as independent users would send them).
-Images are Fashion-MNIST test images (t10k) as PNG files, with their labels, so the accuracy
-served is measured too.
+Everything runs on this machine over loopback. The servers are ``exitsearch serve`` processes,
+each with its own local Ray, Ray Serve (``--ingress``: by default direct, the replica listens
+itself; ``proxy`` sends requests through Ray Serve's HTTP proxy) and one model replica (1
+PyTorch thread); the client is an open-loop one in this process (aiohttp; Poisson arrivals at a
+fixed offered rate, as independent users would send them). Images are Fashion-MNIST test images
+(t10k) as PNG files, with their labels, so the accuracy served is measured too.
+
+The two servers of a comparison run side by side and take turns: at each offered rate each
+gets ``--repeats`` windows of ``--seconds``, alternating (the order flips every repeat, and
+both get the same arrivals), and a step's latencies and rates are its median window's. This
+machine is shared: a neighbour's burst can slow a window several-fold, and measured one after
+the other the two servers' sustainable rates moved by a quarter from run to run.
 
 1. Rate sweeps, the backbone alone (``--backbone-only``) and the bundle at its default operating
    point, with one image per request and with ``--batch`` images per request (a JSON batch):
-   offered rates rising by ``--step`` until the server falls behind (achieved below 0.9 of
+   offered rates rising by ``--step`` until a server falls behind (achieved below 0.9 of
    sent, fewer than 0.98 answered, or p99 above 1 s). The sustainable rate of each is the
    highest offered rate at which it answers at least 0.98 of the requests and its p99 stays
    within ``--p99-ms``; ``--refine`` more steps halve the (geometric) gap between it and the
    next rate tried.
 2. Overload: twice the backbone's saturating throughput, sent to the bundle with a fixed
-   operating point and with the latency target ``--slo-ms`` on: p99, requests refused, accuracy
-   served and the operating points used.
+   operating point and with the latency target ``--slo-ms`` on (two servers, in turns as
+   above): p99, requests refused, accuracy served and the operating points used.
 
-Bounded in requests and time (``--seconds`` per step, at most ``--max-steps`` steps per model).
-Not collected by pytest.
+Bounded in requests and time (``--repeats`` windows of ``--seconds`` per server and step, at
+most ``--max-steps`` steps). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -37,8 +43,13 @@ import io
 import json
 import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -48,7 +59,6 @@ import numpy as np
 from exitsearch._io import atomic_write_json
 from exitsearch.data.sources.fashion_mnist import load_fashion_mnist
 from exitsearch.distributed.testing import free_port
-from exitsearch.serve import ServeOptions, start_server
 
 Payload = tuple[bytes, str, np.ndarray]  # body, content type, the labels of its images
 
@@ -158,47 +168,146 @@ def summarise(
         "p99_ms": float(np.percentile(lat, 99)),
         "server_p50_ms": float(np.percentile(server, 50)),
         "server_p99_ms": float(np.percentile(server, 99)),
+        "images": len(correct),
+        "correct": int(sum(correct)),
         "accuracy": float(np.mean(correct)) if correct else None,
         "exits": dict(sorted(Counter(str(e) for r in ok for e in r["exits"]).items())),
         "points": dict(sorted(Counter(str(p) for r in ok for p in r["points"]).items())),
     }
 
 
-def sweep(
-    bundle: Path,
-    options: ServeOptions,
+class Served:
+    """``exitsearch serve BUNDLE --port PORT FLAGS...`` in a process of its own (its own local
+    Ray), from healthy until :meth:`stop` (SIGTERM: it drains and takes its Ray down)."""
+
+    def __init__(self, bundle: Path, port: int, flags: list[str], log: Path) -> None:
+        exe = Path(sys.executable).with_name("exitsearch")
+        command = [str(exe) if exe.exists() else "exitsearch", "serve", str(bundle)]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*command, "--port", str(port), *flags], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise SystemExit(f"exitsearch serve {bundle} {' '.join(flags)} exited: {tail}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise SystemExit(f"exitsearch serve {bundle} was not healthy after 300 s ({log})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure(
+    urls: dict[str, str],
+    rates: dict[str, float],
     args: argparse.Namespace,
     requests: list[Payload],
-    start_rate: float,
-) -> list[dict[str, Any]]:
-    server = start_server(bundle, options)
-    steps = []
-    try:
-        url = server.url + "/predict"
-        asyncio.run(offered_load(url, start_rate, 2.0, requests, 999))  # warm-up
-        rate = start_rate
-        for i in range(args.max_steps):
-            step = asyncio.run(offered_load(url, rate, args.seconds, requests, i))
-            step["ingress"] = server.ingress
-            steps.append(step)
-            print(_line(("backbone" if options.backbone_only else "bundle"), step), flush=True)
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """``args.repeats`` windows of each server at its rate, the servers taking turns (the
+    order flips every repeat; a server and the next get the same arrivals); per server the
+    windows combined, with the median of their p50s, p99s and rates."""
+    windows: dict[str, list[dict[str, Any]]] = {n: [] for n in rates}
+    for rep in range(args.repeats):
+        for name in list(rates) if rep % 2 == 0 else list(rates)[::-1]:
+            url = urls[name] + "/predict"
+            windows[name].append(
+                asyncio.run(offered_load(url, rates[name], args.seconds, requests, seed + rep))
+            )
+    return {n: combine(ws) for n, ws in windows.items()}
+
+
+def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step from several windows at one offered rate: counts summed, latencies and rates
+    the median window's (a window that a stall of the shared machine spoiled does not
+    decide), each window's own figures kept."""
+    med = {
+        k: float(np.median([w[k] for w in windows]))
+        for k in (
+            "answered_fraction",
+            "sent_per_s",
+            "achieved_per_s",
+            "images_per_s",
+            "p50_ms",
+            "p99_ms",
+            "server_p50_ms",
+            "server_p99_ms",
+        )
+    }
+    counts = {k: sum(w[k] for w in windows) for k in ("sent", "answered", "refused_503", "failed")}
+    images, correct = sum(w["images"] for w in windows), sum(w["correct"] for w in windows)
+    exits: Counter[str] = Counter()
+    points: Counter[str] = Counter()
+    for w in windows:
+        exits.update(w["exits"])
+        points.update(w["points"])
+    return {
+        "offered_per_s": windows[0]["offered_per_s"],
+        **counts,
+        **med,
+        "images": images,
+        "correct": correct,
+        "accuracy": correct / images if images else None,
+        "exits": dict(sorted(exits.items())),
+        "points": dict(sorted(points.items())),
+        "windows": [
+            {k: round(w[k], 2) for k in ("achieved_per_s", "p50_ms", "p99_ms", "server_p99_ms")}
+            for w in windows
+        ],
+    }
+
+
+def sweeps(
+    urls: dict[str, str], args: argparse.Namespace, requests: list[Payload], start_rate: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Offered rates rising by ``args.step`` from ``start_rate``, every server measured at each
+    (:func:`measure`) until it falls behind; then ``args.refine`` steps that halve the
+    (geometric) gap above each server's sustainable rate."""
+    steps: dict[str, list[dict[str, Any]]] = {n: [] for n in urls}
+    for url in urls.values():
+        asyncio.run(offered_load(url + "/predict", start_rate, 2.0, requests, 999))  # warm-up
+    live = list(urls)
+    rate = start_rate
+    for i in range(args.max_steps):
+        if not live:
+            break
+        for name, step in measure(urls, dict.fromkeys(live, rate), args, requests, 10 * i).items():
+            steps[name].append(step)
+            print(_line(name, step), flush=True)
             behind = step["achieved_per_s"] < 0.9 * step["sent_per_s"]
             if behind or step["answered_fraction"] < 0.98 or step["p99_ms"] > 1000:
-                break
-            rate *= args.step
-        for i in range(args.refine):  # halve the gap (geometric) around the sustainable rate
-            ok = sustainable(steps, args.p99_ms)
-            above = [s["offered_per_s"] for s in steps if s["offered_per_s"] > ok]
-            if not ok or not above:
-                break
-            rate = (ok * min(above)) ** 0.5
-            step = asyncio.run(offered_load(url, rate, args.seconds, requests, 100 + i))
-            step["ingress"] = server.ingress
-            steps.append(step)
-            print(_line(("backbone" if options.backbone_only else "bundle"), step), flush=True)
-    finally:
-        server.stop()
-    return sorted(steps, key=lambda s: s["offered_per_s"])
+                live.remove(name)
+        rate *= args.step
+    for i in range(args.refine):
+        rates = {}
+        for name, st in steps.items():
+            ok = sustainable(st, args.p99_ms)
+            above = [s["offered_per_s"] for s in st if s["offered_per_s"] > ok]
+            if ok and above:
+                rates[name] = (ok * min(above)) ** 0.5
+        if not rates:
+            break
+        for name, step in measure(urls, rates, args, requests, 1000 + 10 * i).items():
+            steps[name].append(step)
+            print(_line(name, step), flush=True)
+    return {n: sorted(st, key=lambda s: s["offered_per_s"]) for n, st in steps.items()}
 
 
 def sustainable(steps: list[dict[str, Any]], p99_ms: float) -> float:
@@ -247,7 +356,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         for name, colour in (("backbone", "tab:grey"), ("bundle", "tab:blue")):
             steps = sweeps[name]
             x = [st["offered_per_s"] * k for st in steps]
-            ax.plot(x, [st["p99_ms"] for st in steps], "o-", color=colour, label=f"{name} p99")
+            p99 = [st["p99_ms"] for st in steps]
+            spread = [[w["p99_ms"] for w in st.get("windows", [st])] for st in steps]
+            yerr = [
+                [p - min(w) for p, w in zip(p99, spread, strict=True)],
+                [max(w) - p for p, w in zip(p99, spread, strict=True)],
+            ]
+            ax.errorbar(x, p99, yerr=yerr, fmt="o-", color=colour, capsize=2, label=f"{name} p99")
             ax.plot(
                 x,
                 [st["p50_ms"] for st in steps],
@@ -259,7 +374,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.axhline(doc["p99_ms"], color="black", lw=0.8, ls=":", label=f"{doc['p99_ms']:g} ms")
         ax.set_yscale("log")
         ax.set_xlabel("offered images per second")
-        ax.set_ylabel("client latency (ms)")
+        ax.set_ylabel("client latency (ms; p99: median window, bars: all)")
         sus = doc["sustainable_per_s"][mode]
         ax.set_title(
             f"{mode}\nsustainable at p99 <= {doc['p99_ms']:g} ms: backbone "
@@ -304,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--images", type=int, default=2048)
-    ap.add_argument("--seconds", type=float, default=10.0, help="per offered rate")
+    ap.add_argument("--seconds", type=float, default=6.0, help="per window")
+    ap.add_argument("--repeats", type=int, default=3, help="windows per server and rate")
     ap.add_argument("--start-rate", type=float, default=100.0, help="images per second")
     ap.add_argument("--batch", type=int, default=16, help="images per request, second sweep")
     ap.add_argument("--step", type=float, default=1.3)
@@ -325,13 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     modes = {"1 image per request": 1, f"{args.batch} images per request": args.batch}
     requests = {mode: payloads(args.images, k) for mode, k in modes.items()}
-    base = {
-        "port": free_port(),
-        "max_batch_size": args.max_batch_size,
-        "batch_wait_ms": args.batch_wait_ms,
-        "threads": 1,
-        "ingress": args.ingress,
-    }
+    flags = [
+        "--threads",
+        "1",
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--ingress",
+        args.ingress,
+    ]
     t0 = time.time()
     result: dict[str, Any] = {
         "bundle": str(args.bundle),
@@ -339,12 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_average_before": list(os.getloadavg()),
         "python": sys.version.split()[0],
-        "setup": f"loopback; local Ray, Ray Serve with --ingress {args.ingress}, 1 replica with "
-        "1 PyTorch thread; open-loop aiohttp client (Poisson arrivals) on the same 2 cores",
+        "setup": f"loopback; two `exitsearch serve` processes side by side (each a local Ray, "
+        f"Ray Serve with --ingress {args.ingress}, 1 replica with 1 PyTorch thread), measured "
+        f"in turns, {args.repeats} windows of {args.seconds:g} s each per rate, median "
+        "window; open-loop aiohttp client (Poisson arrivals) on the same 2 cores",
         "ingress": args.ingress,
         "images": f"Fashion-MNIST t10k, first {args.images}",
         "images_per_request": modes,
         "seconds_per_step": args.seconds,
+        "windows_per_step": args.repeats,
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
         "p99_ms": args.p99_ms,
@@ -353,39 +475,46 @@ def main(argv: list[str] | None = None) -> int:
         "sustainable_per_s": {},
     }
     previous = json.loads(args.sweeps_from.read_text()) if args.sweeps_from else None
-    for mode, k in modes.items():
-        if previous is not None:
-            result["sweeps"][mode] = previous["sweeps"][mode]
-            result["sustainable_per_s"][mode] = previous["sustainable_per_s"][mode]
-            continue
-        start = args.start_rate / k
-        result["sweeps"][mode] = {
-            name: sweep(args.bundle, ServeOptions(**base, **extra), args, requests[mode], start)
-            for name, extra in (("backbone", {"backbone_only": True}), ("bundle", {}))
-        }
-        result["sustainable_per_s"][mode] = {
-            n: sustainable(st, args.p99_ms) for n, st in result["sweeps"][mode].items()
-        }
+    logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    if previous is not None:
+        result["sweeps"] = previous["sweeps"]
+        result["sustainable_per_s"] = previous["sustainable_per_s"]
+    else:
+        servers = {}
+        try:
+            for name, extra in (("backbone", ["--backbone-only"]), ("bundle", [])):
+                servers[name] = Served(args.bundle, free_port(), flags + extra, logs / name)
+            urls = {n: s.url for n, s in servers.items()}
+            for mode, k in modes.items():
+                result["sweeps"][mode] = sweeps(urls, args, requests[mode], args.start_rate / k)
+                result["sustainable_per_s"][mode] = {
+                    n: sustainable(st, args.p99_ms) for n, st in result["sweeps"][mode].items()
+                }
+        finally:
+            for server in servers.values():
+                server.stop()
     singles = requests["1 image per request"]
     saturating = max(
         st["achieved_per_s"] for st in result["sweeps"]["1 image per request"]["backbone"]
     )
     rate = 2 * saturating
     result["overload_rate_per_s"] = rate
-    result["overload"] = {}
-    for name, extra in (
-        ("fixed point", {}),
-        (f"target {args.slo_ms:g} ms", {"slo_ms": args.slo_ms}),
-    ):
-        server = start_server(args.bundle, ServeOptions(**base, **extra))
-        try:
-            url = server.url + "/predict"
-            asyncio.run(offered_load(url, args.start_rate, 2.0, singles, 999))
-            step = asyncio.run(offered_load(url, rate, args.seconds * 1.5, singles, 77))
-        finally:
+    target = f"target {args.slo_ms:g} ms"
+    servers = {}
+    try:
+        for name, extra in (("fixed point", []), (target, ["--slo-ms", str(args.slo_ms)])):
+            servers[name] = Served(args.bundle, free_port(), flags + extra, logs / name[:6])
+        urls = {n: s.url for n, s in servers.items()}
+        for url in urls.values():
+            asyncio.run(offered_load(url + "/predict", args.start_rate, 2.0, singles, 999))
+        over = measure(urls, dict.fromkeys(urls, rate), args, singles, 77)
+    finally:
+        for server in servers.values():
             server.stop()
+    for name, step in over.items():
         print(_line(name[:9], step), flush=True)
-        result["overload"][name] = step
+    result["overload"] = over
+    shutil.rmtree(logs, ignore_errors=True)  # the servers' output; kept when one failed
     add_limits(result)
     result["sustainable_ratio"] = {
         mode: (v["bundle"] / v["backbone"] if v["backbone"] else None)
