@@ -211,7 +211,8 @@ def _print(server: Server) -> None:
         + (
             ""
             if o.backbone_only
-            else f", an image past an exit waits for up to {o.patience} later batches"
+            else f", an image past an exit waits for up to {o.patience} later "
+            + ("batch" if o.patience == 1 else "batches")
         ),
     )
     if server.ingress == "direct":

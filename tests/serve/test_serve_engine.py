@@ -72,6 +72,29 @@ def test_points_asked_by_index_or_budget(bundle: Path):
     )
 
 
+@pytest.mark.parametrize("patience", [0, 1])
+def test_stream_patience_bounds_how_many_submissions_an_image_waits(
+    bundle: Path, pngs: list[bytes], patience: int
+):
+    """With patience 0 every submission is answered whole at once; with 1 the one before is
+    answered whole by the end of the next, and some images do wait for it."""
+    engine = ServingModel(exitsearch.load(bundle), batch_size=8, patience=patience)
+    pixels = engine.pixels(decoded(pngs, 30))
+    submitted: list[list[int]] = []
+    answered: set[int] = set()
+    waited = 0
+    for a in range(0, 30, 6):
+        ids, done = engine.submit(pixels[a : a + 6], None, [1] * 6)
+        submitted.append(ids)
+        answered.update(key for key, _ in done)
+        waited = max(waited, engine.in_flight)
+        finished = submitted if patience == 0 else submitted[:-1]
+        assert all(key in answered for ids in finished for key in ids)
+    assert (waited == 0) == (patience == 0)
+    answered.update(key for key, _ in engine.drain())
+    assert len(answered) == 30 and engine.in_flight == 0
+
+
 def test_stream_submissions_answer_like_predict_at_their_points(bundle: Path, pngs: list[bytes]):
     """Dynamic batches of uneven sizes at two operating points, through the stream: every image
     is answered once, at its point, as the loaded bundle answers it; an image of one submission

@@ -269,6 +269,8 @@ def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: l
             "4",
             "--batch-wait-ms",
             "50",
+            "--patience",
+            "1",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
