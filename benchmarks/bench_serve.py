@@ -228,10 +228,23 @@ def measure(
     for rep in range(args.repeats):
         for name in list(rates) if rep % 2 == 0 else list(rates)[::-1]:
             url = urls[name] + "/predict"
-            windows[name].append(
-                asyncio.run(offered_load(url, rates[name], args.seconds, requests, seed + rep))
-            )
+            cpu = replica_cpu(urls[name])
+            w = asyncio.run(offered_load(url, rates[name], args.seconds, requests, seed + rep))
+            used = replica_cpu(urls[name]) - cpu
+            w["replica_cpu_ms_per_image"] = 1000 * used / w["images"] if w["images"] else None
+            windows[name].append(w)
     return {n: combine(ws) for n, ws in windows.items()}
+
+
+def replica_cpu(url: str) -> float:
+    """CPU seconds the server's replica has used (``/metrics``; it counts every thread of
+    the replica's process: HTTP, Ray Serve, the model)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith("exitsearch_replica_cpu_seconds_total "):
+            return float(line.split()[1])
+    raise SystemExit(f"{url}/metrics has no exitsearch_replica_cpu_seconds_total")
 
 
 def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -251,6 +264,8 @@ def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
             "server_p99_ms",
         )
     }
+    cpu = [w["replica_cpu_ms_per_image"] for w in windows if w.get("replica_cpu_ms_per_image")]
+    med["replica_cpu_ms_per_image"] = float(np.median(cpu)) if cpu else None
     counts = {k: sum(w[k] for w in windows) for k in ("sent", "answered", "refused_503", "failed")}
     images, correct = sum(w["images"] for w in windows), sum(w["correct"] for w in windows)
     exits: Counter[str] = Counter()
@@ -268,7 +283,16 @@ def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
         "exits": dict(sorted(exits.items())),
         "points": dict(sorted(points.items())),
         "windows": [
-            {k: round(w[k], 2) for k in ("achieved_per_s", "p50_ms", "p99_ms", "server_p99_ms")}
+            {
+                k: None if w.get(k) is None else round(w[k], 2)
+                for k in (
+                    "achieved_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "server_p99_ms",
+                    "replica_cpu_ms_per_image",
+                )
+            }
             for w in windows
         ],
     }
@@ -340,8 +364,31 @@ def _line(name: str, s: dict[str, Any]) -> str:
         f"{name:>9} offered {s['offered_per_s']:7.1f}/s  achieved {s['achieved_per_s']:7.1f}/s "
         f"({s['images_per_s']:6.0f} img/s)  "
         f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  server p99 "
-        f"{s['server_p99_ms']:6.1f} ms  503 {s['refused_503']:4d}  acc {acc}"
+        f"{s['server_p99_ms']:6.1f} ms  503 {s['refused_503']:4d}  acc {acc}  replica CPU "
+        f"{s.get('replica_cpu_ms_per_image') or float('nan'):.2f} ms/img"
     )
+
+
+def cpu_plot(ax: Any, doc: dict[str, Any]) -> None:
+    """The replicas' CPU time per image answered, against the offered rate."""
+    for (mode, sweeps), style in zip(doc["sweeps"].items(), ("o-", "s--"), strict=False):
+        k = doc["images_per_request"][mode]
+        for name, colour in (("backbone", "tab:grey"), ("bundle", "tab:blue")):
+            steps = [st for st in sweeps[name] if st.get("replica_cpu_ms_per_image")]
+            ax.plot(
+                [st["offered_per_s"] * k for st in steps],
+                [st["replica_cpu_ms_per_image"] for st in steps],
+                style,
+                color=colour,
+                label=f"{name}, {k} per request",
+            )
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("offered images per second")
+    ax.set_ylabel("replica CPU per image answered (ms; median window)")
+    ax.set_title(
+        "the replica's CPU time per image (model, HTTP, Ray Serve; 1 PyTorch thread)", fontsize=10
+    )
+    ax.legend(fontsize=8)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -350,7 +397,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, grid = plt.subplots(2, 2, figsize=(13, 8.4))
+    axes = grid.ravel()
     for ax, (mode, sweeps) in zip(axes[:2], doc["sweeps"].items(), strict=True):
         k = doc["images_per_request"][mode]
         for name, colour in (("backbone", "tab:grey"), ("bundle", "tab:blue")):
@@ -358,9 +406,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             x = [st["offered_per_s"] * k for st in steps]
             p99 = [st["p99_ms"] for st in steps]
             spread = [[w["p99_ms"] for w in st.get("windows", [st])] for st in steps]
-            yerr = [
-                [p - min(w) for p, w in zip(p99, spread, strict=True)],
-                [max(w) - p for p, w in zip(p99, spread, strict=True)],
+            yerr = [  # the windows' figures are rounded: never below 0
+                [max(0.0, p - min(w)) for p, w in zip(p99, spread, strict=True)],
+                [max(0.0, max(w) - p) for p, w in zip(p99, spread, strict=True)],
             ]
             ax.errorbar(x, p99, yerr=yerr, fmt="o-", color=colour, capsize=2, label=f"{name} p99")
             ax.plot(
@@ -382,7 +430,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             fontsize=10,
         )
         ax.legend(fontsize=8)
-    ax2 = axes[2]
+    cpu_plot(axes[2], doc)
+    ax2 = axes[3]
     over = doc["overload"]
     names = list(over)
     p99 = [over[n]["p99_ms"] for n in names]

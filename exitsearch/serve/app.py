@@ -262,6 +262,7 @@ class BundleServer:
         self.batch_wait_s = float(opts["batch_wait_ms"]) / 1000
         self._run_batch.set_batch_wait_timeout_s(self.batch_wait_s)
         self.metrics = Metrics()
+        self._cpu = 0.0  # process CPU seconds counted so far
         for counter in ("exitsearch_shed_total", "exitsearch_point_switches_total"):
             self.metrics.inc(counter, 0)  # a counter is there from the start, at 0
         self.queued = 0  # images waiting for or in a model batch (the latency target's queue)
@@ -500,6 +501,9 @@ class BundleServer:
         self.metrics.set("exitsearch_in_flight", self.in_flight)
         self.metrics.set("exitsearch_draining", float(self.draining))
         self.metrics.set("exitsearch_gc_frozen_objects", self.gc_frozen)
+        cpu = time.process_time()  # the replica's process: requests, model, Ray Serve
+        self.metrics.inc("exitsearch_replica_cpu_seconds_total", cpu - self._cpu)
+        self._cpu = cpu
 
     def _ensure_pusher(self) -> None:
         if self._pusher is None or self._pusher.done():

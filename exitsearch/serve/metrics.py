@@ -55,6 +55,10 @@ _HELP = {
         "Server-side latency of a prediction request, from arrival at the replica to answer.",
     ),
     "exitsearch_batch_size": ("histogram", "Images per model batch (dynamic batching)."),
+    "exitsearch_replica_cpu_seconds_total": (
+        "counter",
+        "CPU time of the replicas' processes (every thread; loading included).",
+    ),
     "exitsearch_operating_point": ("gauge", "Operating point in use (-1: none or backbone)."),
     "exitsearch_queue_depth": ("gauge", "Images waiting for or in a model batch."),
     "exitsearch_in_flight": ("gauge", "Prediction requests being answered."),

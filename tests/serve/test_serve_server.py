@@ -203,6 +203,9 @@ def test_metrics_count_what_was_served(server, pngs: list[bytes]):  # type: igno
     exits = sum(delta(k) for k in after if k.startswith("exitsearch_exits_total"))
     assert exits == 5
     assert delta("exitsearch_request_latency_seconds_count") == 5
+    # the replica's CPU time, from its start: loading the bundle took some, answering more
+    assert before["exitsearch_replica_cpu_seconds_total"] > 0
+    assert delta("exitsearch_replica_cpu_seconds_total") > 0
     assert after["exitsearch_images_total"] == sum(
         v for k, v in after.items() if k.startswith("exitsearch_operating_point_images_total")
     )
