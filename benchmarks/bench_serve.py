@@ -14,7 +14,9 @@ fixed offered rate, as independent users would send them). Images are Fashion-MN
 
 The two servers of a comparison run side by side and take turns: at each offered rate each
 gets ``--repeats`` windows of ``--seconds``, alternating (the order flips every repeat, and
-both get the same arrivals), and a step's latencies and rates are its median window's. This
+both get the same arrivals), and a step's latencies and rates are its median window's; the
+replica's CPU time per image answered comes from the server's ``/metrics`` (read before and
+after each window; every thread of the replica's process), also the median window's. This
 machine is shared: a neighbour's burst can slow a window several-fold, and measured one after
 the other the two servers' sustainable rates moved by a quarter from run to run.
 
