@@ -147,6 +147,10 @@ class ServingModel:
         """uint8 ``(N, C, H, W)`` at the model's size: the bundle's resize and crop."""
         return np.stack([self._transform(im) for im in images])
 
+    def image_pixels(self, image: Any) -> np.ndarray:
+        """uint8 ``(C, H, W)`` of one PIL image at the model's size (thread-safe)."""
+        return self._transform(image)
+
     def infer(self, pixels: np.ndarray, point: int | None, top_k: Sequence[int]) -> list[Answer]:
         """Answers for ``pixels`` (from :meth:`pixels`) at operating ``point`` (None: the
         default, :meth:`set_default`); ``top_k[i]`` classes are returned for image ``i``."""

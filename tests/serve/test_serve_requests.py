@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exitsearch.serve.requests import Limits, RequestError, parse_request
+from exitsearch.serve.requests import (
+    Limits,
+    RequestError,
+    decode_images,
+    open_request,
+    parse_request,
+)
 
 LIMITS = Limits(max_bytes=200_000, max_images=4, max_pixels=256 * 256)
 
@@ -175,3 +181,31 @@ def test_truncated_image():
     png = encode(grey(size=64))
     status, message = status_of("image/png", png[: len(png) // 2], {}, LIMITS)
     assert status == 400 and "truncated or corrupt" in message
+
+
+def test_pixels_summed_over_a_request_are_capped():
+    limits = Limits(max_pixels=64 * 64, max_request_pixels=3 * 64 * 64)
+    three = json.dumps({"images": [base64.b64encode(encode(grey(size=64))).decode()] * 3})
+    assert len(parse_request("application/json", three.encode(), {}, limits).images) == 3
+    four = json.dumps({"images": [base64.b64encode(encode(grey(size=64))).decode()] * 4})
+    status, message = status_of("application/json", four.encode(), {}, limits)
+    assert status == 413 and "4 images hold 16384 pixels; at most 12288" in message
+
+
+def test_a_request_is_opened_first_and_decoded_image_by_image():
+    """The headers are checked without decoding; decoding with a transform keeps what it
+    makes of each image."""
+    pngs = [encode(grey(seed=i, size=40)) for i in range(3)]
+    doc = json.dumps({"images": [base64.b64encode(p).decode() for p in pngs]}).encode()
+    req = open_request("application/json", doc, {}, Limits())
+    assert req.pixels == 3 * 40 * 40 and req.batch
+    sizes = decode_images(req, lambda im: np.asarray(im).shape)
+    assert sizes == [(40, 40)] * 3
+    # decoding again gives the same pixels (each decode reads the bytes from the start)
+    again = decode_images(req, np.asarray)
+    assert all(np.array_equal(a, np.asarray(grey(seed=i, size=40))) for i, a in enumerate(again))
+    # a truncated image passes the header check and fails when decoded, in one line
+    cut = open_request("image/png", pngs[0][: len(pngs[0]) // 2], {}, Limits())
+    with pytest.raises(RequestError, match="the image is truncated or corrupt") as err:
+        decode_images(cut)
+    assert err.value.status == 400
