@@ -3,7 +3,8 @@
 * :func:`start_server` / :class:`ServeOptions` / :class:`Server`: the Ray Serve application
   (:mod:`exitsearch.serve.app`).
 * :class:`ServingModel`: the model side of a replica, usable without Ray.
-* :func:`parse_request` / :class:`Limits`: what a request may hold.
+* :func:`parse_request` (:func:`open_request`, then :func:`decode_images`) / :class:`Limits`:
+  what a request may hold.
 * :class:`LatencyTarget`: the operating point controller behind ``--slo-ms``.
 * :class:`Metrics`: Prometheus text metrics.
 """
@@ -16,7 +17,14 @@ if TYPE_CHECKING:
     from exitsearch.serve.app import ServeOptions, Server, start_server
     from exitsearch.serve.engine import Answer, ServingModel
     from exitsearch.serve.metrics import Metrics
-    from exitsearch.serve.requests import Limits, PredictRequest, RequestError, parse_request
+    from exitsearch.serve.requests import (
+        Limits,
+        PredictRequest,
+        RequestError,
+        decode_images,
+        open_request,
+        parse_request,
+    )
     from exitsearch.serve.target import LatencyTarget, TargetSettings, ladder
 
 __all__ = [
@@ -30,7 +38,9 @@ __all__ = [
     "Server",
     "ServingModel",
     "TargetSettings",
+    "decode_images",
     "ladder",
+    "open_request",
     "parse_request",
     "start_server",
 ]
@@ -48,6 +58,8 @@ __getattr__, __dir__ = lazy_exports(
         "PredictRequest": "exitsearch.serve.requests",
         "RequestError": "exitsearch.serve.requests",
         "parse_request": "exitsearch.serve.requests",
+        "open_request": "exitsearch.serve.requests",
+        "decode_images": "exitsearch.serve.requests",
         "LatencyTarget": "exitsearch.serve.target",
         "TargetSettings": "exitsearch.serve.target",
         "ladder": "exitsearch.serve.target",
