@@ -118,6 +118,21 @@ def test_answers_equal_the_loaded_bundle(server, model, pngs: list[bytes]):  # t
     assert blocks == {k: ([s.location for s in model.config.exits] + [depth])[k] for k in blocks}
 
 
+def test_large_images_are_decoded_aside_and_answered_the_same(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    # Fashion-MNIST images blown up to 1.2 megapixels each (over the server's 1-megapixel
+    # threshold: decoded in a worker thread, one at a time), sent with small ones in between
+    big = []
+    for p in pngs[:3]:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(p)).resize((1200, 1000), Image.NEAREST).save(buf, "PNG")
+        big.append(buf.getvalue())
+    url = server.url + "/predict"
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda p: call(url, p), [big[0], pngs[5], big[1], pngs[6], big[2]]))
+    assert [s for s, _, _ in results] == [200] * 5
+    check_answers(model, [big[0], pngs[5], big[1], pngs[6], big[2]], [b for _, b, _ in results])
+
+
 def test_operating_point_asked_by_the_request(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
     url = server.url + "/predict"
     status, body, _ = call(url + "?operating_point=0&top_k=2", pngs[0])
