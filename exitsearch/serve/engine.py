@@ -145,7 +145,7 @@ class ServingModel:
     # ----------------------------------------------------------------- inference
     def pixels(self, images: Sequence[Any]) -> np.ndarray:
         """uint8 ``(N, C, H, W)`` at the model's size: the bundle's resize and crop."""
-        return np.stack([self._transform(im) for im in images])
+        return np.stack([self.image_pixels(im) for im in images])
 
     def image_pixels(self, image: Any) -> np.ndarray:
         """uint8 ``(C, H, W)`` of one PIL image at the model's size (thread-safe)."""

@@ -124,7 +124,7 @@ def parse_request(
 
 def decode_images(req: PredictRequest, transform: Callable[[Any], Any] | None = None) -> list[Any]:
     """The images of an opened request, decoded one at a time; with ``transform`` (e.g. the
-    model's resize and crop) what it makes of each, the full-size image closed before the
+    model's resize and crop) what it makes of each, the full-size image let go of before the
     next is decoded.
 
     Raises:
@@ -144,7 +144,6 @@ def decode_images(req: PredictRequest, transform: Callable[[Any], Any] | None = 
         except (OSError, SyntaxError, ValueError) as exc:
             raise RequestError(400, f"{where} is truncated or corrupt: {exc}") from None
         out.append(image if transform is None else transform(image))
-        del image
     return out
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import struct
+import weakref
 import zlib
 
 import numpy as np
@@ -209,3 +211,25 @@ def test_a_request_is_opened_first_and_decoded_image_by_image():
     with pytest.raises(RequestError, match="the image is truncated or corrupt") as err:
         decode_images(cut)
     assert err.value.status == 400
+
+
+def test_decoding_lets_go_of_each_full_size_image_before_the_next():
+    """With a transform, only what it returns is kept: when image i is decoded no earlier
+    full-size image is alive, nor any after the call (the request holds its bytes only)."""
+    pngs = [encode(grey(seed=i, size=64)) for i in range(4)]
+    doc = json.dumps({"images": [base64.b64encode(p).decode() for p in pngs]}).encode()
+    req = open_request("application/json", doc, {}, Limits())
+    seen: list[weakref.ref] = []
+    alive_at_each: list[int] = []
+
+    def shrink(image: Image.Image) -> np.ndarray:
+        gc.collect()
+        alive_at_each.append(sum(r() is not None for r in seen))
+        seen.append(weakref.ref(image))
+        return np.asarray(image.resize((8, 8)))
+
+    out = decode_images(req, shrink)
+    gc.collect()
+    assert [a.shape for a in out] == [(8, 8)] * 4
+    assert alive_at_each == [0, 0, 0, 0]
+    assert all(r() is None for r in seen)

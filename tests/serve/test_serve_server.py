@@ -118,7 +118,7 @@ def test_answers_equal_the_loaded_bundle(server, model, pngs: list[bytes]):  # t
     assert blocks == {k: ([s.location for s in model.config.exits] + [depth])[k] for k in blocks}
 
 
-def test_large_images_are_decoded_aside_and_answered_the_same(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+def test_large_images_answer_as_the_loaded_bundle(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
     # Fashion-MNIST images blown up to 1.2 megapixels each (over the server's 1-megapixel
     # threshold: decoded in a worker thread, one at a time), sent with small ones in between
     big = []
