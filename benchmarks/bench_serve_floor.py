@@ -23,13 +23,12 @@ import gc
 import json
 import os
 import platform
-import statistics
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench_serve import offered_load, payloads
+from bench_serve import combine, offered_load, payloads
 
 from exitsearch._io import atomic_write_json
 from exitsearch.distributed.testing import free_port
@@ -66,7 +65,8 @@ def make_deployment(max_batch_size: int, batch_wait_s: float) -> Any:
 def sweep(
     url: str, mode: str, rates: list[float], args: argparse.Namespace, requests: list[Any]
 ) -> list[dict[str, Any]]:
-    """Each offered rate for ``args.repeats`` windows; the median window's figures."""
+    """Each offered rate for ``args.repeats`` windows, combined as the load test combines
+    them (:func:`bench_serve.combine`: the median window's latencies, rates and CPU)."""
 
     def cpu() -> float:
         with urllib.request.urlopen(url + "/cpu", timeout=30) as r:
@@ -79,23 +79,15 @@ def sweep(
         for rep in range(args.repeats):
             before = cpu()
             w = asyncio.run(offered_load(url + "/predict", rate, args.seconds, requests, rep))
-            w["replica_cpu_ms_per_request"] = 1000 * (cpu() - before) / max(1, w["answered"])
+            # one image per request: CPU per image is CPU per request
+            w["replica_cpu_ms_per_image"] = 1000 * (cpu() - before) / max(1, w["answered"])
             windows.append(w)
-        row = {
-            "offered_per_s": rate,
-            **{
-                k: statistics.median(w[k] for w in windows)
-                for k in ("achieved_per_s", "p50_ms", "p99_ms", "replica_cpu_ms_per_request")
-            },
-            "windows_cpu_ms_per_request": [
-                round(w["replica_cpu_ms_per_request"], 4) for w in windows
-            ],
-        }
+        row = combine(windows)
         rows.append(row)
         print(
             f"{mode:>12} {rate:5.0f} req/s: answered {row['achieved_per_s']:6.1f}/s, "
             f"p50 {row['p50_ms']:5.2f} ms, p99 {row['p99_ms']:6.2f} ms, replica CPU "
-            f"{row['replica_cpu_ms_per_request']:.3f} ms per request",
+            f"{row['replica_cpu_ms_per_image']:.3f} ms per request",
             flush=True,
         )
     return rows

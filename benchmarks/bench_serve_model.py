@@ -36,6 +36,7 @@ import torch
 from exitsearch._io import atomic_write_json, call_atomically
 from exitsearch.data.sources.fashion_mnist import load_fashion_mnist
 from exitsearch.export import load_bundle
+from exitsearch.serve.app import ServeOptions
 from exitsearch.serve.engine import ServingModel
 
 MODES = ("backbone", "bundle, stream mode", "bundle, batch mode")
@@ -77,14 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--sizes", default="1,2,4,8,16,32", help="images per submission")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--patience", type=int, default=ServeOptions.patience)
+    ap.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=ServeOptions.max_batch_size,
+        help="the stream runs a stage once this many images wait there, as the server does",
+    )
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     torch.set_num_threads(1)
     engines = {
         "backbone": ServingModel(load_bundle(args.bundle), backbone_only=True),
         "bundle, stream mode": ServingModel(
-            load_bundle(args.bundle), batch_size=max(sizes), patience=args.patience
+            load_bundle(args.bundle), batch_size=args.max_batch_size, patience=args.patience
         ),
         "bundle, batch mode": ServingModel(load_bundle(args.bundle)),
     }
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"Fashion-MNIST t10k, first {args.images}",
         "repeats": args.repeats,
         "patience": args.patience,
+        "max_batch_size": args.max_batch_size,
         "operating_point": model.point_index,
         "flops_ratio": None if point is None else costs.backbone_flops / point.mean_flops,
         "rows": rows,
