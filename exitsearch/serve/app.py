@@ -209,6 +209,7 @@ class BundleServer:
         from exitsearch.serve.target import (
             ConcurrencyLimit,
             LatencyTarget,
+            LoopCost,
             TargetSettings,
             ladder,
         )
@@ -274,6 +275,8 @@ class BundleServer:
         self.taken = 0  # ...and those it has passed on to the model
         self.pending: dict[int, tuple[asyncio.Future[Any], int | None]] = {}  # id: answer, point
         self.in_flight = 0  # prediction requests between arrival and answer
+        # the event loop's CPU time outside the model, per request (for the latency target)
+        self._loop = LoopCost()
         self.draining = False
         self.describe = dict(describe)
         try:
@@ -335,6 +338,7 @@ class BundleServer:
         t0 = time.perf_counter()
         status = 200
         self.in_flight += 1
+        self._loop.arrive()
         try:
             if self.draining:
                 raise RequestError(503, "the server is shutting down")
@@ -347,10 +351,11 @@ class BundleServer:
             )
             point = self.engine.resolve_point(req.operating_point, req.budget)
             n = len(req.images)
+            self._loop.parse(n)
             if (
                 self.target is not None
                 and point is None
-                and not self.target.admit(self.queued + n - 1)
+                and not self.target.admit(self.queued + n - 1, self.in_flight)
             ):
                 self.metrics.inc("exitsearch_shed_total")
                 raise RequestError(
@@ -412,7 +417,7 @@ class BundleServer:
         groups: dict[int | None, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(item.point if item.point is not None else chosen, []).append(i)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             for point, rows in groups.items():
                 pixels = np.stack([items[i].pixels for i in rows])
@@ -439,6 +444,7 @@ class BundleServer:
             # (whose submission finishes it)
             loop.call_later(self.batch_wait_s, self._drain_if_idle, self.engine.submissions)
         seconds = time.perf_counter() - t0
+        self._loop.model += time.thread_time() - cpu0
         if self.target is not None and chosen is not None:
             self.target.observe(chosen, len(items), seconds)
         self.metrics.observe("exitsearch_batch_size", len(items))
@@ -448,10 +454,12 @@ class BundleServer:
     def _drain_if_idle(self, submissions: int) -> None:
         if self.engine.submissions != submissions or not self.engine.in_flight:
             return
+        cpu0 = time.thread_time()
         try:
             self._resolve(self.engine.drain())
         except Exception as exc:
             self._fail(exc, [])
+        self._loop.model += time.thread_time() - cpu0
         self._gauges()
 
     def _fail(self, exc: Exception, futures: list[asyncio.Future[Any]]) -> None:
@@ -484,10 +492,14 @@ class BundleServer:
                 "slo_ms": t.settings.slo_ms,
                 "queued": self.queued,
                 "predicted_ms": {
-                    str(p): round(t.predicted_ms(p, self.queued), 3)
+                    str(p): round(t.predicted_ms(p, self.queued, self.in_flight + 1), 3)
                     for p in (t.steps[0], t.steps[-1])
                 },
+                # the share of the replica's time the requests arriving would take there
+                "load": {str(p): round(t.load(p), 3) for p in (t.steps[0], t.steps[-1])},
                 "switches": t.switches,
+                # what each request in the replica adds to a prediction besides the model
+                "loop_ms_per_request": round(t.request_ms(1), 3),
                 "concurrency_limit": None if self.limit is None else int(self.limit.limit),
             }
         return doc
@@ -500,7 +512,7 @@ class BundleServer:
         if self.target is None:
             return self.fixed
         before = self.target.switches
-        point = self.target.update(self.queued)
+        point = self.target.update(self.queued, self.in_flight)
         if self.target.switches != before:
             self.metrics.inc("exitsearch_point_switches_total", self.target.switches - before)
         return point
@@ -529,6 +541,7 @@ class BundleServer:
     async def _push_forever(self) -> None:
         while True:
             if self.target is not None:  # an idle server still moves back up
+                self._loop.measure(self.target)
                 self._choose_point()
             if self.limit is not None:
                 self.limit.adjust()

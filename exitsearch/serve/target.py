@@ -2,26 +2,30 @@
 
 An exported bundle carries a ladder of operating points: threshold settings of one placement,
 from the most accurate to the cheapest (anytime operation). Under load a request's latency is
-mostly the wait for the requests queued before it, so the controller predicts the latency of a
-request arriving now behind ``q`` queued images, at each operating point ``p``, from batches of
-at most ``B`` images:
+mostly the wait for the work queued before it, so the controller predicts the latency of a
+request arriving now behind ``q`` queued images and ``r`` requests in the replica (itself
+included), at each operating point ``p``, from batches of at most ``B`` images:
 
-    predicted(p, q) = ceil((q + 1) / B) * (a_p + b_p * min(q + 1, B)) + batch_wait,
+    predicted(p, q, r) = ceil((q + 1) / B) * (a_p + b_p * min(q + 1, B)) + batch_wait + c * r,
 
 where a batch of ``n`` images takes ``a_p + b_p * n`` seconds: a line fitted to the batches the
-server ran at ``p`` (least squares with exponential forgetting). Measurements expire
-``fresh_s`` seconds after a point's last batch (they describe a load that has passed); a point
-without a current fit takes the fixed part of the nearest point with one and its per-image part
-scaled by predicted FLOPs, and with none at all the prediction is zero: after a burst the
-server returns to its most accurate point once the burst's measurements have expired. When
+server ran at ``p`` (least squares with exponential forgetting); and ``c`` is the CPU time the
+replica's event loop spends on one request outside the model's batches (receiving, decoding,
+answering or refusing it; :class:`LoopCost`), which every request ahead costs a new one too,
+as the loop does it between batches. Measurements expire ``fresh_s`` seconds after a point's
+last batch (they describe a load that has passed); a point without a current fit takes the
+fixed part of the nearest point with one and its per-image part scaled by predicted FLOPs, and
+with none at all the model's part is zero: after a burst the server returns to its most
+accurate point once the burst's measurements have expired. Admission keeps the last fits
+however old they are, so that a burst after a quiet spell is not admitted blind. When
 the prediction at the point in use passes ``high`` x target, the server moves down to the most
 accurate point predicted to stay under it; it moves back up once the next more accurate point's
 prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flapping at the
-boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes above the point it started at. When even the cheapest
-point cannot meet the target, new requests are refused (503) instead of queued: a latency
-target that accepts everything cannot hold under overload. :class:`ConcurrencyLimit` refuses
-requests beyond what the replica answers in time, whatever part of the request is the
-bottleneck.
+boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes
+above the point it started at. When even the cheapest point cannot meet the target, new
+requests are refused (503) instead of queued: a latency target that accepts everything cannot
+hold under overload. :class:`ConcurrencyLimit` refuses requests beyond what the replica answers
+in time, whatever part of the request is the bottleneck.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ConcurrencyLimit", "LatencyTarget", "TargetSettings", "ladder"]
+__all__ = ["ConcurrencyLimit", "LatencyTarget", "LoopCost", "TargetSettings", "ladder"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,11 @@ class TargetSettings:
         high: move to a cheaper point when the predicted latency passes ``high * slo_ms``.
         low: move back up when the more accurate point predicts under ``low * slo_ms``...
         hold_s: ...for this many seconds in a row.
-        smoothing: weight of the newest batch in the per-point fit.
+        smoothing: weight of the newest batch in the per-point fit (and of the newest
+            measurement in the CPU per request).
         fresh_s: a point's fit expires this long after its last batch.
+        max_load: a more accurate point is taken only if the requests arriving would keep the
+            replica busy less than this share of the time there.
     """
 
     slo_ms: float
@@ -55,6 +62,7 @@ class TargetSettings:
     hold_s: float = 2.0
     smoothing: float = 0.2
     fresh_s: float = 5.0
+    max_load: float = 0.8
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
@@ -67,6 +75,8 @@ class TargetSettings:
             )
         if self.hold_s < 0 or self.fresh_s <= 0 or not 0 < self.smoothing <= 1:
             raise ValueError("hold_s must be >= 0, fresh_s > 0 and smoothing in (0, 1]")
+        if not self.max_load > 0:
+            raise ValueError(f"max_load must be > 0, got {self.max_load}")
 
 
 def ladder(costs: Sequence[float], accuracies: Sequence[float], start: int) -> list[int]:
@@ -116,6 +126,10 @@ class LatencyTarget:
         self.level = 0  # position on the ladder: 0 is the most accurate allowed point
         self.switches = 0
         self._fits: dict[int, _Fit] = {}
+        self._per_request = 0.0  # seconds of the replica's loop per request, model aside
+        self._rate: float | None = None  # requests arriving per second
+        self._images = 1.0  # images per request
+        self._batch = 1.0  # images per batch
         self._calm_since: float | None = None
 
     @property
@@ -128,25 +142,65 @@ class LatencyTarget:
         if samples < 1 or not seconds > 0:
             return
         fit = self._fits.setdefault(point, _Fit())
-        fit.add(samples, seconds, self.settings.smoothing)
+        w = self.settings.smoothing
+        fit.add(samples, seconds, w)
         fit.updated = self.clock()
+        self._batch = (1 - w) * self._batch + w * samples
 
-    def batch_seconds(self, point: int) -> tuple[float, float] | None:
+    def observe_requests(self, requests: int, seconds: float) -> None:
+        """Record that the replica's event loop spent ``seconds`` of CPU outside the model's
+        batches (receiving, decoding, answering, refusing) on ``requests`` requests."""
+        if requests < 1 or seconds < 0:
+            return
+        per = seconds / requests
+        w = self.settings.smoothing
+        self._per_request = per if not self._per_request else (1 - w) * self._per_request + w * per
+
+    def observe_arrivals(self, requests: int, seconds: float, images: float = 1.0) -> None:
+        """Record that ``requests`` requests arrived (answered or refused) in ``seconds``,
+        with ``images`` images per request."""
+        if not seconds > 0 or requests < 0:
+            return
+        w = self.settings.smoothing
+        rate = requests / seconds
+        self._rate = rate if self._rate is None else (1 - w) * self._rate + w * rate
+        if requests:
+            self._images = (1 - w) * self._images + w * max(1.0, images)
+
+    def load(self, point: int) -> float:
+        """The share of the replica's time that the requests arriving would take at ``point``:
+        arrival rate x (the loop's CPU per request + images per request x the model's time per
+        image in batches of the usual size); 0 before anything was measured."""
+        line = self.batch_seconds(point, fresh=False)
+        if self._rate is None or line is None:
+            return 0.0
+        a, b = line
+        per_image = a / max(1.0, self._batch) + b
+        return self._rate * (self._per_request + self._images * per_image)
+
+    def request_ms(self, requests: int) -> float:
+        """Predicted ms that ``requests`` requests in the replica take of its event loop
+        outside the model's batches (0 before any was measured)."""
+        return 1000.0 * self._per_request * max(0, requests)
+
+    def batch_seconds(self, point: int, *, fresh: bool = True) -> tuple[float, float] | None:
         """``(a, b)``: a batch of ``n`` images takes ``a + b * n`` seconds at ``point``
-        (None when no point ran a batch in the last ``fresh_s`` seconds)."""
-        since = self.clock() - self.settings.fresh_s
-        fresh = [k for k, f in self._fits.items() if f.updated >= since]
-        if not fresh:
+        (None when no point ran a batch in the last ``fresh_s`` seconds, or with
+        ``fresh=False`` ever)."""
+        since = self.clock() - self.settings.fresh_s if fresh else -math.inf
+        fresh_fits = [k for k, f in self._fits.items() if f.updated >= since]
+        if not fresh_fits:
             return None
-        if point in fresh:
+        if point in fresh_fits:
             return self._fits[point].line()
-        near = min(fresh, key=lambda k: abs(self.costs[k] - self.costs[point]))
+        near = min(fresh_fits, key=lambda k: abs(self.costs[k] - self.costs[point]))
         a, b = self._fits[near].line()
         return a, b * self.costs[point] / self.costs[near]
 
-    def predicted_ms(self, point: int, queued: int) -> float:
-        """Predicted latency in ms of a request arriving behind ``queued`` images."""
-        line = self.batch_seconds(point)
+    def model_ms(self, point: int, queued: int, *, fresh: bool = True) -> float:
+        """Predicted ms of the model's batches until a request arriving behind ``queued``
+        images is answered (0 without a fit; ``fresh``: as :meth:`batch_seconds`)."""
+        line = self.batch_seconds(point, fresh=fresh)
         if line is None:
             return 0.0
         a, b = line
@@ -154,26 +208,35 @@ class LatencyTarget:
         batches = math.ceil(n / self.max_batch)
         return 1000.0 * (batches * (a + b * min(n, self.max_batch)) + self.batch_wait_s)
 
-    def update(self, queued: int) -> int:
-        """Move along the ladder for a queue of ``queued`` requests; the point to use."""
+    def predicted_ms(
+        self, point: int, queued: int, requests: int = 0, *, fresh: bool = True
+    ) -> float:
+        """Predicted latency in ms of a request arriving behind ``queued`` images with
+        ``requests`` in the replica (itself included; 0: the model's part alone)."""
+        return self.model_ms(point, queued, fresh=fresh) + self.request_ms(requests)
+
+    def update(self, queued: int, requests: int = 0) -> int:
+        """Move along the ladder for ``queued`` images and ``requests`` in the replica; the
+        point to use."""
         cfg = self.settings
         now = self.clock()
         high, low = cfg.high * cfg.slo_ms, cfg.low * cfg.slo_ms
-        if self.predicted_ms(self.point, queued) > high:
+        if self.predicted_ms(self.point, queued, requests) > high:
             level = self.level
             while (
-                level + 1 < len(self.steps) and self.predicted_ms(self.steps[level], queued) > high
+                level + 1 < len(self.steps)
+                and self.predicted_ms(self.steps[level], queued, requests) > high
             ):
                 level += 1
             if level != self.level:
                 self.level, self.switches = level, self.switches + 1
             self._calm_since = None
-        elif self.level > 0 and self.predicted_ms(self.steps[self.level - 1], queued) < low:
+        elif self.level > 0 and self._calm(self.level - 1, queued, requests, low):
             if self._calm_since is None:
                 self._calm_since = now
             elif now - self._calm_since >= cfg.hold_s:
                 level = self.level - 1
-                while level > 0 and self.predicted_ms(self.steps[level - 1], queued) < low:
+                while level > 0 and self._calm(level - 1, queued, requests, low):
                     level -= 1
                 self.level, self.switches = level, self.switches + 1
                 self._calm_since = now
@@ -181,10 +244,22 @@ class LatencyTarget:
             self._calm_since = None
         return self.point
 
-    def admit(self, queued: int) -> bool:
-        """Whether a request arriving behind ``queued`` others can still meet the target at
-        the cheapest point (False: refuse it now rather than answer it late)."""
-        return self.predicted_ms(self.steps[-1], queued) <= self.settings.slo_ms
+    def _calm(self, level: int, queued: int, requests: int, low: float) -> bool:
+        """Whether the point at ``level`` would answer a new request under ``low`` ms and keep
+        up with the requests arriving (under ``max_load``): the queue that the cheaper point
+        keeps short says nothing of the queue a dearer one would build."""
+        point = self.steps[level]
+        return (
+            self.predicted_ms(point, queued, requests) < low
+            and self.load(point) < self.settings.max_load
+        )
+
+    def admit(self, queued: int, requests: int = 0) -> bool:
+        """Whether a request arriving behind ``queued`` images, with ``requests`` in the
+        replica (itself included), can still meet the target at the cheapest point (False:
+        refuse it now rather than answer it late). The last fits count however old they are."""
+        predicted = self.predicted_ms(self.steps[-1], queued, requests, fresh=False)
+        return predicted <= self.settings.slo_ms
 
 
 class _Fit:
@@ -276,3 +351,51 @@ class ConcurrencyLimit:
         self._latencies.clear()
         self._reached = False
         self._since = now
+
+
+class LoopCost:
+    """The replica's event loop's CPU time outside the model's batches, per prediction request
+    (receiving, parsing, decoding, answering or refusing it): a cost the batch times do not
+    show, which the latency target adds for each request in the replica. Measured with the
+    loop's own thread's CPU clock (``time.thread_time``), so that neither waiting nor the
+    process's other threads count."""
+
+    def __init__(
+        self, least: int = 8, longest_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.least = least  # requests a measurement needs...
+        self.longest_s = longest_s  # ...within this long, or it is dropped (idle time's noise)
+        self.clock = clock
+        self.requests = 0  # arrived since the CPU measurement started...
+        self.model = 0.0  # ...and the CPU seconds of the model's batches and drains since
+        self.arrivals = 0  # arrived since the last call of measure()...
+        self.images = 0  # ...the images of those parsed...
+        self.parsed = 0  # ...and how many were
+        self._since: tuple[float, float] | None = None  # (monotonic, thread CPU) at the start
+        self._last: float | None = None  # the last call of measure()
+
+    def arrive(self) -> None:
+        """A prediction request arrived."""
+        self.requests += 1
+        self.arrivals += 1
+
+    def parse(self, images: int) -> None:
+        """An arrived request holds ``images`` images."""
+        self.images += images
+        self.parsed += 1
+
+    def measure(self, target: LatencyTarget) -> None:
+        """Give ``target`` (:class:`LatencyTarget`) the requests that arrived since the last
+        call, and the CPU per request once enough have; called periodically from the event
+        loop."""
+        now, cpu = self.clock(), time.thread_time()
+        if self._last is not None:
+            per = self.images / self.parsed if self.parsed else 1.0
+            target.observe_arrivals(self.arrivals, now - self._last, per)
+        self._last, self.arrivals, self.images, self.parsed = now, 0, 0, 0
+        if self._since is not None:
+            if self.requests >= self.least:
+                target.observe_requests(self.requests, max(0.0, cpu - self._since[1] - self.model))
+            elif now - self._since[0] < self.longest_s:
+                return  # too few requests yet: keep counting
+        self._since, self.requests, self.model = (now, cpu), 0, 0.0

@@ -3,6 +3,8 @@ refuse what even the cheapest point cannot answer in time."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from exitsearch.serve.target import LatencyTarget, TargetSettings, ladder
@@ -110,3 +112,96 @@ def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
     clock.now = 20.0
     limit.adjust()  # an idle window changes nothing
     assert int(limit.limit) == 12
+
+
+def test_each_request_in_the_replica_adds_what_the_loop_spends_on_one():
+    t = make(Clock())
+    assert t.request_ms(5) == 0.0  # nothing measured yet
+    t.observe_requests(100, 0.4)  # 4 ms of the event loop's CPU per request, model aside
+    assert t.request_ms(10) == pytest.approx(40.0)
+    t.observe_requests(0, 1.0)  # no request: no measurement
+    t.observe_requests(50, 0.4)  # 8 ms each now: the average moves by `smoothing` (0.2)
+    assert t.request_ms(1) == pytest.approx(0.8 * 4.0 + 0.2 * 8.0)
+    t.observe_requests(100, 0.4)
+    assert t.predicted_ms(2, 0, 10) == pytest.approx(t.model_ms(2, 0) + t.request_ms(10))
+    per = t.request_ms(1)
+    # point 2 alone admits 100 queued images (11 batches of 4.5 ms, 49.5 ms); with as many
+    # requests in the replica as fit in the other 50.5 ms, and not one more
+    fit = int(50.5 / per)
+    assert t.admit(100, fit) and not t.admit(100, fit + 1)
+    # the same queue moves down the ladder once the requests' own part is counted: 30 queued
+    # images take 48 ms at point 0 and 28 ms at point 1, against `high`, 80 ms
+    assert t.update(30) == 0
+    assert t.update(30, int(31 / per)) == 0
+    assert t.update(30, int(32 / per) + 1) == 1
+    assert t.update(30, int(52 / per) + 1) == 2
+
+
+def test_admission_keeps_the_last_fits_after_they_expire():
+    clock = Clock()
+    t = make(clock)
+    assert not t.admit(400)
+    clock.now = 60.0  # a quiet minute: the point switching forgets the load...
+    assert t.predicted_ms(2, 400) == 0.0
+    # ...but a burst that starts now is not admitted blind
+    assert not t.admit(400) and t.admit(100)
+
+
+def _burn(seconds: float) -> float:
+    """Spend about ``seconds`` of this thread's CPU; how much it spent."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        sum(range(1000))
+    return time.thread_time() - start
+
+
+def test_loop_cost_is_the_threads_cpu_outside_the_model_per_request():
+    from exitsearch.serve.target import LoopCost
+
+    clock = Clock()
+    t = make(clock)
+    loop = LoopCost(least=8, longest_s=5.0, clock=clock)
+    loop.measure(t)  # starts counting
+    spent = _burn(0.05)
+    loop.requests, loop.model = 10, 0.02  # 10 requests; the model's batches took 20 ms of it
+    time.sleep(0.05)  # waiting is not CPU
+    loop.measure(t)
+    assert t.request_ms(1) == pytest.approx(1000 * (spent - 0.02) / 10, abs=0.5)
+    # too few requests: it keeps counting rather than divide idle noise by one or two...
+    before = t.request_ms(1)
+    loop.requests = 3
+    _burn(0.02)
+    loop.measure(t)
+    assert t.request_ms(1) == before and loop.requests == 3
+    # ...for at most `longest_s`, then drops what it had
+    clock.now = 6.0
+    loop.measure(t)
+    assert t.request_ms(1) == before and loop.requests == 0
+
+
+def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
+    clock = Clock()
+    t = make(clock)
+    assert t.update(120) == 2  # a burst moved it to the cheapest point
+    assert t.load(0) == 0.0  # no arrivals measured yet
+    # 300 requests a second, 1 image each, 1 ms of the loop per request; batches of 10 images
+    # take 12 ms at point 0 (1.2 ms an image): 300 x 2.2 ms = 0.66 of the replica's time
+    t.observe_requests(100, 0.1)
+    for n in [10] * 40:
+        t.observe(2, n, 0.002 + 0.00025 * n)
+    t.observe_arrivals(150, 0.5)
+    assert t.load(0) == pytest.approx(300 * (0.001 + 0.0012), rel=0.01)
+    # calm (a short queue predicts little) and the load fits under max_load (0.8): back up
+    clock.now = 1.0
+    assert t.update(0) == 2
+    clock.now = 3.1
+    assert t.update(0) == 0
+    # 500 requests a second would take 1.1 at point 0 and 0.85 at point 1 (0.7 ms an image,
+    # point 2's line scaled by FLOPs): a short queue alone does not take it back up
+    assert t.update(120) == 2
+    for _ in range(60):
+        t.observe_arrivals(250, 0.5)
+    assert t.load(0) > 0.8 and t.load(1) > 0.8
+    for now in (4.0, 6.5, 9.0):
+        clock.now = now
+        assert t.update(0) == 2
