@@ -90,6 +90,15 @@ async def offered_load(
     url: str, rate: float, seconds: float, requests: list[Payload], seed: int
 ) -> dict[str, Any]:
     """Send Poisson arrivals at ``rate`` per second for ``seconds``; what came back."""
+    records, start = await send(url, rate, seconds, requests, seed)
+    return summarise(records, rate, seconds, start)
+
+
+async def send(
+    url: str, rate: float, seconds: float, requests: list[Payload], seed: int
+) -> tuple[list[dict[str, Any]], float]:
+    """Send Poisson arrivals at ``rate`` per second for ``seconds``: one record per request
+    (status, latency, when it was sent and answered, what came back), and when sending began."""
     import aiohttp
 
     rng = np.random.default_rng(seed)
@@ -118,7 +127,7 @@ async def offered_load(
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 body, status = {"error": type(exc).__name__}, 0
             t1 = time.perf_counter()
-            rec = {"status": status, "latency_s": t1 - t0, "done": t1}
+            rec = {"status": status, "latency_s": t1 - t0, "done": t1, "at": float(arrivals[i])}
             if status == 200:
                 answers = body.get("predictions", [body])
                 rec.update(
@@ -144,7 +153,7 @@ async def offered_load(
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
         gc.unfreeze()
-    return summarise(records, rate, seconds, start)
+    return records, start
 
 
 def summarise(
@@ -448,7 +457,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax2.text(
             x,
             max(p99[x], server_p99[x]) * 1.1,
-            f"acc {acc}\n503: {o['refused_503']}/{o['sent']}",
+            f"answered {o['achieved_per_s']:.0f}/s, acc {acc}\n503: {o['refused_503']}/{o['sent']}"
+            f"\npoints {', '.join(sorted(o['points'], key=lambda p: -o['points'][p]))}",
             ha="center",
             fontsize=8,
         )
