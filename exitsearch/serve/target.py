@@ -22,7 +22,10 @@ the prediction at the point in use passes ``high`` x target, the server moves do
 accurate point predicted to stay under it; it moves back up once the next more accurate point's
 prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flapping at the
 boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes
-above the point it started at. When even the cheapest point cannot meet the target, new
+above the point it started at. While the replica refuses requests beyond its concurrency
+limit, it steps one point cheaper every 0.5 s (:meth:`LatencyTarget.step_down`): the short
+queue the limit keeps predicts no risk, yet requests go unanswered that a cheaper point could
+answer. When even the cheapest point cannot meet the target, new
 requests are refused (503) instead of queued: a latency target that accepts everything cannot
 hold under overload. :class:`ConcurrencyLimit` refuses requests beyond what the replica answers
 in time, whatever part of the request is the bottleneck.
@@ -253,6 +256,15 @@ class LatencyTarget:
             self.predicted_ms(point, queued, requests) < low
             and self.load(point) < self.settings.max_load
         )
+
+    def step_down(self) -> int:
+        """One point cheaper (when the replica refuses requests beyond its concurrency limit:
+        the queue the limit keeps short predicts no risk, yet requests go unanswered that a
+        cheaper point could answer); the point to use."""
+        if self.level + 1 < len(self.steps):
+            self.level, self.switches = self.level + 1, self.switches + 1
+            self._calm_since = None
+        return self.point
 
     def admit(self, queued: int, requests: int = 0) -> bool:
         """Whether a request arriving behind ``queued`` images, with ``requests`` in the

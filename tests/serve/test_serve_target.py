@@ -205,3 +205,9 @@ def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
     for now in (4.0, 6.5, 9.0):
         clock.now = now
         assert t.update(0) == 2
+
+
+def test_steps_down_one_point_at_a_time_and_stops_at_the_cheapest():
+    t = make(Clock())
+    assert t.point == 0 and t.step_down() == 1 and t.step_down() == 2
+    assert t.step_down() == 2 and t.switches == 2
