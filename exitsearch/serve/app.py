@@ -275,7 +275,6 @@ class BundleServer:
         self.taken = 0  # ...and those it has passed on to the model
         self.pending: dict[int, tuple[asyncio.Future[Any], int | None]] = {}  # id: answer, point
         self.in_flight = 0  # prediction requests between arrival and answer
-        self._limited = 0  # refused by the concurrency limit since the last push
         # the event loop's CPU time outside the model, per request (for the latency target)
         self._loop = LoopCost()
         self.draining = False
@@ -344,7 +343,6 @@ class BundleServer:
             if self.draining:
                 raise RequestError(503, "the server is shutting down")
             if self.limit is not None and not self.limit.admit(self.in_flight - 1):
-                self._limited += 1
                 self.metrics.inc("exitsearch_shed_total")
                 raise RequestError(503, "over the latency target; retry later")
             body = await _read_body(request, self.limits.max_bytes)
@@ -510,10 +508,12 @@ class BundleServer:
         """The operating point of requests that ask for none."""
         return self.target.point if self.target is not None else self.fixed
 
-    def _choose_point(self) -> int | None:
+    def _choose_point(self, step_down: bool = False) -> int | None:
         if self.target is None:
             return self.fixed
         before = self.target.switches
+        if step_down:
+            self.target.step_down()
         point = self.target.update(self.queued, self.in_flight)
         if self.target.switches != before:
             self.metrics.inc("exitsearch_point_switches_total", self.target.switches - before)
@@ -544,14 +544,9 @@ class BundleServer:
         while True:
             if self.target is not None:  # an idle server still moves back up
                 self._loop.measure(self.target)
-                if self._limited:  # refusing what a cheaper point could answer
-                    before = self.target.switches
-                    self.target.step_down()
-                    self.metrics.inc(
-                        "exitsearch_point_switches_total", self.target.switches - before
-                    )
-                self._limited = 0
-                self._choose_point()
+                # refusing at the concurrency limit what a cheaper point could answer
+                refused = self.limit.take_refused() if self.limit is not None else 0
+                self._choose_point(step_down=refused > 0)
             if self.limit is not None:
                 self.limit.adjust()
             await self._push()

@@ -129,7 +129,7 @@ class LatencyTarget:
         self.level = 0  # position on the ladder: 0 is the most accurate allowed point
         self.switches = 0
         self._fits: dict[int, _Fit] = {}
-        self._per_request = 0.0  # seconds of the replica's loop per request, model aside
+        self._per_request: float | None = None  # s of the replica's loop per request, model aside
         self._rate: float | None = None  # requests arriving per second
         self._images = 1.0  # images per request
         self._batch = 1.0  # images per batch
@@ -145,30 +145,25 @@ class LatencyTarget:
         if samples < 1 or not seconds > 0:
             return
         fit = self._fits.setdefault(point, _Fit())
-        w = self.settings.smoothing
-        fit.add(samples, seconds, w)
+        fit.add(samples, seconds, self.settings.smoothing)
         fit.updated = self.clock()
-        self._batch = (1 - w) * self._batch + w * samples
+        self._batch = self._blend(self._batch, samples)
 
     def observe_requests(self, requests: int, seconds: float) -> None:
         """Record that the replica's event loop spent ``seconds`` of CPU outside the model's
         batches (receiving, decoding, answering, refusing) on ``requests`` requests."""
         if requests < 1 or seconds < 0:
             return
-        per = seconds / requests
-        w = self.settings.smoothing
-        self._per_request = per if not self._per_request else (1 - w) * self._per_request + w * per
+        self._per_request = self._blend(self._per_request, seconds / requests)
 
     def observe_arrivals(self, requests: int, seconds: float, images: float = 1.0) -> None:
         """Record that ``requests`` requests arrived (answered or refused) in ``seconds``,
         with ``images`` images per request."""
         if not seconds > 0 or requests < 0:
             return
-        w = self.settings.smoothing
-        rate = requests / seconds
-        self._rate = rate if self._rate is None else (1 - w) * self._rate + w * rate
+        self._rate = self._blend(self._rate, requests / seconds)
         if requests:
-            self._images = (1 - w) * self._images + w * max(1.0, images)
+            self._images = self._blend(self._images, max(1.0, images))
 
     def load(self, point: int) -> float:
         """The share of the replica's time that the requests arriving would take at ``point``:
@@ -179,12 +174,17 @@ class LatencyTarget:
             return 0.0
         a, b = line
         per_image = a / max(1.0, self._batch) + b
-        return self._rate * (self._per_request + self._images * per_image)
+        return self._rate * ((self._per_request or 0.0) + self._images * per_image)
 
     def request_ms(self, requests: int) -> float:
         """Predicted ms that ``requests`` requests in the replica take of its event loop
         outside the model's batches (0 before any was measured)."""
-        return 1000.0 * self._per_request * max(0, requests)
+        return 1000.0 * (self._per_request or 0.0) * max(0, requests)
+
+    def _blend(self, old: float | None, new: float) -> float:
+        """``new`` averaged into ``old`` with weight ``smoothing`` (``new`` when no ``old``)."""
+        w = self.settings.smoothing
+        return new if old is None else (1 - w) * old + w * new
 
     def batch_seconds(self, point: int, *, fresh: bool = True) -> tuple[float, float] | None:
         """``(a, b)``: a batch of ``n`` images takes ``a + b * n`` seconds at ``point``
@@ -332,16 +332,23 @@ class ConcurrencyLimit:
         self.clock = clock
         self._latencies: list[float] = []
         self._reached = False
+        self._refused = 0  # since take_refused()
         self._since = clock()
 
     def admit(self, in_flight: int) -> bool:
         """Whether a request arriving while ``in_flight`` others are answered may start."""
         if in_flight >= int(self.limit):
             self._reached = True
+            self._refused += 1
             return False
         if in_flight + 1 >= int(self.limit):
             self._reached = True
         return True
+
+    def take_refused(self) -> int:
+        """Requests refused since the last call."""
+        refused, self._refused = self._refused, 0
+        return refused
 
     def record(self, latency_ms: float) -> None:
         """A request answered after ``latency_ms`` (server side)."""

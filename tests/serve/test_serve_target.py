@@ -103,6 +103,7 @@ def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
     clock.now = 1.0
     limit.adjust()
     assert int(limit.limit) == 7 and not limit.admit(7)
+    assert limit.take_refused() == 2 and limit.take_refused() == 0  # 10 and 7 were refused
     for now in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0):
         assert not limit.admit(int(limit.limit))  # the limit is reached...
         limit.record(10.0)  # ...and answers are fast
