@@ -7,8 +7,10 @@ once per session; everything a test may alter is copied into its own ``tmp_path`
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,34 @@ def pytest_configure(config: pytest.Config) -> None:
     # intra-op thread the small tensors of these tests spend their time waiting for each other
     # (measured: 2 epochs of the tiny ViT take 8 s with 2 threads and 0.15 s with one).
     torch.set_num_threads(1)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End a session that imported Ray without the interpreter's own teardown.
+
+    The suite starts and stops Ray (and Ray Serve, whose driver side runs its own event loop)
+    dozens of times in this one process. Ray's native threads outlive ``ray.shutdown()``, and
+    freeing the interpreter under them has ended the process with a segmentation fault after
+    every test had passed (once, on the 2-core CI machine). Every result is known and printed
+    by now; the process leaves with pytest's exit status, Ray shut down first when a test left
+    it connected.
+    """
+    if "ray" not in sys.modules or _EXIT_STATUS not in config.stash:
+        return
+    ray = sys.modules["ray"]
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[_EXIT_STATUS])
 
 
 _IDX_DTYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
