@@ -500,6 +500,10 @@ class BundleServer:
                 "switches": t.switches,
                 # what each request in the replica adds to a prediction besides the model
                 "loop_ms_per_request": round(t.request_ms(1), 3),
+                # ...and what its loop spends each second with no request (not counted above)
+                "loop_idle_ms_per_s": None
+                if self._loop.idle_per_s is None
+                else round(1000 * self._loop.idle_per_s, 3),
                 "concurrency_limit": None if self.limit is None else int(self.limit.limit),
             }
         return doc

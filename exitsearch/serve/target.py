@@ -392,6 +392,10 @@ class LoopCost:
         self.parsed = 0  # ...and how many were
         self._since: tuple[float, float] | None = None  # (monotonic, thread CPU) at the start
         self._last: float | None = None  # the last call of measure()
+        # CPU seconds per second the loop spends with no request at all (its periodic work:
+        # the replica's reports, Ray Serve's own), the least over spans without a request
+        self.idle_per_s: float | None = None
+        self._started = False  # a first span is over (the one after start-up is not idle)
 
     def arrive(self) -> None:
         """A prediction request arrived."""
@@ -413,8 +417,15 @@ class LoopCost:
             target.observe_arrivals(self.arrivals, now - self._last, per)
         self._last, self.arrivals, self.images, self.parsed = now, 0, 0, 0
         if self._since is not None:
+            span = now - self._since[0]
+            spent = max(0.0, cpu - self._since[1] - self.model)
             if self.requests >= self.least:
-                target.observe_requests(self.requests, max(0.0, cpu - self._since[1] - self.model))
-            elif now - self._since[0] < self.longest_s:
+                periodic = (self.idle_per_s or 0.0) * span  # would have been spent anyway
+                target.observe_requests(self.requests, max(0.0, spent - periodic))
+            elif span < self.longest_s:
                 return  # too few requests yet: keep counting
+            elif self.requests == 0 and self._started:
+                idle = spent / span
+                self.idle_per_s = idle if self.idle_per_s is None else min(self.idle_per_s, idle)
+            self._started = True
         self._since, self.requests, self.model = (now, cpu), 0, 0.0

@@ -180,6 +180,37 @@ def test_loop_cost_is_the_threads_cpu_outside_the_model_per_request():
     assert t.request_ms(1) == before and loop.requests == 0
 
 
+def test_loop_cost_leaves_out_what_the_loop_spends_without_requests():
+    """The loop's periodic work (reports, Ray Serve's own) is no request's cost: at light load
+    it would otherwise be divided among the few requests there are."""
+    from exitsearch.serve.target import LoopCost
+
+    clock = Clock()
+    t = make(clock)
+    loop = LoopCost(least=8, longest_s=5.0, clock=clock)
+    loop.measure(t)
+    _burn(0.03)  # start-up work in the first span: not taken for idle
+    clock.now = 6.0
+    loop.measure(t)
+    assert loop.idle_per_s is None
+    spent = _burn(0.06)  # 6 s without a request: 10 ms of CPU a second
+    clock.now = 12.0
+    loop.measure(t)
+    assert loop.idle_per_s == pytest.approx(spent / 6.0, rel=0.2)
+    _burn(0.12)  # a busier span without requests does not raise it (the least counts)
+    clock.now = 18.0
+    loop.measure(t)
+    assert loop.idle_per_s == pytest.approx(spent / 6.0, rel=0.2)
+    # 10 requests in 2 s: the 2 s of periodic work come off what the loop spent
+    total = _burn(0.07)
+    loop.requests = 10
+    clock.now = 20.0
+    loop.measure(t)
+    expected = (total - 2.0 * loop.idle_per_s) / 10
+    assert t.request_ms(1) == pytest.approx(1000 * expected, abs=0.6)
+    assert t.request_ms(1) < 1000 * total / 10 - 1.0  # not all of it
+
+
 def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
     clock = Clock()
     t = make(clock)
