@@ -59,14 +59,18 @@ def serve(
     ] = 1.0,
     point: Annotated[
         int | None,
-        typer.Option("--point", help="Fixed operating point (index; GET / lists them)."),
+        typer.Option(
+            "--point",
+            help="Operating point (index; GET / lists them): fixed, or with --slo-ms the "
+            "one used while load allows.",
+        ),
     ] = None,
     budget: Annotated[
         str | None,
         typer.Option(
             "--budget",
-            help="Fixed operating point: the most accurate within this mean cost per sample "
-            "(e.g. 40%, 30MFLOPs).",
+            help="Operating point as --point: the most accurate within this mean cost per "
+            "sample (e.g. 40%, 30MFLOPs).",
         ),
     ] = None,
     slo_ms: Annotated[
@@ -146,6 +150,9 @@ def serve(
         proxy_location=proxy_location,
         ingress=ingress,
     )
+    # A background job of a script starts with SIGINT ignored: `kill -INT` (what Ctrl-C sends)
+    # stops this server all the same
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     try:
         server = start_server(bundle, options)
@@ -155,6 +162,7 @@ def serve(
     # Ray installs its own SIGTERM handler, which ends the process at once: take it back, so
     # that SIGTERM stops the server the way Ctrl-C does (requests in flight finish).
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _print(server)
         while True:
@@ -167,13 +175,39 @@ def serve(
         try:
             server.stop()
         except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM while draining
-            err_console.print("stopped at once: requests still in flight were dropped")
+            err_console.print(_stopped_at_once(server.in_flight))
             raise typer.Exit(130) from None
     err_console.print("server stopped")
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _stopped_at_once(in_flight: int | None) -> str:
+    if in_flight == 0:
+        return "stopped at once, after every request had been answered"
+    if in_flight is None:
+        return "stopped at once: any request still in flight was dropped"
+    s = "" if in_flight == 1 else "s"
+    return f"stopped at once: {in_flight} request{s} still in flight (last report) were dropped"
+
+
+def _target_text(describe: dict, slo_ms: float | None) -> str:
+    """The latency target, and the operating points it moves between."""
+    from exitsearch.serve.target import ladder, top_point
+
+    if not slo_ms:
+        return "none"
+    points = describe["operating_points"]
+    costs = [p["mean_flops"] for p in points]
+    accuracies = [p["val_accuracy"] for p in points]
+    top = top_point(costs, accuracies, describe["default_operating_point"])
+    cheaper = len(ladder(costs, accuracies, top)) - 1
+    if not cheaper:
+        return f"p99 {slo_ms:g} ms: point {top} is the cheapest, so what it cannot answer in time is refused"
+    s = "" if cheaper == 1 else "s"
+    return f"p99 {slo_ms:g} ms: from point {top} down to {cheaper} cheaper one{s} as load grows"
 
 
 def _print(server: Server) -> None:
@@ -199,10 +233,7 @@ def _print(server: Server) -> None:
                 f"{default} of {len(points)}: {p['mean_cost']} per image "
                 f"({p['speedup']:.2f}x), validation accuracy {p['val_accuracy']:.4f}",
             )
-    table.add_row(
-        "latency target",
-        f"p99 {o.slo_ms:g} ms (operating points switch with load)" if o.slo_ms else "none",
-    )
+    table.add_row("latency target", _target_text(d, o.slo_ms))
     table.add_row(
         "replicas",
         f"{o.replicas} on {'a local Ray' if server.local else o.ray_address} "

@@ -212,6 +212,7 @@ class BundleServer:
             LoopCost,
             TargetSettings,
             ladder,
+            top_point,
         )
 
         opts = dict(options)
@@ -238,14 +239,10 @@ class BundleServer:
         self.target: LatencyTarget | None = None
         self.limit: ConcurrencyLimit | None = None
         if opts["slo_ms"]:
-            points = self.engine.points
-            first = self.fixed
-            if first is None:  # the bundle's thresholds are none of its points: the best one
-                first = max(
-                    range(len(points)),
-                    key=lambda i: (points[i].val_accuracy, -points[i].mean_flops),
-                )
-            steps = ladder([p.mean_flops for p in points], [p.val_accuracy for p in points], first)
+            costs = [p.mean_flops for p in self.engine.points]
+            accuracies = [p.val_accuracy for p in self.engine.points]
+            # (no fixed point: the bundle's thresholds are none of its points)
+            steps = ladder(costs, accuracies, top_point(costs, accuracies, self.fixed))
             settings = TargetSettings(float(opts["slo_ms"]))
             self.limit = ConcurrencyLimit(settings, maximum=int(opts["max_queued"]))
             self.target = LatencyTarget(
@@ -352,27 +349,21 @@ class BundleServer:
             point = self.engine.resolve_point(req.operating_point, req.budget)
             n = len(req.images)
             self._loop.parse(n)
-            if (
-                self.target is not None
-                and point is None
-                and not self.target.admit(self.queued + n - 1, self.in_flight)
-            ):
-                self.metrics.inc("exitsearch_shed_total")
-                raise RequestError(
-                    503, "over the latency target even at the cheapest operating point; retry later"
-                )
+            if self.target is not None and point is None:
+                self._admit(n)
             top_k = req.top_k or int(self.opts["top_k"])
-            # each image shrunk to the model's size before the next is decoded; large ones in a
-            # worker thread (Pillow lets go of the interpreter lock while it decodes and
-            # resizes), so that the requests and batches behind them go on meanwhile
-            decode = functools.partial(decode_images, req, self.engine.image_pixels)
-            if req.pixels > _THREAD_PIXELS:
-                pixels = np.stack(await asyncio.to_thread(decode))
-            else:
-                pixels = np.stack(decode())
+            # counted from here, so that requests admitted while this one decodes see its images
             self.queued += n
-            self.arrived += n
             try:
+                # each image shrunk to the model's size before the next is decoded; large ones
+                # in a worker thread (Pillow lets go of the interpreter lock while it decodes and
+                # resizes), so that the requests and batches behind them go on meanwhile
+                decode = functools.partial(decode_images, req, self.engine.image_pixels)
+                if req.pixels > _THREAD_PIXELS:
+                    pixels = np.stack(await asyncio.to_thread(decode))
+                else:
+                    pixels = np.stack(decode())
+                self.arrived += n
                 if n == 1:
                     answers = [await (await self._run_batch(_Item(pixels[0], point, top_k)))]
                 else:
@@ -401,6 +392,31 @@ class BundleServer:
         if req.batch:
             return JSONResponse({"predictions": rows, "latency_ms": latency_ms})
         return JSONResponse(dict(rows[0], latency_ms=latency_ms))
+
+    def _admit(self, images: int) -> None:
+        """Refuse a request of ``images`` images that the latency target says would be late.
+
+        Raises:
+            RequestError: 413 when even alone, at the cheapest point, it would be late (sending
+                it again cannot help); 503 when the requests ahead of it make it late.
+        """
+        assert self.target is not None
+        t = self.target
+        most = images if t.admit(images - 1, 1) else t.most_images(images)
+        if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
+            self.metrics.inc("exitsearch_shed_total")
+            alone = t.predicted_ms(t.steps[-1], images - 1, 1, fresh=False)
+            raise RequestError(
+                413,
+                f"{images} images in one request would take about {alone:.0f} ms even alone, "
+                f"at the cheapest operating point, over the {t.settings.slo_ms:g} ms latency "
+                f"target; send at most {most} a request",
+            )
+        if not t.admit(self.queued + images - 1, self.in_flight):
+            self.metrics.inc("exitsearch_shed_total")
+            raise RequestError(
+                503, "over the latency target even at the cheapest operating point; retry later"
+            )
 
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
@@ -492,7 +508,9 @@ class BundleServer:
                 "slo_ms": t.settings.slo_ms,
                 "queued": self.queued,
                 "predicted_ms": {
-                    str(p): round(t.predicted_ms(p, self.queued, self.in_flight + 1), 3)
+                    str(p): round(
+                        t.predicted_ms(p, self.queued, self.in_flight + 1, fresh=False), 3
+                    )
                     for p in (t.steps[0], t.steps[-1])
                 },
                 # the share of the replica's time the requests arriving would take there
@@ -582,14 +600,21 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"request body of {declared} bytes exceeds {limit}")
+        raise RequestError(
+            413,
+            f"request body of {int(declared) / 2**20:.1f} MiB exceeds the server's limit of "
+            f"{limit / 2**20:g} MiB (--max-body-mb)",
+        )
     if declared is not None:  # the size is known: read it at once
         return await request.body()
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, f"request body exceeds {limit} bytes")
+            raise RequestError(
+                413,
+                f"request body exceeds the server's limit of {limit / 2**20:g} MiB (--max-body-mb)",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -615,6 +640,9 @@ class Server:
     urls: list[str] = field(default_factory=list)
     started_serve: bool = False  # on a cluster: Ray Serve was started for this server
     device: str = "cpu"  # where the replicas run the model (``--device auto`` resolved)
+    # while stopping: requests in flight at the replicas' last report (None: not asked yet),
+    # 0 once every request was answered
+    in_flight: int | None = None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
@@ -646,10 +674,12 @@ class Server:
         while time.monotonic() < deadline:
             snaps = ray.get(self.hub.get.remote())
             gauges = [snap["gauges"] for snap in snaps.values()]
+            self.in_flight = int(sum(g.get("exitsearch_in_flight", 0) for g in gauges))
             if len(gauges) >= self.options.replicas and all(
                 g.get("exitsearch_draining") == 1 and g.get("exitsearch_in_flight") == 0
                 for g in gauges
             ):
+                self.in_flight = 0
                 return
             time.sleep(0.1)
         log.warning("requests still in flight after %.0f s; stopping anyway", timeout)
@@ -899,6 +929,12 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and _tcp_states(port) == {_TIME_WAIT}:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: the connections of a server that stopped "
+                    "less than a minute ago still hold the port (TCP's TIME_WAIT, 60 s); wait "
+                    "or choose another --port"
+                ) from None
             fix = (
                 "--host (an address of this machine, or 0.0.0.0 for all of them)"
                 if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
@@ -907,6 +943,22 @@ def _check_port(host: str, port: int) -> None:
             raise ConfigError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {fix}"
             ) from None
+
+
+_TIME_WAIT = "06"  # the state's code in /proc/net/tcp
+
+
+def _tcp_states(port: int) -> set[str]:
+    """The states (hex codes of /proc/net/tcp) of this machine's TCP sockets on local
+    ``port``; empty where the kernel does not say (not Linux)."""
+    states = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    states.add(fields[3])
+    return states
 
 
 def describe_bundle(model: Any, options: ServeOptions) -> dict[str, Any]:

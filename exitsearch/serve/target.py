@@ -96,6 +96,14 @@ def ladder(costs: Sequence[float], accuracies: Sequence[float], start: int) -> l
     return steps
 
 
+def top_point(costs: Sequence[float], accuracies: Sequence[float], start: int | None) -> int:
+    """The ladder's top: ``start``, or with none the most accurate point (the cheaper of
+    equals)."""
+    if start is not None:
+        return start
+    return max(range(len(costs)), key=lambda i: (accuracies[i], -costs[i]))
+
+
 class LatencyTarget:
     """Chooses the operating point of each batch and admits or refuses requests.
 
@@ -272,6 +280,11 @@ class LatencyTarget:
         refuse it now rather than answer it late). The last fits count however old they are."""
         predicted = self.predicted_ms(self.steps[-1], queued, requests, fresh=False)
         return predicted <= self.settings.slo_ms
+
+    def most_images(self, limit: int) -> int:
+        """The most images, up to ``limit``, that one request alone in the replica may hold
+        and still meet the target at the cheapest point (0: not even one)."""
+        return max((k for k in range(1, limit + 1) if self.admit(k - 1, 1)), default=0)
 
 
 class _Fit:

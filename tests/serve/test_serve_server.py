@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -277,8 +278,18 @@ def back_to(server, point: int, timeout: float = 30.0) -> None:  # type: ignore[
     pytest.fail(f"the operating point did not come back to {point}: {health}")
 
 
-def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: list[bytes]):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_cli_serves_until_stopped_and_lets_requests_finish(
+    bundle: Path, pngs: list[bytes], stop: signal.Signals
+):
+    """SIGTERM, and SIGINT (Ctrl-C) even where the server starts with it ignored, as a
+    background job of a script does."""
     port = free_port()
+    target = ["--slo-ms", "1000"] if stop == signal.SIGINT else []
     exe = Path(sys.executable).with_name("exitsearch")
     proc = subprocess.Popen(
         [
@@ -293,11 +304,13 @@ def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: l
             "50",
             "--patience",
             "1",
+            *target,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_ignore_sigint if stop == signal.SIGINT else None,
     )
     try:
         lines = []
@@ -317,7 +330,7 @@ def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: l
         for t in threads:
             t.start()
         time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         for t in threads:
             t.join()
         out, err = proc.communicate(timeout=120)
@@ -328,6 +341,8 @@ def test_cli_serves_until_sigterm_and_lets_requests_finish(bundle: Path, pngs: l
     assert results.count(200) + results.count(503) == 40 and results.count(200) > 0, results
     assert "server stopped" in err and "Traceback" not in err
     assert "curl --data-binary" in out
+    if target:  # the banner names the points the target moves between
+        assert re.search(r"p99 1000 ms: from point \d+ down to \d+ cheaper ones", out), out
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
@@ -370,3 +385,25 @@ class socket_held:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_a_port_held_by_a_stopped_servers_connections_is_named_so(bundle: Path):
+    """A listener without SO_REUSEADDR (as Ray Serve's replicas open theirs) that closed its
+    connections first leaves them in TIME_WAIT for a minute, and no new listener may bind."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = int(listener.getsockname()[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    conn.close()  # the server's side closes first: its end waits in TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    from exitsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stopped less than a minute ago") as info:
+        start_server(bundle, ServeOptions(port=port))
+    assert "TIME_WAIT" in str(info.value) and "\n" not in str(info.value)

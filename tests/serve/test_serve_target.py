@@ -211,6 +211,17 @@ def test_loop_cost_leaves_out_what_the_loop_spends_without_requests():
     assert t.request_ms(1) < 1000 * total / 10 - 1.0  # not all of it
 
 
+def test_the_most_images_a_request_may_hold_to_be_answered_in_time_alone():
+    # the cheapest point: a batch of n takes 2 ms + 0.25 ms per image, 10 images at most
+    t = make(Clock(), slo=10.0)
+    # 20 images: two batches of 10, 4.5 ms each; 21 need a third (13.5 ms)
+    assert t.most_images(64) == 20
+    assert t.admit(19, 1) and not t.admit(20, 1)
+    assert t.most_images(5) == 5
+    t.observe_requests(10, 0.1)  # the loop adds 10 ms a request: not even one image fits
+    assert t.most_images(64) == 0
+
+
 def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
     clock = Clock()
     t = make(clock)
