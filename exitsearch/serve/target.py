@@ -325,10 +325,7 @@ class ConcurrencyLimit:
     latencies measured (additive increase, multiplicative decrease, as TCP's congestion window):
     every ``window_s`` seconds, if the window's p99 passed ``high`` x target the limit shrinks by
     ``decrease``; if it stayed under ``low`` x target while the limit was reached, it grows by
-    one, and so it does in every calm window (or one without a request) while it is under
-    ``initial``: a limit cut by a few large requests is not left there through a quiet spell,
-    to refuse most of the next burst. Requests beyond the limit are refused at once (503),
-    before any decoding.
+    one. Requests beyond the limit are refused at once (503), before any decoding.
     """
 
     def __init__(
@@ -341,8 +338,7 @@ class ConcurrencyLimit:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.initial = float(min(initial, maximum))
-        self.limit = self.initial
+        self.limit = float(min(initial, maximum))
         self.maximum = maximum
         self.window_s = window_s
         self.decrease = decrease
@@ -378,14 +374,12 @@ class ConcurrencyLimit:
         if now - self._since < self.window_s:
             return
         cfg = self.settings
-        p99 = float(np.percentile(self._latencies, 99)) if self._latencies else 0.0
-        if p99 > cfg.high * cfg.slo_ms:
-            self.limit = max(1.0, self.limit * self.decrease)
-        elif p99 < cfg.low * cfg.slo_ms:
-            if self._reached:
+        if self._latencies:
+            p99 = float(np.percentile(self._latencies, 99))
+            if p99 > cfg.high * cfg.slo_ms:
+                self.limit = max(1.0, self.limit * self.decrease)
+            elif p99 < cfg.low * cfg.slo_ms and self._reached:
                 self.limit = min(float(self.maximum), self.limit + 1.0)
-            elif self.limit < self.initial:  # calm, and cut below where it started
-                self.limit = min(self.initial, self.limit + 1.0)
         self._latencies.clear()
         self._reached = False
         self._since = now

@@ -115,36 +115,6 @@ def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
     assert int(limit.limit) == 12
 
 
-def test_a_concurrency_limit_cut_short_grows_back_in_calm_windows():
-    """Cut by a few large requests, the limit grows back to where it started while requests
-    are few and fast (or none come), however far below the limit they stay."""
-    from exitsearch.serve.target import ConcurrencyLimit
-
-    clock = Clock()
-    limit = ConcurrencyLimit(
-        TargetSettings(100.0), initial=6, maximum=12, window_s=1.0, clock=clock
-    )
-    for _ in range(3):
-        limit.record(400.0)
-        clock.now += 1.0
-        limit.adjust()
-    assert int(limit.limit) == 2  # 6 x 0.7^3
-    for _ in range(2):  # light load: one fast request a window, the limit never reached
-        assert limit.admit(0)
-        limit.record(20.0)
-        clock.now += 1.0
-        limit.adjust()
-    assert limit.limit == pytest.approx(6 * 0.7**3 + 2)
-    for _ in range(5):  # no request at all
-        clock.now += 1.0
-        limit.adjust()
-    assert limit.limit == 6.0  # back where it started, not beyond
-    limit.record(60.0)  # between low and high x target: it holds
-    clock.now += 1.0
-    limit.adjust()
-    assert limit.limit == 6.0
-
-
 def test_each_request_in_the_replica_adds_what_the_loop_spends_on_one():
     t = make(Clock())
     assert t.request_ms(5) == 0.0  # nothing measured yet
