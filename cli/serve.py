@@ -124,7 +124,7 @@ def serve(
     if not max_body_mb > 0:
         raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
     if max_images < 1:
-        raise ConfigError(f"--max-images {max_images} is not allowed")
+        raise ConfigError(f"--max-images {max_images} is not allowed (at least 1)")
     try:
         limits = Limits(max_bytes=int(max_body_mb * 2**20), max_images=max_images)
     except ValueError as exc:

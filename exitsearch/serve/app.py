@@ -119,21 +119,21 @@ class ServeOptions:
     ingress: str = "auto"
 
     def __post_init__(self) -> None:
-        checks = {
-            "port": 0 <= self.port < 65536,
-            "replicas": self.replicas >= 1,
-            "threads": self.threads >= 1,
-            "cpus_per_replica": self.cpus_per_replica >= 0,
-            "max_batch_size": self.max_batch_size >= 1,
-            "batch_wait_ms": self.batch_wait_ms >= 0,
-            "patience": self.patience >= 0,
-            "max_queued": self.max_queued >= 1,
-            "top_k": self.top_k >= 1,
+        checks = {  # name: (allowed, what is)
+            "port": (0 <= self.port < 65536, "0 to 65535"),
+            "replicas": (self.replicas >= 1, "at least 1"),
+            "threads": (self.threads >= 1, "at least 1"),
+            "cpus_per_replica": (self.cpus_per_replica >= 0, "0 or more"),
+            "max_batch_size": (self.max_batch_size >= 1, "at least 1"),
+            "batch_wait_ms": (self.batch_wait_ms >= 0, "0 or more"),
+            "patience": (self.patience >= 0, "0 or more"),
+            "max_queued": (self.max_queued >= 1, "at least 1"),
+            "top_k": (self.top_k >= 1, "at least 1"),
         }
-        for name, ok in checks.items():
+        for name, (ok, allowed) in checks.items():
             if not ok:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed"
+                    f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed ({allowed})"
                 )
         if self.slo_ms is not None and not self.slo_ms > 0:
             raise ConfigError(f"--slo-ms must be a positive number of ms, got {self.slo_ms}")

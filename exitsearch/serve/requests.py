@@ -134,7 +134,7 @@ def decode_images(req: PredictRequest, transform: Callable[[Any], Any] | None = 
 
     out = []
     for i, opened in enumerate(req.images):
-        where = f"image {i}" if req.batch else "the image"
+        where = f"images[{i}]" if req.batch else "the image"
         # a handle of its own on the image's bytes: its pixels are freed with it, where the
         # request's opened image would keep them
         opened.fp.seek(0)
@@ -198,6 +198,8 @@ def open_request(
 
 
 def _json(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise RequestError(400, 'the JSON body is empty; send {"image": ...} or {"images": [...]}')
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -225,9 +227,14 @@ def _encoded_images(doc: Mapping[str, Any]) -> tuple[list[Any], bool]:
 
 
 def _b64(item: Any, i: int | None) -> bytes:
-    where = "the image" if i is None else f"image {i}"
+    where = "the image" if i is None else f"images[{i}]"
     if not isinstance(item, str):
         raise RequestError(400, f"{where} must be a base64 string, got {type(item).__name__}")
+    if item.startswith("data:"):  # a data URL, as a browser's FileReader gives it
+        head, _, data = item.partition(",")
+        if not head.endswith(";base64"):
+            raise RequestError(400, f"{where} is a data URL without base64 in it")
+        item = data
     try:
         return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError):
@@ -237,7 +244,7 @@ def _b64(item: Any, i: int | None) -> bytes:
 def _open(blob: bytes, i: int | None, limits: Limits) -> Any:
     from PIL import Image
 
-    where = "the image" if i is None else f"image {i}"
+    where = "the image" if i is None else f"images[{i}]"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -267,13 +274,17 @@ def _open(blob: bytes, i: int | None, limits: Limits) -> Any:
     return image
 
 
+_MODE_KINDS = {"I": "16- or 32-bit integer"}
+
+
 def _channels_message(where: str, mode: str) -> str:
     if "A" in mode or "transparency" in mode:
         why = "has an alpha channel; flatten it onto a background first"
     elif mode == "CMYK":
         why = "is CMYK; convert it to RGB first"
     else:
-        why = f"has mode {mode} (16-bit, float or multi-band); send 8-bit grey or RGB"
+        kind = _MODE_KINDS.get(mode.split(";")[0], "multi-band")
+        why = f"is {kind} (mode {mode}); send 8-bit grey or RGB"
     return f"{where} {why}"
 
 

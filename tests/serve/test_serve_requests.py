@@ -71,6 +71,13 @@ def test_raw_png_and_jpeg_with_query_options():
     assert jpeg.images[0].mode == "RGB" and jpeg.top_k is None
 
 
+def test_a_base64_data_url_reads_as_its_image():
+    """What a browser's FileReader.readAsDataURL gives."""
+    url = "data:image/png;base64," + base64.b64encode(encode(grey(2))).decode()
+    req = parse_request("application/json", json.dumps({"images": [url]}).encode(), {}, LIMITS)
+    assert np.array_equal(np.asarray(req.images[0]), np.asarray(grey(2)))
+
+
 def test_json_single_and_batch():
     b64 = [base64.b64encode(encode(grey(i))).decode() for i in range(3)]
     one = parse_request("application/json", json.dumps({"image": b64[0]}).encode(), {}, LIMITS)
@@ -92,6 +99,9 @@ def test_json_single_and_batch():
         ("image/png", b"not an image at all", 415, "is not a PNG, JPEG or WEBP image"),
         ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
         ("application/json", b"{", 400, "malformed JSON"),
+        ("application/json", b" ", 400, "the JSON body is empty"),
+        ("application/json", b'{"images": ["x", "@@"]}', 400, "images[0] is not valid base64"),
+        ("application/json", b'{"image": "data:image/png,abc"}', 400, "without base64"),
         ("application/json", b"[1, 2]", 400, "must be an object"),
         ("application/json", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
         ("application/json", b'{"image": "@@@"}', 400, "not valid base64"),
@@ -166,7 +176,7 @@ def test_decompression_bomb_is_refused_from_its_header():
     [
         (Image.new("RGBA", (8, 8)), "alpha channel"),
         (Image.new("LA", (8, 8)), "alpha channel"),
-        (Image.new("I;16", (8, 8)), "mode I;16"),
+        (Image.new("I;16", (8, 8)), "is 16- or 32-bit integer (mode I;16)"),
     ],
 )
 def test_channels_the_model_cannot_read(image: Image.Image, fragment: str):
