@@ -342,10 +342,12 @@ class BundleServer:
             if self.limit is not None and not self.limit.admit(self.in_flight - 1):
                 self.metrics.inc("exitsearch_shed_total")
                 raise RequestError(503, "over the latency target; retry later")
+            query = request.query_params
+            twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
+            if twice:
+                raise RequestError(400, f"{twice[0]!r} is given more than once in the query")
             body = await _read_body(request, self.limits.max_bytes)
-            req = open_request(
-                request.headers.get("content-type"), body, request.query_params, self.limits
-            )
+            req = open_request(request.headers.get("content-type"), body, query, self.limits)
             point = self.engine.resolve_point(req.operating_point, req.budget)
             n = len(req.images)
             self._loop.parse(n)

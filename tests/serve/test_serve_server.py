@@ -167,6 +167,7 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         (url + "?budget=fast", pngs[0], "image/png", 422),
         (url + "?operating_point=-1", pngs[0], "image/png", 422),
         (url + "?budget=101%25", pngs[0], "image/png", 422),
+        (url + "?top_k=1&top_k=3", pngs[0], "image/png", 400),
         (server.url + "/nowhere", None, "", 404),
         (server.url + "/nowhere", pngs[0], "image/png", 404),  # POST: no route either
     ]
