@@ -292,13 +292,16 @@ class BundleServer:
         c, h, w = self.engine.model.preprocess.input_size
         rng = np.random.default_rng(0)
         points = [None] if self.target is None else [self.target.steps[-1], self.target.steps[0]]
-        for point in points:
-            for n in (1, max_batch, 1, max_batch):
-                pixels = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
-                t0 = time.perf_counter()
-                self.engine.infer(pixels, point, [1] * n)
-                if self.target is not None and point is not None:
-                    self.target.observe(point, n, time.perf_counter() - t0)
+        # a first pass untimed: the model's very first batches are the slow ones, and timed
+        # they made the cheapest point (warmed first) look dearer than the top one
+        for timed in (False, True):
+            for point in points:
+                for n in (1, max_batch, 1, max_batch):
+                    pixels = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+                    t0 = time.perf_counter()
+                    self.engine.infer(pixels, point, [1] * n)
+                    if timed and self.target is not None and point is not None:
+                        self.target.observe(point, n, time.perf_counter() - t0)
         self.engine.use(None)
 
     # ------------------------------------------------------------------ HTTP
