@@ -82,7 +82,12 @@ def test_the_onnx_runtime_is_timed_through_its_graphs(bb):
     specs = [HeadSpec("linear", 1), HeadSpec("mlp", 2)]
     got = measure_in_runtime(bb, specs, "cpu", batch_size=2, warmup=1, repeats=2, engine="onnx")
     assert sorted(got.heads_ms) == ["linear@1", "mlp@2"]
-    assert len(got.table.block_ms) == 4 and min(got.table.block_ms) > 0
+    # a block's time is its graph's less the cold start after an exit (about 0.16 ms between
+    # ONNX graphs here), which can match a 0.13 ms block of this tiny model: such a block is
+    # clamped at 0, so only the whole is sure to be positive
+    t = got.table
+    assert len(t.block_ms) == 4 and min(t.block_ms) >= 0 and sum(t.block_ms) > 0
+    assert t.stem_ms > 0
 
 
 @pytest.mark.parametrize(
