@@ -407,7 +407,7 @@ class BundleServer:
         """
         assert self.target is not None
         t = self.target
-        most = images if t.admit(images - 1, 1) else t.most_images(images)
+        most = t.most_images(images)
         if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
             self.metrics.inc("exitsearch_shed_total")
             alone = t.predicted_ms(t.steps[-1], images - 1, 1, fresh=False)
@@ -926,6 +926,9 @@ def _deploy_error(exc: BaseException) -> str:
     return (errors[-1] if errors else " ".join(text.split()))[:300]
 
 
+_TIME_WAIT = "06"  # the state's code in /proc/net/tcp
+
+
 def _check_port(host: str, port: int) -> None:
     if port == 0:
         raise ConfigError("give a port number (0 is not allowed: the proxy's port must be known)")
@@ -948,9 +951,6 @@ def _check_port(host: str, port: int) -> None:
             raise ConfigError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {fix}"
             ) from None
-
-
-_TIME_WAIT = "06"  # the state's code in /proc/net/tcp
 
 
 def _tcp_states(port: int) -> set[str]:

@@ -283,8 +283,9 @@ class LatencyTarget:
 
     def most_images(self, limit: int) -> int:
         """The most images, up to ``limit``, that one request alone in the replica may hold
-        and still meet the target at the cheapest point (0: not even one)."""
-        return max((k for k in range(1, limit + 1) if self.admit(k - 1, 1)), default=0)
+        and still meet the target at the cheapest point (0: not even one). The prediction
+        grows with the images, so the first that fits, from ``limit`` down, is the most."""
+        return next((k for k in range(limit, 0, -1) if self.admit(k - 1, 1)), 0)
 
 
 class _Fit:
