@@ -24,6 +24,7 @@ import contextlib
 import errno
 import functools
 import gc
+import io
 import logging
 import os
 import re
@@ -303,6 +304,37 @@ class BundleServer:
                     if timed and self.target is not None and point is not None:
                         self.target.observe(point, n, time.perf_counter() - t0)
         self.engine.use(None)
+        if self.target is not None:
+            self._warm_up_decoding(c, h, w)
+
+    def _warm_up_decoding(self, c: int, h: int, w: int) -> None:
+        """Give the latency target its first decoding times: JPEGs (smooth, as photographs
+        are) of the model's input size and of a megapixel, decoded and shrunk as a request's
+        images are. Two sizes, so that the line in pixels holds for large images before any
+        was sent (from one size alone, a 28-px image's fixed cost read as a cost per pixel
+        predicted 0.15 s for a megapixel); the requests' own times soon outweigh them."""
+        from PIL import Image
+
+        blobs = []
+        for rows, cols in ((h, w), (1024, 1024)):
+            ramp = np.add.outer(np.arange(rows), np.arange(cols)) * 255 // (rows + cols)
+            image = Image.fromarray(ramp.astype(np.uint8), "L")
+            if c == 3:
+                flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                image = Image.merge("RGB", (image, flipped, image))
+            blob = io.BytesIO()
+            image.save(blob, "JPEG", quality=90)
+            blobs.append((rows * cols, blob))
+        for timed in (False, True, True):
+            for pixels, blob in blobs:
+                blob.seek(0)
+                t0 = time.perf_counter()
+                with Image.open(blob) as im:
+                    im.load()
+                    self.engine.image_pixels(im)
+                if timed and self.target is not None:
+                    seconds = time.perf_counter() - t0
+                    self.target.observe_decode(1, pixels, seconds, usual=pixels == h * w)
 
     # ------------------------------------------------------------------ HTTP
     async def __call__(self, request: Request) -> Response:
@@ -355,7 +387,7 @@ class BundleServer:
             n = len(req.images)
             self._loop.parse(n)
             if self.target is not None and point is None:
-                self._admit(n)
+                self._admit(n, req.pixels, time.perf_counter() - t0)
             top_k = req.top_k or int(self.opts["top_k"])
             # counted from here, so that requests admitted while this one decodes see its images
             self.queued += n
@@ -364,10 +396,15 @@ class BundleServer:
                 # in a worker thread (Pillow lets go of the interpreter lock while it decodes and
                 # resizes), so that the requests and batches behind them go on meanwhile
                 decode = functools.partial(decode_images, req, self.engine.image_pixels)
+                t1 = time.perf_counter()
                 if req.pixels > _THREAD_PIXELS:
                     pixels = np.stack(await asyncio.to_thread(decode))
                 else:
+                    cpu1 = time.thread_time()
                     pixels = np.stack(decode())
+                    self._loop.model += time.thread_time() - cpu1  # counted apart
+                if self.target is not None:
+                    self.target.observe_decode(n, req.pixels, time.perf_counter() - t1)
                 self.arrived += n
                 if n == 1:
                     answers = [await (await self._run_batch(_Item(pixels[0], point, top_k)))]
@@ -398,8 +435,9 @@ class BundleServer:
             return JSONResponse({"predictions": rows, "latency_ms": latency_ms})
         return JSONResponse(dict(rows[0], latency_ms=latency_ms))
 
-    def _admit(self, images: int) -> None:
-        """Refuse a request of ``images`` images that the latency target says would be late.
+    def _admit(self, images: int, pixels: int, elapsed_s: float) -> None:
+        """Refuse a request of ``images`` images of ``pixels`` pixels in all, which has taken
+        ``elapsed_s`` so far, that the latency target says would be late.
 
         Raises:
             RequestError: 413 when even alone, at the cheapest point, it would be late (sending
@@ -407,17 +445,18 @@ class BundleServer:
         """
         assert self.target is not None
         t = self.target
-        most = t.most_images(images)
+        most = t.most_images(images, pixels / images)
         if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
             self.metrics.inc("exitsearch_shed_total")
-            alone = t.predicted_ms(t.steps[-1], images - 1, 1, fresh=False)
+            alone = t.alone_ms(images, pixels / images)
             raise RequestError(
                 413,
                 f"{images} images in one request would take about {alone:.0f} ms even alone, "
                 f"at the cheapest operating point, over the {t.settings.slo_ms:g} ms latency "
                 f"target; send at most {most} a request",
             )
-        if not t.admit(self.queued + images - 1, self.in_flight):
+        own_ms = 1000.0 * elapsed_s + t.decode_ms(images, pixels)
+        if not t.admit(self.queued + images - 1, self.in_flight, own_ms):
             self.metrics.inc("exitsearch_shed_total")
             raise RequestError(
                 503, "over the latency target even at the cheapest operating point; retry later"
@@ -512,9 +551,12 @@ class BundleServer:
             doc["latency_target"] = {
                 "slo_ms": t.settings.slo_ms,
                 "queued": self.queued,
+                # a one-image request arriving now, of the usual size
                 "predicted_ms": {
                     str(p): round(
-                        t.predicted_ms(p, self.queued, self.in_flight + 1, fresh=False), 3
+                        t.predicted_ms(p, self.queued, self.in_flight + 1, fresh=False)
+                        + t.decode_ms(1),
+                        3,
                     )
                     for p in (t.steps[0], t.steps[-1])
                 },
@@ -523,6 +565,8 @@ class BundleServer:
                 "switches": t.switches,
                 # what each request in the replica adds to a prediction besides the model
                 "loop_ms_per_request": round(t.request_ms(1), 3),
+                # ...and to decode one image of the usual size (its own request's only)
+                "decode_ms_per_image": round(t.decode_ms(1), 3),
                 # ...and what its loop spends each second with no request (not counted above)
                 "loop_idle_ms_per_s": None
                 if self._loop.idle_per_s is None

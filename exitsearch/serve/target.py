@@ -10,9 +10,13 @@ included), at each operating point ``p``, from batches of at most ``B`` images:
 
 where a batch of ``n`` images takes ``a_p + b_p * n`` seconds: a line fitted to the batches the
 server ran at ``p`` (least squares with exponential forgetting); and ``c`` is the CPU time the
-replica's event loop spends on one request outside the model's batches (receiving, decoding,
-answering or refusing it; :class:`LoopCost`), which every request ahead costs a new one too,
-as the loop does it between batches. Measurements expire ``fresh_s`` seconds after a point's
+replica's event loop spends on one request outside the model's batches and the decoding of
+images (receiving, parsing, answering or refusing it; :class:`LoopCost`), which every request
+ahead costs a new one too, as the loop does it between batches. A request being admitted adds
+what it has taken so far and the decoding of its own ``k`` images of ``x`` pixels each,
+``k * (d0 + d1 * x)`` seconds (:meth:`LatencyTarget.decode_ms`: a line fitted the same way to
+the requests decoded, in pixels per image, since a 224-px JPEG takes about 1.6 ms to decode and
+resize on this kind of CPU, 20 of them as much as a third of a batch's latency). Measurements expire ``fresh_s`` seconds after a point's
 last batch (they describe a load that has passed); a point without a current fit takes the
 fixed part of the nearest point with one and its per-image part scaled by predicted FLOPs, and
 with none at all the model's part is zero: after a burst the server returns to its most
@@ -137,6 +141,8 @@ class LatencyTarget:
         self.level = 0  # position on the ladder: 0 is the most accurate allowed point
         self.switches = 0
         self._fits: dict[int, _Fit] = {}
+        self._decode = _Fit()  # s to decode one image against its pixels
+        self._pixels: float | None = None  # pixels per image of the requests decoded
         self._per_request: float | None = None  # s of the replica's loop per request, model aside
         self._rate: float | None = None  # requests arriving per second
         self._images = 1.0  # images per request
@@ -157,9 +163,34 @@ class LatencyTarget:
         fit.updated = self.clock()
         self._batch = self._blend(self._batch, samples)
 
+    def observe_decode(
+        self, images: int, pixels: int, seconds: float, *, usual: bool = True
+    ) -> None:
+        """Record that decoding ``images`` images of ``pixels`` pixels in all (and shrinking
+        them to the model's size) took ``seconds``; ``usual``: of the size requests send (the
+        size that :meth:`decode_ms` assumes when it is not told)."""
+        if images < 1 or pixels < 1 or not seconds > 0:
+            return
+        self._decode.add(pixels / images, seconds / images, self.settings.smoothing)
+        if usual:
+            self._pixels = self._blend(self._pixels, pixels / images)
+
+    def decode_ms(self, images: int, pixels: int | None = None) -> float:
+        """Predicted ms to decode ``images`` images of ``pixels`` pixels in all (None: of the
+        usual size, see :meth:`observe_decode`); 0 before any was measured."""
+        if images < 1 or not self._decode.w:
+            return 0.0
+        a, b = self._decode.line()
+        if pixels is not None:
+            x = pixels / images
+        else:
+            x = self._decode.n / self._decode.w if self._pixels is None else self._pixels
+        return 1000.0 * images * (a + b * x)
+
     def observe_requests(self, requests: int, seconds: float) -> None:
         """Record that the replica's event loop spent ``seconds`` of CPU outside the model's
-        batches (receiving, decoding, answering, refusing) on ``requests`` requests."""
+        batches and the images' decoding (receiving, parsing, answering, refusing) on
+        ``requests`` requests."""
         if requests < 1 or seconds < 0:
             return
         self._per_request = self._blend(self._per_request, seconds / requests)
@@ -274,18 +305,31 @@ class LatencyTarget:
             self._calm_since = None
         return self.point
 
-    def admit(self, queued: int, requests: int = 0) -> bool:
+    def admit(self, queued: int, requests: int = 0, own_ms: float = 0.0) -> bool:
         """Whether a request arriving behind ``queued`` images, with ``requests`` in the
         replica (itself included), can still meet the target at the cheapest point (False:
-        refuse it now rather than answer it late). The last fits count however old they are."""
+        refuse it now rather than answer it late), when ``own_ms`` go to the request itself
+        before its images queue (what it has taken so far and its decoding). The last fits
+        count however old they are."""
         predicted = self.predicted_ms(self.steps[-1], queued, requests, fresh=False)
-        return predicted <= self.settings.slo_ms
+        return predicted + own_ms <= self.settings.slo_ms
 
-    def most_images(self, limit: int) -> int:
-        """The most images, up to ``limit``, that one request alone in the replica may hold
-        and still meet the target at the cheapest point (0: not even one). The prediction
-        grows with the images, so the first that fits, from ``limit`` down, is the most."""
-        return next((k for k in range(limit, 0, -1) if self.admit(k - 1, 1)), 0)
+    def most_images(self, limit: int, pixels_per_image: float | None = None) -> int:
+        """The most images, up to ``limit``, of ``pixels_per_image`` pixels each (None: the
+        usual size), that one request alone in the replica may hold and still
+        meet the target at the cheapest point (0: not even one). The prediction grows with the
+        images, so the first that fits, from ``limit`` down, is the most."""
+        slo = self.settings.slo_ms
+        return next(
+            (k for k in range(limit, 0, -1) if self.alone_ms(k, pixels_per_image) <= slo), 0
+        )
+
+    def alone_ms(self, images: int, pixels_per_image: float | None = None) -> float:
+        """Predicted ms of a request of ``images`` images of ``pixels_per_image`` pixels each
+        (None: the usual size) alone in the replica, at the cheapest point."""
+        pixels = None if pixels_per_image is None else round(images * pixels_per_image)
+        model = self.predicted_ms(self.steps[-1], images - 1, 1, fresh=False)
+        return model + self.decode_ms(images, pixels)
 
 
 class _Fit:
@@ -400,7 +444,9 @@ class LoopCost:
         self.longest_s = longest_s  # ...within this long, or it is dropped (idle time's noise)
         self.clock = clock
         self.requests = 0  # arrived since the CPU measurement started...
-        self.model = 0.0  # ...and the CPU seconds of the model's batches and drains since
+        # ...and the CPU seconds since of the model's batches and drains and of the images
+        # decoded in the loop (counted apart)
+        self.model = 0.0
         self.arrivals = 0  # arrived since the last call of measure()...
         self.images = 0  # ...the images of those parsed...
         self.parsed = 0  # ...and how many were

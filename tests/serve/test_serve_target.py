@@ -222,6 +222,35 @@ def test_the_most_images_a_request_may_hold_to_be_answered_in_time_alone():
     assert t.most_images(64) == 0
 
 
+def test_decoding_is_a_line_in_pixels_per_image():
+    t = make(Clock(), slo=10.0)
+    assert t.decode_ms(4) == 0.0  # nothing decoded yet
+    # an image of x pixels takes 0.1 ms + 1 ms per megapixel to decode
+    for images, x in ((1, 50_000), (4, 1_000_000), (2, 250_000), (8, 50_000)):
+        t.observe_decode(images, images * x, images * (1e-4 + 1e-9 * x))
+    assert t.decode_ms(1, 1_000_000) == pytest.approx(1.1)
+    assert t.decode_ms(10, 10 * 50_000) == pytest.approx(10 * 0.15)
+    # not told the size: the usual one (a blend of those seen), not the warm-up's large one
+    assert 0.15 < t.decode_ms(1) < 1.1
+    t.observe_decode(1, 4_000_000, 0.0041, usual=False)
+    assert t.decode_ms(1, 4_000_000) == pytest.approx(4.1)
+    assert 0.15 < t.decode_ms(1) < 1.1
+    t.observe_decode(0, 0, 1.0)  # nothing to learn from
+    assert t.decode_ms(1, 1_000_000) == pytest.approx(1.1)
+
+
+def test_a_requests_own_time_and_decoding_count_in_its_admission():
+    # the cheapest point: a batch of n takes 2 ms + 0.25 ms per image, 10 images at most
+    t = make(Clock(), slo=10.0)
+    assert t.admit(19, 1) and not t.admit(19, 1, own_ms=1.5)  # 9 ms of batches + 1.5 its own
+    assert t.most_images(64) == 20  # nothing decoded yet: the batches alone
+    t.observe_decode(1, 1_000, 0.0002)  # 0.2 ms an image
+    # 11 to 20 images: two batches, 9 ms, and 2.2 ms or more to decode; 10: 4.5 + 2
+    assert t.alone_ms(20, 1_000) == pytest.approx(9.0 + 4.0)
+    assert t.alone_ms(10, 1_000) == pytest.approx(4.5 + 2.0)
+    assert t.most_images(64, 1_000) == t.most_images(64) == 10
+
+
 def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
     clock = Clock()
     t = make(clock)
