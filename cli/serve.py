@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,7 +13,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from exitsearch.errors import ConfigError
+from exitsearch.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
     from exitsearch.serve.app import Server
@@ -33,12 +34,14 @@ def serve(
         ),
     ] = None,
     proxy_location: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="On a cluster: EveryNode (an HTTP proxy on every node with a replica, for a "
-            "load balancer in front) or HeadOnly."
+            help="Where Ray Serve's HTTP proxy runs: EveryNode (on every node with a replica, "
+            "for a load balancer in front) or HeadOnly. Default: EveryNode; implies "
+            "--ingress proxy.",
+            show_default=False,
         ),
-    ] = "EveryNode",
+    ] = None,
     ingress: Annotated[
         str,
         typer.Option(
@@ -118,6 +121,8 @@ def serve(
     POST /predict takes image bytes (PNG, JPEG, WebP) or JSON {"image": base64} /
     {"images": [...]}; GET /healthz, GET /metrics (Prometheus), GET / (the operating points).
     Runs until Ctrl-C or SIGTERM, then finishes the requests in flight."""
+    if not Path(bundle).is_dir():  # said before the seconds of importing Ray and torch
+        raise BundleError.not_a_folder(bundle)
     from exitsearch.serve.app import ServeOptions, start_server
     from exitsearch.serve.requests import Limits
 

@@ -53,6 +53,11 @@ class CheckpointError(ExitSearchError):
 class BundleError(ExitSearchError):
     """An exported bundle is missing files, was altered, or comes from a newer schema."""
 
+    @classmethod
+    def not_a_folder(cls, root: object) -> BundleError:
+        """The error for a bundle path that is no folder."""
+        return cls(f"{root}: not a bundle folder (it does not exist or is a file)")
+
 
 class CacheError(ExitSearchError):
     """A cached stage artifact is unreadable or does not match its recorded checksum."""

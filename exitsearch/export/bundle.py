@@ -383,7 +383,7 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
     """
     root = Path(path)
     if not root.is_dir():
-        raise BundleError(f"{root}: not a bundle folder (it does not exist or is a file)")
+        raise BundleError.not_a_folder(root)
     mpath = root / MANIFEST
     try:
         doc = json.loads(mpath.read_text(encoding="utf-8"))

@@ -89,13 +89,14 @@ class ServeOptions:
         top_k: classes returned per image unless the request asks otherwise.
         backbone_only: serve the bundle's backbone without exits (a baseline).
         route_prefix: URL prefix of the application.
-        proxy_location: ``EveryNode`` (an HTTP proxy on every node with a replica; put a load
-            balancer in front) or ``HeadOnly``.
+        proxy_location: with Ray Serve's proxy, ``EveryNode`` (an HTTP proxy on every node
+            with a replica; put a load balancer in front) or ``HeadOnly``; None: EveryNode.
+            Given with direct ingress, it is an error (there is no proxy to place).
         ingress: how requests reach a replica. ``direct``: each replica listens on its own
             port (Ray Serve's direct ingress: ``port``, ``port + 1``, ...), with no proxy in
             between; only on a local Ray this server starts. ``proxy``: Ray Serve's HTTP proxy
             on ``port`` routes every request to a replica through a Ray actor call. ``auto``:
-            direct for one replica on a local Ray, else proxy.
+            direct for one replica on a local Ray without ``proxy_location``, else proxy.
     """
 
     host: str = "127.0.0.1"
@@ -116,7 +117,7 @@ class ServeOptions:
     top_k: int = 5
     backbone_only: bool = False
     route_prefix: str = "/"
-    proxy_location: str = "EveryNode"
+    proxy_location: str | None = None
     ingress: str = "auto"
 
     def __post_init__(self) -> None:
@@ -142,7 +143,7 @@ class ServeOptions:
             raise ConfigError("give an operating point or a budget, not both")
         if self.backbone_only and (self.slo_ms or self.operating_point is not None or self.budget):
             raise ConfigError("the backbone alone has no operating points to choose or switch")
-        if self.proxy_location not in ("EveryNode", "HeadOnly"):
+        if self.proxy_location not in (None, "EveryNode", "HeadOnly"):
             raise ConfigError(
                 f"--proxy-location is EveryNode or HeadOnly, got {self.proxy_location!r}"
             )
@@ -150,6 +151,11 @@ class ServeOptions:
             raise ConfigError(f"--device is cpu, cuda or auto, got {self.device!r}")
         if self.ingress not in INGRESS:
             raise ConfigError(f"--ingress is one of {', '.join(INGRESS)}, got {self.ingress!r}")
+        if self.ingress == "direct" and self.proxy_location is not None:
+            raise ConfigError(
+                "--proxy-location places Ray Serve's HTTP proxy, and with --ingress direct "
+                "there is none (each replica answers on its own port)"
+            )
         if self.ingress == "direct" and self.ray_address not in (None, "local"):
             raise ConfigError(
                 "--ingress direct needs a local Ray started by the server; on a cluster "
@@ -797,7 +803,9 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         # With direct ingress Ray Serve still starts its proxy: on a port of its own, unused
         proxy_port = free_port(options.host) if ingress == "direct" else options.port
         serve.start(
-            proxy_location="HeadOnly" if ingress == "direct" else options.proxy_location,
+            proxy_location="HeadOnly"
+            if ingress == "direct"
+            else options.proxy_location or "EveryNode",
             http_options={"host": options.host, "port": proxy_port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
@@ -858,7 +866,8 @@ def _choose_ingress(options: ServeOptions, local: bool) -> str:
     where Ray starts (its environment), so it needs a local Ray that this server starts."""
     fresh = local and not ray.is_initialized()
     if options.ingress == "auto":
-        return "direct" if fresh and options.replicas == 1 else "proxy"
+        direct = fresh and options.replicas == 1 and options.proxy_location is None
+        return "direct" if direct else "proxy"
     if options.ingress == "direct" and not fresh:
         raise ConfigError(
             "--ingress direct needs a local Ray started by the server, and this process is "

@@ -23,11 +23,13 @@ import binascii
 import dataclasses
 import io
 import json
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from exitsearch.budget import parse_budget
 from exitsearch.errors import ExitSearchError
 
 __all__ = [
@@ -249,9 +251,11 @@ def _open(blob: bytes, i: int | None, limits: Limits) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the size it read
+        held = f"holds {size.group(1)} pixels" if size else "has too many pixels"
         raise RequestError(
-            413, f"{where} has too many pixels; at most {limits.max_pixels} pixels are decoded"
+            413, f"{where} {held}; at most {limits.max_pixels} pixels are decoded"
         ) from None
     except Image.UnidentifiedImageError:
         raise RequestError(
@@ -307,9 +311,18 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         value = raw["budget"]
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = repr(value)  # FLOPs per sample
-        if not isinstance(value, str) or not value.strip():
+        try:  # malformed: 400; one that no operating point fits is the model's to say (422)
+            parse_budget(value)
+        except ExitSearchError as exc:
+            if isinstance(value, str) and value.strip() and "cannot read" not in str(exc):
+                # read, and out of range (not the units of every budget: serving takes no ms)
+                raise RequestError(400, str(exc).split("; accepted")[0]) from None
+            value = None
+        if not isinstance(value, str):
             raise RequestError(
-                400, f'budget must be text such as "40%" or "30MFLOPs", got {raw["budget"]!r}'
+                400,
+                f'budget must be a mean cost per sample such as "40%" (of the backbone), '
+                f'"30MFLOPs" or a number of FLOPs, got {raw["budget"]!r}',
             )
         out["budget"] = value.strip()
     if "operating_point" in out and "budget" in out:

@@ -124,6 +124,7 @@ def test_options_are_checked():
         ({"top_k": "two"}, "top_k must be a positive integer"),
         ({"operating_point": "first"}, "operating_point must be an index"),
         ({"operating_point": "1", "budget": "40%"}, "not both"),
+        ({"budget": "fast"}, 'budget must be a mean cost per sample such as "40%"'),
         ({"colour": "red"}, "unknown option 'colour'"),
     ]:
         status, message = status_of("image/png", png, query, LIMITS)
@@ -169,6 +170,7 @@ def test_decompression_bomb_is_refused_from_its_header():
     assert len(bomb) < 200
     status, message = status_of("image/png", bomb, {}, Limits())
     assert status == 413 and f"at most {Limits().max_pixels} pixels" in message
+    assert "holds 10000000000 pixels" in message, message
 
 
 @pytest.mark.parametrize(

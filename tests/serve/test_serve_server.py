@@ -164,9 +164,9 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
         (url, b"x" * 150_000, "image/png", 413),
         (url + "?operating_point=1000000", pngs[0], "image/png", 422),
         (url + "?budget=0.0001%25", pngs[0], "image/png", 422),
-        (url + "?budget=fast", pngs[0], "image/png", 422),
+        (url + "?budget=fast", pngs[0], "image/png", 400),
         (url + "?operating_point=-1", pngs[0], "image/png", 422),
-        (url + "?budget=101%25", pngs[0], "image/png", 422),
+        (url + "?budget=101%25", pngs[0], "image/png", 400),
         (url + "?top_k=1&top_k=3", pngs[0], "image/png", 400),
         (server.url + "/nowhere", None, "", 404),
         (server.url + "/nowhere", pngs[0], "image/png", 404),  # POST: no route either
@@ -348,6 +348,23 @@ def test_cli_serves_until_stopped_and_lets_requests_finish(
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
+def test_the_cli_refuses_a_missing_bundle_and_a_proxy_without_one_at_once(
+    bundle: Path, tmp_path: Path
+):
+    exe = str(Path(sys.executable).with_name("exitsearch"))
+    cases = [
+        ([str(tmp_path / "nowhere")], "nowhere: not a bundle folder"),
+        (
+            [str(bundle), "--ingress", "direct", "--proxy-location", "HeadOnly"],
+            "with --ingress direct there is none",
+        ),
+    ]
+    for args, fragment in cases:
+        done = subprocess.run([exe, "serve", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and fragment in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "starting Ray" not in done.stderr
+
+
 def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path):
     from exitsearch.errors import BundleError, ConfigError
 
@@ -364,6 +381,8 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         ServeOptions(patience=-1)
     with pytest.raises(ConfigError, match="needs a local Ray"):
         ServeOptions(ingress="direct", ray_address="10.0.0.1:6379")
+    with pytest.raises(ConfigError, match="with --ingress direct there is none"):
+        ServeOptions(ingress="direct", proxy_location="HeadOnly")
     with pytest.raises(BundleError):
         start_server(tmp_path / "missing", ServeOptions(port=free_port()))
     with pytest.raises(ConfigError, match="does not exist"):
