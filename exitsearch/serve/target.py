@@ -27,9 +27,10 @@ accurate point predicted to stay under it; it moves back up once the next more a
 prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flapping at the
 boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes
 above the point it started at. While the replica refuses requests beyond its concurrency
-limit, it steps one point cheaper every 0.5 s (:meth:`LatencyTarget.step_down`): the short
-queue the limit keeps predicts no risk, yet requests go unanswered that a cheaper point could
-answer. When even the cheapest point cannot meet the target, new
+limit, it steps down every 0.5 s, each step to a point that costs at most ``step`` x the
+FLOPs of the one before (:meth:`LatencyTarget.step_down`; a ladder of 63 close points took 31 s
+one point at a time): the short queue the limit keeps predicts no risk, yet requests go
+unanswered that a cheaper point could answer. When even the cheapest point cannot meet the target, new
 requests are refused (503) instead of queued: a latency target that accepts everything cannot
 hold under overload. :class:`ConcurrencyLimit` refuses requests beyond what the replica answers
 in time, whatever part of the request is the bottleneck.
@@ -61,6 +62,8 @@ class TargetSettings:
         fresh_s: a point's fit expires this long after its last batch.
         max_load: a more accurate point is taken only if the requests arriving would keep the
             replica busy less than this share of the time there.
+        step: a step down while requests are refused goes to a point that costs at most this
+            share of the current one's FLOPs.
     """
 
     slo_ms: float
@@ -70,6 +73,7 @@ class TargetSettings:
     smoothing: float = 0.2
     fresh_s: float = 5.0
     max_load: float = 0.8
+    step: float = 0.8
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
@@ -84,6 +88,8 @@ class TargetSettings:
             raise ValueError("hold_s must be >= 0, fresh_s > 0 and smoothing in (0, 1]")
         if not self.max_load > 0:
             raise ValueError(f"max_load must be > 0, got {self.max_load}")
+        if not 0 < self.step < 1:
+            raise ValueError(f"step must be in (0, 1), got {self.step}")
 
 
 def ladder(costs: Sequence[float], accuracies: Sequence[float], start: int) -> list[int]:
@@ -297,11 +303,17 @@ class LatencyTarget:
         )
 
     def step_down(self) -> int:
-        """One point cheaper (when the replica refuses requests beyond its concurrency limit:
+        """One step cheaper (when the replica refuses requests beyond its concurrency limit:
         the queue the limit keeps short predicts no risk, yet requests go unanswered that a
-        cheaper point could answer); the point to use."""
+        cheaper point could answer): to the most accurate point that costs at most
+        ``step`` x the current one's FLOPs (or the next cheaper, where none is that cheap), so
+        that a long ladder of close points is crossed in a few steps; the point to use."""
         if self.level + 1 < len(self.steps):
-            self.level, self.switches = self.level + 1, self.switches + 1
+            level = self.level + 1
+            most = self.settings.step * self.costs[self.point]
+            while level + 1 < len(self.steps) and self.costs[self.steps[level]] > most:
+                level += 1
+            self.level, self.switches = level, self.switches + 1
             self._calm_since = None
         return self.point
 

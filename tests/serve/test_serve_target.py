@@ -283,3 +283,17 @@ def test_steps_down_one_point_at_a_time_and_stops_at_the_cheapest():
     t = make(Clock())
     assert t.point == 0 and t.step_down() == 1 and t.step_down() == 2
     assert t.step_down() == 2 and t.switches == 2
+
+
+def test_a_step_down_crosses_close_points_at_once():
+    """A ladder of points 5 % of the backbone apart: each step cuts the cost by a fifth at
+    least (one point at a time, 14 steps of 0.5 s would take 7 s to reach the cheapest)."""
+    costs = [100.0 - 5 * i for i in range(15)]  # 100, 95, ..., 30
+    accs = [0.9 - 0.01 * i for i in range(15)]
+    steps = ladder(costs, accs, 0)
+    assert steps == list(range(15))
+    t = LatencyTarget(TargetSettings(100.0), steps, costs)
+    seen = [t.step_down() for _ in range(6)]
+    # <= 80, <= 64, <= 48, <= 36, then 28 is below every point: the cheapest
+    assert [costs[p] for p in seen] == [80.0, 60.0, 45.0, 35.0, 30.0, 30.0]
+    assert t.switches == 5
