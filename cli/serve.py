@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -126,8 +127,8 @@ def serve(
     from exitsearch.serve.app import ServeOptions, start_server
     from exitsearch.serve.requests import Limits
 
-    if not max_body_mb > 0:
-        raise ConfigError(f"--max-body-mb must be positive, got {max_body_mb}")
+    if not (math.isfinite(max_body_mb) and max_body_mb > 0):
+        raise ConfigError(f"--max-body-mb must be a positive number of MiB, got {max_body_mb}")
     if max_images < 1:
         raise ConfigError(f"--max-images {max_images} is not allowed (at least 1)")
     try:
@@ -208,11 +209,14 @@ def _target_text(describe: dict, slo_ms: float | None) -> str:
     costs = [p["mean_flops"] for p in points]
     accuracies = [p["val_accuracy"] for p in points]
     top = top_point(costs, accuracies, describe["default_operating_point"])
-    cheaper = len(ladder(costs, accuracies, top)) - 1
-    if not cheaper:
+    steps = ladder(costs, accuracies, top)
+    if len(steps) == 1:
         return f"p99 {slo_ms:g} ms: point {top} is the cheapest, so what it cannot answer in time is refused"
-    s = "" if cheaper == 1 else "s"
-    return f"p99 {slo_ms:g} ms: from point {top} down to {cheaper} cheaper one{s} as load grows"
+    low = steps[-1]
+    return (
+        f"p99 {slo_ms:g} ms: from point {top} ({points[top]['mean_cost']}) down to point {low} "
+        f"({points[low]['mean_cost']}) over {len(steps)} points as load grows"
+    )
 
 
 def _print(server: Server) -> None:
@@ -235,7 +239,7 @@ def _print(server: Server) -> None:
             p = points[default]
             table.add_row(
                 "operating point",
-                f"{default} of {len(points)}: {p['mean_cost']} per image "
+                f"{default} (of 0-{len(points) - 1}): {p['mean_cost']} per image "
                 f"({p['speedup']:.2f}x), validation accuracy {p['val_accuracy']:.4f}",
             )
     table.add_row("latency target", _target_text(d, o.slo_ms))

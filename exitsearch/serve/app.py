@@ -26,6 +26,7 @@ import functools
 import gc
 import io
 import logging
+import math
 import os
 import re
 import socket
@@ -61,6 +62,11 @@ _ROUTES = {
     "/metrics": ("GET", "HEAD"),
     "/": ("GET", "HEAD"),
 }
+
+
+def _finite(x: float) -> float:
+    """``x``, or NaN where it is infinite (so that every comparison with it is False)."""
+    return x if math.isfinite(x) else math.nan
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,9 @@ class ServeOptions:
             "port": (0 <= self.port < 65536, "0 to 65535"),
             "replicas": (self.replicas >= 1, "at least 1"),
             "threads": (self.threads >= 1, "at least 1"),
-            "cpus_per_replica": (self.cpus_per_replica >= 0, "0 or more"),
+            "cpus_per_replica": (_finite(self.cpus_per_replica) >= 0, "a finite 0 or more"),
             "max_batch_size": (self.max_batch_size >= 1, "at least 1"),
-            "batch_wait_ms": (self.batch_wait_ms >= 0, "0 or more"),
+            "batch_wait_ms": (_finite(self.batch_wait_ms) >= 0, "a finite 0 or more"),
             "patience": (self.patience >= 0, "0 or more"),
             "max_queued": (self.max_queued >= 1, "at least 1"),
             "top_k": (self.top_k >= 1, "at least 1"),
@@ -137,7 +143,7 @@ class ServeOptions:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} {getattr(self, name)} is not allowed ({allowed})"
                 )
-        if self.slo_ms is not None and not self.slo_ms > 0:
+        if self.slo_ms is not None and not _finite(self.slo_ms) > 0:
             raise ConfigError(f"--slo-ms must be a positive number of ms, got {self.slo_ms}")
         if self.operating_point is not None and self.budget is not None:
             raise ConfigError("give an operating point or a budget, not both")
@@ -382,7 +388,11 @@ class BundleServer:
                 raise RequestError(503, "the server is shutting down")
             if self.limit is not None and not self.limit.admit(self.in_flight - 1):
                 self.metrics.inc("exitsearch_shed_total")
-                raise RequestError(503, "over the latency target; retry later")
+                raise RequestError(
+                    503,
+                    f"{self.in_flight - 1} requests in flight are as many as this replica answers "
+                    "within the latency target; retry later",
+                )
             query = request.query_params
             twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
             if twice:
@@ -455,11 +465,12 @@ class BundleServer:
         if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
             self.metrics.inc("exitsearch_shed_total")
             alone = t.alone_ms(images, pixels / images)
+            slo = t.settings.slo_ms
             raise RequestError(
                 413,
                 f"{images} images in one request would take about {alone:.0f} ms even alone, "
-                f"at the cheapest operating point, over the {t.settings.slo_ms:g} ms latency "
-                f"target; send at most {most} a request",
+                f"at the cheapest operating point, over the {t.settings.high * slo:g} ms that "
+                f"a p99 target of {slo:g} ms leaves a request; send at most {most} a request",
             )
         own_ms = 1000.0 * elapsed_s + t.decode_ms(images, pixels)
         if not t.admit(self.queued + images - 1, self.in_flight, own_ms):

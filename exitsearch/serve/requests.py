@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from exitsearch.budget import parse_budget
+from exitsearch.budget import BudgetUnit, parse_budget
 from exitsearch.errors import ExitSearchError
 
 __all__ = [
@@ -312,12 +312,20 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = repr(value)  # FLOPs per sample
         try:  # malformed: 400; one that no operating point fits is the model's to say (422)
-            parse_budget(value)
+            in_ms = parse_budget(value).unit is BudgetUnit.MILLISECONDS
         except ExitSearchError as exc:
             if isinstance(value, str) and value.strip() and "cannot read" not in str(exc):
                 # read, and out of range (not the units of every budget: serving takes no ms)
                 raise RequestError(400, str(exc).split("; accepted")[0]) from None
             value = None
+        else:
+            if in_ms:
+                raise RequestError(
+                    400,
+                    f"budget {value!r} is in milliseconds; a request's budget is a mean cost "
+                    'per sample such as "40%" or "30MFLOPs" (the server\'s latency target is '
+                    "its --slo-ms)",
+                )
         if not isinstance(value, str):
             raise RequestError(
                 400,
@@ -331,8 +339,9 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _positive_int(value: Any, name: str) -> int:
+    given = value
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(400, f"{name} must be a positive integer, got {value!r}")
+        raise RequestError(400, f"{name} must be a positive integer, got {given!r}")
     return value

@@ -125,6 +125,8 @@ def test_options_are_checked():
         ({"operating_point": "first"}, "operating_point must be an index"),
         ({"operating_point": "1", "budget": "40%"}, "not both"),
         ({"budget": "fast"}, 'budget must be a mean cost per sample such as "40%"'),
+        ({"budget": "12ms"}, "budget '12ms' is in milliseconds"),
+        ({"top_k": "0"}, "got '0'"),  # as sent
         ({"colour": "red"}, "unknown option 'colour'"),
     ]:
         status, message = status_of("image/png", png, query, LIMITS)

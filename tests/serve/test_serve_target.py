@@ -115,6 +115,25 @@ def test_concurrency_limit_shrinks_when_late_and_grows_when_binding():
     assert int(limit.limit) == 12
 
 
+def test_late_requests_one_at_a_time_leave_the_concurrency_limit_be():
+    from exitsearch.serve.target import ConcurrencyLimit
+
+    clock = Clock()
+    limit = ConcurrencyLimit(TargetSettings(100.0), initial=32, window_s=1.0, clock=clock)
+    for now in range(1, 6):  # a large request alone in the replica each window, late
+        assert limit.admit(0)
+        limit.record(140.0)
+        clock.now = float(now)
+        limit.adjust()
+    assert int(limit.limit) == 32
+    assert limit.admit(0) and limit.admit(1)  # two at once, late: now it is concurrency
+    limit.record(140.0)
+    limit.record(150.0)
+    clock.now = 6.0
+    limit.adjust()
+    assert int(limit.limit) == 22
+
+
 def test_each_request_in_the_replica_adds_what_the_loop_spends_on_one():
     t = make(Clock())
     assert t.request_ms(5) == 0.0  # nothing measured yet
@@ -213,10 +232,11 @@ def test_loop_cost_leaves_out_what_the_loop_spends_without_requests():
 
 def test_the_most_images_a_request_may_hold_to_be_answered_in_time_alone():
     # the cheapest point: a batch of n takes 2 ms + 0.25 ms per image, 10 images at most
-    t = make(Clock(), slo=10.0)
-    # 20 images: two batches of 10, 4.5 ms each; 21 need a third (13.5 ms)
+    t = make(Clock(), slo=12.5)
+    # within 0.8 x 12.5 = 10 ms: 20 images, two batches of 10, 4.5 ms each (9 ms); 21 need a
+    # third (13.5 ms)
     assert t.most_images(64) == 20
-    assert t.admit(19, 1) and not t.admit(20, 1)
+    assert t.admit(19, 1) and not t.admit(20, 1)  # 20 images: 9 ms; 21: 13.5, over 12.5
     assert t.most_images(5) == 5
     t.observe_requests(10, 0.1)  # the loop adds 10 ms a request: not even one image fits
     assert t.most_images(64) == 0
@@ -241,9 +261,9 @@ def test_decoding_is_a_line_in_pixels_per_image():
 
 def test_a_requests_own_time_and_decoding_count_in_its_admission():
     # the cheapest point: a batch of n takes 2 ms + 0.25 ms per image, 10 images at most
-    t = make(Clock(), slo=10.0)
-    assert t.admit(19, 1) and not t.admit(19, 1, own_ms=1.5)  # 9 ms of batches + 1.5 its own
-    assert t.most_images(64) == 20  # nothing decoded yet: the batches alone
+    t = make(Clock(), slo=12.5)
+    assert t.admit(19, 1) and not t.admit(19, 1, own_ms=4.0)  # 9 ms of batches + 4 its own
+    assert t.most_images(64) == 20  # nothing decoded yet: the batches alone (9 ms <= 10)
     t.observe_decode(1, 1_000, 0.0002)  # 0.2 ms an image
     # 11 to 20 images: two batches, 9 ms, and 2.2 ms or more to decode; 10: 4.5 + 2
     assert t.alone_ms(20, 1_000) == pytest.approx(9.0 + 4.0)
