@@ -10,13 +10,15 @@ included), at each operating point ``p``, from batches of at most ``B`` images:
 
 where a batch of ``n`` images takes ``a_p + b_p * n`` seconds: a line fitted to the batches the
 server ran at ``p`` (least squares with exponential forgetting); and ``c`` is the CPU time the
-replica's event loop spends on one request outside the model's batches and the decoding of
-images (receiving, parsing, answering or refusing it; :class:`LoopCost`), which every request
-ahead costs a new one too, as the loop does it between batches. A request being admitted adds
-what it has taken so far and the decoding of its own ``k`` images of ``x`` pixels each,
-``k * (d0 + d1 * x)`` seconds (:meth:`LatencyTarget.decode_ms`: a line fitted the same way to
-the requests decoded, in pixels per image, since a 224-px JPEG takes about 1.6 ms to decode and
-resize on this kind of CPU, 20 of them as much as a third of a batch's latency). Measurements expire ``fresh_s`` seconds after a point's
+replica's event loop spends on one request outside the model's batches (receiving, parsing,
+decoding, answering or refusing it; :class:`LoopCost`), which every request ahead costs a new
+one too, as the loop does it between batches. A request being admitted adds what it has taken
+so far and the decoding of its own ``k`` images of ``x`` pixels each, ``k * (d0 + d1 * x)``
+seconds (:meth:`LatencyTarget.decode_ms`: a line fitted the same way to the requests decoded,
+in pixels per image): ``c`` is an average over requests, and a 224-px JPEG takes about 1.6 ms
+to decode and resize on this kind of CPU, 20 of them as much as a third of a batch's latency.
+(For a request of the usual size decoded in the loop, its decoding is then counted twice, a
+margin of about 2 ms on a 224-px image.) Measurements expire ``fresh_s`` seconds after a point's
 last batch (they describe a load that has passed); a point without a current fit takes the
 fixed part of the nearest point with one and its per-image part scaled by predicted FLOPs, and
 with none at all the model's part is zero: after a burst the server returns to its most
@@ -195,8 +197,7 @@ class LatencyTarget:
 
     def observe_requests(self, requests: int, seconds: float) -> None:
         """Record that the replica's event loop spent ``seconds`` of CPU outside the model's
-        batches and the images' decoding (receiving, parsing, answering, refusing) on
-        ``requests`` requests."""
+        batches (receiving, parsing, decoding, answering, refusing) on ``requests`` requests."""
         if requests < 1 or seconds < 0:
             return
         self._per_request = self._blend(self._per_request, seconds / requests)
@@ -468,9 +469,7 @@ class LoopCost:
         self.longest_s = longest_s  # ...within this long, or it is dropped (idle time's noise)
         self.clock = clock
         self.requests = 0  # arrived since the CPU measurement started...
-        # ...and the CPU seconds since of the model's batches and drains and of the images
-        # decoded in the loop (counted apart)
-        self.model = 0.0
+        self.model = 0.0  # ...and the CPU seconds of the model's batches and drains since
         self.arrivals = 0  # arrived since the last call of measure()...
         self.images = 0  # ...the images of those parsed...
         self.parsed = 0  # ...and how many were

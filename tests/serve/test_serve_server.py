@@ -263,7 +263,7 @@ def test_latency_target_moves_down_under_a_burst_and_back(server, model, pngs: l
     costs = [p.mean_flops for p in model.operating_points]
     assert all(costs[p] < costs[default] for p in cheaper)
     # the event loop's own CPU per request was measured under the burst (a 40-image request
-    # parses 40 base64 PNGs), apart from the images' decoding; predictions count both
+    # parses and decodes 40 base64 PNGs), and the images' decoding; predictions count both
     target = call(server.url + "/healthz")[1]["latency_target"]
     assert target["loop_ms_per_request"] > 0 and target["decode_ms_per_image"] > 0, target
     back_to(server, default)
