@@ -147,6 +147,23 @@ class ServeOptions:
             raise ConfigError(f"--slo-ms must be a positive number of ms, got {self.slo_ms}")
         if self.operating_point is not None and self.budget is not None:
             raise ConfigError("give an operating point or a budget, not both")
+        if self.operating_point is not None and self.operating_point < 0:
+            raise ConfigError(f"--point {self.operating_point} is not allowed (0 or more)")
+        if self.budget is not None:  # read here, before the bundle loads; fitted there
+            from exitsearch.budget import BudgetUnit, parse_budget
+
+            try:
+                unit = parse_budget(self.budget).unit
+            except ExitSearchError as exc:
+                raise ConfigError(
+                    f"--budget: {str(exc).split('; accepted')[0]}; give a mean cost per sample "
+                    "such as 40% (of the backbone) or 30MFLOPs"
+                ) from None
+            if unit is BudgetUnit.MILLISECONDS:
+                raise ConfigError(
+                    f"--budget {self.budget} is in milliseconds; operating points are chosen "
+                    "by FLOPs (e.g. 40% or 30MFLOPs; a latency target is --slo-ms)"
+                )
         if self.backbone_only and (self.slo_ms or self.operating_point is not None or self.budget):
             raise ConfigError("the backbone alone has no operating points to choose or switch")
         if self.proxy_location not in (None, "EveryNode", "HeadOnly"):
