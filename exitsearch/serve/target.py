@@ -331,8 +331,9 @@ class LatencyTarget:
         """The most images, up to ``limit``, of ``pixels_per_image`` pixels each (None: the
         usual size), that one request alone in the replica may hold and still be predicted
         within ``high`` x target at the cheapest point (0: not even one): the prediction is a
-        mean, and at the target itself half such requests came late (alone on an idle 224-px
-        server, requests of 11-13 images predicted under 100 ms took 111-145 ms in 4 of 11).
+        mean, and with the target itself as the bound many such requests came late (alone on
+        an idle 224-px server, requests of 11-13 images admitted under a 100 ms target took
+        111-145 ms in 4 of 11).
         The prediction grows with the images, so the first that fits, from ``limit`` down, is
         the most."""
         most_ms = self.settings.high * self.settings.slo_ms
