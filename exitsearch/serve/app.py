@@ -64,6 +64,11 @@ _ROUTES = {
 }
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 request``, ``2 requests``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _finite(x: float) -> float:
     """``x``, or NaN where it is infinite (so that every comparison with it is False)."""
     return x if math.isfinite(x) else math.nan
@@ -407,8 +412,8 @@ class BundleServer:
                 self.metrics.inc("exitsearch_shed_total")
                 raise RequestError(
                     503,
-                    f"{self.in_flight - 1} requests in flight are as many as this replica answers "
-                    "within the latency target; retry later",
+                    f"{_count(self.in_flight - 1, 'request')} in flight already: as many as "
+                    "this replica answers within the latency target; retry later",
                 )
             query = request.query_params
             twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
@@ -476,16 +481,23 @@ class BundleServer:
         """
         assert self.target is not None
         t = self.target
-        most = t.most_images(images, pixels / images)
+        per_image, slo = pixels / images, t.settings.slo_ms
+        share = t.settings.high
+        most = t.most_images(images, per_image)
+        if most == 0:  # not even one within the margin: the target itself is the bound
+            share, most = 1.0, t.most_images(images, per_image, share=1.0)
         if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
             self.metrics.inc("exitsearch_shed_total")
-            alone = t.alone_ms(images, pixels / images)
-            slo = t.settings.slo_ms
+            alone = math.ceil(t.alone_ms(images, per_image))  # over the bound, never equal
+            bound = (
+                f"the {slo:g} ms latency target"
+                if share == 1.0
+                else f"the {share * slo:g} ms that a p99 target of {slo:g} ms leaves a request"
+            )
             raise RequestError(
                 413,
-                f"{images} images in one request would take about {alone:.0f} ms even alone, "
-                f"at the cheapest operating point, over the {t.settings.high * slo:g} ms that "
-                f"a p99 target of {slo:g} ms leaves a request; send at most {most} a request",
+                f"{images} images in one request would take about {alone} ms even alone, at "
+                f"the cheapest operating point, over {bound}; send at most {most} a request",
             )
         own_ms = 1000.0 * elapsed_s + t.decode_ms(images, pixels)
         if not t.admit(self.queued + images - 1, self.in_flight, own_ms):

@@ -30,7 +30,7 @@ prediction has stayed under ``low`` x target for ``hold_s`` (hysteresis: no flap
 boundary), to the most accurate point whose prediction is under ``low`` x target. It never goes
 above the point it started at. While the replica refuses requests beyond its concurrency
 limit, it steps down every 0.5 s, each step to a point that costs at most ``step`` x the
-FLOPs of the one before (:meth:`LatencyTarget.step_down`; a ladder of 63 close points took 31 s
+FLOPs of the one before, or to the cheapest (:meth:`LatencyTarget.step_down`; a ladder of 63 close points took 31 s
 one point at a time): the short queue the limit keeps predicts no risk, yet requests go
 unanswered that a cheaper point could answer. When even the cheapest point cannot meet the target, new
 requests are refused (503) instead of queued: a latency target that accepts everything cannot
@@ -149,7 +149,7 @@ class LatencyTarget:
         self.level = 0  # position on the ladder: 0 is the most accurate allowed point
         self.switches = 0
         self._fits: dict[int, _Fit] = {}
-        self._decode = _Fit()  # s to decode one image against its pixels
+        self._decode = _Fit(keep_slope=True)  # s to decode one image against its pixels
         self._pixels: float | None = None  # pixels per image of the requests decoded
         self._per_request: float | None = None  # s of the replica's loop per request, model aside
         self._rate: float | None = None  # requests arriving per second
@@ -307,7 +307,7 @@ class LatencyTarget:
         """One step cheaper (when the replica refuses requests beyond its concurrency limit:
         the queue the limit keeps short predicts no risk, yet requests go unanswered that a
         cheaper point could answer): to the most accurate point that costs at most
-        ``step`` x the current one's FLOPs (or the next cheaper, where none is that cheap), so
+        ``step`` x the current one's FLOPs (or the cheapest, where none is that cheap), so
         that a long ladder of close points is crossed in a few steps; the point to use."""
         if self.level + 1 < len(self.steps):
             level = self.level + 1
@@ -327,16 +327,18 @@ class LatencyTarget:
         predicted = self.predicted_ms(self.steps[-1], queued, requests, fresh=False)
         return predicted + own_ms <= self.settings.slo_ms
 
-    def most_images(self, limit: int, pixels_per_image: float | None = None) -> int:
+    def most_images(
+        self, limit: int, pixels_per_image: float | None = None, share: float | None = None
+    ) -> int:
         """The most images, up to ``limit``, of ``pixels_per_image`` pixels each (None: the
         usual size), that one request alone in the replica may hold and still be predicted
-        within ``high`` x target at the cheapest point (0: not even one): the prediction is a
-        mean, and with the target itself as the bound many such requests came late (alone on
+        within ``share`` x target (None: ``high``) at the cheapest point (0: not even one):
+        the prediction is a mean, and with the target itself as the bound many such requests came late (alone on
         an idle 224-px server, requests of 11-13 images admitted under a 100 ms target took
         111-145 ms in 4 of 11).
         The prediction grows with the images, so the first that fits, from ``limit`` down, is
         the most."""
-        most_ms = self.settings.high * self.settings.slo_ms
+        most_ms = (self.settings.high if share is None else share) * self.settings.slo_ms
         return next(
             (k for k in range(limit, 0, -1) if self.alone_ms(k, pixels_per_image) <= most_ms),
             0,
@@ -351,11 +353,19 @@ class LatencyTarget:
 
 
 class _Fit:
-    """``seconds = a + b * images``, least squares over batches with exponential forgetting."""
+    """``seconds = a + b * images``, least squares over batches with exponential forgetting.
 
-    def __init__(self) -> None:
+    With ``keep_slope``, once the sizes seen have all but one forgotten (the spread of sizes
+    collapses), the last slope measured stays and the line goes through the recent mean:
+    the decoding line, given its slope by the warm-up's two sizes, would otherwise turn all
+    per pixel after about 120 requests of one size (a 28-px image's fixed cost then predicts
+    0.13 s for a megapixel), and a large image refused on that prediction never corrects it."""
+
+    def __init__(self, keep_slope: bool = False) -> None:
         self.w = self.n = self.t = self.nn = self.nt = 0.0
         self.updated = float("-inf")
+        self.keep_slope = keep_slope
+        self._slope: float | None = None  # the last slope measured (keep_slope)
 
     def add(self, n: int, t: float, weight: float) -> None:
         keep = 1.0 - weight if self.w else 0.0
@@ -364,13 +374,27 @@ class _Fit:
         self.t = keep * self.t + weight * t
         self.nn = keep * self.nn + weight * n * n
         self.nt = keep * self.nt + weight * n * t
+        if self.keep_slope:
+            b = self._slope_now()
+            if b is not None and b > 0:
+                self._slope = b
+
+    def _slope_now(self) -> float | None:
+        """The least-squares slope, or None while one size alone carries the weight."""
+        mn, mt = self.n / self.w, self.t / self.w
+        var = self.nn / self.w - mn * mn
+        if var <= 1e-9 * max(1.0, mn * mn):
+            return None
+        return (self.nt / self.w - mn * mt) / var
 
     def line(self) -> tuple[float, float]:
         mn, mt = self.n / self.w, self.t / self.w
-        var = self.nn / self.w - mn * mn
-        if var <= 1e-9 * max(1.0, mn * mn):  # one batch size seen so far: all per image
+        b = self._slope_now()
+        if b is None:  # one batch size seen so far: all per image
+            if self.keep_slope and self._slope is not None:
+                b = min(self._slope, mt / mn)
+                return mt - b * mn, b
             return 0.0, mt / mn
-        b = (self.nt / self.w - mn * mt) / var
         if b <= 0:  # noise: time did not grow with images
             return mt, 0.0
         a = mt - b * mn

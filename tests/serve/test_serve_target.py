@@ -271,6 +271,25 @@ def test_a_requests_own_time_and_decoding_count_in_its_admission():
     assert t.most_images(64, 1_000) == t.most_images(64) == 10
 
 
+def test_the_most_images_at_the_target_itself_when_none_fits_the_margin():
+    # alone, n images take 2 + 0.25 n ms of batch and 0.4 ms of the loop: one image 2.65 ms,
+    # over 0.8 x 3 ms; two 2.9 ms, within 3; three 3.15 ms
+    t = make(Clock(), slo=3.0)
+    t.observe_requests(10, 0.004)
+    assert t.most_images(20) == 0 and t.most_images(20, share=1.0) == 2
+
+
+def test_the_decoding_line_keeps_its_slope_after_one_size_for_long():
+    t = make(Clock())
+    t.observe_decode(1, 1_000, 0.0001)  # warm-up: 0.1 ms for 1,000 pixels...
+    t.observe_decode(1, 1_000_000, 0.010)  # ...and 10 ms for a megapixel
+    for i in range(400):  # then only small images, their times a little noisy
+        t.observe_decode(1, 1_000, 0.0001 * (1.1 if i % 2 else 0.9))
+    # a megapixel still about 10 ms, not 1,000 x the small image's time (100 ms)
+    assert 8.0 < t.decode_ms(1, 1_000_000) < 12.0
+    assert t.decode_ms(1, 1_000) == pytest.approx(0.1, rel=0.15)
+
+
 def test_moves_up_only_when_the_dearer_point_would_keep_up_with_arrivals():
     clock = Clock()
     t = make(clock)
