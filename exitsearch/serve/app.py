@@ -44,7 +44,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from exitsearch.errors import ConfigError, ExitSearchError
 from exitsearch.serve.metrics import CONTENT_TYPE, Metrics, merge, render
-from exitsearch.serve.requests import Limits, RequestError, decode_images, open_request
+from exitsearch.serve.requests import (
+    Limits,
+    RequestError,
+    budget_error,
+    decode_images,
+    open_request,
+)
 
 __all__ = ["ServeOptions", "Server", "start_server"]
 
@@ -154,21 +160,9 @@ class ServeOptions:
             raise ConfigError("give an operating point or a budget, not both")
         if self.operating_point is not None and self.operating_point < 0:
             raise ConfigError(f"--point {self.operating_point} is not allowed (0 or more)")
-        if self.budget is not None:  # read here, before the bundle loads; fitted there
-            from exitsearch.budget import BudgetUnit, parse_budget
-
-            try:
-                unit = parse_budget(self.budget).unit
-            except ExitSearchError as exc:
-                raise ConfigError(
-                    f"--budget: {str(exc).split('; accepted')[0]}; give a mean cost per sample "
-                    "such as 40% (of the backbone) or 30MFLOPs"
-                ) from None
-            if unit is BudgetUnit.MILLISECONDS:
-                raise ConfigError(
-                    f"--budget {self.budget} is in milliseconds; operating points are chosen "
-                    "by FLOPs (e.g. 40% or 30MFLOPs; a latency target is --slo-ms)"
-                )
+        error = None if self.budget is None else budget_error(self.budget)
+        if error:  # read here, before the bundle loads; fitted to its points there
+            raise ConfigError(f"--budget: {error}")
         if self.backbone_only and (self.slo_ms or self.operating_point is not None or self.budget):
             raise ConfigError("the backbone alone has no operating points to choose or switch")
         if self.proxy_location not in (None, "EveryNode", "HeadOnly"):

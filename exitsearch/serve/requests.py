@@ -311,31 +311,39 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         value = raw["budget"]
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = repr(value)  # FLOPs per sample
-        try:  # malformed: 400; one that no operating point fits is the model's to say (422)
-            in_ms = parse_budget(value).unit is BudgetUnit.MILLISECONDS
-        except ExitSearchError as exc:
-            if isinstance(value, str) and value.strip() and "cannot read" not in str(exc):
-                # read, and out of range (not the units of every budget: serving takes no ms)
-                raise RequestError(400, str(exc).split("; accepted")[0]) from None
-            value = None
-        else:
-            if in_ms:
-                raise RequestError(
-                    400,
-                    f"budget {value!r} is in milliseconds; a request's budget is a mean cost "
-                    'per sample such as "40%" or "30MFLOPs" (the server\'s latency target is '
-                    "its --slo-ms)",
-                )
-        if not isinstance(value, str):
-            raise RequestError(
-                400,
-                f'budget must be a mean cost per sample such as "40%" (of the backbone), '
-                f'"30MFLOPs" or a number of FLOPs, got {raw["budget"]!r}',
-            )
+        # malformed: 400; one that no operating point fits is the model's to say (422)
+        error = budget_error(value if isinstance(value, str) else "", shown=raw["budget"])
+        if error:
+            raise RequestError(400, error)
         out["budget"] = value.strip()
     if "operating_point" in out and "budget" in out:
         raise RequestError(400, "give an operating_point or a budget, not both")
     return out
+
+
+_AS_GIVEN = object()
+
+
+def budget_error(text: str, shown: Any = _AS_GIVEN) -> str | None:
+    """Why ``text`` is no budget a server takes (a mean cost per sample: a share of the
+    backbone or FLOPs, not ms), or None where it is one (whether a point fits it is the
+    model's to say); ``shown``: what to quote as given (default ``text``)."""
+    shown = text if shown is _AS_GIVEN else shown
+    try:
+        unit = parse_budget(text).unit
+    except ExitSearchError as exc:
+        if not text.strip() or "cannot read" in str(exc):
+            return (
+                'budget must be a mean cost per sample such as "40%" (of the backbone), '
+                f'"30MFLOPs" or a number of FLOPs, got {shown!r}'
+            )
+        return str(exc).split("; accepted")[0]  # read, and out of range (every unit's list)
+    if unit is BudgetUnit.MILLISECONDS:
+        return (
+            f"budget {text!r} is in milliseconds; a budget here is a mean cost per sample such "
+            'as "40%" or "30MFLOPs" (the latency target is the server\'s --slo-ms)'
+        )
+    return None
 
 
 def _positive_int(value: Any, name: str) -> int:

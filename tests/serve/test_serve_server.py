@@ -388,7 +388,10 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         ServeOptions(ingress="direct", ray_address="10.0.0.1:6379")
     with pytest.raises(ConfigError, match="with --ingress direct there is none"):
         ServeOptions(ingress="direct", proxy_location="HeadOnly")
-    for budget, fragment in [("fast", "cannot read budget 'fast'"), ("12ms", "in milliseconds")]:
+    for budget, fragment in [
+        ("fast", "--budget: budget must be a mean cost per sample"),
+        ("12ms", "--budget: budget '12ms' is in milliseconds"),
+    ]:
         with pytest.raises(ConfigError, match=fragment):  # before the bundle loads
             ServeOptions(budget=budget)
     with pytest.raises(ConfigError, match="--point -1 is not allowed"):
