@@ -6,7 +6,7 @@ runs each batch through the multi-exit model, so every request leaves at its own
 
 * ``POST /predict``: one image (raw PNG/JPEG/WebP bytes) or JSON with base64 images
   (:mod:`exitsearch.serve.requests`); answers label, top-k probabilities, the exit taken, the
-  operating point and the server-side latency.
+  operating point and the server-side latency (from the whole request received to the answer).
 * ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded.
 * ``GET /metrics``: Prometheus text, summed over replicas (:mod:`exitsearch.serve.metrics`).
 * ``GET /``: what is served: backbone, exits, operating points with predicted cost and accuracy.
@@ -414,6 +414,10 @@ class BundleServer:
             if twice:
                 raise RequestError(400, f"{twice[0]!r} is given more than once in the query")
             body = await _read_body(request, self.limits.max_bytes)
+            # The latency served counts from here: the time a client takes to send its body is
+            # its network's. Counted, a slow upload was refused (503, "retry later") whatever
+            # the load, and every retry again.
+            t0 = time.perf_counter()
             req = open_request(request.headers.get("content-type"), body, query, self.limits)
             point = self.engine.resolve_point(req.operating_point, req.budget)
             n = len(req.images)

@@ -11,11 +11,13 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +192,28 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
     assert status == 200 and body == "" and headers["Content-Type"] == "application/json"
     status, _, headers = call(server.url + "/healthz", method="DELETE")
     assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def test_a_slow_upload_is_answered_and_not_counted_in_the_latency(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    """A body that takes the client several latency targets to send: the server's latency (and
+    its target) starts when the body has arrived, so the request is answered, not refused."""
+    pause = 4 * SLO_MS / 1000
+    body, half = pngs[0], len(pngs[0]) // 2
+    where = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((where.hostname, where.port), timeout=60) as s:
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:half]
+        )
+        time.sleep(pause)
+        s.sendall(body[half:])
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, text = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply
+    answer = json.loads(text)
+    assert answer["latency_ms"] < 1000 * pause, answer
 
 
 def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
