@@ -300,7 +300,8 @@ class BundleServer:
         self.arrived = 0  # images handed to the batcher...
         self.taken = 0  # ...and those it has passed on to the model
         self.pending: dict[int, tuple[asyncio.Future[Any], int | None]] = {}  # id: answer, point
-        self.in_flight = 0  # prediction requests between arrival and answer
+        self.in_flight = 0  # prediction requests between arrival and answer...
+        self.receiving = 0  # ...of which still sending their body (the client's time, not ours)
         # the event loop's CPU time outside the model, per request (for the latency target)
         self._loop = LoopCost()
         self.draining = False
@@ -402,18 +403,23 @@ class BundleServer:
         try:
             if self.draining:
                 raise RequestError(503, "the server is shutting down")
-            if self.limit is not None and not self.limit.admit(self.in_flight - 1):
+            ahead = self.answering - 1
+            if self.limit is not None and not self.limit.admit(ahead):
                 self.metrics.inc("exitsearch_shed_total")
                 raise RequestError(
                     503,
-                    f"{_count(self.in_flight - 1, 'request')} in flight already: as many as "
+                    f"{_count(ahead, 'request')} in flight already: as many as "
                     "this replica answers within the latency target; retry later",
                 )
             query = request.query_params
             twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
             if twice:
                 raise RequestError(400, f"{twice[0]!r} is given more than once in the query")
-            body = await _read_body(request, self.limits.max_bytes)
+            self.receiving += 1
+            try:
+                body = await _read_body(request, self.limits.max_bytes)
+            finally:
+                self.receiving -= 1
             # The latency served counts from here: the time a client takes to send its body is
             # its network's. Counted, a slow upload was refused (503, "retry later") whatever
             # the load, and every retry again.
@@ -498,7 +504,7 @@ class BundleServer:
                 f"the cheapest operating point, over {bound}; send at most {most} a request",
             )
         own_ms = 1000.0 * elapsed_s + t.decode_ms(images, pixels)
-        if not t.admit(self.queued + images - 1, self.in_flight, own_ms):
+        if not t.admit(self.queued + images - 1, self.answering, own_ms):
             self.metrics.inc("exitsearch_shed_total")
             raise RequestError(
                 503, "over the latency target even at the cheapest operating point; retry later"
@@ -596,7 +602,7 @@ class BundleServer:
                 # a one-image request arriving now, of the usual size
                 "predicted_ms": {
                     str(p): round(
-                        t.predicted_ms(p, self.queued, self.in_flight + 1, fresh=False)
+                        t.predicted_ms(p, self.queued, self.answering + 1, fresh=False)
                         + t.decode_ms(1),
                         3,
                     )
@@ -627,10 +633,16 @@ class BundleServer:
         before = self.target.switches
         if step_down:
             self.target.step_down()
-        point = self.target.update(self.queued, self.in_flight)
+        point = self.target.update(self.queued, self.answering)
         if self.target.switches != before:
             self.metrics.inc("exitsearch_point_switches_total", self.target.switches - before)
         return point
+
+    @property
+    def answering(self) -> int:
+        """Prediction requests in flight whose body has arrived: the requests ahead of a new
+        one (a client still sending its body costs the replica nothing yet)."""
+        return self.in_flight - self.receiving
 
     # ------------------------------------------------------------------ metrics
     def _gauges(self) -> None:
