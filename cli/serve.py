@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from exitsearch_cli._console import console, err_console, handle_errors
+from exitsearch_cli._console import TERMINATED, Terminated, console, err_console, handle_errors
 from rich import box
 from rich.markup import escape
 from rich.table import Table
@@ -157,17 +157,23 @@ def serve(
         ingress=ingress,
     )
     # A background job of a script starts with SIGINT ignored: `kill -INT` (what Ctrl-C sends)
-    # stops this server all the same
+    # stops this server all the same. SIGTERM (and SIGHUP: a closed terminal or ssh session)
+    # stop it the way Ctrl-C does, while starting too (start_server keeps this handler through
+    # Ray's start); a server killed outright would leave its replicas on a cluster.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     try:
         server = start_server(bundle, options)
+    except Terminated:
+        err_console.print("terminated while starting: nothing is served")
+        raise typer.Exit(TERMINATED) from None
     except KeyboardInterrupt:
         err_console.print("interrupted while starting: nothing is served")
         raise typer.Exit(130) from None
-    # Ray installs its own SIGTERM handler, which ends the process at once: take it back, so
-    # that SIGTERM stops the server the way Ctrl-C does (requests in flight finish).
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # Ray may have set its own meanwhile
+        signal.signal(signum, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _print(server)
@@ -181,16 +187,21 @@ def serve(
         try:
             server.stop()
         except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM while draining
-            err_console.print(_stopped_at_once(server.in_flight))
+            err_console.print(_stopped_at_once(server.in_flight, server.local))
             raise typer.Exit(130) from None
     err_console.print("server stopped")
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
-def _stopped_at_once(in_flight: int | None) -> str:
+def _stopped_at_once(in_flight: int | None, local: bool = True) -> str:
+    if not local:  # the cluster's replicas are not this process's to drop
+        return (
+            "stopped without waiting: the model is taken off the cluster, whose replicas "
+            "finish the requests they hold (up to 30 s) on their own"
+        )
     if in_flight == 0:
         return "stopped at once, after every request had been answered"
     if in_flight is None:
@@ -273,4 +284,9 @@ def _print(server: Server) -> None:
     table.add_row("metrics", f"{server.url}/metrics (Prometheus)")
     table.add_row("points", f"{server.url}/ (the model and its operating points)")
     console.print(table)
+    if server.replaced:
+        err_console.print(
+            "took off the model that a server now gone (killed, or its terminal closed) had "
+            "left on this cluster"
+        )
     err_console.print("serving; Ctrl-C or SIGTERM stops after the requests in flight")

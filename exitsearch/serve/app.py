@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -743,6 +745,9 @@ class Server:
     urls: list[str] = field(default_factory=list)
     started_serve: bool = False  # on a cluster: Ray Serve was started for this server
     device: str = "cpu"  # where the replicas run the model (``--device auto`` resolved)
+    # a model that a server now gone (killed, or its terminal closed) had left on the cluster
+    # was taken off first
+    replaced: bool = False
     # while stopping: requests in flight at the replicas' last report (None: not asked yet),
     # 0 once every request was answered
     in_flight: int | None = None
@@ -756,7 +761,13 @@ class Server:
 
         try:
             if self.hub is not None:
-                self._drain(timeout)
+                try:
+                    self._drain(timeout)
+                except KeyboardInterrupt:  # stop at once: a local Ray goes with this process
+                    if not self.local:  # but a cluster's replicas would stay, refusing forever
+                        with contextlib.suppress(Exception):
+                            serve.delete(APP_NAME, _blocking=False)
+                    raise
             # a local Ray this process started goes as a whole (disconnect), Ray Serve with it:
             # shutting Serve down first only adds Ray's notice that its controller was killed
             if not self.local:
@@ -825,16 +836,18 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
             _check_port(options.host, port)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not its per-step INFO lines
     connected_before = ray.is_initialized()  # then a failure here leaves that connection be
-    with _environment(_local_ray_env(options, ingress) if local else {}):
+    with _environment(_local_ray_env(options, ingress) if local else {}), _own_sigterm():
         connect(address or "local")
     serve_was_running: bool | None = None  # on a cluster: whether Ray Serve ran before
+    replaced = False  # on a cluster: a model that a server now gone left there was taken off
     try:
-        if not local:
-            serve_was_running = _check_cluster_serve(options)
         device = task_device(options.device)
         actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
         if device == "cuda":
             actor_options["num_gpus"] = 1
+        _check_resources(options, actor_options)
+        if not local:
+            serve_was_running, replaced = _check_cluster_serve(options)
         tar: bytes | None = None
         if local:
             source: Any = str(root.resolve())
@@ -867,8 +880,10 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         ).bind(source, opts, hub_ref, describe)
         serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
-    except Exception as exc:
+    except BaseException as exc:  # a failure, or Ctrl-C or SIGTERM while starting
         message = "" if isinstance(exc, ExitSearchError) else _deploy_error(exc)
+        # what was deployed goes: on a cluster it would outlive this process, refusing the
+        # next server ("serves a model already") with nobody left to stop it
         if serve_was_running is False:  # Ray Serve started on the cluster for this server
             with contextlib.suppress(Exception):
                 serve.shutdown()
@@ -877,13 +892,9 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
                 serve.delete(APP_NAME)
         if not connected_before:
             disconnect()
-        if isinstance(exc, ExitSearchError):
+        if isinstance(exc, ExitSearchError) or not isinstance(exc, Exception):
             raise
         raise ConfigError(f"the server did not start: {message}") from None
-    except BaseException:  # Ctrl-C or SIGTERM while starting: leave no Ray behind
-        if not connected_before:
-            disconnect()
-        raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     prefix = options.route_prefix.rstrip("/")
     if ingress == "direct":
@@ -906,6 +917,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         urls=urls,
         started_serve=serve_was_running is False,
         device=device,
+        replaced=replaced,
     )
 
 
@@ -976,9 +988,10 @@ def _direct_ports() -> list[int]:
     ]
 
 
-def _check_cluster_serve(options: ServeOptions) -> bool:
+def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
     """On an existing cluster: whether Ray Serve runs there already, after checking that this
-    server can join it (one cluster has one HTTP address and one application of this name).
+    server can join it (one cluster has one HTTP address and one application of this name),
+    and whether an application that a server now gone left there was taken off.
 
     Raises:
         ConfigError: the cluster serves a model already, or its Ray Serve listens elsewhere.
@@ -987,13 +1000,20 @@ def _check_cluster_serve(options: ServeOptions) -> bool:
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
-        return False
+        return False, False
     details = client.get_serve_details()
     if APP_NAME in (details.get("applications") or {}):
-        raise ConfigError(
-            f"this Ray cluster serves a model already (Ray Serve application {APP_NAME!r}): "
-            "stop that server first, or use another cluster"
-        )
+        owners = _live_servers()
+        if owners:
+            raise ConfigError(
+                f"this Ray cluster serves a model already (Ray Serve application {APP_NAME!r}, "
+                f"from the exitsearch serve process {', '.join(owners)}): stop that server "
+                "first, or use another cluster"
+            )
+        # Its server is gone (killed, or its terminal closed) and left it deployed: nobody
+        # can stop it but another server, so this one takes its place
+        serve.delete(APP_NAME)
+        return True, True
     http = details.get("http_options") or {}
     where = (http.get("host"), http.get("port"))
     if None not in where and where != (options.host, options.port):
@@ -1001,7 +1021,55 @@ def _check_cluster_serve(options: ServeOptions) -> bool:
             f"Ray Serve on this cluster listens on {where[0]}:{where[1]} already (one cluster "
             f"has one HTTP address): pass --host {where[0]} --port {where[1]}"
         )
-    return True
+    return True, False
+
+
+def _live_servers() -> list[str]:
+    """The ``exitsearch serve`` processes connected to this cluster (their metrics hubs,
+    actors that end with the process that started them), as ``pid`` of each."""
+    from ray.util import list_named_actors
+
+    prefix = f"{APP_NAME}-metrics-"
+    return sorted(
+        a["name"][len(prefix) :]
+        for a in list_named_actors(all_namespaces=True)
+        if a["name"].startswith(prefix)
+    )
+
+
+def _check_resources(options: ServeOptions, actor_options: Mapping[str, Any]) -> None:
+    """Refuse replicas that the cluster cannot place all at once (Ray Serve would wait for
+    them forever, silently, with the ones that fit already answering).
+
+    Raises:
+        ConfigError: more CPUs or GPUs asked than the cluster has in all.
+    """
+    have = ray.cluster_resources()
+    for key, flag in (("num_cpus", "--cpus-per-replica"), ("num_gpus", None)):
+        each = float(actor_options.get(key, 0))
+        unit = "CPU" if key == "num_cpus" else "GPU"
+        total = float(have.get(unit, 0))
+        if each * options.replicas > total + 1e-9:
+            how = f"{flag} {each:g}" if flag else f"{each:g} GPU each"
+            raise ConfigError(
+                f"--replicas {options.replicas} x {how} needs {each * options.replicas:g} "
+                f"{unit}s, and this Ray has {total:g}: serve fewer replicas"
+                + (f" or lower {flag}" if flag else "")
+            )
+
+
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """Keep the caller's own SIGTERM handler through Ray's start: ``ray.init`` replaces it (and
+    its core worker then ends the process with a stack dump), so that SIGTERM while a server
+    starts would skip the clean-up. A default handler is left as Ray sets it."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def _deploy_error(exc: BaseException) -> str:

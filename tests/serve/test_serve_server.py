@@ -442,6 +442,13 @@ def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path
         pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"),
     ):
         start_server(bundle, ServeOptions(port=port))
+    # replicas that the Ray cannot place all at once: Ray Serve would wait for them forever
+    import ray
+
+    connected = ray.is_initialized()
+    with pytest.raises(ConfigError, match=r"--replicas 2 x --cpus-per-replica 1000 needs 2000"):
+        start_server(bundle, ServeOptions(port=free_port(), replicas=2, cpus_per_replica=1000))
+    assert ray.is_initialized() == connected  # a Ray started for it is gone
 
 
 class socket_held:
