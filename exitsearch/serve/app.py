@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from exitsearch.errors import ConfigError, ExitSearchError
@@ -63,6 +63,7 @@ _PUSH_PERIOD_S = 0.5
 # Requests with more pixels than this are decoded in a worker thread (about 10 ms of decoding
 # and resizing on this machine's cores; a 28-px image takes 0.1 ms, a 12-megapixel photo 0.1 s)
 _THREAD_PIXELS = 1_000_000
+_GONE = 499  # the status counted for a request whose client left before its answer (nginx's)
 # The methods each route answers (HEAD: the headers of a GET)
 _ROUTES = {
     "/predict": ("POST",),
@@ -219,6 +220,7 @@ class _Item:
     pixels: Any
     point: int | None
     top_k: int
+    taken: bool = False  # the batcher passed it on to the model
 
 
 @serve.deployment(name="model")
@@ -393,6 +395,8 @@ class BundleServer:
         except RequestError as exc:
             headers = {"Allow": ", ".join(allowed)} if exc.status == 405 and allowed else None
             return _error(exc.status, str(exc), headers)
+        except ClientDisconnect:  # left while sending its body: nobody to answer, no error
+            return Response(status_code=_GONE)
         except Exception as exc:  # the server never dies and never leaks a traceback
             log.exception("request failed")
             return _error(500, f"internal error ({type(exc).__name__})")
@@ -447,18 +451,31 @@ class BundleServer:
                     pixels = np.stack(decode())
                 if self.target is not None:
                     self.target.observe_decode(n, req.pixels, time.perf_counter() - t1)
+                items = [_Item(pixels[i], point, top_k) for i in range(n)]
                 self.arrived += n
-                if n == 1:
-                    answers = [await (await self._run_batch(_Item(pixels[0], point, top_k)))]
-                else:
-                    futures = await asyncio.gather(
-                        *(self._run_batch(_Item(pixels[i], point, top_k)) for i in range(n))
-                    )
-                    answers = list(await asyncio.gather(*futures))
+                try:
+                    if n == 1:
+                        answers = [await (await self._run_batch(items[0]))]
+                    else:
+                        futures = await asyncio.gather(*(self._run_batch(i) for i in items))
+                        answers = list(await asyncio.gather(*futures))
+                finally:
+                    # A request cancelled (its client gone) before the batcher took its images:
+                    # Ray Serve leaves them out of the batch, and so must the count of images
+                    # waiting for one. Counted, no batch ever found the queue empty again, so
+                    # what was in flight never drained at an idle server: 2 of every 3 requests
+                    # then waited for company that did not come, forever.
+                    missed = sum(not item.taken for item in items)
+                    if missed:
+                        self.arrived -= missed
+                        self._drain_when_idle()
             finally:
                 self.queued -= n
         except RequestError as exc:
             status = exc.status
+            raise
+        except (asyncio.CancelledError, ClientDisconnect):
+            status = _GONE  # the client left: neither an answer nor a server error
             raise
         except Exception:
             status = 500
@@ -523,6 +540,8 @@ class BundleServer:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in items]
         self.taken += len(items)
+        for item in items:
+            item.taken = True
         chosen = self._choose_point()
         groups: dict[int | None, list[int]] = {}
         for i, item in enumerate(items):
@@ -549,10 +568,7 @@ class BundleServer:
                     )
         except Exception as exc:  # every image in flight fails with it, none waits forever
             self._fail(exc, futures)
-        if self.arrived == self.taken and self.engine.in_flight:
-            # nobody waits for a batch: what is in flight drains unless a batch comes first
-            # (whose submission finishes it)
-            loop.call_later(self.batch_wait_s, self._drain_if_idle, self.engine.submissions)
+        self._drain_when_idle()
         seconds = time.perf_counter() - t0
         self._loop.model += time.thread_time() - cpu0
         if self.target is not None and chosen is not None:
@@ -560,6 +576,14 @@ class BundleServer:
         self.metrics.observe("exitsearch_batch_size", len(items))
         self._gauges()
         return futures
+
+    def _drain_when_idle(self) -> None:
+        """When nobody waits for a batch, what is in flight drains after ``batch_wait_ms``
+        unless a batch comes first (whose submission finishes it)."""
+        if self.arrived == self.taken and self.engine.in_flight:
+            asyncio.get_running_loop().call_later(
+                self.batch_wait_s, self._drain_if_idle, self.engine.submissions
+            )
 
     def _drain_if_idle(self, submissions: int) -> None:
         if self.engine.submissions != submissions or not self.engine.in_flight:

@@ -38,7 +38,10 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 _HELP = {
-    "exitsearch_requests_total": ("counter", "Prediction requests answered, by HTTP status."),
+    "exitsearch_requests_total": (
+        "counter",
+        "Prediction requests answered, by HTTP status (499: the client left before its answer).",
+    ),
     "exitsearch_images_total": ("counter", "Images answered."),
     "exitsearch_exits_total": ("counter", "Images that left at each exit (block = after block)."),
     "exitsearch_operating_point_images_total": (

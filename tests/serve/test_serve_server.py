@@ -237,6 +237,37 @@ def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
     return out
 
 
+def test_clients_that_leave_before_their_answer_leave_the_server_whole(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    """A client that sends a whole request and leaves: its images never reach a batch, and the
+    next requests are answered in time all the same (what goes on past an exit still drains at
+    an idle server); it is counted as 499, not as answered (200) or as a server error (500)."""
+    deep = next(p for p in pngs if call(server.url + "/predict", p)[1]["exit"] > 0)
+    where = urllib.parse.urlsplit(server.url)
+    before = metrics(server)
+    for _ in range(3):
+        with socket.create_connection((where.hostname, where.port), timeout=60) as s:
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(deep) + deep
+            )
+        time.sleep(0.3)
+    for _ in range(6):  # one at a time, so that nothing else pushes an image through
+        req = urllib.request.Request(
+            server.url + "/predict", data=deep, headers={"Content-Type": "image/png"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    after = metrics(server)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    answered = delta('exitsearch_requests_total{code="200"}')
+    assert answered == delta("exitsearch_images_total") >= 6  # a 200 is an answer given
+    assert answered + delta('exitsearch_requests_total{code="499"}') == 9
+    assert delta('exitsearch_requests_total{code="500"}') == 0
+
+
 def test_metrics_count_what_was_served(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
     before = metrics(server)
     for counter in ("exitsearch_shed_total", "exitsearch_point_switches_total"):
