@@ -109,6 +109,13 @@ def serve(
     ] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 64,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request's body may send nothing; then 408 (a client stalled "
+            "mid-upload would hold its place among the requests a replica takes)."
+        ),
+    ] = 10.0,
     top_k: Annotated[int, typer.Option(help="Classes returned per image by default.")] = 5,
     backbone_only: Annotated[
         bool,
@@ -131,8 +138,16 @@ def serve(
         raise ConfigError(f"--max-body-mb must be a positive number of MiB, got {max_body_mb}")
     if max_images < 1:
         raise ConfigError(f"--max-images {max_images} is not allowed (at least 1)")
+    if not (math.isfinite(body_timeout_s) and body_timeout_s > 0):
+        raise ConfigError(
+            f"--body-timeout-s must be a positive number of seconds, got {body_timeout_s}"
+        )
     try:
-        limits = Limits(max_bytes=int(max_body_mb * 2**20), max_images=max_images)
+        limits = Limits(
+            max_bytes=int(max_body_mb * 2**20),
+            max_images=max_images,
+            body_idle_s=body_timeout_s,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     options = ServeOptions(

@@ -31,9 +31,10 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,9 +422,16 @@ class BundleServer:
             twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
             if twice:
                 raise RequestError(400, f"{twice[0]!r} is given more than once in the query")
+            encoding = request.headers.get("content-encoding", "identity").strip().lower()
+            if encoding != "identity":
+                raise RequestError(
+                    415,
+                    f"Content-Encoding {encoding} is not accepted: send the body as it is "
+                    "(PNG, JPEG and WebP are compressed already)",
+                )
             self.receiving += 1
             try:
-                body = await _read_body(request, self.limits.max_bytes)
+                body = await _read_body(request, self.limits.max_bytes, self.limits.body_idle_s)
             finally:
                 self.receiving -= 1
             # The latency served counts from here: the time a client takes to send its body is
@@ -726,7 +734,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
+    """The body, up to ``limit`` bytes (413 beyond), each part within ``idle_s`` seconds of
+    the one before (408 when none comes)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(
@@ -734,10 +744,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
             f"request body of {int(declared) / 2**20:.1f} MiB exceeds the server's limit of "
             f"{limit / 2**20:g} MiB (--max-body-mb)",
         )
-    if declared is not None:  # the size is known: read it at once
-        return await request.body()
     chunks, size = [], 0
-    async for chunk in request.stream():
+    parts = request.stream()
+    while True:
+        try:
+            chunk = await _within(anext(parts), idle_s)
+        except StopAsyncIteration:
+            break
+        except (TimeoutError, asyncio.TimeoutError):
+            raise RequestError(
+                408,
+                f"no part of the request body came for {idle_s:g} s (--body-timeout-s); "
+                "send it again",
+            ) from None
         size += len(chunk)
         if size > limit:
             raise RequestError(
@@ -746,6 +765,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _within(step: Awaitable[Any], seconds: float) -> Any:
+    """``await step``, or TimeoutError after ``seconds``."""
+    if sys.version_info >= (3, 11):  # a timer on this task: no task of its own per part
+        async with asyncio.timeout(seconds):
+            return await step
+    return await asyncio.wait_for(step, seconds)
 
 
 # ---------------------------------------------------------------------------- driver

@@ -66,18 +66,26 @@ class Limits:
         max_pixels: width x height of one image, read from its header before decoding.
         max_request_pixels: the same summed over a request's images (64 flat 16-megapixel
             PNGs fit in 5 MiB and took 34 s of decoding on this machine's cores).
+        body_idle_s: seconds a request's body may send nothing (then 408): a client that
+            stops mid-body would hold its place among the requests a replica takes for good,
+            and a few hundred of them left every other request waiting (nginx's
+            ``client_body_timeout`` is the same idea).
     """
 
     max_bytes: int = 8 * 2**20
     max_images: int = 64
     max_pixels: int = 4096 * 4096
     max_request_pixels: int = 4 * 4096 * 4096
+    body_idle_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_images", "max_pixels", "max_request_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        idle = self.body_idle_s
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9:
+            raise ValueError(f"body_idle_s must be a positive number of seconds, got {idle!r}")
 
 
 @dataclass(frozen=True)

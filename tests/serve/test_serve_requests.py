@@ -247,3 +247,12 @@ def test_decoding_lets_go_of_each_full_size_image_before_the_next():
     assert [a.shape for a in out] == [(8, 8)] * 4
     assert alive_at_each == [0, 0, 0, 0]
     assert all(r() is None for r in seen)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_bytes": 0}, {"max_images": 1.5}, {"body_idle_s": 0}, {"body_idle_s": float("inf")}],
+)
+def test_limits_are_checked(kwargs: dict[str, object]):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Limits(**kwargs)  # type: ignore[arg-type]

@@ -62,7 +62,7 @@ def server(bundle: Path):  # type: ignore[no-untyped-def]
         slo_ms=SLO_MS,
         max_batch_size=16,
         batch_wait_ms=1.0,
-        limits=Limits(max_bytes=100_000, max_images=40),
+        limits=Limits(max_bytes=100_000, max_images=40, body_idle_s=1.5),
     )
     srv = start_server(bundle, options)
     try:
@@ -183,6 +183,13 @@ def test_bad_input_gets_a_one_line_4xx(server, pngs: list[bytes]):  # type: igno
             assert "at most 100%" in body["error"], body
         if "budget=fast" in target:  # says what a serving budget is, not every budget unit
             assert "40%" in body["error"] and "ms" not in body["error"], body
+    gzipped = urllib.request.Request(
+        url, data=pngs[0], headers={"Content-Type": "image/png", "Content-Encoding": "gzip"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(gzipped, timeout=60)
+    assert caught.value.code == 415
+    assert "Content-Encoding gzip is not accepted" in json.loads(caught.value.read())["error"]
     status, _, headers = call(url, method="GET")
     assert status == 405 and headers["Allow"] == "POST"
     status, health, _ = call(server.url + "/healthz")
@@ -235,6 +242,23 @@ def metrics(server) -> dict[str, float]:  # type: ignore[no-untyped-def]
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
     return out
+
+
+def test_a_body_that_stops_coming_gets_408_and_frees_its_place(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    where = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((where.hostname, where.port), timeout=60) as s:
+        t0 = time.monotonic()
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(pngs[0]) + pngs[0][:10]
+        )
+        reply = s.recv(65536)
+        waited = time.monotonic() - t0
+    head, _, text = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply
+    assert "no part of the request body came for 1.5 s" in json.loads(text)["error"]
+    assert 1.5 <= waited < 30
+    assert call(server.url + "/predict", pngs[0])[0] == 200
 
 
 def test_clients_that_leave_before_their_answer_leave_the_server_whole(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
