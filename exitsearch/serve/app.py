@@ -287,6 +287,14 @@ class BundleServer:
                 batch_wait_s=float(opts["batch_wait_ms"]) / 1000,
             )
         self._warm_up(int(opts["max_batch_size"]))
+        if self.target is not None:
+            alone = self.target.alone_ms(1)  # from the warm-up's batches and decoding
+            if alone > self.target.settings.slo_ms:
+                raise ConfigError(
+                    f"--slo-ms {self.target.settings.slo_ms:g} is below what one image alone "
+                    f"takes at the cheapest operating point here, about {alone:.1f} ms "
+                    "(measured at start-up): every request would be refused"
+                )
         # Everything loaded so far (torch, Ray, the bundle: about 500,000 objects) lives as
         # long as the replica; left to the collector, a full collection walks it all, 230-300 ms
         # on this machine's cores, a stall that shows in p99. Frozen, a full collection takes
@@ -1131,8 +1139,8 @@ def _deploy_error(exc: BaseException) -> str:
         for dep in app.deployments.values() if app is not None else ():
             lines = [ln.strip() for ln in (dep.message or "").splitlines() if ln.strip()]
             errors = [ln for ln in lines if re.match(r"^[A-Za-z_.]+(Error|Exception)\b", ln)]
-            if errors:
-                return errors[-1][:300]
+            if errors:  # one of exitsearch's own errors is a message already
+                return re.sub(r"^exitsearch\.errors\.\w+: ", "", errors[-1])[:300]
     text = str(exc)
     bind = re.search(r"Failed to (?:bind to address|start proxy HTTP server)[^\n]*", text)
     if bind is not None or "ProxyActor.ready" in text:

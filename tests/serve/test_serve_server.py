@@ -459,6 +459,22 @@ def test_the_cli_refuses_a_missing_bundle_and_a_proxy_without_one_at_once(
         assert "Traceback" not in done.stderr and "starting Ray" not in done.stderr
 
 
+def test_a_latency_target_that_no_point_can_meet_is_refused_at_start(bundle: Path):
+    """What one image takes alone at the cheapest point is measured as the replica warms up;
+    a target below it would refuse every request ("retry later", forever)."""
+    exe = str(Path(sys.executable).with_name("exitsearch"))
+    args = [exe, "serve", str(bundle), "--port", str(free_port()), "--slo-ms", "0.01"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: the server did not start: --slo-ms 0\.01 is below what one image alone takes "
+        r"at the cheapest operating point here, about [\d.]+ ms \(measured at start-up\): "
+        r"every request would be refused",
+        line,
+    ), done.stderr
+
+
 def test_options_are_checked_before_anything_starts(bundle: Path, tmp_path: Path):
     from exitsearch.errors import BundleError, ConfigError
 
