@@ -202,7 +202,7 @@ def serve(
         try:
             server.stop()
         except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM while draining
-            err_console.print(_stopped_at_once(server.in_flight, server.local))
+            err_console.print(_stopped_at_once(server))
             raise typer.Exit(130) from None
     err_console.print("server stopped")
 
@@ -211,11 +211,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _stopped_at_once(in_flight: int | None, local: bool = True) -> str:
-    if not local:  # the cluster's replicas are not this process's to drop
+def _stopped_at_once(server: Server) -> str:
+    in_flight = server.in_flight
+    if not server.local:  # the cluster's replicas are not this process's to drop
+        o = server.options
+        left = (
+            f"; Ray Serve, started for this server, stays there listening on {o.host}:{o.port} "
+            "(the next server takes that --port, or `serve shutdown` ends it)"
+            if server.started_serve
+            else ""
+        )
         return (
             "stopped without waiting: the model is taken off the cluster, whose replicas "
-            "finish the requests they hold (up to 30 s) on their own"
+            "finish the requests they hold (up to 30 s) on their own" + left
         )
     if in_flight == 0:
         return "stopped at once, after every request had been answered"

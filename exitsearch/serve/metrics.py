@@ -48,7 +48,10 @@ _HELP = {
         "counter",
         "Images answered at each operating point.",
     ),
-    "exitsearch_shed_total": ("counter", "Requests refused (503) to hold the latency target."),
+    "exitsearch_shed_total": (
+        "counter",
+        "Requests refused to hold the latency target (503; 413: more images than fit alone).",
+    ),
     "exitsearch_point_switches_total": (
         "counter",
         "Operating point changes by the latency target.",
