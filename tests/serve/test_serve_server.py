@@ -287,7 +287,9 @@ def test_clients_that_leave_before_their_answer_leave_the_server_whole(server, p
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     answered = delta('exitsearch_requests_total{code="200"}')
-    assert answered == delta("exitsearch_images_total") >= 6  # a 200 is an answer given
+    # a 200 is an answer given (a request whose images the batcher took before its client
+    # left is answered, and counted as 499 if the client was gone by then)
+    assert 6 <= answered <= delta("exitsearch_images_total")
     assert answered + delta('exitsearch_requests_total{code="499"}') == 9
     assert delta('exitsearch_requests_total{code="500"}') == 0
 
