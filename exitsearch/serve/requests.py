@@ -310,7 +310,7 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
         out["top_k"] = _positive_int(raw["top_k"], "top_k")
     if "operating_point" in raw:
         value = raw["operating_point"]
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _INTEGER.fullmatch(value):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise RequestError(400, f"operating_point must be an index, got {value!r}")
@@ -354,9 +354,13 @@ def budget_error(text: str, shown: Any = _AS_GIVEN) -> str | None:
     return None
 
 
+# ASCII digits only: str.isdigit() passes "³" (int() then fails: a 500) and "٣" (read as 3)
+_INTEGER = re.compile(r"\s*-?[0-9]+\s*")
+
+
 def _positive_int(value: Any, name: str) -> int:
     given = value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RequestError(400, f"{name} must be a positive integer, got {given!r}")

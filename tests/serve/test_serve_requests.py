@@ -122,6 +122,9 @@ def test_options_are_checked():
     for query, fragment in [
         ({"top_k": "0"}, "top_k must be a positive integer"),
         ({"top_k": "two"}, "top_k must be a positive integer"),
+        ({"top_k": "\u00b3"}, "top_k must be a positive integer"),  # a digit to isdigit()
+        ({"top_k": "\u0663"}, "top_k must be a positive integer"),  # Arabic-Indic three
+        ({"operating_point": "\u00b3"}, "operating_point must be an index"),
         ({"operating_point": "first"}, "operating_point must be an index"),
         ({"operating_point": "1", "budget": "40%"}, "not both"),
         ({"budget": "fast"}, 'budget must be a mean cost per sample such as "40%"'),
