@@ -174,10 +174,14 @@ def serve(
     # A background job of a script starts with SIGINT ignored: `kill -INT` (what Ctrl-C sends)
     # stops this server all the same. SIGTERM (and SIGHUP: a closed terminal or ssh session)
     # stop it the way Ctrl-C does, while starting too (start_server keeps this handler through
-    # Ray's start); a server killed outright would leave its replicas on a cluster.
+    # Ray's start); a server killed outright would leave its replicas on a cluster. Under
+    # nohup (SIGHUP ignored) a closed terminal leaves it serving, as nohup means.
+    stoppers = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stoppers.append(signal.SIGHUP)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    for signum in stoppers:
+        signal.signal(signum, _terminate)
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     try:
         server = start_server(bundle, options)
@@ -187,7 +191,7 @@ def serve(
     except KeyboardInterrupt:
         err_console.print("interrupted while starting: nothing is served")
         raise typer.Exit(130) from None
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # Ray may have set its own meanwhile
+    for signum in stoppers:  # Ray may have set its own meanwhile
         signal.signal(signum, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -201,9 +205,9 @@ def serve(
     finally:
         try:
             server.stop()
-        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM while draining
+        except KeyboardInterrupt as again:  # a second Ctrl-C or SIGTERM while draining
             err_console.print(_stopped_at_once(server))
-            raise typer.Exit(130) from None
+            raise typer.Exit(TERMINATED if isinstance(again, Terminated) else 130) from None
     err_console.print("server stopped")
 
 

@@ -418,14 +418,6 @@ class BundleServer:
         try:
             if self.draining:
                 raise RequestError(503, "the server is shutting down")
-            ahead = self.answering - 1
-            if self.limit is not None and not self.limit.admit(ahead):
-                self.metrics.inc("exitsearch_shed_total")
-                raise RequestError(
-                    503,
-                    f"{_count(ahead, 'request')} in flight already: as many as "
-                    "this replica answers within the latency target; retry later",
-                )
             query = request.query_params
             twice = sorted(k for k in set(query.keys()) if len(query.getlist(k)) > 1)
             if twice:
@@ -446,6 +438,17 @@ class BundleServer:
             # its network's. Counted, a slow upload was refused (503, "retry later") whatever
             # the load, and every retry again.
             t0 = time.perf_counter()
+            # Refused here, not before the body: the requests still sending theirs are not
+            # ahead of this one, and a burst of bodies arriving after it would all have passed
+            # the limit at once
+            ahead = self.answering - 1
+            if self.limit is not None and not self.limit.admit(ahead):
+                self.metrics.inc("exitsearch_shed_total")
+                raise RequestError(
+                    503,
+                    f"{_count(ahead, 'request')} in flight already: as many as "
+                    "this replica answers within the latency target; retry later",
+                )
             req = open_request(request.headers.get("content-type"), body, query, self.limits)
             point = self.engine.resolve_point(req.operating_point, req.budget)
             n = len(req.images)
@@ -913,8 +916,16 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
     connected_before = ray.is_initialized()  # then a failure here leaves that connection be
     with _environment(_local_ray_env(options, ingress) if local else {}), _own_sigterm():
         connect(address or "local")
+    if not connected_before:
+        # Ray Serve keeps its controller's handle across Ray sessions, and tells a stale one
+        # by the job id, which a new cluster numbers from 1 again: after a local server, a
+        # server on a cluster in the same process used the dead controller ("Can't find actor")
+        from ray.serve.context import _disconnect as forget_serve_client
+
+        forget_serve_client()
     serve_was_running: bool | None = None  # on a cluster: whether Ray Serve ran before
     replaced = False  # on a cluster: a model that a server now gone left there was taken off
+    hub = None
     try:
         device = task_device(options.device)
         actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
@@ -957,16 +968,21 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
     except BaseException as exc:  # a failure, or Ctrl-C or SIGTERM while starting
         message = "" if isinstance(exc, ExitSearchError) else _deploy_error(exc)
-        # what was deployed goes: on a cluster it would outlive this process, refusing the
-        # next server ("serves a model already") with nobody left to stop it
-        if serve_was_running is False:  # Ray Serve started on the cluster for this server
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-        elif serve_was_running and not local:
-            with contextlib.suppress(Exception):
-                serve.delete(APP_NAME)
-        if not connected_before:
-            disconnect()
+        # What was deployed goes: on a cluster it would outlive this process, refusing the
+        # next server ("serves a model already") with nobody left to stop it. A second
+        # Ctrl-C or SIGTERM meanwhile would cut that short: they wait until it is done.
+        with _signals_held():
+            if serve_was_running is False:  # Ray Serve started on the cluster for this server
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
+            elif serve_was_running and not local:
+                with contextlib.suppress(Exception):
+                    serve.delete(APP_NAME)
+            if hub is not None:  # (a caller's own Ray keeps running: its name would stay)
+                with contextlib.suppress(Exception):
+                    ray.kill(hub)
+            if not connected_before:
+                disconnect()
         if isinstance(exc, ExitSearchError) or not isinstance(exc, Exception):
             raise
         raise ConfigError(f"the server did not start: {message}") from None
@@ -1077,7 +1093,8 @@ def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
     if client is None:
         return False, False
     details = client.get_serve_details()
-    if APP_NAME in (details.get("applications") or {}):
+    left = APP_NAME in (details.get("applications") or {})
+    if left:
         owners = _live_servers()
         if owners:
             raise ConfigError(
@@ -1085,10 +1102,6 @@ def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
                 f"from the exitsearch serve process {', '.join(owners)}): stop that server "
                 "first, or use another cluster"
             )
-        # Its server is gone (killed, or its terminal closed) and left it deployed: nobody
-        # can stop it but another server, so this one takes its place
-        serve.delete(APP_NAME)
-        return True, True
     http = details.get("http_options") or {}
     where = (http.get("host"), http.get("port"))
     if None not in where and where != (options.host, options.port):
@@ -1096,7 +1109,9 @@ def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
             f"Ray Serve on this cluster listens on {where[0]}:{where[1]} already (one cluster "
             f"has one HTTP address): pass --host {where[0]} --port {where[1]}"
         )
-    return True, False
+    if left:  # its server is gone (killed, or its terminal closed) and left it deployed:
+        serve.delete(APP_NAME)  # nobody can stop it but another server, which takes its place
+    return True, left
 
 
 def _live_servers() -> list[str]:
@@ -1131,6 +1146,24 @@ def _check_resources(options: ServeOptions, actor_options: Mapping[str, Any]) ->
                 f"{unit}s, and this Ray has {total:g}: serve fewer replicas"
                 + (f" or lower {flag}" if flag else "")
             )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP do nothing during the block (in the main thread: clean-up
+    that must not be cut short; the signal that started it is on its way already)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    before = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

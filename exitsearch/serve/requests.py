@@ -212,7 +212,7 @@ def _json(body: bytes) -> dict[str, Any]:
         raise RequestError(400, 'the JSON body is empty; send {"image": ...} or {"images": [...]}')
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # undecodable, malformed, or a number over int()'s 4300 digits
         raise RequestError(400, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise RequestError(400, "malformed JSON: nested too deeply") from None
@@ -354,8 +354,9 @@ def budget_error(text: str, shown: Any = _AS_GIVEN) -> str | None:
     return None
 
 
-# ASCII digits only: str.isdigit() passes "³" (int() then fails: a 500) and "٣" (read as 3)
-_INTEGER = re.compile(r"\s*-?[0-9]+\s*")
+# ASCII digits only, and not too many: str.isdigit() passes "³" (int() then fails: a 500)
+# and "٣" (read as 3), and int() refuses over 4300 digits
+_INTEGER = re.compile(r"\s*-?[0-9]{1,18}\s*")
 
 
 def _positive_int(value: Any, name: str) -> int:

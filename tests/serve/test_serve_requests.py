@@ -99,6 +99,7 @@ def test_json_single_and_batch():
         ("image/png", b"not an image at all", 415, "is not a PNG, JPEG or WEBP image"),
         ("text/plain", b"hello", 415, "unsupported Content-Type 'text/plain'"),
         ("application/json", b"{", 400, "malformed JSON"),
+        ("application/json", b'{"top_k": 1' + b"0" * 5000 + b"}", 400, "malformed JSON"),
         ("application/json", b" ", 400, "the JSON body is empty"),
         ("application/json", b'{"images": ["x", "@@"]}', 400, "images[0] is not valid base64"),
         ("application/json", b'{"image": "data:image/png,abc"}', 400, "without base64"),
@@ -125,6 +126,7 @@ def test_options_are_checked():
         ({"top_k": "\u00b3"}, "top_k must be a positive integer"),  # a digit to isdigit()
         ({"top_k": "\u0663"}, "top_k must be a positive integer"),  # Arabic-Indic three
         ({"operating_point": "\u00b3"}, "operating_point must be an index"),
+        ({"top_k": "9" * 5000}, "top_k must be a positive integer"),  # over int()'s digits
         ({"operating_point": "first"}, "operating_point must be an index"),
         ({"operating_point": "1", "budget": "40%"}, "not both"),
         ({"budget": "fast"}, 'budget must be a mean cost per sample such as "40%"'),
