@@ -94,6 +94,8 @@ class _Cli:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # as from a terminal: SIGHUP not ignored, whether or not this runs under nohup
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
