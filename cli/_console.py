@@ -40,6 +40,7 @@ __all__ = [
     "handle_errors",
     "invocation",
     "print_error",
+    "raise_terminated",
     "set_debug",
 ]
 
@@ -71,7 +72,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be, so that it stops the command the same clean way."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
@@ -197,7 +198,7 @@ def _catch_sigterm() -> Callable[[], None]:
     if hook is not _redeliver_interrupts:
         _previous_unraisablehook = hook
         sys.unraisablehook = _redeliver_interrupts
-    handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    handler = signal.signal(signal.SIGTERM, raise_terminated)
 
     def restore() -> None:
         signal.signal(signal.SIGTERM, handler)

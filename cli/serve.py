@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from exitsearch_cli._console import TERMINATED, Terminated, console, err_console, handle_errors
+from exitsearch_cli._console import (
+    TERMINATED,
+    Terminated,
+    console,
+    err_console,
+    handle_errors,
+    raise_terminated,
+)
 from rich import box
 from rich.markup import escape
 from rich.table import Table
@@ -181,7 +188,7 @@ def serve(
         stoppers.append(signal.SIGHUP)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in stoppers:
-        signal.signal(signum, _terminate)
+        signal.signal(signum, raise_terminated)
     err_console.print(f"checking {bundle}, then starting Ray Serve ...")
     try:
         server = start_server(bundle, options)
@@ -192,7 +199,7 @@ def serve(
         err_console.print("interrupted while starting: nothing is served")
         raise typer.Exit(130) from None
     for signum in stoppers:  # Ray may have set its own meanwhile
-        signal.signal(signum, _terminate)
+        signal.signal(signum, raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _print(server)
@@ -209,10 +216,6 @@ def serve(
             err_console.print(_stopped_at_once(server))
             raise typer.Exit(TERMINATED if isinstance(again, Terminated) else 130) from None
     err_console.print("server stopped")
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 def _stopped_at_once(server: Server) -> str:
