@@ -135,7 +135,9 @@ def serve(
 
     POST /predict takes image bytes (PNG, JPEG, WebP) or JSON {"image": base64} /
     {"images": [...]}; GET /healthz, GET /metrics (Prometheus), GET / (the operating points).
-    Runs until Ctrl-C or SIGTERM, then finishes the requests in flight."""
+    Runs until Ctrl-C or SIGTERM, then finishes the requests in flight. Where Ray Serve runs
+    the application itself (serve deploy, KubeRay), its import path is
+    exitsearch.serve.builder:app, with these options as arguments (bundle=PATH slo_ms=100)."""
     if not Path(bundle).is_dir():  # said before the seconds of importing Ray and torch
         raise BundleError.not_a_folder(bundle)
     from exitsearch.serve.app import ServeOptions, start_server

@@ -2,6 +2,8 @@
 
 * :func:`start_server` / :class:`ServeOptions` / :class:`Server`: the Ray Serve application
   (:mod:`exitsearch.serve.app`).
+* ``exitsearch.serve.builder:app``: the same application for Ray Serve's own deployments
+  (``serve run``, ``serve deploy``, a KubeRay RayService; :mod:`exitsearch.serve.builder`).
 * :class:`ServingModel`: the model side of a replica, usable without Ray.
 * :func:`parse_request` (:func:`open_request`, then :func:`decode_images`) / :class:`Limits`:
   what a request may hold.

@@ -191,8 +191,7 @@ class ServeOptions:
             raise ConfigError(f"the route prefix must start with '/', got {self.route_prefix!r}")
 
 
-@ray.remote(num_cpus=0)
-class MetricsHub:
+class _Hub:
     """Where every replica leaves its latest metrics snapshot, and learns that the server is
     stopping (:meth:`put` answers whether to drain). On a cluster it also holds the bundle as
     one tar (:func:`~exitsearch.distributed.shipping.pack_folder`) for the nodes to unpack."""
@@ -216,6 +215,19 @@ class MetricsHub:
         return self.snapshots
 
 
+# A server's own (`exitsearch serve`: named, it ends with the process and tells the replicas
+# to drain), and an application's deployment where Ray Serve runs the application itself
+# (:mod:`exitsearch.serve.builder`: Ray Serve drains and stops the replicas)
+MetricsHub = ray.remote(num_cpus=0)(_Hub)
+HubDeployment = serve.deployment(
+    name="metrics",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=1000,
+    logging_config={"log_level": "WARNING", "enable_access_log": False},  # 2 reports/s/replica
+)(_Hub)
+
+
 @dataclass
 class _Item:
     pixels: Any
@@ -232,7 +244,7 @@ class BundleServer:
         self,
         source: str | Mapping[str, str],
         options: Mapping[str, Any],
-        hub: tuple[str, str],
+        hub: tuple[str, str] | Any,
         describe: Mapping[str, Any],
     ) -> None:
         import torch
@@ -253,7 +265,10 @@ class BundleServer:
         self.limits = Limits(**opts.pop("limits"))
         self.opts = opts
         torch.set_num_threads(int(opts["threads"]))
-        self.hub = ray.get_actor(hub[0], namespace=hub[1])
+        if opts["device"] == "auto":  # (an application of Ray Serve's: the GPU it was given)
+            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        # the server's hub by name, or the application's metrics deployment by its handle
+        self.hub = ray.get_actor(hub[0], namespace=hub[1]) if isinstance(hub, tuple | list) else hub
         if isinstance(source, Mapping):  # shipped: unpacked once per node, from the hub
             shipped = ShippedFolder(source["sha256"], self.hub.bundle.remote(), source["name"])
             path = materialise(shipped)
@@ -382,14 +397,17 @@ class BundleServer:
     async def __call__(self, request: Request) -> Response:
         self._ensure_pusher()
         path = request.url.path.rstrip("/") or "/"
-        prefix = self.opts["route_prefix"].rstrip("/")
-        if prefix and path.startswith(prefix):
+        # the application's route prefix: Ray Serve's (a Serve config's route_prefix), else ours
+        prefix = (request.scope.get("root_path") or self.opts["route_prefix"]).rstrip("/")
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
             path = path[len(prefix) :] or "/"
         allowed = _ROUTES.get(path)
         try:
             if allowed is None:
                 raise RequestError(
-                    404, f"no route {path}; try POST /predict, GET /healthz, GET /metrics, GET /"
+                    404,
+                    f"no route {request.url.path}; try POST {prefix}/predict, GET {prefix}/healthz, "
+                    f"GET {prefix}/metrics, GET {prefix or '/'}",
                 )
             if request.method not in allowed:
                 raise RequestError(405, f"{path} answers {' and '.join(allowed)} only")
@@ -956,15 +974,7 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
             http_options={"host": options.host, "port": proxy_port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
-        app = BundleServer.options(  # type: ignore[attr-defined]
-            num_replicas=options.replicas,
-            max_ongoing_requests=options.max_queued,
-            max_queued_requests=options.max_queued,
-            ray_actor_options=actor_options,
-            graceful_shutdown_timeout_s=30,
-            max_constructor_retry_count=1,
-            logging_config={"log_level": "WARNING", "enable_access_log": False},
-        ).bind(source, opts, hub_ref, describe)
+        app = model_deployment(options, actor_options).bind(source, opts, hub_ref, describe)
         serve.run(app, name=APP_NAME, route_prefix=options.route_prefix)
     except BaseException as exc:  # a failure, or Ctrl-C or SIGTERM while starting
         message = "" if isinstance(exc, ExitSearchError) else _deploy_error(exc)
@@ -1009,6 +1019,20 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         started_serve=serve_was_running is False,
         device=device,
         replaced=replaced,
+    )
+
+
+def model_deployment(options: ServeOptions, actor_options: Mapping[str, Any]) -> Any:
+    """The replicas' deployment (``model``), to bind: ``options.replicas`` of them, each
+    holding up to ``options.max_queued`` requests, with ``actor_options`` (CPUs, GPUs)."""
+    return BundleServer.options(  # type: ignore[attr-defined]
+        num_replicas=options.replicas,
+        max_ongoing_requests=options.max_queued,
+        max_queued_requests=options.max_queued,
+        ray_actor_options=dict(actor_options),
+        graceful_shutdown_timeout_s=30,
+        max_constructor_retry_count=1,
+        logging_config={"log_level": "WARNING", "enable_access_log": False},
     )
 
 
@@ -1093,7 +1117,15 @@ def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
     if client is None:
         return False, False
     details = client.get_serve_details()
-    left = APP_NAME in (details.get("applications") or {})
+    apps = details.get("applications") or {}
+    left = APP_NAME in apps
+    if left and "metrics" in (apps[APP_NAME].get("deployments") or {}):
+        # deployed from a Serve config (exitsearch.serve.builder): Ray Serve's to keep
+        raise ConfigError(
+            f"this Ray cluster serves an application named {APP_NAME!r} that Ray Serve runs "
+            "from its config (import path exitsearch.serve.builder:app): name that one "
+            "otherwise, or use another cluster"
+        )
     if left:
         owners = _live_servers()
         if owners:

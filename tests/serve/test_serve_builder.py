@@ -1,0 +1,204 @@
+"""Ray Serve's own way in (:mod:`exitsearch.serve.builder`): the arguments a Serve config or
+``serve run`` passes, and a real config deployed by ``serve run`` on a ``ray start`` cluster,
+answering like ``exitsearch.load(bundle)`` under the config's route prefix, with its replicas'
+metrics summed whichever replica answers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import exitsearch
+from exitsearch.errors import ConfigError
+from exitsearch.serve.builder import ARGUMENTS, options_from_args
+
+
+def test_arguments_read_as_serve_run_and_a_config_file_give_them():
+    # serve run passes strings, a config file YAML's own types: both read the same
+    as_text = {
+        "bundle": "~/b",
+        "slo_ms": "80",
+        "point": "3",
+        "backbone_only": "false",
+        "max_body_mb": "0.5",
+        "max_images": "8",
+        "body_timeout_s": "2.5",
+        "top_k": "3",
+    }
+    as_yaml = {
+        "bundle": "~/b",
+        "slo_ms": 80,
+        "point": 3,
+        "backbone_only": False,
+        "max_body_mb": 0.5,
+        "max_images": 8,
+        "body_timeout_s": 2.5,
+        "top_k": 3,
+    }
+    for args in (as_text, as_yaml):
+        root, o = options_from_args(args)
+        assert root == Path("~/b").expanduser()
+        assert (o.slo_ms, o.operating_point, o.backbone_only, o.top_k) == (80.0, 3, False, 3)
+        assert (o.limits.max_bytes, o.limits.max_images, o.limits.body_idle_s) == (2**19, 8, 2.5)
+    # a key left empty in a config file keeps the default; dashes read as underscores
+    _, o = options_from_args({"bundle": "b", "slo_ms": None, "max-batch-size": "4"})
+    assert o.slo_ms is None and o.max_batch_size == 4
+    # every argument is one of the server's options
+    assert set(ARGUMENTS) >= {"point", "budget", "slo_ms", "patience", "device", "threads"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({}, "argument bundle .* is missing"),
+        ({"bundle": ""}, "argument bundle .* is missing"),
+        ({"bundle": "b", "replicas": "2"}, "replicas is Ray Serve's to set: use num_replicas"),
+        ({"bundle": "b", "port": 9000}, "port is Ray Serve's to set: use http_options"),
+        ({"bundle": "b", "route_prefix": "/x"}, "the application's route_prefix"),
+        ({"bundle": "b", "slo": "100"}, "unknown argument 'slo'; the arguments are bundle, point"),
+        ({"bundle": "b", "point": "two"}, "point must be a whole number, got 'two'"),
+        ({"bundle": "b", "point": True}, "point must be a whole number"),
+        ({"bundle": "b", "slo_ms": "fast"}, "slo_ms must be a number"),
+        ({"bundle": "b", "slo_ms": "-5"}, "slo_ms must be a positive number"),
+        ({"bundle": "b", "backbone_only": "maybe"}, "backbone_only must be true or false"),
+        ({"bundle": "b", "max_batch_size": 0}, r"^max_batch_size 0 is not allowed \(at least 1\)"),
+        ({"bundle": "b", "max_body_mb": "0"}, "max_body_mb must be a positive number"),
+        ({"bundle": "b", "body_timeout_s": 0}, "body_timeout_s must be a positive number"),
+        ({"bundle": "b", "point": 1, "budget": "50%"}, "an operating point or a budget, not both"),
+        (["bundle"], "a mapping of names to values"),
+    ],
+)
+def test_bad_arguments_get_one_line(args, message):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message) as info:
+        options_from_args(args)
+    assert "\n" not in str(info.value)
+
+
+def _get(url: str, data: bytes | None = None):  # type: ignore[no-untyped-def]
+    req = urllib.request.Request(url, data=data)
+    if data is not None:
+        req.add_header("Content-Type", "image/png")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _ray_python(address: str, code: str) -> str:
+    """Run ``code`` in a fresh Python connected to the cluster (``serve`` imported)."""
+    prelude = (
+        "import ray, json\nfrom ray import serve\n"
+        f"ray.init(address={address!r}, log_to_driver=False)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_serve_config_deploys_the_bundle(bundle: Path, pngs: list[bytes], tmp_path: Path):
+    from exitsearch.distributed.testing import LocalCluster, free_port
+    from exitsearch.serve import ServeOptions, start_server
+
+    port = free_port()
+    # named as `exitsearch serve` names its own: that server must leave this one be
+    config = f"""
+proxy_location: HeadOnly
+http_options: {{host: 127.0.0.1, port: {port}}}
+applications:
+  - name: exitsearch
+    route_prefix: /fm
+    import_path: exitsearch.serve.builder:app
+    args: {{bundle: {json.dumps(str(bundle))}, top_k: 3, max_images: 8}}
+    deployments:
+      - name: model
+        num_replicas: 2
+        ray_actor_options: {{num_cpus: 0.5}}
+"""
+    (tmp_path / "serve.yaml").write_text(config)
+    cluster = LocalCluster()
+    try:
+        address = cluster.start_head(num_cpus=2)
+        serve_cli = Path(sys.executable).with_name("serve")
+        run = subprocess.run(
+            [
+                str(serve_cli),
+                "run",
+                str(tmp_path / "serve.yaml"),
+                "--address",
+                address,
+                "--non-blocking",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "RAY_ADDRESS": address},
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        base = f"http://127.0.0.1:{port}/fm"
+        deadline = time.monotonic() + 180
+        while _get(base + "/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "the config's application never came up"
+            time.sleep(1)
+        answers = []
+        for png in pngs[:12]:
+            status, text = _get(base + "/predict", png)
+            assert status == 200, text
+            answers.append(json.loads(text))
+        model = exitsearch.load(bundle)
+        out = model.predict([Image.open(io.BytesIO(p)) for p in pngs[:12]])
+        assert [a["label"] for a in answers] == out.prediction.tolist()
+        assert [a["exit"] for a in answers] == out.exit_index.tolist()
+        assert all(len(a["probabilities"]) == 3 for a in answers)  # the config's top_k
+        status, text = _get(base + "/")
+        assert status == 200 and json.loads(text)["bundle"] == str(bundle.resolve())
+        status, text = _get(base + "/nowhere")
+        assert status == 404 and "/fm/predict" in json.loads(text)["error"]
+        # the config's limits: max_images 8
+        doc = json.dumps({"images": [base64.b64encode(p).decode() for p in pngs[:9]]}).encode()
+        req = urllib.request.Request(base + "/predict", data=doc)
+        req.add_header("Content-Type", "application/json")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=60)
+        assert info.value.code == 413
+        # two replicas, one /metrics: every image counted whichever replica answers
+        time.sleep(1.5)
+        status, text = _get(base + "/metrics")
+        replicas = {
+            line.split('replica="')[1].split('"')[0]
+            for line in text.splitlines()
+            if line.startswith("exitsearch_operating_point{")
+        }
+        assert len(replicas) == 2, text[:2000]
+        assert "exitsearch_images_total 12" in text
+        # `exitsearch serve` on this cluster leaves Ray Serve's application be
+        from exitsearch.distributed.cluster import disconnect
+
+        try:
+            with pytest.raises(ConfigError, match="Ray Serve runs from its config"):
+                start_server(bundle, ServeOptions(port=port, ray_address=address))
+        finally:
+            disconnect()
+        assert _get(base + "/healthz")[0] == 200
+        apps = _ray_python(
+            address,
+            "serve.delete('exitsearch')\nprint(json.dumps(list(serve.status().applications)))",
+        )
+        assert json.loads(apps.strip().splitlines()[-1]) == []
+    finally:
+        cluster.shutdown()
