@@ -110,8 +110,9 @@ def serve(
     max_queued: Annotated[
         int,
         typer.Option(
-            help="Requests a replica holds at once; beyond it (through the proxy: and as "
-            "many more waiting there), requests get 503."
+            help="Requests a replica answers at once; as many more wait for a place (in "
+            "the replica with direct ingress, in the proxy otherwise), and beyond them "
+            "requests get 503."
         ),
     ] = 256,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 8.0,
@@ -135,9 +136,10 @@ def serve(
 
     POST /predict takes image bytes (PNG, JPEG, WebP) or JSON {"image": base64} /
     {"images": [...]}; GET /healthz, GET /metrics (Prometheus), GET / (the operating points).
-    Runs until Ctrl-C or SIGTERM, then finishes the requests in flight. Where Ray Serve runs
-    the application itself (serve deploy, KubeRay), its import path is
-    exitsearch.serve.builder:app, with these options as arguments (bundle=PATH slo_ms=100)."""
+    Runs until Ctrl-C or SIGTERM, then finishes the requests in flight.
+
+    Where Ray Serve runs the application itself (serve deploy, KubeRay): import path
+    exitsearch.serve.builder:app, these options as arguments (bundle=PATH slo_ms=100)."""
     if not Path(bundle).is_dir():  # said before the seconds of importing Ray and torch
         raise BundleError.not_a_folder(bundle)
     from exitsearch.serve.app import ServeOptions, start_server

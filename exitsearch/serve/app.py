@@ -45,8 +45,8 @@ from ray import serve
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from exitsearch.errors import ConfigError, ExitSearchError
-from exitsearch.serve.metrics import CONTENT_TYPE, Metrics, merge, render
+from exitsearch.errors import BundleError, ConfigError, ExitSearchError
+from exitsearch.serve.metrics import CONTENT_TYPE, Metrics, Reports, merge, render
 from exitsearch.serve.requests import (
     Limits,
     RequestError,
@@ -104,8 +104,9 @@ class ServeOptions:
             ``max_batch_size`` images or its first image has waited ``batch_wait_ms``.
         patience: how many later batches an image that goes on past an exit waits for, so
             that the deeper blocks run on fuller batches (0: each batch is finished at once).
-        max_queued: requests a replica holds at once; beyond them a replica with direct
-            ingress refuses (503), through the proxy as many more wait there before it does.
+        max_queued: requests a replica answers at once; as many more wait for a place (in the
+            replica with direct ingress, in the proxy otherwise: Ray Serve's
+            ``max_queued_requests``), and beyond them requests get 503.
         limits: request size limits.
         top_k: classes returned per image unless the request asks otherwise.
         backbone_only: serve the bundle's backbone without exits (a baseline).
@@ -197,7 +198,7 @@ class _Hub:
     one tar (:func:`~exitsearch.distributed.shipping.pack_folder`) for the nodes to unpack."""
 
     def __init__(self, bundle_tar: bytes | None = None) -> None:
-        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.reports = Reports()
         self.draining = False
         self.bundle_tar = bundle_tar
 
@@ -205,14 +206,19 @@ class _Hub:
         return self.bundle_tar
 
     def put(self, replica: str, snapshot: dict[str, Any]) -> bool:
-        self.snapshots[replica] = snapshot
+        self.reports.put(replica, snapshot)
         return self.draining
 
     def drain(self) -> None:
         self.draining = True
 
     def get(self) -> dict[str, dict[str, Any]]:
-        return self.snapshots
+        """The replicas still reporting (a replica gone is not waited for)."""
+        return self.reports.live()
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """What ``/metrics`` sums: every replica's counts, gone ones' too."""
+        return self.reports.report()
 
 
 # A server's own (`exitsearch serve`: named, it ends with the process and tells the replicas
@@ -274,6 +280,12 @@ class BundleServer:
             path = materialise(shipped)
         else:
             path = Path(source)
+            if not path.is_dir():  # an application of Ray Serve's config: the path is the node's
+                raise BundleError(
+                    f"{path}: no bundle folder on the node of this replica "
+                    f"({ray.util.get_node_ip_address()}): every node that runs a replica needs "
+                    "the bundle at this path (a shared or baked-in folder)"
+                )
         model = load_bundle(path, device=opts["device"])
         self.engine = ServingModel(
             model,
@@ -751,7 +763,7 @@ class BundleServer:
 
     async def _metrics_text(self) -> str:
         await self._push()
-        snapshots = await self.hub.get.remote()
+        snapshots = await self.hub.report.remote()
         return render(merge(snapshots))
 
 

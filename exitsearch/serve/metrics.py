@@ -8,10 +8,11 @@ histograms summed over replicas, gauges labelled by replica.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "merge", "render"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "Reports", "merge", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from a sub-millisecond answer on an idle server to a second of queueing
@@ -145,6 +146,67 @@ def merge(snapshots: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for name, value in snap["gauges"].items():
             gauges[(name, replica)] = value
     return {"counters": counters, "histograms": histograms, "gauges": gauges}
+
+
+class Reports:
+    """The replicas' latest snapshots, as the server keeps them (one per replica id).
+
+    A replica that stops reporting (stopped, replaced by an update, scaled down) leaves the
+    gauges after ``stale_s`` (its queue and operating point are no longer anybody's) while its
+    counts stay in the sums, so that a counter never goes down; after ``fold_s`` its counts join
+    one total of the replicas gone, so that a server that lives through many replicas keeps a
+    bounded number of them. A replica silent for a while (a long batch) and heard from again is
+    live again, counted once.
+    """
+
+    GONE = "(replicas gone)"  # the id of that total: it has no gauges, so it is never shown
+
+    def __init__(
+        self, stale_s: float = 30.0, fold_s: float = 600.0, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.stale_s, self.fold_s = stale_s, fold_s
+        self._clock = clock or time.monotonic
+        self._snapshots: dict[str, dict[str, Any]] = {}
+        self._heard: dict[str, float] = {}
+        self._gone: dict[str, Any] | None = None
+
+    def put(self, replica: str, snapshot: dict[str, Any]) -> None:
+        self._snapshots[replica] = snapshot
+        self._heard[replica] = self._clock()
+
+    def live(self) -> dict[str, dict[str, Any]]:
+        """The snapshots of the replicas heard from within ``stale_s``."""
+        self._fold()
+        now = self._clock()
+        return {r: s for r, s in self._snapshots.items() if now - self._heard[r] <= self.stale_s}
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """What ``/metrics`` sums (:func:`merge`): every replica's counts, live ones' gauges."""
+        self._fold()
+        now = self._clock()
+        out = {
+            r: s if now - self._heard[r] <= self.stale_s else {**s, "gauges": {}}
+            for r, s in self._snapshots.items()
+        }
+        if self._gone is not None:
+            out[self.GONE] = self._gone
+        return out
+
+    def _fold(self) -> None:
+        now = self._clock()
+        for replica in [r for r, t in self._heard.items() if now - t > self.fold_s]:
+            snapshot = self._snapshots.pop(replica)
+            del self._heard[replica]
+            parts = {"a": snapshot} if self._gone is None else {"a": self._gone, "b": snapshot}
+            merged = merge(parts)
+            self._gone = {
+                "counters": [
+                    [n, [list(p) for p in labels], v]
+                    for (n, labels), v in merged["counters"].items()
+                ],
+                "histograms": merged["histograms"],
+                "gauges": {},
+            }
 
 
 def render(merged: Mapping[str, Any]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from exitsearch.serve.metrics import LATENCY_BUCKETS, Metrics, merge, render
+from exitsearch.serve.metrics import LATENCY_BUCKETS, Metrics, Reports, merge, render
 
 LINE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$')
 
@@ -50,3 +50,44 @@ def test_label_values_are_escaped():
     m.inc("exitsearch_exits_total", exit='a"b\\c')
     text = render(merge({"r": m.snapshot()}))
     assert 'exit="a\\"b\\\\c"' in text
+
+
+def test_replicas_gone_keep_their_counts_and_lose_their_gauges():
+    now = [0.0]
+    reports = Reports(stale_s=30, fold_s=600, clock=lambda: now[0])
+
+    def replica(images: int, queue: float) -> dict:
+        m = Metrics()
+        m.inc("exitsearch_images_total", images)
+        m.observe("exitsearch_batch_size", images)
+        m.set("exitsearch_queue_depth", queue)
+        return m.snapshot()
+
+    def shown() -> dict[str, float]:
+        return parse(render(merge(reports.report())))
+
+    reports.put("a", replica(5, 1))
+    reports.put("b", replica(7, 2))
+    assert shown()["exitsearch_images_total"] == 12
+    # b is stopped (an update, a scale-down): its gauges go after 30 s, its counts stay
+    now[0] = 20
+    reports.put("a", replica(9, 3))
+    now[0] = 40
+    assert set(reports.live()) == {"a"}
+    text = shown()
+    assert text["exitsearch_images_total"] == 16 and text["exitsearch_batch_size_count"] == 2
+    assert 'exitsearch_queue_depth{replica="a"}' in text
+    assert not any('replica="b"' in k for k in text)
+    # a replica silent for a long batch and heard from again counts once, with its gauges
+    reports.put("b", replica(8, 4))
+    assert set(reports.live()) == {"a", "b"} and shown()["exitsearch_images_total"] == 17
+    # gone for 10 min: folded into one total; two folds add up; the sums never go down
+    now[0] = 700
+    reports.put("c", replica(1, 0))
+    assert shown()["exitsearch_images_total"] == 18
+    assert set(reports.report()) == {"c", Reports.GONE}
+    now[0] = 1400
+    reports.put("d", replica(2, 0))
+    text = shown()
+    assert text["exitsearch_images_total"] == 20 and text["exitsearch_batch_size_count"] == 4
+    assert set(reports.report()) == {"d", Reports.GONE} and set(reports.live()) == {"d"}
