@@ -201,24 +201,29 @@ class _Hub:
         self.reports = Reports()
         self.draining = False
         self.bundle_tar = bundle_tar
+        # As a Serve deployment its methods run in a pool of threads, several at once
+        self._lock = threading.Lock()
 
     def bundle(self) -> bytes | None:
         return self.bundle_tar
 
     def put(self, replica: str, snapshot: dict[str, Any]) -> bool:
-        self.reports.put(replica, snapshot)
-        return self.draining
+        with self._lock:
+            self.reports.put(replica, snapshot)
+            return self.draining
 
     def drain(self) -> None:
         self.draining = True
 
     def get(self) -> dict[str, dict[str, Any]]:
         """The replicas still reporting (a replica gone is not waited for)."""
-        return self.reports.live()
+        with self._lock:
+            return self.reports.live()
 
     def report(self) -> dict[str, dict[str, Any]]:
         """What ``/metrics`` sums: every replica's counts, gone ones' too."""
-        return self.reports.report()
+        with self._lock:
+            return self.reports.report()
 
 
 # A server's own (`exitsearch serve`: named, it ends with the process and tells the replicas
@@ -271,10 +276,19 @@ class BundleServer:
         self.limits = Limits(**opts.pop("limits"))
         self.opts = opts
         torch.set_num_threads(int(opts["threads"]))
-        if opts["device"] == "auto":  # (an application of Ray Serve's: the GPU it was given)
-            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         # the server's hub by name, or the application's metrics deployment by its handle
-        self.hub = ray.get_actor(hub[0], namespace=hub[1]) if isinstance(hub, tuple | list) else hub
+        # (an application that Ray Serve runs from its config: its arguments' names)
+        by_cli = isinstance(hub, tuple | list)
+        self.hub = ray.get_actor(hub[0], namespace=hub[1]) if by_cli else hub
+        # the GPU that Ray gave this replica (a Serve config's ray_actor_options decide it)
+        gpus = ray.get_gpu_ids()
+        if opts["device"] == "auto":
+            opts["device"] = "cuda" if gpus else "cpu"
+        elif opts["device"] == "cuda" and not gpus:
+            raise ConfigError(
+                "device cuda, but Ray gave this replica no GPU: give the deployment 'model' "
+                "ray_actor_options with num_gpus: 1"
+            )
         if isinstance(source, Mapping):  # shipped: unpacked once per node, from the hub
             shipped = ShippedFolder(source["sha256"], self.hub.bundle.remote(), source["name"])
             path = materialise(shipped)
@@ -318,7 +332,8 @@ class BundleServer:
             alone = self.target.alone_ms(1)  # from the warm-up's batches and decoding
             if alone > self.target.settings.slo_ms:
                 raise ConfigError(
-                    f"--slo-ms {self.target.settings.slo_ms:g} is below what one image alone "
+                    f"{'--slo-ms' if by_cli else 'slo_ms'} {self.target.settings.slo_ms:g} "
+                    "is below what one image alone "
                     f"takes at the cheapest operating point here, about {alone:.1f} ms "
                     "(measured at start-up): every request would be refused"
                 )
@@ -1131,8 +1146,12 @@ def _check_cluster_serve(options: ServeOptions) -> tuple[bool, bool]:
     details = client.get_serve_details()
     apps = details.get("applications") or {}
     left = APP_NAME in apps
-    if left and "metrics" in (apps[APP_NAME].get("deployments") or {}):
-        # deployed from a Serve config (exitsearch.serve.builder): Ray Serve's to keep
+    ours = apps.get(APP_NAME) or {}
+    if left and (
+        ours.get("source") == "declarative" or "metrics" in (ours.get("deployments") or {})
+    ):
+        # deployed from a Serve config or the builder (its deployments may not be listed yet
+        # while it builds, or at all when its build failed): Ray Serve's to keep
         raise ConfigError(
             f"this Ray cluster serves an application named {APP_NAME!r} that Ray Serve runs "
             "from its config (import path exitsearch.serve.builder:app): name that one "

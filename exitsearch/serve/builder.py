@@ -42,23 +42,27 @@ __all__ = ["ARGUMENTS", "app", "options_from_args"]
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short where it is long (a 400-digit number stays one line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _integer(name: str, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,18}\s*", value):
         return int(value)
-    raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    raise ConfigError(f"{name} must be a whole number (up to 18 digits), got {_shown(value)}")
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
             return float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
-    raise ConfigError(f"{name} must be a number, got {value!r}")
+    raise ConfigError(f"{name} must be a number, got {_shown(value)}")
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -66,13 +70,21 @@ def _flag(name: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+    raise ConfigError(f"{name} must be true or false, got {_shown(value)}")
 
 
 def _text(name: str, value: Any) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    raise ConfigError(f"{name} must be a non-empty string, got {_shown(value)}")
+
+
+def _budget(name: str, value: Any) -> str:
+    """A budget as ``exitsearch serve --budget`` reads it: ``40%``, ``30MFLOPs`` or a number of
+    FLOPs (which YAML gives as a number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return _text(name, value)
 
 
 #: The arguments :func:`app` takes besides ``bundle``: name -> (what it reads as, the
@@ -80,7 +92,7 @@ def _text(name: str, value: Any) -> str:
 #: :class:`~exitsearch.serve.requests.Limits`), as ``exitsearch serve``'s options of the same names.
 ARGUMENTS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
     "point": (_integer, "operating_point"),
-    "budget": (_text, "budget"),
+    "budget": (_budget, "budget"),
     "slo_ms": (_number, "slo_ms"),
     "max_batch_size": (_integer, "max_batch_size"),
     "batch_wait_ms": (_number, "batch_wait_ms"),
@@ -122,7 +134,12 @@ def options_from_args(args: Mapping[str, Any]) -> tuple[Path, Any]:
 
     if not isinstance(args, Mapping):
         raise ConfigError(f"the arguments are a mapping of names to values, got {args!r}")
-    given = {str(k).replace("-", "_"): v for k, v in args.items()}
+    given: dict[str, Any] = {}
+    for key, value in args.items():
+        name = str(key).replace("-", "_")
+        if name in given:
+            raise ConfigError(f"{name} is given twice (as {key!r} too)")
+        given[name] = value
     if "bundle" not in given or given["bundle"] in (None, ""):
         raise ConfigError("the argument bundle (the exported bundle's folder) is missing")
     bundle = Path(_text("bundle", given.pop("bundle"))).expanduser()
@@ -141,7 +158,7 @@ def options_from_args(args: Mapping[str, Any]) -> tuple[Path, Any]:
         parsed = read(name, value)
         if target == "limits.max_bytes":
             if not (math.isfinite(parsed) and parsed > 0):
-                raise ConfigError(f"max_body_mb must be a positive number, got {value!r}")
+                raise ConfigError(f"max_body_mb must be a positive number, got {_shown(value)}")
             parsed = max(1, int(parsed * 2**20))
         if target.startswith("limits."):
             limits[target.removeprefix("limits.")] = parsed
@@ -150,8 +167,9 @@ def options_from_args(args: Mapping[str, Any]) -> tuple[Path, Any]:
     try:
         options = ServeOptions(**fields, limits=Limits(**limits))
     except ConfigError as exc:  # its messages name the command's options: --slo-ms is slo_ms
+        names = "|".join(re.escape(n.replace("_", "-")) for n in ARGUMENTS)
         raise ConfigError(
-            re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(exc))
+            re.sub(rf"--({names})\b", lambda m: m.group(1).replace("-", "_"), str(exc))
         ) from None
     except ValueError as exc:  # Limits' own checks
         raise ConfigError(str(exc).replace("body_idle_s", "body_timeout_s")) from None

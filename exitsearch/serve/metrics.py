@@ -156,7 +156,8 @@ class Reports:
     counts stay in the sums, so that a counter never goes down; after ``fold_s`` its counts join
     one total of the replicas gone, so that a server that lives through many replicas keeps a
     bounded number of them. A replica silent for a while (a long batch) and heard from again is
-    live again, counted once.
+    live again, counted once (after ``fold_s`` it would count twice, but a replica silent that
+    long has failed Ray Serve's health checks and been replaced).
     """
 
     GONE = "(replicas gone)"  # the id of that total: it has no gauges, so it is never shown

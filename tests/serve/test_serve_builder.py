@@ -67,7 +67,10 @@ def test_arguments_read_as_serve_run_and_a_config_file_give_them():
         ({"bundle": "b", "port": 9000}, "port is Ray Serve's to set: use http_options"),
         ({"bundle": "b", "route_prefix": "/x"}, "the application's route_prefix"),
         ({"bundle": "b", "slo": "100"}, "unknown argument 'slo'; the arguments are bundle, point"),
-        ({"bundle": "b", "point": "two"}, "point must be a whole number, got 'two'"),
+        (
+            {"bundle": "b", "point": "two"},
+            r"point must be a whole number \(up to 18 digits\), got 'two'",
+        ),
         ({"bundle": "b", "point": True}, "point must be a whole number"),
         ({"bundle": "b", "slo_ms": "fast"}, "slo_ms must be a number"),
         ({"bundle": "b", "slo_ms": "-5"}, "slo_ms must be a positive number"),
@@ -83,6 +86,74 @@ def test_bad_arguments_get_one_line(args, message):  # type: ignore[no-untyped-d
     with pytest.raises(ConfigError, match=message) as info:
         options_from_args(args)
     assert "\n" not in str(info.value)
+
+
+def test_the_application_carries_the_arguments(bundle: Path):
+    from ray.serve import Application
+
+    from exitsearch.serve.builder import app
+
+    model = exitsearch.load(bundle)
+    built = app({"bundle": str(bundle), "slo_ms": "50", "top_k": 2, "device": "cuda"})
+    assert isinstance(built, Application)
+    d = built._bound_deployment
+    source, opts, hub, describe = d.init_args
+    assert d.name == "model" and source == str(bundle.resolve())
+    assert (opts["slo_ms"], opts["top_k"], opts["device"]) == (50.0, 2, "cuda")
+    assert d.ray_actor_options["num_gpus"] == 1  # cuda: a GPU per replica unless a config says
+    assert hub._bound_deployment.name == "metrics"
+    assert describe["latency_target_ms"] == 50.0
+    assert describe["default_operating_point"] == model.point_index
+    # a budget is fitted to the bundle's points where the application is built
+    cheapest = min(
+        range(len(model.operating_points)), key=lambda i: model.operating_points[i].mean_flops
+    )
+    flops = model.operating_points[cheapest].mean_flops
+    _, opts, _, _ = app({"bundle": str(bundle), "budget": flops})._bound_deployment.init_args
+    assert opts["operating_point"] == cheapest and opts["budget"] is None
+    with pytest.raises(ConfigError, match="operating point 1000000 does not exist"):
+        app({"bundle": str(bundle), "point": 1000000})
+    with pytest.raises(exitsearch.errors.BundleError, match="not a bundle folder"):
+        app({"bundle": str(bundle / "nowhere")})
+
+
+def test_the_metrics_hub_takes_reports_from_many_threads_at_once():
+    # as a Serve deployment its methods run in a pool of threads
+    import threading
+
+    from exitsearch.serve.app import _Hub
+    from exitsearch.serve.metrics import Metrics
+
+    hub = _Hub()
+    hub.reports.stale_s = hub.reports.fold_s = 0.0  # every call folds what it can
+    errors: list[BaseException] = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def work(k: int) -> None:
+        m = Metrics()
+        m.inc("exitsearch_images_total")
+        try:
+            for i in range(300):
+                hub.put(f"r{k}-{i}", m.snapshot())
+                hub.report()
+                hub.get()
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    from exitsearch.serve.metrics import merge, render
+
+    text = render(merge(hub.report()))
+    assert "exitsearch_images_total 1800\n" in text  # 6 threads x 300 replicas, none lost
 
 
 def _get(url: str, data: bytes | None = None):  # type: ignore[no-untyped-def]
@@ -185,7 +256,7 @@ applications:
             if line.startswith("exitsearch_operating_point{")
         }
         assert len(replicas) == 2, text[:2000]
-        assert "exitsearch_images_total 12" in text
+        assert "\nexitsearch_images_total 12\n" in text
         # `exitsearch serve` on this cluster leaves Ray Serve's application be
         from exitsearch.distributed.cluster import disconnect
 
