@@ -301,6 +301,13 @@ class BundleServer:
                     "the bundle at this path (a shared or baked-in folder)"
                 )
         model = load_bundle(path, device=opts["device"])
+        expected = opts.pop("bundle_sha256", None)  # (a Serve config's: the path is the node's)
+        if expected and model.manifest.get("manifest_sha256") != expected:
+            raise BundleError(
+                f"{path} on the node of this replica ({ray.util.get_node_ip_address()}) is "
+                "another bundle than the one the application was built from: every node that "
+                "runs a replica needs the same bundle at this path"
+            )
         self.engine = ServingModel(
             model,
             backbone_only=bool(opts["backbone_only"]),

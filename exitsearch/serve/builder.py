@@ -203,6 +203,7 @@ def app(args: dict[str, Any]) -> Any:
             f"{root} carries no operating points: a latency target has none to switch to"
         )
     describe = describe_bundle(model, options)
+    sha = model.manifest.get("manifest_sha256")  # each replica checks that it loads this one
     del model
     device = options.device.strip().lower()
     device = "cuda" if device.startswith("cuda") else device  # a replica sees only its GPU
@@ -210,6 +211,6 @@ def app(args: dict[str, Any]) -> Any:
     if device == "cuda":
         actor_options["num_gpus"] = 1
     opts = asdict(options)
-    opts.update(device=device, operating_point=fixed, budget=None)
+    opts.update(device=device, operating_point=fixed, budget=None, bundle_sha256=sha)
     hub = HubDeployment.bind()
     return model_deployment(options, actor_options).bind(str(root.resolve()), opts, hub, describe)

@@ -103,6 +103,9 @@ def test_the_application_carries_the_arguments(bundle: Path):
     assert d.ray_actor_options["num_gpus"] == 1  # cuda: a GPU per replica unless a config says
     assert hub._bound_deployment.name == "metrics"
     assert describe["latency_target_ms"] == 50.0
+    # every replica checks that it loads the bundle the application was built from
+    manifest = json.loads((bundle / "exitsearch.json").read_text())
+    assert opts["bundle_sha256"] == manifest["manifest_sha256"]
     assert describe["default_operating_point"] == model.point_index
     # a budget is fitted to the bundle's points where the application is built
     cheapest = min(
