@@ -24,7 +24,7 @@ from rich.table import Table
 from exitsearch.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
-    from exitsearch.serve.app import Server
+    from exitsearch.serve.app import ServeOptions, Server
 
 
 @handle_errors
@@ -131,6 +131,14 @@ def serve(
             "--backbone-only", help="Serve the bundle's backbone without exits (a baseline)."
         ),
     ] = False,
+    write_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve nothing: write a Ray Serve config (YAML) that serves the bundle with "
+            "these options, for serve deploy or KubeRay; the file must not exist yet.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve an exported model over HTTP (Ray Serve) with per-sample exits and dynamic batching.
 
@@ -182,6 +190,9 @@ def serve(
         proxy_location=proxy_location,
         ingress=ingress,
     )
+    if write_config is not None:
+        _write_config(bundle, options, write_config)
+        return
     # A background job of a script starts with SIGINT ignored: `kill -INT` (what Ctrl-C sends)
     # stops this server all the same. SIGTERM (and SIGHUP: a closed terminal or ssh session)
     # stop it the way Ctrl-C does, while starting too (start_server keeps this handler through
@@ -220,6 +231,28 @@ def serve(
             err_console.print(_stopped_at_once(server))
             raise typer.Exit(TERMINATED if isinstance(again, Terminated) else 130) from None
     err_console.print("server stopped")
+
+
+def _write_config(bundle: str, options: ServeOptions, path: Path) -> None:
+    """Write the Ray Serve config for ``bundle`` served with ``options`` to ``path``."""
+    import yaml
+
+    from exitsearch._io import atomic_write_text
+    from exitsearch.serve.builder import serve_config
+
+    if path.exists():
+        raise ConfigError(f"{path} exists already: choose another file (nothing was written)")
+    config = serve_config(bundle, options)
+    head = (
+        "# Ray Serve config: `serve deploy FILE` (Ray's dashboard on the head) or `serve run FILE`\n"
+        "# (exitsearch installed and the bundle at this path on every node)\n"
+    )
+    atomic_write_text(path, head + yaml.safe_dump(config, sort_keys=False))
+    app = config["applications"][0]
+    console.print(
+        f"wrote {path}: application {app['name']!r} at {app['route_prefix']}, "
+        f"{app['deployments'][0]['num_replicas']} replica(s); deploy it with `serve deploy {path}`"
+    )
 
 
 def _stopped_at_once(server: Server) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 from exitsearch.errors import ConfigError
 
-__all__ = ["ARGUMENTS", "app", "options_from_args"]
+__all__ = ["ARGUMENTS", "app", "options_from_args", "serve_config"]
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -214,3 +214,54 @@ def app(args: dict[str, Any]) -> Any:
     opts.update(device=device, operating_point=fixed, budget=None, bundle_sha256=sha)
     hub = HubDeployment.bind()
     return model_deployment(options, actor_options).bind(str(root.resolve()), opts, hub, describe)
+
+
+def serve_config(bundle: str | Path, options: Any, name: str | None = None) -> dict[str, Any]:
+    """A Ray Serve config (``serve deploy``, ``serve run``, KubeRay's ``serveConfigV2``) that
+    serves ``bundle`` as ``exitsearch serve`` with ``options`` would: its per-replica options as
+    :func:`app`'s arguments (those not at their defaults), its replicas, CPUs and GPUs per
+    replica, host, port, proxy location and route prefix where Ray Serve's config says them.
+    The application is named ``name`` (default: the bundle folder's name).
+
+    Raises:
+        ConfigError, BundleError: what :func:`app` raises for these arguments.
+    """
+    from exitsearch.serve.app import ServeOptions
+    from exitsearch.serve.requests import Limits
+
+    root = Path(bundle).expanduser().resolve()
+    default, limits = ServeOptions(), Limits()
+    args: dict[str, Any] = {"bundle": str(root)}
+    for arg, (_, target) in ARGUMENTS.items():
+        if target.startswith("limits."):
+            field = target.removeprefix("limits.")
+            value, before = getattr(options.limits, field), getattr(limits, field)
+            if field == "max_bytes":
+                value, before = value / 2**20, before / 2**20
+        else:
+            value, before = getattr(options, target), getattr(default, target)
+        if value != before:
+            args[arg] = value
+    app(args)  # the bundle, its points and the arguments checked now, not at deploy time
+    actor: dict[str, Any] = {"num_cpus": options.cpus_per_replica}
+    if options.device.strip().lower().startswith("cuda"):
+        actor["num_gpus"] = 1
+    return {
+        "proxy_location": options.proxy_location or "EveryNode",
+        "http_options": {"host": options.host, "port": options.port},
+        "applications": [
+            {
+                "name": name or root.name,
+                "route_prefix": options.route_prefix,
+                "import_path": "exitsearch.serve.builder:app",
+                "args": args,
+                "deployments": [
+                    {
+                        "name": "model",
+                        "num_replicas": options.replicas,
+                        "ray_actor_options": actor,
+                    }
+                ],
+            }
+        ],
+    }

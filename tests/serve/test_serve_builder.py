@@ -120,6 +120,48 @@ def test_the_application_carries_the_arguments(bundle: Path):
         app({"bundle": str(bundle / "nowhere")})
 
 
+def test_the_command_writes_a_serve_config_of_its_options(bundle: Path, tmp_path: Path):
+    import yaml
+    from exitsearch_cli.main import app as cli
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from exitsearch.serve import ServeOptions
+
+    path = tmp_path / "serve.yaml"
+    flags = ["--replicas", "3", "--slo-ms", "80", "--top-k", "3", "--max-body-mb", "2"]
+    flags += ["--host", "0.0.0.0", "--port", "8123", "--device", "cuda", "--cpus-per-replica", "2"]
+    out = CliRunner().invoke(cli, ["serve", str(bundle), *flags, "--write-config", str(path)])
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(config)  # what serve deploy reads
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8123}
+    (application,) = config["applications"]
+    assert application["import_path"] == "exitsearch.serve.builder:app"
+    (deployment,) = application["deployments"]
+    assert deployment == {
+        "name": "model",
+        "num_replicas": 3,
+        "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 1},
+    }
+    # the arguments read back as the options given (those not at their defaults)
+    root, options = options_from_args(application["args"])
+    assert root == bundle.resolve()
+    assert set(application["args"]) == {"bundle", "slo_ms", "top_k", "max_body_mb", "device"}
+    assert (options.slo_ms, options.top_k, options.device) == (80.0, 3, "cuda")
+    assert options.limits.max_bytes == 2 * 2**20 and options.replicas == ServeOptions().replicas
+    # a file that exists is left as it is; a bad option writes nothing
+    before = path.read_bytes()
+    again = CliRunner().invoke(cli, ["serve", str(bundle), "--write-config", str(path)])
+    assert again.exit_code != 0 and "exists already" in again.output
+    assert path.read_bytes() == before
+    other = tmp_path / "other.yaml"
+    bad = ["serve", str(bundle), "--point", "1000000", "--write-config", str(other)]
+    out = CliRunner().invoke(cli, bad)
+    assert out.exit_code != 0 and "operating point 1000000 does not exist" in out.output
+    assert not other.exists()
+
+
 def test_the_metrics_hub_takes_reports_from_many_threads_at_once():
     # as a Serve deployment its methods run in a pool of threads
     import threading
