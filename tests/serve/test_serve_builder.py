@@ -233,20 +233,28 @@ def test_a_serve_config_deploys_the_bundle(bundle: Path, pngs: list[bytes], tmp_
 
     port = free_port()
     # named as `exitsearch serve` names its own: that server must leave this one be
-    config = f"""
-proxy_location: HeadOnly
-http_options: {{host: 127.0.0.1, port: {port}}}
-applications:
-  - name: exitsearch
-    route_prefix: /fm
-    import_path: exitsearch.serve.builder:app
-    args: {{bundle: {json.dumps(str(bundle))}, top_k: 3, max_images: 8}}
-    deployments:
-      - name: model
-        num_replicas: 2
-        ray_actor_options: {{num_cpus: 0.5}}
-"""
-    (tmp_path / "serve.yaml").write_text(config)
+    # the config as `exitsearch serve --write-config` writes it
+    import yaml
+
+    from exitsearch.serve import Limits
+    from exitsearch.serve.builder import serve_config
+
+    options = ServeOptions(
+        port=port,
+        replicas=2,
+        cpus_per_replica=0.5,
+        route_prefix="/fm",
+        proxy_location="HeadOnly",
+        top_k=3,
+        limits=Limits(max_images=8),
+    )
+    config = serve_config(bundle, options, name="exitsearch")
+    assert config["applications"][0]["args"] == {
+        "bundle": str(bundle.resolve()),
+        "top_k": 3,
+        "max_images": 8,
+    }
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     cluster = LocalCluster()
     try:
         address = cluster.start_head(num_cpus=2)
