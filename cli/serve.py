@@ -191,6 +191,16 @@ def serve(
         ingress=ingress,
     )
     if write_config is not None:
+        if ray_address is not None:
+            raise ConfigError(
+                "--write-config writes a file and deploys nothing: pass the cluster to "
+                "`serve deploy --address` instead of --ray-address"
+            )
+        if ingress == "direct":
+            raise ConfigError(
+                "--ingress direct is not a Serve config's to set (Ray's direct ingress is set "
+                "in the environment where Ray starts): the config routes through the proxy"
+            )
         _write_config(bundle, options, write_config)
         return
     # A background job of a script starts with SIGINT ignored: `kill -INT` (what Ctrl-C sends)

@@ -159,6 +159,12 @@ def test_the_command_writes_a_serve_config_of_its_options(bundle: Path, tmp_path
     bad = ["serve", str(bundle), "--point", "1000000", "--write-config", str(other)]
     out = CliRunner().invoke(cli, bad)
     assert out.exit_code != 0 and "operating point 1000000 does not exist" in out.output
+    for flags, said in (
+        (["--ray-address", "127.0.0.1:1"], "deploys nothing"),
+        (["--ingress", "direct"], "not a Serve config's to set"),
+    ):
+        out = CliRunner().invoke(cli, ["serve", str(bundle), *flags, "--write-config", str(other)])
+        assert out.exit_code != 0 and said in out.output, out.output
     assert not other.exists()
 
 
