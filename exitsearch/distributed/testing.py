@@ -45,9 +45,42 @@ FAST_FAILURE_DETECTION = {
 }
 
 
+# Ports free_port handed out lately: a port is bound seconds after it is chosen (a server
+# starting), and meanwhile the next call must not choose it again
+_GIVEN: list[int] = []
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's range for outgoing connections (32768 by default)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    """A TCP port free on ``host`` right now, below the kernel's range for outgoing connections
+    and above Ray's worker ports (10002-19999): a server binds it seconds after it is chosen, and
+    a port from the outgoing range may be taken meanwhile by any connection a process opens (a
+    cluster's test once lost its port that way). Falls back to a port of the kernel's choosing."""
+    import random
+
+    low, high = 20000, _ephemeral_low() - 1
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if high - low >= 1000:
+        for _ in range(200):
+            port = random.randint(low, high)
+            if port in _GIVEN:
+                continue
+            with socket.socket(family) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _GIVEN[:] = [*_GIVEN[-63:], port]
+            return port
+    with socket.socket(family) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
