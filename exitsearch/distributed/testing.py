@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,8 +65,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     and above Ray's worker ports (10002-19999): a server binds it seconds after it is chosen, and
     a port from the outgoing range may be taken meanwhile by any connection a process opens (a
     cluster's test once lost its port that way). Falls back to a port of the kernel's choosing."""
-    import random
-
     low, high = 20000, _ephemeral_low() - 1
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if high - low >= 1000:

@@ -939,25 +939,11 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
     """
     from exitsearch.distributed.cluster import connect, disconnect, resolve_address, task_device
     from exitsearch.distributed.testing import free_port
-    from exitsearch.export import load_bundle
 
     options = options or ServeOptions()
     address = resolve_address(options.ray_address)
     root = Path(bundle)
-    model = load_bundle(root)  # checksums and schema checked here, before anything starts
-    fixed: int | None = None
-    if options.budget is not None:  # resolved here: a budget no point fits fails before Ray
-        model.set_operating_point(options.budget)
-        fixed = model.point_index
-    elif options.operating_point is not None:
-        model.set_operating_point(index=options.operating_point)
-        fixed = options.operating_point
-    describe = describe_bundle(model, options)
-    if options.slo_ms and not model.operating_points:
-        raise ConfigError(
-            f"{root} carries no operating points: a latency target has none to switch to"
-        )
-    del model
+    fixed, describe, _ = check_bundle(root, options)  # before anything starts
     local = address is None or address == "local"
     ingress = _choose_ingress(options, local)
     ports = range(options.port, options.port + (options.replicas if ingress == "direct" else 1))
@@ -1054,6 +1040,34 @@ def start_server(bundle: str | os.PathLike[str], options: ServeOptions | None = 
         device=device,
         replaced=replaced,
     )
+
+
+def check_bundle(
+    root: Path, options: ServeOptions
+) -> tuple[int | None, dict[str, Any], str | None]:
+    """Load ``root`` (checksums, schema) and fit ``options`` to it: the fixed operating point
+    (a budget resolved to the most accurate point within it; None: the bundle's own), what
+    ``GET /`` answers, and the bundle's manifest checksum (None in a bundle without one).
+
+    Raises:
+        BundleError: the bundle is missing, altered or unreadable.
+        ConfigError: a point or budget the bundle lacks, or a latency target without points.
+    """
+    from exitsearch.export import load_bundle
+
+    model = load_bundle(root)
+    fixed: int | None = None
+    if options.budget is not None:  # a budget no point fits fails here, before Ray
+        model.set_operating_point(options.budget)
+        fixed = model.point_index
+    elif options.operating_point is not None:
+        model.set_operating_point(index=options.operating_point)
+        fixed = options.operating_point
+    if options.slo_ms and not model.operating_points:
+        raise ConfigError(
+            f"{root} carries no operating points: a latency target has none to switch to"
+        )
+    return fixed, describe_bundle(model, options), model.manifest.get("manifest_sha256")
 
 
 def model_deployment(options: ServeOptions, actor_options: Mapping[str, Any]) -> Any:

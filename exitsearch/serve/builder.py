@@ -187,24 +187,10 @@ def app(args: dict[str, Any]) -> Any:
             bundle without operating points, or a point or budget the bundle lacks.
         BundleError: the bundle is missing, altered or unreadable.
     """
-    from exitsearch.export import load_bundle
-    from exitsearch.serve.app import HubDeployment, describe_bundle, model_deployment
+    from exitsearch.serve.app import HubDeployment, check_bundle, model_deployment
 
     root, options = options_from_args(args)
-    model = load_bundle(root)
-    fixed = options.operating_point
-    if options.budget is not None:
-        model.set_operating_point(options.budget)
-        fixed = model.point_index
-    elif fixed is not None:
-        model.set_operating_point(index=fixed)
-    if options.slo_ms and not model.operating_points:
-        raise ConfigError(
-            f"{root} carries no operating points: a latency target has none to switch to"
-        )
-    describe = describe_bundle(model, options)
-    sha = model.manifest.get("manifest_sha256")  # each replica checks that it loads this one
-    del model
+    fixed, describe, sha = check_bundle(root, options)  # each replica checks it loads this one
     device = options.device.strip().lower()
     device = "cuda" if device.startswith("cuda") else device  # a replica sees only its GPU
     actor_options: dict[str, Any] = {"num_cpus": options.cpus_per_replica}

@@ -115,15 +115,18 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy (what a replica reports)."""
         return {
-            "counters": [
-                [n, [list(p) for p in labels], v] for (n, labels), v in self.counters.items()
-            ],
+            "counters": _counter_rows(self.counters),
             "histograms": {
                 n: {"bounds": list(b), "counts": list(c), "sum": s, "count": self._counts[n]}
                 for n, (b, c, s) in self.histograms.items()
             },
             "gauges": dict(self.gauges),
         }
+
+
+def _counter_rows(counters: Mapping[tuple[str, Any], float]) -> list[list[Any]]:
+    """Counters keyed by ``(name, labels)`` as a snapshot lists them (JSON-able rows)."""
+    return [[n, [list(p) for p in labels], v] for (n, labels), v in counters.items()]
 
 
 def merge(snapshots: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -201,10 +204,7 @@ class Reports:
             parts = {"a": snapshot} if self._gone is None else {"a": self._gone, "b": snapshot}
             merged = merge(parts)
             self._gone = {
-                "counters": [
-                    [n, [list(p) for p in labels], v]
-                    for (n, labels), v in merged["counters"].items()
-                ],
+                "counters": _counter_rows(merged["counters"]),
                 "histograms": merged["histograms"],
                 "gauges": {},
             }
