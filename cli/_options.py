@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from exitsearch.backbone import DEFAULT_PRESET, BackboneSpec, parse_overrides
-from exitsearch.errors import ConfigError
+from exitsearch.errors import ConfigError, DataError
 from exitsearch.units import parse_bytes
 
 if TYPE_CHECKING:
@@ -104,7 +105,29 @@ def data_spec(
 ) -> DataSpec:
     from exitsearch.data import DataSpec
 
-    return DataSpec(source=data, data_dir=data_dir, val_size=val_size, seed=split_seed, limit=limit)
+    return DataSpec(
+        source=absolute_source(data),
+        data_dir=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
+        val_size=val_size,
+        seed=split_seed,
+        limit=limit,
+    )
+
+
+def absolute_source(data: str) -> str:
+    """``--data`` as an absolute path when it names a file or folder, so that what a run
+    records (its fronts, the bundles it exports) still finds the data from another folder;
+    a named source (``fashion-mnist``) stays as it is."""
+    from exitsearch.data.sources import resolve_source
+
+    path = Path(data).expanduser()
+    if not path.exists():
+        return data
+    try:
+        kind = resolve_source(str(path))
+    except DataError:  # not data at all: refused where it is read, as the user wrote it
+        return data
+    return data if kind.startswith("fashion-mnist") else os.path.abspath(path)
 
 
 RunOpt = Annotated[

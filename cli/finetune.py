@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,13 +15,14 @@ from exitsearch_cli._options import (
     LimitOpt,
     ValSizeOpt,
     WorkersOpt,
+    absolute_source,
     use_workers,
 )
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from exitsearch.errors import ConfigError
+from exitsearch.errors import ConfigError, DataError
 from exitsearch.finetune import PAPER_STRATEGIES
 from exitsearch.units import format_flops
 
@@ -81,13 +83,21 @@ def _data(
 ) -> DataSpec:
     """The bundle's data spec with the options given on the command line replacing its fields."""
     from exitsearch.data import DataSpec
+    from exitsearch.data.sources import resolve_source
     from exitsearch.export import read_manifest
 
     meta = (read_manifest(bundle).get("meta") or {}).get("data")
     base = DataSpec.from_dict(meta).to_dict() if isinstance(meta, dict) else DataSpec().to_dict()
+    if data is None:
+        src = base["source"]
+        if not resolve_source(src).startswith("fashion-mnist") and not Path(src).exists():
+            raise DataError(
+                f"{src}: the data this bundle was searched on is not here; "
+                "give --data with where it is now"
+            )
     given = {
-        "source": data,
-        "data_dir": data_dir,
+        "source": None if data is None else absolute_source(data),
+        "data_dir": None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
         "val_size": val_size,
         "seed": split_seed,
         "limit": limit,

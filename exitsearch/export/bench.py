@@ -170,6 +170,7 @@ def bench_inputs(
     from exitsearch.data import DataSpec, load_splits
 
     data = ((model.manifest or {}).get("meta") or {}).get("data")
+    why = "the bundle records no data"
     if data:
         try:
             spec = DataSpec.from_dict(dict(data))
@@ -180,12 +181,13 @@ def bench_inputs(
             x = bb.input_transform()(val.batch(take))
             y = torch.from_numpy(np.asarray(val.y[take], dtype=np.int64))
             return x, y, f"{spec.source} validation ({len(take)} images)"
-        except (DataError, ConfigError, TypeError, ValueError):
-            pass  # the data is not on this machine: fall back to noise
+        except (DataError, ConfigError, TypeError, ValueError) as exc:
+            # not on this machine, or not where it was: noise, and the reason
+            why = f"the bundle's data cannot be read here: {str(exc).split(';')[0]}"
     gen = torch.Generator().manual_seed(seed)
     bb = model.backbone
     x = torch.randn((n, bb.in_chans, *bb.img_size), generator=gen)
-    return x, None, f"random normal ({n} inputs; the bundle's data is not available)"
+    return x, None, f"random normal ({n} inputs; {why})"
 
 
 def _check_batch_memory(model: MultiExitModel, batch_size: int) -> None:

@@ -159,3 +159,16 @@ def test_backbone_train_bad_data_dir(runner, tmp_path, tiny_overrides):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "Fashion-MNIST folder not found" in result.stderr
+
+
+def test_data_given_as_a_relative_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """What a run records (its fronts, its bundles) must find the data from another folder."""
+    from exitsearch_cli._options import data_spec
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    spec = data_spec("imgs", "idx", None, 0, None)
+    assert spec.source == str(tmp_path / "imgs") and spec.data_dir == str(tmp_path / "idx")
+    assert data_spec("fashion-mnist", None, None, 0, None).source == "fashion-mnist"
+    # what is not there stays as the user wrote it, for the error that names it
+    assert data_spec("missing", None, None, 0, None).source == "missing"

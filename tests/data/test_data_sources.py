@@ -237,6 +237,20 @@ def test_folder_errors(tmp_path):
         train.with_preprocess(Preprocess((2, 4, 4), mean=(0.5,) * 2, std=(0.5,) * 2)).batch([0])
 
 
+def test_an_empty_class_folder_is_named_not_counted(tmp_path):
+    _write_images(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "c_empty").mkdir()
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "c_empty")) + ".*without images"):
+        load_image_folder(tmp_path)
+    # a held-out split may lack one of training's classes
+    tree = tmp_path / "tree"
+    _write_images(tree / "train", {"a": 2, "b": 2})
+    _write_images(tree / "test", {"a": 1})
+    (tree / "test" / "b").mkdir()
+    data = load_image_folder(tree)
+    assert data.test is not None and len(data.test) == 1
+
+
 # ---------------------------------------------------------------------------- ArrayDataset
 def test_array_dataset_checks_itself():
     x = np.zeros((2, 1, 3, 3), dtype=np.uint8)

@@ -115,6 +115,7 @@ def test_inputs_fall_back_to_noise_without_the_data(bundle: Path):
     model.manifest = {**(model.manifest or {}), "meta": {"data": {"source": "/nowhere.npz"}}}
     x, y, described = bench_inputs(model, 5)
     assert y is None and x.shape == (5, 1, 28, 28) and described.startswith("random")
+    assert "cannot be read here: /nowhere.npz: file not found" in described  # which, why
     given = (torch.zeros(3, 1, 28, 28), None, "zeros")
     report = benchmark(model, (2,), repeats=2, warmup=0, inputs=given)
     assert report.inputs == "zeros" and report.rows[0].accuracy is None

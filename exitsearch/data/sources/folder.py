@@ -97,6 +97,15 @@ def scan_folder(root: Path, classes: tuple[str, ...] | None) -> ImageFolderDatas
         raise DataError(
             f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
+    present = set(labels)
+    empty = [name for label, name in enumerate(found) if label not in present]
+    if classes is None and empty:  # (a split of training's classes may lack some)
+        raise DataError(
+            f"{root / empty[0]}: a class folder without images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+            + (f", and {len(empty) - 1} more" if len(empty) > 1 else "")
+            + "; every sub-folder is a class: remove it or fill it"
+        )
     return ImageFolderDataset(
         root,
         np.array([p.encode() for p in paths]),
