@@ -379,6 +379,10 @@ class RichProgress:
     """Implements :class:`exitsearch.progress.Progress` with rich progress bars."""
 
     def __init__(self, enabled: bool = True) -> None:
+        # Without a terminal (a log file, CI), rich would draw the bars once, at the end: a plain
+        # line with the time left is printed at least every PLAIN_EVERY seconds instead, and one
+        # when a task ends.
+        self._plain = enabled and not err_console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -387,13 +391,10 @@ class RichProgress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=err_console,
-            disable=not enabled,
+            disable=not enabled or self._plain,
             transient=False,
         )
         self._tasks: dict[str, Any] = {}
-        # Without a terminal (a log file, CI), rich draws nothing until the end: a plain line
-        # with the time left is printed at least every PLAIN_EVERY seconds instead.
-        self._plain = enabled and not err_console.is_terminal
         self._clock: dict[str, list[float]] = {}  # task -> [start, last line, done, total]
         self.logged: set[str] = set()  # the lines :meth:`log` printed (a summary skips them)
 
@@ -404,6 +405,8 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for task in list(self._clock):  # where each task that did not finish stopped
+            self.finish(task)
         if self._live:
             self._progress.stop()
 
@@ -437,6 +440,13 @@ class RichProgress:
         tid = self._tasks.pop(task, None)
         if tid is not None:
             self._progress.stop_task(tid)
+        clock = self._clock.pop(task, None)
+        if self._plain and clock is not None:
+            now = time.monotonic()
+            status = f"{clock[2]:.0f}/{clock[3]:.0f}" if clock[3] else f"{clock[2]:.0f}"
+            err_console.print(
+                escape(f"{task}: {status} steps in {_duration(now - clock[0])}"), highlight=False
+            )
 
     def log(self, message: str) -> None:
         self._progress.console.print(escape(message), highlight=False)

@@ -136,7 +136,7 @@ def bench(
             doc["onnx_thread_pool"] = onnx_model.thread_pool
         atomic_write_json(json_out, doc)
     if plot:
-        plot_bench([report.to_json()], plot, title=report.configuration[:90])
+        plot_bench([report.to_json()], plot, title=report.configuration)
     print_report(report)
     if onnx_model is not None:
         console.print(f"onnxruntime thread pool: {onnx_model.thread_pool}", highlight=False)

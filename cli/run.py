@@ -399,7 +399,7 @@ def print_front(doc: dict) -> None:
             "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "
             "in pareto.csv)"
             if timed
-            else "speed: the backbone's FLOPs over the mean"
+            else "speed: the backbone's FLOPs over the configuration's mean FLOPs per sample"
         ),
         highlight=False,
     )

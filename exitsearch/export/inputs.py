@@ -48,7 +48,8 @@ class ModelInputs:
         if tuple(x.shape[1:]) != (c, h, w):
             raise ConfigError(
                 f"expected inputs of shape (N, {c}, {h}, {w}) (the model's channels and size), "
-                f"got {tuple(x.shape)}; predict() resizes raw images for you"
+                f"got {tuple(x.shape)}; floats are taken as normalised model input, while raw "
+                "images (uint8 arrays, PIL images, paths) are resized and normalised for you"
             )
         if x.dtype == torch.uint8:
             raise ConfigError(
@@ -116,7 +117,15 @@ class ModelInputs:
             yield self._finish(pending)
 
     def _array_batches(self, x: torch.Tensor | np.ndarray, b: int) -> Iterator[torch.Tensor]:
-        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        if isinstance(x, np.ndarray):
+            a = np.ascontiguousarray(x)
+            # np.asarray of a PIL image is read-only, and torch warns on sharing one
+            t = torch.from_numpy(a if a.flags.writeable else a.copy())
+        else:
+            t = x
+        if t.dtype == torch.uint8 and t.dim() == 2:  # one grey image (H, W), as OpenCV reads it
+            yield self._finish([self._one_image(t.numpy())])
+            return
         if t.dtype == torch.uint8:
             if _channels_last(t):  # H x W x C or N x H x W x C, as PIL and OpenCV give them
                 images = [t] if t.dim() == 3 else list(t)
@@ -127,7 +136,7 @@ class ModelInputs:
                 t = t[:, None] if t.shape[0] not in (1, 3) else t[None]
             if t.dim() != 4:
                 raise ConfigError(
-                    "uint8 images must be (N, C, H, W), (H, W, C) or (N, H, W, C), got "
+                    "uint8 images must be (N, C, H, W), (H, W), (H, W, C) or (N, H, W, C), got "
                     f"{tuple(t.shape)}"
                 )
             for i in range(0, t.shape[0], b):

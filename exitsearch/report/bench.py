@@ -72,7 +72,7 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         "speed-up over the backbone alone: median of paired rounds, with its 95 % interval\n"
         "(in brackets: measured / FLOP-predicted)"
     )
-    ax.set_title(title or "measured against FLOP-predicted speed-up", fontsize=10)
+    ax.set_title(_wrapped(title or "measured against FLOP-predicted speed-up"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     handles += [
@@ -87,3 +87,13 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
+
+
+def _wrapped(title: str, width: int = 72, lines: int = 3) -> str:
+    """A title that fits over the axes: at most ``lines`` lines, shortened with an ellipsis."""
+    import textwrap
+
+    parts = textwrap.wrap(title, width=width)
+    if len(parts) > lines:
+        parts = [*parts[: lines - 1], textwrap.shorten(" ".join(parts[lines - 1 :]), width)]
+    return "\n".join(parts)

@@ -60,6 +60,21 @@ def test_channels_last_arrays_are_images_not_rows(world: World, model):  # type:
     assert torch.equal(model.predict(rgba).prediction, ref)
     grey = np.transpose(raw, (0, 2, 3, 1))  # N x 28 x 28 x 1
     assert torch.equal(model.predict(grey).prediction, ref)
+    # one grey image (H, W), as OpenCV reads it, and a list of them
+    assert model.predict(raw[0, 0]).prediction[0] == ref[0]
+    assert torch.equal(model.predict(list(raw[:, 0])).prediction, ref)
+
+
+def test_a_read_only_array_is_taken_without_a_warning(world: World, model):  # type: ignore[no-untyped-def]
+    """``np.asarray(PIL image)`` is read-only; torch warns when it shares such memory."""
+    raw = _raw_val(world, 4)
+    ro = raw.copy()
+    ro.flags.writeable = False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(model.predict(ro).prediction, model.predict(raw).prediction)
 
 
 def test_larger_raw_images_are_resized_by_the_preprocessing(world: World, model):  # type: ignore[no-untyped-def]
