@@ -91,9 +91,13 @@ def export(
             f"{costs['backbone_flops'] / ev['mean_flops']:.2f}x",
         )
     console.print(table)
+    points = doc["operating_points"]
+    default = doc.get("default_operating_point")
     console.print(
-        f"{len(doc['operating_points'])} operating point(s) to switch between at run time "
-        "(MultiExitModel.set_operating_point)",
+        f"{len(points)} operating point(s) to switch between at run time "
+        "(MultiExitModel.set_operating_point, numbered from 0 along the ladder"
+        + (f"; this configuration is point {default}" if default is not None else "")
+        + ")",
         highlight=False,
     )
     if not onnx and (sel.meta.get("latency") or {}).get("engine") == "onnx":

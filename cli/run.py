@@ -237,12 +237,21 @@ def run(
         device=device,
         head_memory=parse_head_memory(head_memory),
     )
+    before = _front_held(folder)
     with RichProgress(enabled=not as_json) as progress:
         result = run_pipeline(settings, progress)
     doc = result.report
     if as_json:
         typer.echo(to_json(doc))
         return
+    budget_now = (doc.get("budget") or {}).get("text"), (doc.get("budget") or {}).get("kind")
+    if before is not None and before[:2] != budget_now:
+        err_console.print(
+            f"[yellow]note:[/] this replaced the front {escape(str(folder))} held ({before[2]} "
+            f"members at budget {escape(before[0])}, {escape(before[1])}); bundles exported from "
+            "it stay, and their configuration numbers are that front's",
+            highlight=False,
+        )
     for note in doc["notes"]:
         if f"note: {note}" not in progress.logged:  # said once, when it was found
             err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -260,6 +269,18 @@ def run(
         f"{doc['search']['study_name']})",
         highlight=False,
     )
+
+
+def _front_held(folder: Path) -> tuple[str, str, int] | None:
+    """The budget, its kind and the size of the front a run folder holds, if any."""
+    import json
+
+    try:
+        doc = json.loads((Path(folder) / schema.PARETO_JSON).read_text())
+        budget = doc.get("budget") or {}
+        return str(budget.get("text")), str(budget.get("kind")), len(doc.get("front") or [])
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def _params(exit_spec: dict) -> str:

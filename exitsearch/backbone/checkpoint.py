@@ -67,11 +67,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """
     state = load_state_dict_file(path)
     own = model.state_dict()
-    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    # one classifier, or several (DeiT's distilled models: ("head", "head_dist"))
+    biases = {f"{c}.bias" for c in ([classifier] if isinstance(classifier, str) else classifier)}
     for name, tensor in state.items():
         if name in own and own[name].shape != tensor.shape:
             hint = ""
-            if classifier and name == f"{classifier}.bias" and tensor.dim() == 1:
+            if name in biases and tensor.dim() == 1:
                 # the classifier's outputs: the checkpoint was trained for that many classes
                 hint = f"; it predicts {tensor.shape[0]} classes: pass --override num_classes={tensor.shape[0]}"
             raise CheckpointError(

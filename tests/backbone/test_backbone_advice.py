@@ -113,3 +113,19 @@ def test_an_image_size_the_record_left_at_its_default_is_named(tmp_path: Path):
     )
     with pytest.raises(CheckpointError, match=r"it was trained with -o img_size=224 "):
         create_backbone(spec)
+
+
+def test_a_distilled_deit_checkpoint_says_how_many_classes(tmp_path: Path):
+    """DeiT's distilled models have two classifiers (``head``, ``head_dist``): the advice holds
+    for them too."""
+    from exitsearch.backbone.checkpoint import load_weights
+
+    small = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 2}
+    trained = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=3, **small)
+    path = tmp_path / "model.safetensors"
+    save_file(trained.state_dict(), str(path))
+    fresh = timm.create_model("deit_tiny_distilled_patch16_224", **small)
+    with pytest.raises(
+        CheckpointError, match=r"it predicts 3 classes: pass --override num_classes=3"
+    ):
+        load_weights(fresh, path)
