@@ -70,8 +70,10 @@ def _between(values: np.ndarray, integer: bool) -> np.ndarray:
     return (values + lower) / 2.0
 
 
-def shared_curve(ev: Evaluator, config: ExitConfig) -> list[CurvePoint]:
-    """Every distinct outcome of one threshold shared by all early exits."""
+def shared_curve(ev: Evaluator, config: ExitConfig, frontier: bool = False) -> list[CurvePoint]:
+    """Every distinct outcome of one threshold shared by all early exits; with ``frontier``
+    only those that no other outcome of the curve beats (as accurate for less, or more
+    accurate for as little)."""
     r, correct, cost, crit = _outcomes(ev, config)
     k_count, n = r.shape
     run_max = np.maximum.accumulate(r, axis=0)
@@ -104,10 +106,27 @@ def shared_curve(ev: Evaluator, config: ExitConfig) -> list[CurvePoint]:
         last_of_group = np.append(values[1:] != values[:-1], True)
         uniq = values[last_of_group]
         bounds = _between(uniq, crit.integer)
-        for b, c, f in zip(bounds, cum_c[last_of_group], cum_f[last_of_group], strict=True):
+        cs, fs = cum_c[last_of_group], cum_f[last_of_group]
+        if frontier:
+            keep = _undominated(np.append(cs, base_correct), np.append(fs, base_cost))
+            if not keep[-1]:
+                points = []
+            bounds, cs, fs = bounds[keep[:-1]], cs[keep[:-1]], fs[keep[:-1]]
+        for b, c, f in zip(bounds, cs, fs, strict=True):
             t = crit.threshold(b)
             points.append(CurvePoint(config.with_thresholds([t] * e, "shared"), c / n, f / n))
     return points
+
+
+def _undominated(correct: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Mask of the points that no other beats: cheapest first, each kept if more accurate than
+    every point as cheap or cheaper (of equal ones, the first)."""
+    order = np.lexsort((-correct, cost))
+    best = np.maximum.accumulate(correct[order])
+    before = np.concatenate([[-np.inf], best[:-1]])
+    keep = np.zeros(len(correct), dtype=bool)
+    keep[order] = correct[order] > before
+    return keep
 
 
 def _sweep_exit(

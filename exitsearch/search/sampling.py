@@ -142,6 +142,19 @@ class ConfigSampler:
             ]
         return ExitConfig(tuple(exits), criterion, tuple(thresholds), mode)
 
+    def single_exits(self) -> list[ExitConfig]:
+        """Every trained head alone, under each criterion, in a space of free placement: a
+        single exit's exact threshold curve costs one sort of the cached predictions, while
+        trials reach a given one of them only by chance (they draw a head or none at every
+        location). Other placement rules have none: a lone head is outside them."""
+        if self.space.placement is not Placement.FREE:
+            return []
+        return [
+            ExitConfig((s,), c, (self.threshold_range(c).low,), "shared")
+            for s in sorted(self.heads, key=lambda s: (s.location, s.key))
+            for c in self.criteria
+        ]
+
     def threshold_range(self, criterion: str) -> FloatRange | IntRange:
         return {
             "confidence": self.space.confidence,

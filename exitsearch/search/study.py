@@ -383,16 +383,25 @@ def run_search(
         cut = cut_to_budget(c, ev, budget)
         if cut is not None:
             placements.setdefault(cut.placement_key, cut)
+    # every head alone, of which only the curve's own frontier can reach the front
+    alone = {}
+    for c in sampler.single_exits():
+        cut = cut_to_budget(c, ev, budget)
+        if cut is not None and cut.placement_key not in placements:
+            alone.setdefault(cut.placement_key, cut)
     points = list(raw)
     per_exit = "per_exit" in sampler.space.threshold_modes
-    progress.start("refine", len(placements))
+    progress.start("refine", len(placements) + len(alone))
     for config in placements.values():
         points += refine_placement(ev, config, per_exit=per_exit)
+        progress.advance("refine")
+    for config in alone.values():
+        points += shared_curve(ev, config, frontier=True)
         progress.advance("refine")
     progress.finish("refine")
     result.front = simple_front(front_of(points, budget, ev), budget, ev)
     result.refine_seconds = time.perf_counter() - t1
-    result.placements_refined = len(placements)
+    result.placements_refined = len(placements) + len(alone)
     return result
 
 

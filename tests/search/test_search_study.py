@@ -95,6 +95,38 @@ def test_nsga2_with_refinement_reaches_the_exhaustive_hypervolume(world, sampler
         assert ev.quick(p.config)[:2] == pytest.approx((p.accuracy, p.mean_cost), rel=1e-12)
 
 
+def test_every_head_alone_is_on_or_under_the_front_whatever_the_trials(world, sampler):
+    """A single exit's exact curve is cheap, and trials find a given lone head only by chance:
+    with a handful of trials, no point of any head alone beats the front."""
+    from exitsearch.search.refine import shared_curve
+
+    ev = world.ev("val")
+    alone = sampler.single_exits()
+    assert len(alone) == len(world.preds.heads)  # one criterion in this space
+    assert {c.exits[0].key for c in alone} == {h.key for h in world.preds.heads}
+    front = run_search(ev, sampler, BUDGET, SearchSettings(n_trials=3, seed=0, **FAST)).front
+    for config in alone:
+        for point in shared_curve(ev, config):
+            if point.mean_cost > BUDGET.flops:
+                continue
+            assert any(
+                f.accuracy >= point.accuracy - 1e-12
+                and f.mean_cost <= point.mean_cost * (1 + 1e-12)
+                for f in front
+            ), (config.describe(), point.accuracy, point.mean_cost)
+    # a curve's frontier: some of its points, and none of the others beats one of them
+    full = shared_curve(ev, alone[0])
+    edge = shared_curve(ev, alone[0], frontier=True)
+    as_tuple = {(p.accuracy, p.mean_cost, p.config.thresholds) for p in full}
+    assert 0 < len(edge) < len(full)
+    assert {(p.accuracy, p.mean_cost, p.config.thresholds) for p in edge} <= as_tuple
+    for p in full:
+        assert any(q.accuracy >= p.accuracy and q.mean_cost <= p.mean_cost for q in edge)
+    # spaces whose placement rule has no lone head get none
+    lgvit = parse_search_space({"heads": {"lph": {}, "gah": {}}, "placement": "lgvit"})
+    assert ConfigSampler(lgvit, world.preds.heads, depth=6).single_exits() == []
+
+
 def test_the_exhaustive_sampler_gives_the_exhaustive_front(world, sampler):
     ev = world.ev("val")
     via_search = run_search(ev, sampler, BUDGET, SearchSettings(sampler="exhaustive"))
