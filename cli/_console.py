@@ -429,9 +429,9 @@ class RichProgress:
             clock = self._clock[task]
             clock[2] += steps
             now = time.monotonic()
-            if now - clock[1] >= PLAIN_EVERY:
+            if now - clock[1] >= PLAIN_EVERY and not (clock[3] and clock[2] >= clock[3]):
                 clock[1] = now
-                err_console.print(
+                err_console.print(  # (the last step's is the line that finish prints)
                     escape(f"{task}: {plain_status(clock, now)} {text}"), highlight=False
                 )
 
