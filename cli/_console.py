@@ -396,6 +396,7 @@ class RichProgress:
         )
         self._tasks: dict[str, Any] = {}
         self._clock: dict[str, list[float]] = {}  # task -> [start, last line, done, total]
+        self._info: dict[str, str] = {}  # task -> what its last step said
         self.logged: set[str] = set()  # the lines :meth:`log` printed (a summary skips them)
 
     def __enter__(self) -> RichProgress:
@@ -426,6 +427,7 @@ class RichProgress:
         )
         self._progress.update(self._tasks[task], advance=steps, info=escape(text))
         if self._plain and task in self._clock:
+            self._info[task] = text
             clock = self._clock[task]
             clock[2] += steps
             now = time.monotonic()
@@ -444,8 +446,10 @@ class RichProgress:
         if self._plain and clock is not None:
             now = time.monotonic()
             status = f"{clock[2]:.0f}/{clock[3]:.0f}" if clock[3] else f"{clock[2]:.0f}"
+            info = self._info.pop(task, "")
             err_console.print(
-                escape(f"{task}: {status} steps in {_duration(now - clock[0])}"), highlight=False
+                escape(f"{task}: {status} steps in {_duration(now - clock[0])} {info}".rstrip()),
+                highlight=False,
             )
 
     def log(self, message: str) -> None:

@@ -107,7 +107,7 @@ def data_spec(
 
     return DataSpec(
         source=absolute_source(data),
-        data_dir=None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
+        data_dir=absolute_dir(data_dir),
         val_size=val_size,
         seed=split_seed,
         limit=limit,
@@ -120,14 +120,23 @@ def absolute_source(data: str) -> str:
     a named source (``fashion-mnist``) stays as it is."""
     from exitsearch.data.sources import resolve_source
 
-    path = Path(data).expanduser()
-    if not path.exists():
-        return data
     try:
-        kind = resolve_source(str(path))
-    except DataError:  # not data at all: refused where it is read, as the user wrote it
+        path = Path(data).expanduser()
+        # as typed: that is how it is read (`./fashion-mnist` is a folder, `fashion-mnist` not)
+        kind = resolve_source(data) if path.exists() else None
+    except (DataError, RuntimeError):  # not data, or ~user unknown: refused where it is read
         return data
-    return data if kind.startswith("fashion-mnist") else os.path.abspath(path)
+    return data if kind is None or kind.startswith("fashion-mnist") else os.path.abspath(path)
+
+
+def absolute_dir(folder: str | None) -> str | None:
+    """A folder option (``--data-dir``) as an absolute path, for the same reason."""
+    if folder is None:
+        return None
+    try:
+        return os.path.abspath(os.path.expanduser(folder))
+    except RuntimeError:  # ~user unknown: refused where it is read, as the user wrote it
+        return folder
 
 
 RunOpt = Annotated[

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +14,7 @@ from exitsearch_cli._options import (
     LimitOpt,
     ValSizeOpt,
     WorkersOpt,
+    absolute_dir,
     absolute_source,
     use_workers,
 )
@@ -97,7 +97,7 @@ def _data(
             )
     given = {
         "source": None if data is None else absolute_source(data),
-        "data_dir": None if data_dir is None else os.path.abspath(os.path.expanduser(data_dir)),
+        "data_dir": absolute_dir(data_dir),
         "val_size": val_size,
         "seed": split_seed,
         "limit": limit,

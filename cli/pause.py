@@ -21,6 +21,7 @@ from exitsearch_cli._options import (
     SplitSeedOpt,
     ValSizeOpt,
     WorkersOpt,
+    absolute_dir,
     backbone_spec,
     data_spec,
     use_workers,
@@ -82,7 +83,7 @@ def _model_data(model_dir: str, limit: int | None, data_dir: str | None) -> Data
     if limit is not None:
         d["limit"] = limit
     if data_dir is not None:
-        d["data_dir"] = data_dir
+        d["data_dir"] = absolute_dir(data_dir)
     return DataSpec.from_dict(d)
 
 

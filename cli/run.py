@@ -248,7 +248,8 @@ def run(
     if before is not None and before[:2] != budget_now:
         err_console.print(
             f"[yellow]note:[/] this replaced the front {escape(str(folder))} held ({before[2]} "
-            f"members at budget {escape(before[0])}, {escape(before[1])}); bundles exported from "
+            f"members at budget {escape(str(before[0] or 'none'))}, {escape(str(before[1]))}); "
+            "bundles exported from "
             "it stay, and their configuration numbers are that front's",
             highlight=False,
         )
@@ -271,14 +272,14 @@ def run(
     )
 
 
-def _front_held(folder: Path) -> tuple[str, str, int] | None:
+def _front_held(folder: Path) -> tuple[str | None, str | None, int] | None:
     """The budget, its kind and the size of the front a run folder holds, if any."""
     import json
 
     try:
         doc = json.loads((Path(folder) / schema.PARETO_JSON).read_text())
         budget = doc.get("budget") or {}
-        return str(budget.get("text")), str(budget.get("kind")), len(doc.get("front") or [])
+        return budget.get("text"), budget.get("kind"), len(doc.get("front") or [])
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 

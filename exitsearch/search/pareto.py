@@ -17,12 +17,11 @@ def pareto_mask(accuracy: Sequence[float], cost: Sequence[float]) -> np.ndarray:
     acc = np.asarray(accuracy, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
     order = np.lexsort((-acc, c))  # by cost ascending, then accuracy descending
+    ranked = acc[order]
+    # kept: more accurate than every point before it in that order
+    before = np.concatenate([[-np.inf], np.maximum.accumulate(ranked)[:-1]])
     keep = np.zeros(len(acc), dtype=bool)
-    best = -np.inf
-    for i in order:
-        if acc[i] > best:
-            keep[i] = True
-            best = acc[i]
+    keep[order] = ranked > before
     return keep
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from exitsearch.core.config import ExitConfig
 from exitsearch.core.criteria import ExitCriterion, create_criterion
 from exitsearch.search.evaluator import Evaluator
+from exitsearch.search.pareto import pareto_mask
 
 __all__ = [
     "CurvePoint",
@@ -108,7 +109,7 @@ def shared_curve(ev: Evaluator, config: ExitConfig, frontier: bool = False) -> l
         bounds = _between(uniq, crit.integer)
         cs, fs = cum_c[last_of_group], cum_f[last_of_group]
         if frontier:
-            keep = _undominated(np.append(cs, base_correct), np.append(fs, base_cost))
+            keep = pareto_mask(np.append(cs, base_correct), np.append(fs, base_cost))
             if not keep[-1]:
                 points = []
             bounds, cs, fs = bounds[keep[:-1]], cs[keep[:-1]], fs[keep[:-1]]
@@ -116,17 +117,6 @@ def shared_curve(ev: Evaluator, config: ExitConfig, frontier: bool = False) -> l
             t = crit.threshold(b)
             points.append(CurvePoint(config.with_thresholds([t] * e, "shared"), c / n, f / n))
     return points
-
-
-def _undominated(correct: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Mask of the points that no other beats: cheapest first, each kept if more accurate than
-    every point as cheap or cheaper (of equal ones, the first)."""
-    order = np.lexsort((-correct, cost))
-    best = np.maximum.accumulate(correct[order])
-    before = np.concatenate([[-np.inf], best[:-1]])
-    keep = np.zeros(len(correct), dtype=bool)
-    keep[order] = correct[order] > before
-    return keep
 
 
 def _sweep_exit(

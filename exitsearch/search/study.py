@@ -151,9 +151,12 @@ class BudgetConstraint:
 
 def cut_to_budget(config: ExitConfig, ev: Evaluator, budget: BudgetConstraint) -> ExitConfig | None:
     """For worst-case budgets: keep the exits up to the last one whose cost fits, and end the
-    model there (DESIGN.md). None when even the first exit does not fit."""
+    model there (DESIGN.md); a configuration whose worst case fits whole (every exit, then the
+    backbone's own head) stays as it is. None when even the first exit does not fit."""
     if budget.kind is not BudgetKind.MAX or not budget.limited:
         return config
+    if not config.cut and budget.exit_costs(ev, config).max() <= budget.limit * (1 + 1e-12):
+        return config  # its worst case, every exit and the backbone's own head, fits whole
     full = ExitConfig(
         config.exits, config.criterion, config.thresholds, config.threshold_mode, cut=True
     )

@@ -172,3 +172,9 @@ def test_data_given_as_a_relative_path_is_recorded_absolute(tmp_path, monkeypatc
     assert data_spec("fashion-mnist", None, None, 0, None).source == "fashion-mnist"
     # what is not there stays as the user wrote it, for the error that names it
     assert data_spec("missing", None, None, 0, None).source == "missing"
+    assert data_spec("~no-such-user-x/imgs", None, None, 0, None).source == "~no-such-user-x/imgs"
+    # a folder that happens to bear a source's name is read as the folder it is when so typed
+    (tmp_path / "fashion-mnist" / "a").mkdir(parents=True)
+    assert data_spec("fashion-mnist", None, None, 0, None).source == "fashion-mnist"
+    local = data_spec("./fashion-mnist", None, None, 0, None).source
+    assert local == str(tmp_path / "fashion-mnist")

@@ -18,7 +18,7 @@ def test_without_a_terminal_progress_prints_plain_lines_only(capsys, monkeypatch
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("heads epoch 1/1: 1/3 steps, 0s elapsed, about 0s left loss 0.5")
     assert lines[1].startswith("heads epoch 1/1: 2/3 steps")
-    assert lines[2] == "heads epoch 1/1: 3/3 steps in 0s"  # the last step's line is this one
+    assert lines[2] == "heads epoch 1/1: 3/3 steps in 0s loss 0.5"  # the last step's line
     assert lines[3].startswith("predict val: 2/4 steps, 0s elapsed")
     assert lines[4] == "predict val: 2/4 steps in 0s"
     assert len(lines) == 5

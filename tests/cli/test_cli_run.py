@@ -202,3 +202,9 @@ def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
     said = " ".join(other.stderr.split())
     members = len(doc["front"])
     assert f"this replaced the front {run_dir} held ({members} members at budget 70%, mean)" in said
+    # the whole front (no budget), twice: the second replaces a front of the same budget
+    whole = [*args[:-4], "--run", str(run_dir)]
+    assert "replaced the front" in " ".join(runner.invoke(app, whole).stderr.split())
+    again_whole = runner.invoke(app, whole)
+    assert again_whole.exit_code == 0, again_whole.output
+    assert "replaced the front" not in " ".join(again_whole.stderr.split())

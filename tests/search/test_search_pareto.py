@@ -126,7 +126,11 @@ def test_cut_to_budget_keeps_exactly_the_exits_that_fit(world):
         ExitConfig(config.exits, "confidence", config.thresholds, cut=True), world.head_flops
     )
     assert cut_costs == [113, 230, 353, 490, 633]
-    for flops in (113, 200, 230, 352.9, 353, 489, 490, 633, 700, 10_000):
+    whole = max(ev.costs.exit_flops(config))  # uncut: every exit, then the backbone's head
+    assert whole > 633
+    for flops in (whole, 10_000):  # the worst case fits as it is: nothing to cut
+        assert cut_to_budget(config, ev, BudgetConstraint(flops, BudgetKind.MAX)) == config
+    for flops in (113, 200, 230, 352.9, 353, 489, 490, 633, 700, whole - 1):
         cut = cut_to_budget(config, ev, BudgetConstraint(flops, BudgetKind.MAX))
         fits = [c for c in cut_costs if c <= flops]
         assert cut is not None and cut.cut
