@@ -119,6 +119,10 @@ def test_webdataset_shards_read_like_the_folder(tmp_path):
     for i, key in enumerate(wtrain.ids().tolist()):
         j = by_name[key + ".png"]
         assert np.array_equal(wtrain[i][0], fsrc[j][0]) and wtrain.y[i] == fsrc.y[j]
+    # moved, the same shards keep the key their cached stages are found by
+    key = src.train.content_key()
+    shards.rename(tmp_path / "moved")
+    assert load_shards(tmp_path / "moved").train.content_key() == key
 
 
 def test_broken_shard_is_one_line(tmp_path):

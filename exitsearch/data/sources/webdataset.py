@@ -95,7 +95,10 @@ class TarShardDataset(Samples):
         )
 
     def content_key(self) -> Any:
-        return sha256_of("wds-v1", list(self.shards), list(self.stats), self.keys, self.where)
+        # the shards' names and stats, not where they lie: moved (or named by another path),
+        # the same shards keep their cached stages
+        names = [os.path.basename(s) for s in self.shards]
+        return sha256_of("wds-v2", names, list(self.stats), self.keys, self.where)
 
 
 def index_shards(
