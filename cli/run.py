@@ -249,8 +249,7 @@ def run(
         err_console.print(
             f"[yellow]note:[/] this replaced the front {escape(str(folder))} held ({before[2]} "
             f"members at budget {escape(str(before[0] or 'none'))}, {escape(str(before[1]))}); "
-            "bundles exported from "
-            "it stay, and their configuration numbers are that front's",
+            "bundles exported from it stay, and their configuration numbers are that front's",
             highlight=False,
         )
     for note in doc["notes"]:
@@ -274,13 +273,14 @@ def run(
 
 def _front_held(folder: Path) -> tuple[str | None, str | None, int] | None:
     """The budget, its kind and the size of the front a run folder holds, if any."""
-    import json
+    from exitsearch._io import read_json
+    from exitsearch.errors import CacheError
 
     try:
-        doc = json.loads((Path(folder) / schema.PARETO_JSON).read_text())
+        doc = read_json(Path(folder) / schema.PARETO_JSON)
         budget = doc.get("budget") or {}
         return budget.get("text"), budget.get("kind"), len(doc.get("front") or [])
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (CacheError, OSError, AttributeError, TypeError):  # none, or not a front of ours
         return None
 
 
