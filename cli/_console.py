@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -315,6 +316,26 @@ def invocation() -> str:
     return "exitsearch " + " ".join(shlex.quote(redact(a)) for a in sys.argv[1:])
 
 
+RICH_HELP_COLUMNS = 100
+"""Narrower than this, ``--help`` is click's plain layout: typer's framed table of six columns
+cut option names (``--head-train-lim``) and words of their help at 80 columns."""
+
+
+def help_width() -> int:
+    """The columns help is laid out in: typer's ``TERMINAL_WIDTH``, else the terminal's
+    (``COLUMNS`` first; 80 when the output is not a terminal)."""
+    fixed = os.environ.get("TERMINAL_WIDTH", "")
+    return int(fixed) if fixed.isdigit() else shutil.get_terminal_size().columns
+
+
+def plain_help(command: Any) -> None:
+    """Lay out the help of ``command`` and every command under it as click does: one option
+    per line, its help wrapped beside or below it, at any width."""
+    command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
 class OneLineErrorGroup(TyperGroup):
     """The top-level command: a usage error (unknown option, a value out of range) is one
     ``error:`` line and exit status 2, like every other error, not a framed panel."""
@@ -327,6 +348,8 @@ class OneLineErrorGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        if help_width() < RICH_HELP_COLUMNS:
+            plain_help(self)
         try:
             rv = super().main(
                 args=args,

@@ -48,6 +48,35 @@ def test_help_works_everywhere(runner, path):
     assert "Traceback" not in result.output
 
 
+def _option_names(cmd: Any) -> set[str]:
+    shown = [p for p in cmd.params if not getattr(p, "hidden", False)]
+    return {o for p in shown for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+
+
+def _command(path: tuple[str, ...]) -> Any:
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "exitsearch")
+def test_help_fits_80_columns_whole(runner, path):
+    # narrower than 100 columns, help is laid out plainly: typer's framed table cut option
+    # names (`--head-train-lim`) and words of their help (`multiply-accumu…`) at 80
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": ""})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout
+    words = set(result.stdout.replace(",", " ").split())
+    missing = _option_names(_command(path)) - words
+    assert not missing, f"{' '.join(path)} --help at 80 columns lacks {sorted(missing)}"
+    # wide terminals keep typer's panels
+    wide = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120", "TERMINAL_WIDTH": ""})
+    assert "╭─ Options" in wide.stdout
+
+
 def test_top_level_help_names_the_flop_unit(runner):
     result = runner.invoke(app, ["--help"])
     assert "multiply-accumulate" in " ".join(result.stdout.split())
