@@ -62,7 +62,7 @@ def no_stage(run_dir: Path) -> None:
 USAGE = [
     (["run", "--limit", "abc"], "Invalid value for '--limit'"),
     (["--nope"], "No such option: --nope"),
-    (["bench"], "Missing argument 'bundle'"),
+    (["bench"], "Missing argument 'BUNDLE'"),
     (["export", "RUN", "--config", "x"], "Invalid value for '--config'"),
     (["profile", "--repeats"], "Option '--repeats' requires an argument"),
     (["heads", "nosuch"], "No such command 'nosuch'"),
