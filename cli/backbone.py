@@ -120,7 +120,9 @@ def train(
 @app.command("list")
 @handle_errors
 def list_(
-    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Filter, e.g. 'vit_*' or '*small*'.")] = "*",
+    pattern: Annotated[
+        str, typer.Argument(metavar="PATTERN", help="Filter, e.g. 'vit_*' or '*small*'.")
+    ] = "*",
 ) -> None:
     """List shipped presets and the timm models (ViT, DeiT, Swin) exitsearch can use."""
     import timm

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 @handle_errors
 def bench(
-    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="Bundle folder written by `exitsearch export`.")],
+    bundle: Annotated[
+        str, typer.Argument(metavar="BUNDLE", help="Bundle folder written by `exitsearch export`.")
+    ],
     batch_size: Annotated[
         str, typer.Option("--batch-size", help="Comma-separated batch sizes, e.g. 1,64.")
     ] = "1,64",

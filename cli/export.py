@@ -17,7 +17,10 @@ from exitsearch.units import format_flops
 
 @handle_errors
 def export(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="Run folder of `exitsearch run` (holds pareto.json).")],
+    run: Annotated[
+        str,
+        typer.Argument(metavar="RUN", help="Run folder of `exitsearch run` (holds pareto.json)."),
+    ],
     config: Annotated[
         int | None,
         typer.Option("--config", help="id of the front member to export (see pareto.json)."),

@@ -159,7 +159,9 @@ def _print_report(report: dict[str, Any], bundle: Path) -> None:
 def finetune(
     bundle: Annotated[
         str | None,
-        typer.Argument(metavar="BUNDLE", help="Bundle folder to fine-tune (from `exitsearch export`)."),
+        typer.Argument(
+            metavar="BUNDLE", help="Bundle folder to fine-tune (from `exitsearch export`)."
+        ),
     ] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", "-s", help=StrategyHelp)] = None,
     recipe: Annotated[
@@ -255,7 +257,9 @@ def finetune(
 
 @handle_errors
 def finetune_compare(
-    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="Bundle folder to fine-tune with each strategy.")],
+    bundle: Annotated[
+        str, typer.Argument(metavar="BUNDLE", help="Bundle folder to fine-tune with each strategy.")
+    ],
     out: Annotated[
         str | None,
         typer.Option("--out", help="Output folder (default results/finetune/<bundle>)."),

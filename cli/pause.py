@@ -235,7 +235,9 @@ def _points_table(points: list[ReportPoint], metric: str, base: ReportPoint | No
 @app.command("evaluate")
 @handle_errors
 def evaluate(
-    model_dir: Annotated[str, typer.Argument(metavar="MODEL_DIR", help="A model folder written by `pause train`.")],
+    model_dir: Annotated[
+        str, typer.Argument(metavar="MODEL_DIR", help="A model folder written by `pause train`.")
+    ],
     config: Annotated[
         list[str] | None,
         typer.Option(
@@ -410,7 +412,9 @@ def _numbers(text: str | None, what: str, cast: Any) -> tuple[Any, ...] | None:
 @app.command("search")
 @handle_errors
 def search(
-    model_dir: Annotated[str, typer.Argument(metavar="MODEL_DIR", help="A model folder written by `pause train`.")],
+    model_dir: Annotated[
+        str, typer.Argument(metavar="MODEL_DIR", help="A model folder written by `pause train`.")
+    ],
     task: Annotated[
         str | None,
         typer.Option(

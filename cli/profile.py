@@ -31,7 +31,10 @@ def parse_batch_sizes(text: str) -> list[int]:
 @handle_errors
 def profile(
     model: Annotated[
-        str, typer.Argument(metavar="MODEL", help="timm ViT, DeiT or Swin model name or a shipped preset.")
+        str,
+        typer.Argument(
+            metavar="MODEL", help="timm ViT, DeiT or Swin model name or a shipped preset."
+        ),
     ] = DEFAULT_PRESET,
     override: OverrideOpt = None,
     checkpoint: CheckpointOpt = None,

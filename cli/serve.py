@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 @handle_errors
 def serve(
-    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="Bundle folder written by `exitsearch export`.")],
+    bundle: Annotated[
+        str, typer.Argument(metavar="BUNDLE", help="Bundle folder written by `exitsearch export`.")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     ray_address: Annotated[
