@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -219,5 +220,6 @@ def print_report(report: BenchReport) -> None:
         parts.add_column("ms per batch", justify="right")
         parts.add_column("share", justify="right")
         for p in r.parts:
-            parts.add_row(escape(p.part), f"{p.ms:.3f}", f"{p.share:.1%}")
+            part = re.sub(r"^blocks (\d+)-\1$", r"block \1", p.part)  # one block
+            parts.add_row(escape(part), f"{p.ms:.3f}", f"{p.share:.1%}")
         console.print(parts)

@@ -97,8 +97,9 @@ class BenchRow:
             paired, so a machine that speeds up or slows down moves neither).
         predicted_speedup: backbone FLOPs over the mean FLOPs of the exits the samples took.
         mean_flops: that mean, per sample.
-        exit_counts: samples per exit over the timed batches.
-        accuracy, backbone_accuracy: on the timed samples, when labels are known.
+        exit_counts: samples per exit over the timed batches, each counted once (rounds cycle
+            over them).
+        accuracy, backbone_accuracy: on the timed samples (each once), when labels are known.
         parts: the per-part profile (an instrumented pass; its sum exceeds ``model_ms`` a
             little because every part is synchronised).
     """
@@ -482,11 +483,12 @@ def _measure(
             else:
                 model_out = out
         exits.append(model_out.exit_index.cpu().numpy())
-        if y is not None:
+        # rounds cycle over the batches: the exits and the score count each image once
+        if y is not None and r < len(batches):
             right += scorer.total(model_out.prediction, y)
             right_bb += scorer.total(scorer.predict(bb_logits), y)
             seen += len(y)
-    idx = np.concatenate(exits)
+    idx = np.concatenate(exits[: len(batches)])  # each image once
     mean_flops = float(np.asarray(exit_flops, dtype=np.float64)[idx].mean())
     med_bb, med_model = statistics.median(t_bb), statistics.median(t_model)
     ratios, speedup, low, high = _paired(t_bb, t_model)

@@ -15,14 +15,19 @@ registered head here (torch 2.14, onnxruntime 1.31): ``dynamo`` (torch.export ba
 default; about 2 s per graph) and ``legacy`` (TorchScript based, deprecated by torch, about
 0.1 s per graph), with one exception: ``legacy`` cannot export adaptive average pooling to a
 size that does not divide the input's (a ``tokenmap`` head whose ``grid`` does not divide its
-map), and says so.
+map), and says so; with ``fallback`` (the latency probes', which want its speed) such a graph
+is exported by ``dynamo`` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +89,7 @@ def export_onnx(
     exporter: str = "dynamo",
     opset: int | None = None,
     check: bool = True,
+    fallback: bool = False,
 ) -> dict[str, Any]:
     """Export every part of ``model`` (a :class:`MultiExitModel`) as an ONNX graph.
 
@@ -99,6 +105,8 @@ def export_onnx(
         opset: ONNX opset (the exporter's default when None).
         check: run every graph once with onnxruntime and record its largest difference from
             PyTorch (``max_abs_error``).
+        fallback: export with ``dynamo`` a graph that ``legacy`` cannot export (listed under
+            ``"dynamo_graphs"``) instead of failing.
 
     Returns:
         The graph description that :class:`OnnxMultiExitModel` reads (stored in the bundle's
@@ -106,6 +114,7 @@ def export_onnx(
 
     Raises:
         ConfigError: unknown exporter.
+        BundleError: a graph the legacy exporter cannot export, without ``fallback``.
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown ONNX exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
@@ -123,6 +132,7 @@ def export_onnx(
     t0 = time.perf_counter()
     graphs: dict[str, Any] = {"segments": [], "heads": []}
     errors: list[float] = []
+    by_dynamo: list[str] = []  # graphs the legacy exporter could not export (fallback)
 
     def emit(name: str, module: nn.Module, example: torch.Tensor, inp: str, outs: list[str]) -> str:
         path = out / f"{name}.onnx"
@@ -131,12 +141,16 @@ def export_onnx(
         except Exception as exc:
             if exporter != "legacy":
                 raise
-            # e.g. a tokenmap head pooled to a size that does not divide its map
-            detail = " ".join(str(exc).split("Please")[0].split())[:160]
-            raise BundleError(
-                f"the legacy ONNX exporter cannot export {name}: {detail}; export with the "
-                "default dynamo exporter"
-            ) from None
+            if not fallback:
+                # e.g. a tokenmap head pooled to a size that does not divide its map
+                detail = " ".join(str(exc).split("Please")[0].split())[:160]
+                raise BundleError(
+                    f"the legacy ONNX exporter cannot export {name}: {detail}; export with the "
+                    "default dynamo exporter"
+                ) from None
+            path.unlink(missing_ok=True)
+            _export_one(module, example, path, inp, outs, "dynamo", opset)
+            by_dynamo.append(name)
         if check:
             errors.append(_check_graph(module, example, path))
         return path.name
@@ -173,6 +187,8 @@ def export_onnx(
         "final_head", _FinalHead(model), tokens(bb.depth), "tokens", ["logits"]
     )
     graphs["exporter"] = exporter
+    if by_dynamo:
+        graphs["dynamo_graphs"] = by_dynamo
     graphs["opset"] = opset
     graphs["seconds"] = round(time.perf_counter() - t0, 3)
     graphs["atol"] = ONNX_ATOL
@@ -219,9 +235,38 @@ def _export_one(
             )
         else:
             axes = {name: {0: "batch"} for name in (inp, *outs)}
-            torch.onnx.export(
-                module, (example,), str(path), dynamo=False, dynamic_axes=axes, **kwargs
-            )
+            with _failed_graph_unprinted():
+                torch.onnx.export(
+                    module, (example,), str(path), dynamo=False, dynamic_axes=axes, **kwargs
+                )
+
+
+_IR_DUMP = b"Torch IR graph at exception"
+
+
+@contextlib.contextmanager
+def _failed_graph_unprinted() -> Iterator[None]:
+    """Keep the legacy exporter's dump of a graph it failed on off the output: torch writes it
+    to the process's standard output from C++ (past ``sys.stdout``), dozens of lines of IR
+    before the error. Whatever else reaches standard output meanwhile is passed on after."""
+    fd = 1  # C++'s std::cout, whatever sys.stdout is
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            held.seek(0)
+            text = held.read()
+            cut = text.find(_IR_DUMP)
+            if cut >= 0:
+                text = text[:cut]
+            if text:
+                os.write(fd, text)
 
 
 def _check_graph(module: nn.Module, example: torch.Tensor, path: Path) -> float:

@@ -124,7 +124,7 @@ def _onnx_probe(
     from exitsearch.export.onnx import export_onnx
     from exitsearch.export.onnx_runtime import OnnxMultiExitModel
 
-    graphs = export_onnx(model, folder, exporter="legacy", check=False)
+    graphs = export_onnx(model, folder, exporter="legacy", check=False, fallback=True)
     onnx = OnnxMultiExitModel(
         folder, graphs, model.config, threads=threads, shared_threads=shared, task=model.task.name
     )

@@ -67,7 +67,9 @@ def plot_bench(reports: Sequence[Mapping[str, Any]], path: str | Path, title: st
     ax.axvline(1.0, color="0.4", lw=1, ls=":")
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
-    ax.set_xlim(0, max(max(measured), max(predicted)) * 1.25)
+    # room for every bar's interval and the label after it
+    right = max(max(m + e[1], p) for m, p, e in zip(measured, predicted, err, strict=True))
+    ax.set_xlim(0, right * 1.25)
     ax.set_xlabel(
         "speed-up over the backbone alone: median of paired rounds, with its 95 % interval\n"
         "(in brackets: measured / FLOP-predicted)"

@@ -75,6 +75,24 @@ def test_benchmark_reports_measured_and_predicted_speedup(bundle: Path):
     assert report.cpus >= 1 and (report.load_average is None or len(report.load_average) == 3)
 
 
+def test_rounds_cycling_over_few_images_count_each_image_once(bundle: Path):
+    model = load_bundle(bundle)
+    pool, labels, _ = bench_inputs(model, 20)
+    inputs = (pool[:20], labels[:20], "20 images")
+    report = benchmark(model, (8,), repeats=5, warmup=0, inputs=inputs, stream=False)
+    (row,) = report.rows
+    # 2 distinct batches of 8, timed in 5 rounds: the counts and scores are of the 16 images
+    assert row.batches == 5 and len(row.round_exit_counts) == 5
+    assert sum(row.exit_counts) == 16
+    assert row.round_exit_counts[2] == row.round_exit_counts[0]
+    np.testing.assert_array_equal(row.exit_counts, np.sum(row.round_exit_counts[:2], axis=0))
+    flops = np.asarray(model.costs.exit_flops)
+    assert row.mean_flops == pytest.approx(float((np.asarray(row.exit_counts) * flops).sum() / 16))
+    assert row.accuracy is not None and (row.accuracy * 16) == pytest.approx(
+        round(row.accuracy * 16)
+    )
+
+
 def test_a_busy_machine_gets_a_note():
     from exitsearch.export.bench import _busy_note
 
