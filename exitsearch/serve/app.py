@@ -580,18 +580,31 @@ class BundleServer:
         most = t.most_images(images, per_image)
         if most == 0:  # not even one within the margin: the target itself is the bound
             share, most = 1.0, t.most_images(images, per_image, share=1.0)
-        if 0 < most < images:  # (none at all: the target is at risk whatever is sent)
+        bound = (
+            f"the {slo:g} ms latency target"
+            if share == 1.0
+            else f"the {share * slo:g} ms that a p99 target of {slo:g} ms leaves a request"
+        )
+        if 0 < most < images:
             self.metrics.inc("exitsearch_shed_total")
             alone = math.ceil(t.alone_ms(images, per_image))  # over the bound, never equal
-            bound = (
-                f"the {slo:g} ms latency target"
-                if share == 1.0
-                else f"the {share * slo:g} ms that a p99 target of {slo:g} ms leaves a request"
-            )
             raise RequestError(
                 413,
                 f"{images} images in one request would take about {alone} ms even alone, at "
                 f"the cheapest operating point, over {bound}; send at most {most} a request",
+            )
+        if most == 0 and t.most_images(1, share=1.0) > 0:
+            # one image of the usual size is in time, one of these is not: their size is the
+            # cause, and sending them again cannot help (no 503, whose client retries)
+            self.metrics.inc("exitsearch_shed_total")
+            alone = math.ceil(t.alone_ms(1, per_image))
+            fits = t.most_pixels(share=1.0)
+            advice = "smaller images" if not fits else f"images of at most {fits:,} pixels"
+            raise RequestError(
+                413,
+                f"an image of {round(per_image):,} pixels would take about {alone} ms to decode "
+                f"and answer even alone, at the cheapest operating point, over {bound}; send "
+                f"{advice}",
             )
         own_ms = 1000.0 * elapsed_s + t.decode_ms(images, pixels)
         if not t.admit(self.queued + images - 1, self.answering, own_ms):

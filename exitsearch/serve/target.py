@@ -344,6 +344,19 @@ class LatencyTarget:
             0,
         )
 
+    def most_pixels(self, share: float | None = None) -> int | None:
+        """The most pixels one image alone in the replica may have and still be predicted
+        within ``share`` x target (None: ``high``) at the cheapest point (None: decoding not
+        measured yet, or not growing with pixels)."""
+        if not self._decode.w:
+            return None
+        a, b = self._decode.line()
+        if not b > 0:
+            return None
+        most_ms = (self.settings.high if share is None else share) * self.settings.slo_ms
+        spare_ms = most_ms - self.predicted_ms(self.steps[-1], 0, 1, fresh=False) - 1000.0 * a
+        return max(0, int(spare_ms / (1000.0 * b)))
+
     def alone_ms(self, images: int, pixels_per_image: float | None = None) -> float:
         """Predicted ms of a request of ``images`` images of ``pixels_per_image`` pixels each
         (None: the usual size) alone in the replica, at the cheapest point."""

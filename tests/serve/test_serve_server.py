@@ -138,6 +138,20 @@ def test_large_images_answer_as_the_loaded_bundle(server, model, pngs: list[byte
     check_answers(model, [big[0], pngs[5], big[1], pngs[6], big[2]], [b for _, b, _ in results])
 
 
+def test_an_image_too_large_to_answer_in_time_even_alone_gets_413(server, pngs: list[bytes]):  # type: ignore[no-untyped-def]
+    # a flat 4000x4000 PNG (small in bytes, within the pixel limit) takes longer to decode
+    # than the 40 ms target: sending it again cannot help, so not 503 with Retry-After
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000), 128).save(buf, "PNG")
+    url = server.url + "/predict"
+    status, body, headers = call(url, buf.getvalue())
+    assert status == 413, body
+    assert "Retry-After" not in headers
+    assert "an image of 16,000,000 pixels would take about" in body["error"]
+    assert "send images of at most" in body["error"] or "send smaller images" in body["error"]
+    assert call(url, pngs[0])[0] == 200  # and the server answers the usual ones
+
+
 def test_operating_point_asked_by_the_request(server, model, pngs: list[bytes]):  # type: ignore[no-untyped-def]
     url = server.url + "/predict"
     status, body, _ = call(url + "?operating_point=0&top_k=2", pngs[0])

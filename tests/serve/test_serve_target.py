@@ -259,6 +259,20 @@ def test_decoding_is_a_line_in_pixels_per_image():
     assert t.decode_ms(1, 1_000_000) == pytest.approx(1.1)
 
 
+def test_the_most_pixels_one_image_alone_may_have():
+    # the cheapest point: one image takes 2.25 ms of batch; decoding 0.1 ms + 1 ms a megapixel
+    t = make(Clock(), slo=10.0)
+    assert t.most_pixels(share=1.0) is None  # nothing decoded yet
+    for images, x in ((1, 50_000), (4, 1_000_000), (2, 250_000)):
+        t.observe_decode(images, images * x, images * (1e-4 + 1e-9 * x))
+    most = t.most_pixels(share=1.0)  # 10 - 2.25 - 0.1 ms left: 7.65 megapixels
+    assert most == pytest.approx(7_650_000, rel=1e-6)
+    assert t.alone_ms(1, most) == pytest.approx(10.0, rel=1e-6)
+    assert t.most_images(1, most - 1_000, share=1.0) == 1
+    assert t.most_images(1, most + 1_000, share=1.0) == 0
+    assert t.most_pixels() == pytest.approx(5_650_000, rel=1e-6)  # within 0.8 x 10 ms
+
+
 def test_a_requests_own_time_and_decoding_count_in_its_admission():
     # the cheapest point: a batch of n takes 2 ms + 0.25 ms per image, 10 images at most
     t = make(Clock(), slo=12.5)
