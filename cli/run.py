@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -244,12 +245,11 @@ def run(
     if as_json:
         typer.echo(to_json(doc))
         return
-    budget_now = (doc.get("budget") or {}).get("text"), (doc.get("budget") or {}).get("kind")
-    if before is not None and before[:2] != budget_now:
+    if before is not None and before[0] != _front_identity(doc):
         err_console.print(
-            f"[yellow]note:[/] this replaced the front {escape(str(folder))} held ({before[2]} "
-            f"members at budget {escape(str(before[0] or 'none'))}, {escape(str(before[1]))}); "
-            "bundles exported from it stay, and their configuration numbers are that front's",
+            f"[yellow]note:[/] this replaced the front {escape(str(folder))} held "
+            f"({escape(before[1])}); bundles exported from it stay, and their configuration "
+            "numbers are that front's",
             highlight=False,
         )
     for note in doc["notes"]:
@@ -271,15 +271,27 @@ def run(
     )
 
 
-def _front_held(folder: Path) -> tuple[str | None, str | None, int] | None:
-    """The budget, its kind and the size of the front a run folder holds, if any."""
+def _front_identity(doc: dict) -> str:
+    """What a configuration number of a front stands for: each member's configuration, on
+    its backbone and classes (a rerun that finds the same front keeps the numbers)."""
+    members = [(m.get("id"), m.get("config")) for m in doc.get("front") or []]
+    return json.dumps([doc.get("backbone"), doc.get("classes"), members], sort_keys=True)
+
+
+def _front_held(folder: Path) -> tuple[str, str] | None:
+    """The identity (:func:`_front_identity`) and a description of the front a run folder
+    holds, if any."""
     from exitsearch._io import read_json
     from exitsearch.errors import CacheError
 
     try:
         doc = read_json(Path(folder) / schema.PARETO_JSON)
         budget = doc.get("budget") or {}
-        return budget.get("text"), budget.get("kind"), len(doc.get("front") or [])
+        said = f"{len(doc.get('front') or [])} members at budget {budget.get('text') or 'none'}"
+        if budget.get("kind"):
+            said += f", {budget['kind']}"
+        said += f", space {doc.get('space')}" if doc.get("space") else ""
+        return _front_identity(doc), said
     except (CacheError, OSError, AttributeError, TypeError):  # none, or not a front of ours
         return None
 

@@ -195,13 +195,15 @@ def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
     assert parsed["front"]
     assert all(m["val"]["mean_flops"] <= parsed["budget"]["flops"] for m in parsed["front"])
     assert parsed == json.loads((run_dir / schema.PARETO_JSON).read_text())
-    # the same budget again replaces nothing worth a word; another budget says what it replaced
+    # the same front again replaces nothing worth a word; another budget (or space, seed,
+    # backbone: any other front) says what it replaced
     assert "replaced the front" not in " ".join(result.stderr.split())
     other = runner.invoke(app, [*args[:-4], "--budget", "60%", "--run", str(run_dir)])
     assert other.exit_code == 0, other.output
     said = " ".join(other.stderr.split())
     members = len(doc["front"])
-    assert f"this replaced the front {run_dir} held ({members} members at budget 70%, mean)" in said
+    held = f"({members} members at budget 70%, mean, space {doc['space']})"
+    assert f"this replaced the front {run_dir} held {held}" in said
     # the whole front (no budget), twice: the second replaces a front of the same budget
     whole = [*args[:-4], "--run", str(run_dir)]
     assert "replaced the front" in " ".join(runner.invoke(app, whole).stderr.split())
