@@ -7,6 +7,7 @@ weights, data split, candidate heads, settings), see :mod:`exitsearch.pipeline.c
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,33 @@ def load_run_splits(
                 f"warning: {overlap} validation samples were in the backbone's training set "
                 "(--allow-overlap): validation accuracy will be optimistic"
             )
-    return load_splits(spec, preprocess=backbone.preprocess(), source=source, index=index)
+    splits = load_splits(spec, preprocess=backbone.preprocess(), source=source, index=index)
+    check_class_order(backbone, splits.classes)
+    return splits
+
+
+def check_class_order(backbone: Backbone, classes: Sequence[str]) -> None:
+    """Refuse data that name the backbone's classes in another order than its training did:
+    its output i would be scored against another class, and the run would blame the backbone
+    (a folder's classes are sorted by name; an ``.npz`` orders them by its ``classes``).
+
+    Raises:
+        DataError: the same class names, in another order.
+    """
+    trained = (backbone.record or {}).get("classes")
+    now = [str(c) for c in classes]
+    if not isinstance(trained, list) or sorted(map(str, trained)) != sorted(now):
+        return
+    moved = [(i, t, c) for i, (t, c) in enumerate(zip(trained, now, strict=True)) if t != c]
+    if not moved:
+        return
+    i, t, c = moved[0]
+    raise DataError(
+        f"the data name the backbone's classes in another order than its training did: its "
+        f"output {i} is {t!r}, the data's label {i} is {c!r} ({len(moved)} of {len(now)} "
+        "classes moved); give the data the training's order (an .npz's `classes`; a folder's "
+        "classes are sorted by name) or train the backbone on these data"
+    )
 
 
 def recorded_split(backbone: Backbone, spec: DataSpec) -> DataSpec | None:

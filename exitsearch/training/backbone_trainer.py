@@ -223,6 +223,8 @@ def train_backbone(
         },
         "preprocess": backbone.preprocess().to_dict(),
         "data_fingerprint": splits.fingerprint(),
+        # output i means classes[i]: a run on data naming them in another order is refused
+        "classes": [str(c) for c in splits.classes],
         "task": kind.name,
         "quality": kind.quality,
         "val_acc": history[-1]["val_acc"] if history else None,

@@ -65,6 +65,7 @@ def test_writes_every_artifact(tmp_path, make_tiny, tiny_splits):
     assert meta["weights_sha256"] == bb.weights_checksum()
     assert meta["command"] == "exitsearch backbone train"
     assert meta["data_fingerprint"] == tiny_splits.fingerprint()
+    assert meta["classes"] == [str(c) for c in tiny_splits.classes]  # output i's name
     assert read_json(tmp_path / "backbone.json") == meta
     state = read_json(tmp_path / "train_state.json")
     assert state["epoch"] == 2

@@ -146,6 +146,24 @@ def test_run_refuses_validation_the_backbone_trained_on(tmp_path):
     assert len(src.train) == 60000
 
 
+def test_run_refuses_data_naming_the_classes_in_another_order(tmp_path):
+    """A backbone trained on an .npz whose classes are (cat, bee, ant) reads the same images
+    as a folder, whose classes are sorted (ant, bee, cat), with two outputs swapped."""
+    x, y, names = _images()
+    folder = str(_folder(tmp_path / "imgs", x, y, names))
+    overrides = {"img_size": 12, "patch_size": 4, "in_chans": 1, "num_classes": 3}
+    overrides |= {"embed_dim": 16, "depth": 2, "num_heads": 2}
+    bb = create_backbone("vit_tiny_patch16_224", **overrides)
+    bb.record = {"classes": ["cat", "bee", "ant"]}
+    with pytest.raises(DataError, match=r"output 0 is 'cat', the data's label 0 is 'ant' \(2 of 3"):
+        load_run_splits(DataSpec(source=folder), bb)
+    npz = tmp_path / "d.npz"  # the training's own order is accepted
+    np.savez(npz, x=x, y=2 - y, ids=np.array(names), classes=np.array(["cat", "bee", "ant"]))
+    assert load_run_splits(DataSpec(source=str(npz)), bb).classes == ("cat", "bee", "ant")
+    bb.record = {"classes": ["cat", "dog", "eel"]}  # other names: other data, not an order
+    assert load_run_splits(DataSpec(source=folder), bb).classes == CLASSES
+
+
 def test_a_limit_that_leaves_classes_out_is_said(tmp_path):
     """A folder's training split is in path order, class by class: the first few samples can be
     of one class only. The split says so (run and backbone train print it)."""
