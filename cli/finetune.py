@@ -185,7 +185,7 @@ def finetune(
     ] = None,
     out: Annotated[
         str | None,
-        typer.Option("--out", help="Output folder (default results/finetune/<bundle>/<strategy>)."),
+        typer.Option("--out", help="Output folder (default runs/finetune/<bundle>/<strategy>)."),
     ] = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
@@ -262,7 +262,7 @@ def finetune_compare(
     ],
     out: Annotated[
         str | None,
-        typer.Option("--out", help="Output folder (default results/finetune/<bundle>)."),
+        typer.Option("--out", help="Output folder (default runs/finetune/<bundle>)."),
     ] = None,
     strategies: Annotated[
         str,

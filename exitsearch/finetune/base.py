@@ -166,6 +166,14 @@ class FinetuneStrategy(abc.ABC):
             )
         self.hparams = hparams
 
+    def check(self, net: MultiExitNet) -> None:  # noqa: B027 (optional hook)
+        """Refuse a ``net`` this strategy cannot train, before any data is read or anything
+        written (:meth:`bind` checks again).
+
+        Raises:
+            ConfigError: the backbone or configuration does not suit this strategy.
+        """
+
     def bind(self, net: MultiExitNet) -> None:  # noqa: B027 (optional hook)
         """Check ``net``'s configuration and add training-only modules to ``net.aux``.
 

@@ -206,6 +206,7 @@ def finetune(
     model = _load_source(recipe, bundle)
     config = model.config
     net = MultiExitNet.from_heads(model.backbone, model.heads, config)
+    recipe.build_strategy().check(net)  # before any data is read or anything written
     bb = net.backbone
     splits = load_splits(recipe.data, preprocess=bb.preprocess())
     costs = cost_model(bb, config)

@@ -184,7 +184,7 @@ class LGViT(FinetuneStrategy):
     Hyperparameters = LGViTHyperparameters
     hparams: LGViTHyperparameters
 
-    def bind(self, net: MultiExitNet) -> None:
+    def check(self, net: MultiExitNet) -> None:
         if not net.backbone.uniform_states:
             raise ConfigError(
                 f"LGViT fine-tuning distils each exit's feature map from the final block's, and "
@@ -192,16 +192,21 @@ class LGViT(FinetuneStrategy):
                 "width between stages; fine-tune it with end-to-end, classifier-wise, layer-wise "
                 "or mevit"
             )
+        if self.hparams.prediction_exits == "paper" and not any(
+            isinstance(h, (LocalPerceptionHead, GlobalAggregationHead)) for h in net.heads
+        ):
+            raise ConfigError(
+                "prediction_exits='paper' distils the last LPH and the last GAH, and this "
+                "configuration has neither; use prediction_exits='all'"
+            )
+
+    def bind(self, net: MultiExitNet) -> None:
+        self.check(net)
         self.lph = [k for k, h in enumerate(net.heads) if isinstance(h, LocalPerceptionHead)]
         self.gah = [k for k, h in enumerate(net.heads) if isinstance(h, GlobalAggregationHead)]
         self.hete = _first_last(self.lph) + _first_last(self.gah)
         if self.hparams.prediction_exits == "paper":
             self.pred = sorted({ks[-1] for ks in (self.lph, self.gah) if ks})
-            if not self.pred:
-                raise ConfigError(
-                    "prediction_exits='paper' distils the last LPH and the last GAH, and this "
-                    "configuration has neither; use prediction_exits='all'"
-                )
         else:
             self.pred = list(range(net.num_exits))
         ctx = self.ctx = HeadContext.from_backbone(net.backbone)

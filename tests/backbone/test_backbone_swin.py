@@ -173,3 +173,19 @@ def test_a_small_swin_trains_and_reloads(tmp_path, tiny_splits):
         )
     )
     assert again.weights_checksum() == bb.weights_checksum()
+
+
+def test_lgvit_fine_tuning_is_refused_before_anything_runs(swin):
+    # its distillation compares an exit's feature map with the final block's: a Swin's differ
+    from exitsearch.core.config import ExitConfig
+    from exitsearch.finetune import MultiExitNet, create_strategy
+    from exitsearch.heads import HeadContext, HeadSpec, create_head
+
+    spec = HeadSpec("mlp", 2)
+    config = ExitConfig((spec,), "confidence", (0.9,))
+    net = MultiExitNet.from_heads(
+        swin, [create_head(spec, HeadContext.from_backbone(swin))], config
+    )
+    with pytest.raises(ConfigError, match="changes grid and width between stages; fine-tune it"):
+        create_strategy("lgvit").check(net)
+    create_strategy("end-to-end").check(net)  # the others take it
