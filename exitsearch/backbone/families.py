@@ -19,7 +19,7 @@ from exitsearch.backbone.adapter import Backbone
 from exitsearch.backbone.swin import SwinBackbone
 from exitsearch.registry import Registry
 
-__all__ = ["FAMILIES", "BackboneFamily", "family_of"]
+__all__ = ["FAMILIES", "BackboneFamily", "family_of", "family_of_name"]
 
 
 @dataclass(frozen=True)
@@ -64,5 +64,16 @@ def family_of(model: nn.Module) -> BackboneFamily | None:
             return fam
     for _, fam in FAMILIES.items():
         if isinstance(model, fam.model_class):
+            return fam
+    return None
+
+
+def family_of_name(model_name: str) -> BackboneFamily | None:
+    """The family of the timm model ``model_name``, from the timm module that defines it,
+    without building it (None: a model of no family here, or unknown to timm)."""
+    import timm
+
+    for _, fam in FAMILIES.items():
+        if timm.models.is_model_in_modules(model_name, list(fam.timm_modules)):
             return fam
     return None

@@ -471,6 +471,7 @@ class PauseDimension:
                 "none (try --space paumer)"
             )
         if settings.paumer is None:
+            _check_pausable(settings)
             raise ConfigError(
                 f"search space {settings.space} has a `pause` section: pass --paumer DIR, a "
                 "PAUMER classification model (`exitsearch pause train --task classification`), "
@@ -873,3 +874,23 @@ def _token_counts(backbone: Any, cfg: PauseConfig) -> list[int]:
         out.append(n)
         n -= counts.get(block, 0)
     return out
+
+
+def _check_pausable(settings: RunSettings) -> None:
+    """Refuse a pause space for a backbone family that cannot pause tokens, before pointing
+    the user at training a PAUMER model for it.
+
+    Raises:
+        ConfigError: the run's backbone cannot pause tokens (a Swin).
+    """
+    from exitsearch.backbone import resolve_spec
+    from exitsearch.backbone.families import family_of_name
+
+    model = resolve_spec(settings.backbone).model
+    family = family_of_name(model)
+    if family is not None and not family.adapter.supports_pausing:
+        raise ConfigError(
+            f"search space {settings.space} pauses tokens (PAUMER), which does not apply to "
+            f"{model}: its {family.name} blocks attend within windows of a fixed grid; search "
+            "it without a pause space (--space default or lgvit)"
+        )
