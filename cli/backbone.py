@@ -138,8 +138,13 @@ def list_(
             [pattern, *(p.spec.model for p in PRESETS.values())], module=module
         )
     }
-    table = Table("name", "kind", "family", "description")
-    for name in list_backbones(pattern):
+    names = list_backbones(pattern)
+    table = Table()
+    # the names whole at any width (they are what one copies); the description wraps
+    table.add_column("name", no_wrap=True, min_width=max((len(n) for n in names), default=4))
+    for column in ("kind", "family", "description"):
+        table.add_column(column)
+    for name in names:
         preset = PRESETS.get(name)
         arch = preset.spec.model if preset else name
         table.add_row(

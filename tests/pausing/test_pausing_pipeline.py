@@ -201,7 +201,7 @@ def test_what_is_refused(files):  # type: ignore[no-untyped-def]
         run_pipeline(settings(files, "x", paumer=None))
     # a Swin is told that it cannot pause, not sent to train a PAUMER model first
     swin = BackboneSpec("fmnist-swin12")
-    with pytest.raises(ConfigError, match="does not apply to swin_.*search it without a pause"):
+    with pytest.raises(ConfigError, match=r"does not apply to swin_.*search it without a pause"):
         run_pipeline(settings(files, "x", paumer=None, backbone=swin))
     with pytest.raises(ConfigError, match="needs a search space with a `pause` section"):
         run_pipeline(settings(files, "x", space="multiexit-vit"))
