@@ -79,7 +79,7 @@ def profile(
     """Per-block FLOPs (fvcore; 1 multiply-accumulate = 1 FLOP), parameters and optional latency."""
     from exitsearch._io import atomic_write_json, check_output_file
     from exitsearch.backbone import create_backbone
-    from exitsearch.profile import UNIT, profile_backbone
+    from exitsearch.profile import profile_backbone
 
     sizes = parse_batch_sizes(batch_size) if latency else []
     if repeats < 1 or warmup < 0:
@@ -155,7 +155,9 @@ def profile(
         return f"{v / scale:.4f}"
 
     name = model if model == prof.model else f"{model} ({prof.model})"
-    table = Table(title=f"{name}: {format_flops(prof.total_flops)} per sample ({UNIT})")
+    table = Table(
+        title=f"{name}: {format_flops(prof.total_flops)} per sample (1 FLOP = 1 multiply-accumulate)"
+    )
     # a hierarchical backbone (Swin) says what each block's state is, and where patches merge
     staged = not bb.uniform_states
     for col in (

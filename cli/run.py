@@ -55,8 +55,9 @@ def run(
         typer.Option(
             "--budget",
             "-b",
-            help="Compute budget per sample: 8GFLOPs, 750MFLOPs, 8e9, 45% (of the backbone); "
-            "FLOPs count multiply-accumulates (GMACs is a synonym). Omit for the whole front.",
+            help="Compute budget per sample: 8GFLOPs, 750MFLOPs, 8e9, 45% (of the backbone), "
+            "or 12ms (with --latency-device or --latency-table); FLOPs count "
+            "multiply-accumulates (GMACs is a synonym). Omit for the whole front.",
         ),
     ] = None,
     budget_kind: Annotated[

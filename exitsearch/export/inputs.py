@@ -71,7 +71,8 @@ class ModelInputs:
         # Images in [0, 1] span a good part of it; a constant batch (zeros, say) proves nothing
         if self._lo < -0.25 and lo >= 0.0 and hi <= 1.0 and hi - lo >= 0.2:
             raise ConfigError(
-                f"inputs lie in [0, 1] ({lo:.3g}..{hi:.3g}): images scaled but not normalised "
+                f"inputs lie within [0, 1] (from {lo:.3g} to {hi:.3g}): images scaled but not "
+                "normalised "
                 f"(normalised inputs span {self._lo:.3g}..{self._hi:.3g}); pass raw images to "
                 "predict(), or normalise with the model's mean and std"
             )

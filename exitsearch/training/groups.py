@@ -70,7 +70,8 @@ class HeadGroupPlan:
         n = sum(len(g) for g in self.groups)
         if len(self.groups) == 1:
             return (
-                f"heads: {n} heads in one group on {self.where}, estimated peak "
+                f"heads: {n} head{'s' if n != 1 else ''} in one group on {self.where}, "
+                "estimated peak "
                 f"{format_bytes(self.group_bytes[0] + self.shared_bytes)} of the "
                 f"{format_bytes(self.limit)} limit (--head-memory)"
             )
