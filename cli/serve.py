@@ -127,6 +127,15 @@ def serve(
         ),
     ] = 10.0,
     top_k: Annotated[int, typer.Option(help="Classes returned per image by default.")] = 5,
+    drain_s: Annotated[
+        float,
+        typer.Option(
+            help="On Ctrl-C or SIGTERM, go on refusing new requests (503) and answering "
+            "/healthz with draining for at least this many seconds before the port closes, "
+            "so that a load balancer's health checks see it go (0: close once the requests "
+            "in flight are answered)."
+        ),
+    ] = 0.0,
     backbone_only: Annotated[
         bool,
         typer.Option(
@@ -159,6 +168,8 @@ def serve(
         raise ConfigError(f"--max-body-mb must be a positive number of MiB, got {max_body_mb}")
     if max_images < 1:
         raise ConfigError(f"--max-images {max_images} is not allowed (at least 1)")
+    if not (math.isfinite(drain_s) and drain_s >= 0):
+        raise ConfigError(f"--drain-s must be a finite number of seconds, 0 or more, got {drain_s}")
     if not (math.isfinite(body_timeout_s) and body_timeout_s > 0):
         raise ConfigError(
             f"--body-timeout-s must be a positive number of seconds, got {body_timeout_s}"
@@ -233,12 +244,13 @@ def serve(
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raised as KeyboardInterrupt)
+        linger = f", refusing new ones for {drain_s:g} s at least" if drain_s else ""
         err_console.print(
-            "stopping: finishing the requests in flight (Ctrl-C again stops at once) ..."
+            f"stopping: finishing the requests in flight{linger} (Ctrl-C again stops at once) ..."
         )
     finally:
         try:
-            server.stop()
+            server.stop(linger_s=drain_s)
         except KeyboardInterrupt as again:  # a second Ctrl-C or SIGTERM while draining
             err_console.print(_stopped_at_once(server))
             raise typer.Exit(TERMINATED if isinstance(again, Terminated) else 130) from None

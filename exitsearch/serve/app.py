@@ -895,17 +895,18 @@ class Server:
     # 0 once every request was answered
     in_flight: int | None = None
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, linger_s: float = 0.0) -> None:
         """Refuse new requests (503), finish those in flight (up to ``timeout`` seconds), then
         stop; a local Ray is shut down too, an existing cluster keeps running (this
         application is deleted, and Ray Serve too if this server started it and it serves
-        nothing else)."""
+        nothing else). With ``linger_s``, refuse new requests and answer ``/healthz`` with
+        draining for at least that long first (a load balancer's health checks see it)."""
         from exitsearch.distributed.cluster import connected_here, disconnect
 
         try:
             if self.hub is not None:
                 try:
-                    self._drain(timeout)
+                    self._drain(timeout, linger_s)
                 except KeyboardInterrupt:  # stop at once: a local Ray goes with this process
                     if not self.local:  # but a cluster's replicas would stay, refusing forever
                         with contextlib.suppress(Exception):
@@ -925,16 +926,21 @@ class Server:
                     ray.kill(self.hub)
             disconnect()
 
-    def _drain(self, timeout: float) -> None:
+    def _drain(self, timeout: float, linger_s: float = 0.0) -> None:
         ray.get(self.hub.drain.remote())
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + linger_s + timeout
         while time.monotonic() < deadline:
             snaps = ray.get(self.hub.get.remote())
             gauges = [snap["gauges"] for snap in snaps.values()]
             self.in_flight = int(sum(g.get("exitsearch_in_flight", 0) for g in gauges))
-            if len(gauges) >= self.options.replicas and all(
-                g.get("exitsearch_draining") == 1 and g.get("exitsearch_in_flight") == 0
-                for g in gauges
+            if (
+                len(gauges) >= self.options.replicas
+                and all(
+                    g.get("exitsearch_draining") == 1 and g.get("exitsearch_in_flight") == 0
+                    for g in gauges
+                )
+                and time.monotonic() - start >= linger_s
             ):
                 self.in_flight = 0
                 return

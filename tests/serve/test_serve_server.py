@@ -410,9 +410,10 @@ def test_cli_serves_until_stopped_and_lets_requests_finish(
     bundle: Path, pngs: list[bytes], stop: signal.Signals
 ):
     """SIGTERM, and SIGINT (Ctrl-C) even where the server starts with it ignored, as a
-    background job of a script does."""
+    background job of a script does. With --drain-s the port stays open, refusing, for that
+    long (a load balancer's health checks see the server draining)."""
     port = free_port()
-    target = ["--slo-ms", "1000"] if stop == signal.SIGINT else []
+    target = ["--slo-ms", "1000"] if stop == signal.SIGINT else ["--drain-s", "2"]
     exe = Path(sys.executable).with_name("exitsearch")
     proc = subprocess.Popen(
         [
@@ -454,9 +455,17 @@ def test_cli_serves_until_stopped_and_lets_requests_finish(
             t.start()
         time.sleep(0.1)
         proc.send_signal(stop)
+        signalled = time.monotonic()
         for t in threads:
             t.join()
+        if "--drain-s" in target:  # the requests are done; the server still says it drains
+            while time.monotonic() - signalled < 1.2:
+                time.sleep(0.1)
+            status, health, _ = call(f"http://127.0.0.1:{port}/healthz")
+            assert status == 503 and health["status"] == "draining", (status, health)
         out, err = proc.communicate(timeout=120)
+        if "--drain-s" in target:
+            assert time.monotonic() - signalled >= 2.0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -464,7 +473,7 @@ def test_cli_serves_until_stopped_and_lets_requests_finish(
     assert results.count(200) + results.count(503) == 40 and results.count(200) > 0, results
     assert "server stopped" in err and "Traceback" not in err
     assert "curl --data-binary" in out
-    if target:  # the banner names the points the target moves between
+    if "--slo-ms" in target:  # the banner names the points the target moves between
         flat = " ".join(out.split())  # the banner's table may fold the line
         assert re.search(
             r"p99 1000 ms: from point \d+ \(.+?\) down to point \d+ \(.+?\) over \d+ points",
