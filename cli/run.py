@@ -378,9 +378,12 @@ def print_front(doc: dict) -> None:
     )
     pausing = any(m["config"].get("pause") for m in doc["front"])
     timed = any(m["val"].get("mean_ms") is not None for m in doc["front"])
-    # with milliseconds the speed-up column gives way, so that the exits still fit 80 columns
+    # with milliseconds the speed-up column gives way, so that the exits still fit 80 columns;
+    # under a worst-case budget it gives way to the worst case, which that budget bounds
+    worst = budget.get("kind") == "max" and not timed
     gain_col = "gain" if classify else "vs bb"
-    cols = ["id", "val", "±95%", gain_col, "test", "MFLOPs", *(["ms"] if timed else ["speed"])]
+    last = "ms" if timed else "max MF" if worst else "speed"
+    cols = ["id", "val", "±95%", gain_col, "test", "MFLOPs", last]
     cols.append("exits; criterion")
     for col in cols:
         table.add_column(
@@ -413,7 +416,11 @@ def print_front(doc: dict) -> None:
             f"{points(gain['difference'])}{sure}",
             task.format(m["test"]["accuracy"]),
             f"{v['mean_flops'] / 1e6:.2f}",
-            f"{v['mean_ms']:.2f}" if timed else f"{m['speedup']:.2f}x",
+            f"{v['mean_ms']:.2f}"
+            if timed
+            else f"{v['max_flops'] / 1e6:.2f}"
+            if worst
+            else f"{m['speedup']:.2f}x",
             escape(config),
             style=style,
         )
@@ -434,6 +441,9 @@ def print_front(doc: dict) -> None:
             "ms: mean milliseconds per sample from the latency table (the speed-up in FLOPs is "
             "in pareto.csv)"
             if timed
+            else "MFLOPs: mean per sample; max MF: the most one sample costs (what a max budget "
+            "bounds; the speed-up is in pareto.csv)"
+            if worst
             else "speed: the backbone's FLOPs over the configuration's mean FLOPs per sample"
         ),
         highlight=False,

@@ -160,7 +160,7 @@ def test_run_help_names_the_sampler_not_its_former_name(runner):
 
 # --------------------------------------------------------------------------- a real run
 @needs_data
-def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
+def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["run", *TINY_ARGS, "--space", str(space_file), "--budget", "70%", "--run", str(run_dir)]
     result = runner.invoke(app, args)
@@ -210,3 +210,14 @@ def test_tiny_run_prints_the_front_and_json(runner, space_file, tmp_path):
     again_whole = runner.invoke(app, whole)
     assert again_whole.exit_code == 0, again_whole.output
     assert "replaced the front" not in " ".join(again_whole.stderr.split())
+    # under a worst-case budget the table shows the worst case, which that budget bounds
+    from exitsearch_cli.run import print_front
+
+    worst = {**doc, "budget": {**doc["budget"], "kind": "max"}}
+    capsys.readouterr()
+    print_front(worst)
+    shown = capsys.readouterr().out
+    assert "max MF" in shown and "the most one sample costs" in " ".join(shown.split())
+    rec = next(m for m in doc["front"] if m["recommended"])
+    row = next(line for line in shown.splitlines() if line.lstrip().startswith(f"{rec['id']} *"))
+    assert f"{rec['val']['max_flops'] / 1e6:.2f}" in row
