@@ -535,7 +535,9 @@ def test_sigterm_during_the_search_keeps_every_finished_trial(tiny_run: TinyRun,
     (run / schema.STUDY_DB).unlink()
     for name in (schema.PARETO_JSON, schema.RUN_JSON):
         (run / name).unlink()
-    args = tiny_run.run_args(run, "--n-trials", "60")
+    # enough trials that the search is still running when the signal comes: 60 took 3 s, and
+    # a poll of the study waits up to 1 s while the run holds its lock
+    args = tiny_run.run_args(run, "--n-trials", "300")
     db = run / schema.STUDY_DB
     done = signal_when(start(args), lambda: count_trials(db) >= 10, signal.SIGTERM)
     assert done.signalled_at, done.stderr
