@@ -125,19 +125,9 @@ def list_(
     ] = "*",
 ) -> None:
     """List shipped presets and the timm models (ViT, DeiT, Swin) exitsearch can use."""
-    import timm
-
     from exitsearch.backbone import list_backbones
-    from exitsearch.backbone.families import FAMILIES
+    from exitsearch.backbone.families import family_of_name
 
-    family = {
-        model: name
-        for name, fam in FAMILIES.items()
-        for module in fam.timm_modules
-        for model in timm.list_models(
-            [pattern, *(p.spec.model for p in PRESETS.values())], module=module
-        )
-    }
     names = list_backbones(pattern)
     table = Table()
     # the names whole at any width (they are what one copies); the description wraps
@@ -150,7 +140,7 @@ def list_(
         table.add_row(
             name,
             "preset" if preset else "timm",
-            family.get(arch, ""),
+            getattr(family_of_name(arch), "name", ""),
             preset.description if preset else "",
         )
     console.print(table)

@@ -206,7 +206,8 @@ def finetune(
     model = _load_source(recipe, bundle)
     config = model.config
     net = MultiExitNet.from_heads(model.backbone, model.heads, config)
-    recipe.build_strategy().check(net)  # before any data is read or anything written
+    strategy = recipe.build_strategy()
+    strategy.check(net)  # before any data is read or anything written
     bb = net.backbone
     splits = load_splits(recipe.data, preprocess=bb.preprocess())
     costs = cost_model(bb, config)
@@ -219,7 +220,6 @@ def finetune(
         settings.eval_batch_size,
         progress,
     )
-    strategy = recipe.build_strategy()
     log = train_configuration(
         net,
         strategy,
